@@ -1,0 +1,1 @@
+//! HTTP for Agora. Only this crate knows HTTP and OpenAI JSON (DESIGN.md invariant).

@@ -1,0 +1,1 @@
+//! The Agora daemon: roles and their wiring.
