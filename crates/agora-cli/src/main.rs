@@ -1,18 +1,65 @@
 //! `agora`: one binary for every role. Each command family lives in its own `cmd_*` module.
 
+mod cmd_bench;
+mod cmd_chat;
+mod cmd_model;
+mod cmd_node;
+
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "agora", version, about = "Agora: an open network for AI that anyone can serve, use and verify")]
+#[command(
+    name = "agora",
+    version,
+    about = "Agora: an open network for AI that anyone can serve, use and verify",
+    long_about = "Agora: an open network for AI that anyone can serve, use and verify.\n\n\
+        Start a node on the default model with `agora node`, then talk to it with `agora chat \"Hello\"` \
+        or any OpenAI client pointed at http://127.0.0.1:8080/v1."
+)]
 struct Cli {
+    /// Where Agora keeps its models, keys and logs.
+    #[arg(long, global = true, env = "AGORA_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Serve a model through the OpenAI API (pulls the default model on first run).
+    Node(cmd_node::NodeArgs),
+    /// Ask a running node something and stream the answer to the terminal.
+    Chat(cmd_chat::ChatArgs),
+    /// Manage the local model store.
+    #[command(subcommand)]
+    Model(cmd_model::ModelCommand),
+    /// Benchmark the node against llama.cpp's own llama-server on the same model.
+    Bench(cmd_bench::BenchArgs),
+}
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    match cli.command {}
+    let home = cli.home.unwrap_or_else(agora_node::default_home);
+    let result = match cli.command {
+        Command::Node(args) => cmd_node::run(&home, args),
+        Command::Chat(args) => cmd_chat::run(args),
+        Command::Model(cmd) => cmd_model::run(&home, cmd),
+        Command::Bench(args) => cmd_bench::run(&home, args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,1 +1,249 @@
+//! Inference for Agora: the [`Engine`] trait, the llama.cpp backend with continuous batching
+//! ([`LlamaEngine`]), chat templates, and the content-addressed model store.
+//!
+//! Only this crate knows llama.cpp (DESIGN.md invariant). Sampling is not llama.cpp's: every
+//! token is chosen in Rust by [`agora_sampling`] from the logits, so that anyone holding the
+//! logits can recompute the choice.
 
+pub mod catalog;
+pub mod echo;
+pub mod llama;
+pub mod store;
+pub mod template;
+pub mod text;
+
+pub use agora_sampling::SamplingParams;
+pub use echo::EchoEngine;
+pub use llama::{LlamaConfig, LlamaEngine};
+pub use template::ChatMessage;
+
+use tokio::sync::mpsc;
+
+/// What a loaded model is.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// Name used in the API's `model` field.
+    pub name: String,
+    /// Lowercase hex sha256 of the GGUF file.
+    pub sha256: String,
+    /// Context window of one request (prompt + completion), in tokens.
+    pub n_ctx: u32,
+    pub n_vocab: u32,
+    /// Width of the final-norm hidden state.
+    pub n_embd: u32,
+    /// Sequence slots decoded together.
+    pub slots: u32,
+    /// Requests that may wait for a slot before new ones are refused.
+    pub queue: u32,
+    /// Size of the KV cache for all slots, in bytes (f16 keys and values).
+    pub kv_bytes: u64,
+}
+
+/// Per-token data the engine hands out on request. Asking for nothing costs nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// The final-norm hidden state of every generated token's step.
+    pub hidden: bool,
+    /// The logits of every generated token's step (n_vocab floats each: large).
+    pub logits: bool,
+    /// The hidden states over the prompt (one event after the prompt is processed).
+    pub prompt_hidden: bool,
+}
+
+/// One generation to run.
+#[derive(Clone, Debug)]
+pub struct GenRequest {
+    /// The prompt, tokenized with [`Engine::tokenize`].
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    /// Upper bound on generated tokens; prompt + max_tokens must fit in the context.
+    pub max_tokens: u32,
+    /// Text sequences that end generation; they are not part of the output.
+    pub stop: Vec<String>,
+    /// Keep generating after an end-of-generation token (benchmarks only).
+    pub ignore_eos: bool,
+    pub capture: Capture,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-generation token or a stop sequence.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// One generated token.
+#[derive(Clone, Debug)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// Index of this token among the generated ones (the sampler's position).
+    pub index: u32,
+    /// Text that became final with this token (may be empty: held back or a special token).
+    pub text: String,
+    pub hidden: Option<Vec<f32>>,
+    pub logits: Option<Vec<f32>>,
+}
+
+/// The end of a generation.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Text released only at the end (held back as a possible stop-sequence prefix).
+    pub tail: String,
+}
+
+/// What a running generation reports, in order: an optional `PromptHidden`, tokens, then exactly
+/// one `Done` or `Error`.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Row-major `[prompt_len × n_embd]` final-norm hidden states (only if captured).
+    PromptHidden(Vec<f32>),
+    Token(TokenEvent),
+    Done(Finish),
+    Error(String),
+}
+
+/// A submitted generation. Dropping it cancels the generation and frees its slot.
+#[derive(Debug)]
+pub struct Generation {
+    pub events: mpsc::Receiver<Event>,
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("all {slots} slots are busy and the queue of {queue} is full")]
+    Overloaded { slots: u32, queue: u32 },
+    #[error("the prompt has {prompt} tokens but the context window is {ctx} tokens")]
+    PromptTooLong { prompt: u32, ctx: u32 },
+    #[error(
+        "the prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the context window of {ctx} tokens"
+    )]
+    TooManyTokens {
+        prompt: u32,
+        max_tokens: u32,
+        ctx: u32,
+    },
+    #[error("token {token} is not in the vocabulary of {n_vocab} tokens")]
+    InvalidToken { token: u32, n_vocab: u32 },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// Errors from preparing a prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+}
+
+/// Busy-ness, for routing and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    pub slots: u32,
+    pub slots_busy: u32,
+    pub queued: u32,
+}
+
+/// A model that generates text. Implementations are shared between request handlers.
+pub trait Engine: Send + Sync + 'static {
+    fn info(&self) -> &ModelInfo;
+    /// Tokenizes `text`, adding BOS where the model wants it and parsing special tokens.
+    fn tokenize(&self, text: &str) -> Vec<u32>;
+    /// Renders `messages` with the model's chat template, opening the assistant's turn.
+    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, PromptError>;
+    /// Queues a generation, or refuses it at once.
+    fn submit(&self, req: GenRequest) -> Result<Generation, SubmitError>;
+    fn load(&self) -> Load;
+}
+
+/// Checks a request against the context window (shared by every engine).
+pub fn check_fits(req: &GenRequest, n_ctx: u32) -> Result<(), SubmitError> {
+    let prompt = u32::try_from(req.prompt.len()).unwrap_or(u32::MAX);
+    if prompt == 0 {
+        return Err(SubmitError::EmptyPrompt);
+    }
+    if prompt >= n_ctx {
+        return Err(SubmitError::PromptTooLong { prompt, ctx: n_ctx });
+    }
+    if prompt.saturating_add(req.max_tokens) > n_ctx {
+        return Err(SubmitError::TooManyTokens {
+            prompt,
+            max_tokens: req.max_tokens,
+            ctx: n_ctx,
+        });
+    }
+    Ok(())
+}
+
+/// A prompt as a client gives it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptSpec {
+    /// Chat messages, formatted with the model's template.
+    Chat(Vec<ChatMessage>),
+    /// Raw text, tokenized as is.
+    Text(String),
+}
+
+/// A generation as a client asks for it, before tokenization: what travels from a gateway to
+/// whichever worker runs it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobSpec {
+    pub prompt: PromptSpec,
+    pub params: SamplingParams,
+    /// `None`: as many as fit in the context window.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+/// Why a [`JobSpec`] cannot run on an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// Formats and tokenizes `job` for `engine`, filling in defaults and checking it fits.
+pub fn prepare(
+    engine: &dyn Engine,
+    job: &JobSpec,
+    capture: Capture,
+) -> Result<GenRequest, PrepareError> {
+    let text = match &job.prompt {
+        PromptSpec::Chat(messages) => engine.chat_prompt(messages)?,
+        PromptSpec::Text(t) => t.clone(),
+    };
+    let prompt = engine.tokenize(&text);
+    let n_ctx = engine.info().n_ctx;
+    let room = n_ctx.saturating_sub(u32::try_from(prompt.len()).unwrap_or(u32::MAX));
+    let req = GenRequest {
+        prompt,
+        params: job.params,
+        max_tokens: job.max_tokens.unwrap_or(room),
+        stop: job.stop.clone(),
+        ignore_eos: job.ignore_eos,
+        capture,
+    };
+    check_fits(&req, n_ctx)?;
+    Ok(req)
+}

@@ -1,1 +1,386 @@
-pub fn x(){}
+//! Deterministic sampling for Agora (sampler version 1).
+//!
+//! The token chosen at a step is a pure function of `(logits, params, seed, position)`, so anyone
+//! holding the logits can recompute it, on any machine. The rule (documented in `docs/sampling.md`):
+//!
+//! 1. `temperature == 0`: greedy — the highest logit; ties go to the lowest token id.
+//! 2. Otherwise each logit is scaled, `s_i = logit_i / temperature` (in `f64`).
+//! 3. `top_k > 0` keeps the `k` highest logits (ties to the lowest id).
+//! 4. `top_p < 1` keeps the smallest prefix of the survivors, sorted by logit (descending, then id
+//!    ascending), whose softmax mass (over the survivors, summed in that order) reaches `top_p`.
+//! 5. The choice is `argmax_i s_i + g_i` over the survivors (ties to the lowest id), where
+//!    `g_i = -ln(-ln(u_i))` is Gumbel noise and `u_i = (x_i + 0.5) / 2^32`, `x_i` being the 32-bit
+//!    little-endian word number `i` of the ChaCha20 keystream with key `seed_le ‖ 0^24` and 64-bit
+//!    stream id (nonce) `position`, where `position` is the index of the generated token (0 for
+//!    the first token the model produces after the prompt).
+//!
+//! NaN logits are treated as `-inf`. Only tokens that could possibly win are ever looked at: the
+//! noise is bounded (`G_MIN ≤ g ≤ G_MAX` because `u` has 32 bits), so a token whose scaled logit is
+//! more than `G_MAX − G_MIN` below the best one can never be chosen. The result is nevertheless
+//! exactly the argmax over all survivors, as the reference implementation in the tests checks.
+
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Version of the sampling rule above. Bumped on any change that could alter a chosen token.
+pub const SAMPLER_VERSION: u32 = 1;
+
+/// Largest Gumbel noise value a 32-bit uniform can produce: `-ln(-ln((2^32 - 0.5) / 2^32))`.
+pub const G_MAX: f64 = 22.873_856_958_419_99;
+/// Smallest Gumbel noise value a 32-bit uniform can produce: `-ln(-ln(0.5 / 2^32))`.
+pub const G_MIN: f64 = -3.129_994_640_884_816;
+
+/// Below `max - TAIL` a softmax term is absorbed exactly when added (largest first) to a sum that
+/// is already ≥ 1: `exp(-37) < 2^-53`.
+const TAIL: f64 = 37.0;
+
+/// Parameters of one generation's sampler.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// In (0, 1]; 1 disables nucleus filtering.
+    pub top_p: f32,
+    /// 0 disables top-k filtering.
+    pub top_k: u32,
+    /// Keys the noise; the node picks one when the client does not.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Whether the rule reduces to the argmax of the logits.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+}
+
+/// The Gumbel noise for `token` at `position` under `seed` (rule 5 above).
+pub fn gumbel(seed: u64, position: u64, token: u32) -> f64 {
+    let mut rng = noise_rng(seed, position);
+    rng.set_word_pos(u128::from(token));
+    gumbel_from_word(rng.next_u32())
+}
+
+fn noise_rng(seed: u64, position: u64) -> ChaCha20Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut rng = ChaCha20Rng::from_seed(key);
+    rng.set_stream(position);
+    rng
+}
+
+fn gumbel_from_word(x: u32) -> f64 {
+    let u = (f64::from(x) + 0.5) / 4_294_967_296.0;
+    -(-u.ln()).ln()
+}
+
+/// Reusable buffers so that sampling allocates nothing per token in steady state.
+#[derive(Default, Debug)]
+pub struct Sampler {
+    cand: Vec<u32>,
+    noise: Vec<u32>,
+}
+
+impl Sampler {
+    /// Creates a sampler with empty scratch buffers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Chooses the token for `position` (rule above). Returns `None` only when no logit is finite.
+    pub fn sample(
+        &mut self,
+        logits: &[f32],
+        params: &SamplingParams,
+        position: u64,
+    ) -> Option<u32> {
+        let (max_id, max) = argmax(logits)?;
+        if params.is_greedy() {
+            return Some(max_id);
+        }
+        let t = f64::from(params.temperature);
+        let nucleus = params.top_p < 1.0;
+        // Every token that can still matter: could win the noisy argmax, or (with top-p) could
+        // change the softmax normaliser.
+        let span = if nucleus {
+            TAIL.max(G_MAX - G_MIN)
+        } else {
+            G_MAX - G_MIN
+        };
+        // The margin covers rounding in the bound itself; candidates beyond it cannot win anyway.
+        let floor = f64::from(max) - t * (span + 1e-6);
+        self.cand.clear();
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|&(_, &l)| f64::from(l) >= floor)
+                .map(|(i, _)| i as u32),
+        );
+        let by_logit_desc = |a: &u32, b: &u32| {
+            let (la, lb) = (logits[*a as usize], logits[*b as usize]);
+            lb.total_cmp(&la).then(a.cmp(b))
+        };
+        let k = params.top_k as usize;
+        if k > 0 && self.cand.len() > k {
+            self.cand.select_nth_unstable_by(k - 1, by_logit_desc);
+            self.cand.truncate(k);
+        }
+        if nucleus {
+            self.cand.sort_unstable_by(by_logit_desc);
+            let s0 = f64::from(max) / t;
+            let total: f64 = self
+                .cand
+                .iter()
+                .map(|&i| (f64::from(logits[i as usize]) / t - s0).exp())
+                .sum();
+            let target = f64::from(params.top_p.max(0.0)) * total;
+            let mut cum = 0.0;
+            let mut keep = self.cand.len();
+            for (n, &i) in self.cand.iter().enumerate() {
+                cum += (f64::from(logits[i as usize]) / t - s0).exp();
+                if cum >= target {
+                    keep = n + 1;
+                    break;
+                }
+            }
+            self.cand.truncate(keep.max(1));
+        }
+        Some(self.gumbel_argmax(logits, t, params.seed, position))
+    }
+
+    fn gumbel_argmax(&mut self, logits: &[f32], t: f64, seed: u64, position: u64) -> u32 {
+        let mut rng = noise_rng(seed, position);
+        // Sparse candidates: seek per token. Dense: one sequential pass over the keystream.
+        let dense = self.cand.len() > 64;
+        if dense {
+            let hi = self.cand.iter().copied().max().unwrap_or(0) as usize + 1;
+            self.noise.resize(hi, 0);
+            rng.set_word_pos(0);
+            for w in &mut self.noise[..hi] {
+                *w = rng.next_u32();
+            }
+        }
+        let mut best = (f64::NEG_INFINITY, u32::MAX);
+        for &i in &self.cand {
+            let x = if dense {
+                self.noise[i as usize]
+            } else {
+                rng.set_word_pos(u128::from(i));
+                rng.next_u32()
+            };
+            let score = f64::from(logits[i as usize]) / t + gumbel_from_word(x);
+            if score > best.0 || (score == best.0 && i < best.1) {
+                best = (score, i);
+            }
+        }
+        best.1
+    }
+}
+
+/// The first index of the largest non-NaN logit, with that logit.
+pub fn argmax(logits: &[f32]) -> Option<(u32, f32)> {
+    let mut best: Option<(u32, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if l.is_nan() || l == f32::NEG_INFINITY {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| l > b) {
+            best = Some((i as u32, l));
+        }
+    }
+    best
+}
+
+/// How far the chosen token's noisy score is ahead of the runner-up's (for the verifier's
+/// near-tie accounting). Returns `(chosen, margin)`; `margin` is `f64::INFINITY` when there is no
+/// runner-up. Unlike [`Sampler::sample`] this evaluates every survivor; it is for verification.
+pub fn choice_margin(logits: &[f32], params: &SamplingParams, position: u64) -> Option<(u32, f64)> {
+    let mut sampler = Sampler::new();
+    let chosen = sampler.sample(logits, params, position)?;
+    let score = |i: u32| -> f64 {
+        let l = f64::from(logits[i as usize]);
+        if params.is_greedy() {
+            l
+        } else {
+            l / f64::from(params.temperature) + gumbel(params.seed, position, i)
+        }
+    };
+    let c = score(chosen);
+    let survivors: Vec<u32> = if params.is_greedy() {
+        (0..logits.len() as u32).collect()
+    } else {
+        sampler.cand.clone()
+    };
+    let runner = survivors
+        .iter()
+        .filter(|&&i| i != chosen && !logits[i as usize].is_nan())
+        .map(|&i| score(i))
+        .fold(f64::NEG_INFINITY, f64::max);
+    Some((chosen, c - runner))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The rule written as plainly as possible: noise for every token, full sort, full softmax.
+    fn reference(logits: &[f32], p: &SamplingParams, position: u64) -> Option<u32> {
+        let mut ids: Vec<u32> = (0..logits.len() as u32)
+            .filter(|&i| !logits[i as usize].is_nan() && logits[i as usize] > f32::NEG_INFINITY)
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        ids.sort_by(|a, b| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        });
+        if p.is_greedy() {
+            return Some(ids[0]);
+        }
+        let t = f64::from(p.temperature);
+        if p.top_k > 0 && ids.len() > p.top_k as usize {
+            ids.truncate(p.top_k as usize);
+        }
+        if p.top_p < 1.0 {
+            let s0 = f64::from(logits[ids[0] as usize]) / t;
+            let w: Vec<f64> = ids
+                .iter()
+                .map(|&i| (f64::from(logits[i as usize]) / t - s0).exp())
+                .collect();
+            let total: f64 = w.iter().sum();
+            let mut cum = 0.0;
+            let mut keep = ids.len();
+            for (n, x) in w.iter().enumerate() {
+                cum += x;
+                if cum >= f64::from(p.top_p) * total {
+                    keep = n + 1;
+                    break;
+                }
+            }
+            ids.truncate(keep.max(1));
+        }
+        let mut best = (f64::NEG_INFINITY, u32::MAX);
+        for &i in &ids {
+            let s = f64::from(logits[i as usize]) / t + gumbel(p.seed, position, i);
+            if s > best.0 || (s == best.0 && i < best.1) {
+                best = (s, i);
+            }
+        }
+        Some(best.1)
+    }
+
+    #[test]
+    fn noise_bounds_are_the_extremes_of_a_32_bit_uniform() {
+        assert_eq!(gumbel_from_word(u32::MAX), G_MAX);
+        assert_eq!(gumbel_from_word(0), G_MIN);
+    }
+
+    #[test]
+    fn greedy_takes_first_maximum() {
+        let mut s = Sampler::new();
+        let p = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(s.sample(&[1.0, 3.0, 3.0, f32::NAN], &p, 0), Some(1));
+        assert_eq!(s.sample(&[f32::NAN, f32::NEG_INFINITY], &p, 0), None);
+    }
+
+    #[test]
+    fn noise_is_keyed_by_seed_position_and_token() {
+        let a = gumbel(1, 0, 5);
+        assert_eq!(a, gumbel(1, 0, 5));
+        assert_ne!(a, gumbel(2, 0, 5));
+        assert_ne!(a, gumbel(1, 1, 5));
+        assert_ne!(a, gumbel(1, 0, 6));
+    }
+
+    #[test]
+    fn pinned_vector() {
+        // Pins the keystream layout: changing it silently would break every stored receipt.
+        let w: Vec<u64> = (0..4).map(|t| gumbel(42, 7, t).to_bits()).collect();
+        let again: Vec<u64> = (0..4).map(|t| gumbel(42, 7, t).to_bits()).collect();
+        assert_eq!(w, again);
+        let mut rng = noise_rng(42, 7);
+        let first = rng.next_u32();
+        assert_eq!(gumbel_from_word(first).to_bits(), w[0]);
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        // Two tokens with p = e/(1+e) ≈ 0.731 and 0.269 at T = 1.
+        let logits = [1.0f32, 0.0];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 9,
+        };
+        let mut s = Sampler::new();
+        let n = 20_000;
+        let zeros = (0..n)
+            .filter(|&pos| s.sample(&logits, &p, pos).unwrap() == 0)
+            .count();
+        let freq = zeros as f64 / n as f64;
+        assert!((freq - 0.731).abs() < 0.015, "frequency {freq}");
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let logits = [0.5f32, 2.0, 1.9];
+        let p = SamplingParams {
+            temperature: 5.0,
+            top_p: 1.0,
+            top_k: 1,
+            seed: 3,
+        };
+        let mut s = Sampler::new();
+        for pos in 0..100 {
+            assert_eq!(s.sample(&logits, &p, pos), Some(1));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_equals_reference(
+            logits in proptest::collection::vec(-30.0f32..30.0, 1..300),
+            temperature in prop_oneof![Just(0.0f32), 0.05f32..2.5],
+            top_p in prop_oneof![Just(1.0f32), 0.05f32..1.0],
+            top_k in prop_oneof![Just(0u32), 1u32..50],
+            seed in any::<u64>(),
+            position in 0u64..10_000,
+        ) {
+            let p = SamplingParams { temperature, top_p, top_k, seed };
+            let mut s = Sampler::new();
+            prop_assert_eq!(s.sample(&logits, &p, position), reference(&logits, &p, position));
+        }
+
+        #[test]
+        fn margin_is_nonnegative_and_choice_matches(
+            logits in proptest::collection::vec(-10.0f32..10.0, 2..100),
+            seed in any::<u64>(),
+        ) {
+            let p = SamplingParams { temperature: 0.8, top_p: 0.95, top_k: 40, seed };
+            let (c, m) = choice_margin(&logits, &p, 3).unwrap();
+            prop_assert_eq!(Some(c), Sampler::new().sample(&logits, &p, 3));
+            prop_assert!(m >= 0.0);
+        }
+    }
+}

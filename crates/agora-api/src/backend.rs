@@ -1,0 +1,133 @@
+//! What the HTTP layer generates with: a [`Backend`]. A node serving its own model uses
+//! [`LocalBackend`]; a gateway routes to workers over the network with its own implementation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use agora_engine::{Capture, Engine, Event, JobSpec, Load, PrepareError, PromptError, SubmitError};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+
+/// A model as `GET /v1/models` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ModelCard {
+    /// The name clients put in `model`.
+    pub id: String,
+    /// `sha256:<hex>` of the GGUF.
+    pub digest: String,
+    /// Context window per request.
+    pub n_ctx: u32,
+    /// Workers serving it (1 for a local model).
+    pub workers: u32,
+    /// KV cache of the local engine, in bytes (0 when not local).
+    pub kv_bytes: u64,
+}
+
+/// A generation that has started.
+#[derive(Debug)]
+pub struct Started {
+    /// The model's name as served.
+    pub model: String,
+    pub events: mpsc::Receiver<Event>,
+}
+
+/// A boxed future (the trait stays object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where generations run.
+pub trait Backend: Send + Sync + 'static {
+    /// Models that can be asked for.
+    fn models(&self) -> Vec<ModelCard>;
+    /// Starts `job` on `model` (a name or a `sha256:` digest).
+    fn start(&self, model: String, job: JobSpec) -> BoxFuture<'_, Result<Started, ApiError>>;
+    /// Local busy-ness for metrics (zeros for a pure gateway).
+    fn load(&self) -> Load;
+}
+
+/// Serves one local engine.
+pub struct LocalBackend {
+    engine: Arc<dyn Engine>,
+}
+
+impl LocalBackend {
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        Self { engine }
+    }
+
+    /// Whether `model` names this engine's model (by name, `sha256:` digest or bare digest).
+    pub fn serves(&self, model: &str) -> bool {
+        let info = self.engine.info();
+        model == info.name || model.strip_prefix("sha256:").unwrap_or(model) == info.sha256
+    }
+}
+
+impl Backend for LocalBackend {
+    fn models(&self) -> Vec<ModelCard> {
+        let info = self.engine.info();
+        vec![ModelCard {
+            id: info.name.clone(),
+            digest: format!("sha256:{}", info.sha256),
+            n_ctx: info.n_ctx,
+            workers: 1,
+            kv_bytes: info.kv_bytes,
+        }]
+    }
+
+    fn start(&self, model: String, job: JobSpec) -> BoxFuture<'_, Result<Started, ApiError>> {
+        Box::pin(async move {
+            if !self.serves(&model) {
+                return Err(ApiError::unknown_model(&model));
+            }
+            let chat = matches!(job.prompt, agora_engine::PromptSpec::Chat(_));
+            let req = agora_engine::prepare(self.engine.as_ref(), &job, Capture::default())
+                .map_err(|e| prepare_error(e, chat))?;
+            let generation = self.engine.submit(req).map_err(|e| submit_error(e, chat))?;
+            Ok(Started {
+                model: self.engine.info().name.clone(),
+                events: generation.events,
+            })
+        })
+    }
+
+    fn load(&self) -> Load {
+        self.engine.load()
+    }
+}
+
+/// Maps an engine refusal to the status and message OpenAI clients expect.
+pub fn prepare_error(e: PrepareError, chat: bool) -> ApiError {
+    match e {
+        PrepareError::Prompt(PromptError::Template(t)) => ApiError::invalid(
+            t.to_string(),
+            Some(if chat { "messages" } else { "prompt" }),
+        ),
+        PrepareError::Submit(s) => submit_error(s, chat),
+    }
+}
+
+/// Maps a submission refusal to an API error.
+pub fn submit_error(e: SubmitError, chat: bool) -> ApiError {
+    let prompt_param = if chat { "messages" } else { "prompt" };
+    match e {
+        SubmitError::Overloaded { .. } => ApiError::overloaded(format!("The node is at capacity ({e}); retry shortly."), 1),
+        SubmitError::PromptTooLong { prompt, ctx } => ApiError::invalid(
+            format!("This model's maximum context length is {ctx} tokens, but the prompt is {prompt} tokens long."),
+            Some(prompt_param),
+        )
+        .with_code("context_length_exceeded"),
+        SubmitError::TooManyTokens { prompt, max_tokens, ctx } => ApiError::invalid(
+            format!(
+                "This model's maximum context length is {ctx} tokens, but {} tokens were requested ({prompt} in the prompt, {max_tokens} for the completion); reduce the prompt or max_tokens.",
+                u64::from(prompt) + u64::from(max_tokens)
+            ),
+            Some("max_tokens"),
+        )
+        .with_code("context_length_exceeded"),
+        SubmitError::EmptyPrompt => ApiError::invalid("The prompt is empty.", Some(prompt_param)),
+        SubmitError::InvalidToken { .. } => ApiError::invalid(e.to_string(), Some(prompt_param)),
+        SubmitError::Stopped => ApiError::unavailable("The engine is shutting down.", 5),
+    }
+}

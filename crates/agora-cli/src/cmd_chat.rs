@@ -1,0 +1,101 @@
+//! `agora chat "…"`: stream an answer from a node to the terminal.
+
+use std::io::{Read, Write};
+
+use agora_api::client::Client;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// What to ask. Read from standard input when absent.
+    pub prompt: Option<String>,
+    /// The node's API.
+    #[arg(long, env = "AGORA_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Model to ask (default: the first the node serves).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A system message to put first.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// Seed for reproducible sampling (the node picks and prints one otherwise).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+}
+
+pub fn run(args: ChatArgs) -> Result<()> {
+    let prompt = match args.prompt {
+        Some(p) => p,
+        None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from standard input")?;
+            s
+        }
+    };
+    if prompt.trim().is_empty() {
+        bail!("nothing to ask: give a prompt as an argument or on standard input");
+    }
+    let client = Client::new(&args.url);
+    let model = match args.model {
+        Some(m) => m,
+        None => {
+            let models = client.get_json("/v1/models")?;
+            models
+                .pointer("/data/0/id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .context("the node serves no model")?
+        }
+    };
+    let mut messages = Vec::new();
+    if let Some(s) = args.system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    messages.push(json!({"role": "user", "content": prompt}));
+    let mut body = json!({
+        "model": model, "messages": messages, "stream": true, "temperature": args.temperature,
+        "stream_options": {"include_usage": true},
+    });
+    for (k, v) in [
+        ("top_p", args.top_p.map(|v| json!(v))),
+        ("top_k", args.top_k.map(|v| json!(v))),
+        ("seed", args.seed.map(|v| json!(v))),
+        ("max_tokens", args.max_tokens.map(|v| json!(v))),
+    ] {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let end = client.stream("/v1/chat/completions", &body, |t| {
+        let _ = out.write_all(t.as_bytes());
+        let _ = out.flush();
+    })?;
+    let _ = writeln!(out);
+    let tokens = end
+        .usage
+        .as_ref()
+        .and_then(|u| u.get("completion_tokens"))
+        .and_then(Value::as_u64);
+    eprintln!(
+        "[{model}, seed {}, {} tokens, finish: {}]",
+        end.seed
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "?".into()),
+        tokens.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+        end.finish_reason.as_deref().unwrap_or("?")
+    );
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `EchoEngine`: a test-only stand-in that answers instantly by echoing the prompt's bytes back.
+//! It exists to measure the network and HTTP layers without the model in the way; it is never
+//! the default and is named as such wherever it is used.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    ChatMessage, Engine, Event, Finish, FinishReason, GenRequest, Generation, Load, ModelInfo,
+    PromptError, SubmitError, TokenEvent, check_fits,
+};
+
+/// Echoes the prompt, one byte per token, up to `max_tokens`.
+#[derive(Debug)]
+pub struct EchoEngine {
+    info: ModelInfo,
+    busy: AtomicU32,
+}
+
+impl EchoEngine {
+    pub fn new(name: &str, n_ctx: u32) -> Self {
+        let info = ModelInfo {
+            name: name.into(),
+            sha256: "0".repeat(64),
+            n_ctx,
+            n_vocab: 256,
+            n_embd: 0,
+            slots: u32::MAX,
+            queue: 0,
+            kv_bytes: 0,
+        };
+        Self {
+            info,
+            busy: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Engine for EchoEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn tokenize(&self, text: &str) -> Vec<u32> {
+        text.bytes().map(u32::from).collect()
+    }
+
+    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, PromptError> {
+        Ok(messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default())
+    }
+
+    fn submit(&self, req: GenRequest) -> Result<Generation, SubmitError> {
+        check_fits(&req, self.info.n_ctx)?;
+        let n = (req.max_tokens as usize).min(req.prompt.len());
+        let (tx, rx) = mpsc::channel(n + 2);
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        for (i, &t) in req.prompt[..n].iter().enumerate() {
+            let text = char::from(u8::try_from(t).unwrap_or(b'?')).to_string();
+            let _ = tx.try_send(Event::Token(TokenEvent {
+                id: t,
+                index: i as u32,
+                text,
+                hidden: None,
+                logits: None,
+            }));
+        }
+        let reason = if n as u32 >= req.max_tokens {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
+        let _ = tx.try_send(Event::Done(Finish {
+            reason,
+            prompt_tokens: req.prompt.len() as u32,
+            completion_tokens: n as u32,
+            tail: String::new(),
+        }));
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+        Ok(Generation { events: rx })
+    }
+
+    fn load(&self) -> Load {
+        Load {
+            slots: u32::MAX,
+            slots_busy: self.busy.load(Ordering::Relaxed),
+            queued: 0,
+        }
+    }
+}

