@@ -82,8 +82,9 @@ impl Backend for LocalBackend {
                 return Err(ApiError::unknown_model(&model));
             }
             let chat = matches!(job.prompt, agora_engine::PromptSpec::Chat(_));
-            let req = agora_engine::prepare(self.engine.as_ref(), &job, Capture::default())
-                .map_err(|e| prepare_error(e, chat))?;
+            let req =
+                agora_engine::prepare(self.engine.as_ref(), &job, Capture::default(), Vec::new())
+                    .map_err(|e| prepare_error(e, chat))?;
             let generation = self.engine.submit(req).map_err(|e| submit_error(e, chat))?;
             Ok(Started {
                 model: self.engine.info().name.clone(),
@@ -128,6 +129,7 @@ pub fn submit_error(e: SubmitError, chat: bool) -> ApiError {
         .with_code("context_length_exceeded"),
         SubmitError::EmptyPrompt => ApiError::invalid("The prompt is empty.", Some(prompt_param)),
         SubmitError::InvalidToken { .. } => ApiError::invalid(e.to_string(), Some(prompt_param)),
+        SubmitError::NothingToResume { .. } => ApiError::invalid(e.to_string(), Some("max_tokens")),
         SubmitError::Stopped => ApiError::unavailable("The engine is shutting down.", 5),
     }
 }

@@ -101,6 +101,37 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
 
+    /// Rebuilds an error that crossed the network (status, message, param, code).
+    pub fn from_parts(
+        status: u16,
+        message: String,
+        param: Option<String>,
+        code: Option<&str>,
+    ) -> Self {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let kind = match status.as_u16() {
+            429 => "rate_limit_error",
+            503 => "service_unavailable",
+            s if s >= 500 => "server_error",
+            _ => "invalid_request_error",
+        };
+        let code = match code {
+            Some("context_length_exceeded") => Some("context_length_exceeded"),
+            Some("model_not_found") => Some("model_not_found"),
+            Some("rate_limit_exceeded") => Some("rate_limit_exceeded"),
+            _ => None,
+        };
+        let retry_after = matches!(status.as_u16(), 429 | 503).then_some(1);
+        Self {
+            status,
+            message,
+            kind,
+            param,
+            code,
+            retry_after,
+        }
+    }
+
     /// The JSON body alone (also used as an SSE event when a stream fails midway).
     pub fn body_json(&self) -> String {
         let body = Body {

@@ -531,8 +531,10 @@ async fn collect(
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
     let mut first = true;
+    let mut workers: Vec<String> = Vec::new();
     loop {
         match s.events.recv().await {
+            Some(Event::Worker(w)) => workers.push(w),
             Some(Event::Token(t)) => {
                 if first {
                     state.metrics.ttft.observe(started.elapsed().as_secs_f64());
@@ -567,12 +569,15 @@ async fn collect(
                 } else {
                     "text_completion"
                 };
-                let body = json!({
+                let mut body = json!({
                     "id": meta.id, "object": object, "created": meta.created, "model": meta.model,
                     "system_fingerprint": crate::FINGERPRINT, "seed": meta.seed,
                     "choices": [choice],
                     "usage": usage(f.prompt_tokens, f.completion_tokens),
                 });
+                if !workers.is_empty() {
+                    body["agora"] = json!({ "workers": workers });
+                }
                 return Ok(Json(body).into_response());
             }
             Some(Event::Error(e)) => {
@@ -592,6 +597,8 @@ struct StreamState {
     started: Instant,
     phase: Phase,
     first_token: bool,
+    /// Workers that generated this stream (gateway routing), reported in the final chunk.
+    workers: Vec<String>,
 }
 
 enum Phase {
@@ -681,6 +688,7 @@ fn sse(
         started,
         phase: Phase::Role,
         first_token: true,
+        workers: Vec::new(),
     };
     let stream = futures::stream::unfold(st, |mut st| async move {
         loop {
@@ -693,6 +701,10 @@ fn sse(
                     }
                 }
                 Phase::Tokens => match st.s.events.recv().await {
+                    Some(Event::Worker(w)) => {
+                        st.workers.push(w);
+                        continue;
+                    }
                     Some(Event::Token(t)) => {
                         if st.first_token {
                             st.state
@@ -718,7 +730,11 @@ fn sse(
                             .completion_tokens
                             .inc_by(u64::from(f.completion_tokens));
                         let tail = (!f.tail.is_empty()).then_some(f.tail.as_str());
-                        let ev = data(&st.chunk(tail, Some(f.reason), false));
+                        let mut last = st.chunk(tail, Some(f.reason), false);
+                        if !st.workers.is_empty() {
+                            last["agora"] = json!({ "workers": st.workers });
+                        }
+                        let ev = data(&last);
                         st.phase = if st.include_usage {
                             let mut u = st.chunk(None, None, false);
                             u["choices"] = json!([]);

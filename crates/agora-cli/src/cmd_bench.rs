@@ -70,10 +70,10 @@ pub fn run(home: &Path, args: BenchArgs) -> Result<()> {
     eprintln!("llama-server: {}", llama_server.display());
     eprintln!("model: {} ({})", model.name, model.path.display());
 
-    let mut results = Vec::new();
-    let mut agora_kv_mb = 0.0;
+    // Both servers are started, then every measurement alternates between them (never at the
+    // same time), so slow drifts of this machine's speed hit both alike.
+    let mut servers = Vec::new();
     for which in [Peer::LlamaServer, Peer::Agora] {
-        eprintln!("\n== {} ==", which.name());
         let port = free_port()?;
         let mut server = match which {
             Peer::LlamaServer => {
@@ -83,29 +83,75 @@ pub fn run(home: &Path, args: BenchArgs) -> Result<()> {
         };
         let client = Client::new(&format!("http://127.0.0.1:{port}"));
         wait_ready(&client, &mut server.child)?;
-        if which == Peer::Agora {
-            let h = client.get_json("/health")?;
-            agora_kv_mb = h["kv_cache_bytes"].as_f64().unwrap_or(0.0) / 1e6;
-        }
         let served = served_model(&client, &model.name)?;
-        let figures = measure(&client, &served, &args, which)?;
-        let rss = peak_rss_mb(server.child.id());
-        let figures = Figures {
-            peak_rss_mb: rss,
-            ..figures
-        };
-        eprintln!(
-            "  decode {:.1} tok/s, TTFT {:.1} ms, aggregate {:.1} tok/s, peak RSS {:.0} MB",
-            figures.decode_tps, figures.ttft_ms, figures.aggregate_tps, figures.peak_rss_mb
-        );
-        results.push(figures);
-        drop(server);
+        eprintln!("{} ready on port {port}", which.name());
+        servers.push((which, server, client, served));
     }
+    let agora_kv_mb = servers[1].2.get_json("/health")?["kv_cache_bytes"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e6;
+    let mut samples = [Samples::default(), Samples::default()];
+    for (i, (which, _, client, served)) in servers.iter().enumerate() {
+        let salt = 1000 * i;
+        timed_stream(
+            client,
+            &completion_body(served, &prompt(salt + 999, 20), 16),
+        )?; // warm-up
+        samples[i].words = calibrate_words(client, served, args.prompt_tokens)?;
+        eprintln!(
+            "{}: {} words make a {}-token prompt",
+            which.name(),
+            samples[i].words,
+            args.prompt_tokens
+        );
+    }
+    for r in 0..args.runs as usize {
+        for (i, (which, _, client, served)) in servers.iter().enumerate() {
+            let salt = 1000 * i + 10 * r;
+            let (first, _, _) = timed_stream(
+                client,
+                &completion_body(served, &prompt(salt, samples[i].words), 1),
+            )?;
+            samples[i].ttft.push(first.as_secs_f64() * 1e3);
+            let (first, last, tokens) = timed_stream(
+                client,
+                &completion_body(served, &prompt(salt + 1, 8), args.tokens),
+            )?;
+            let span = (last - first).as_secs_f64();
+            if tokens > 1 && span > 0.0 {
+                samples[i].decode.push(f64::from(tokens - 1) / span);
+            }
+            samples[i]
+                .aggregate
+                .push(aggregate(client, served, &args, salt + 2)?);
+            eprintln!(
+                "  run {}/{} {:<12} TTFT {:7.1} ms  decode {:6.1} tok/s  aggregate {:6.1} tok/s",
+                r + 1,
+                args.runs,
+                which.name(),
+                samples[i].ttft[r],
+                samples[i].decode.last().copied().unwrap_or(f64::NAN),
+                samples[i].aggregate[r]
+            );
+        }
+    }
+    let results: Vec<Figures> = servers
+        .iter()
+        .zip(samples)
+        .map(|((_, server, _, _), s)| Figures {
+            decode_tps: median(s.decode),
+            ttft_ms: median(s.ttft),
+            aggregate_tps: median(s.aggregate),
+            peak_rss_mb: peak_rss_mb(server.child.id()),
+        })
+        .collect();
+    drop(servers);
     let (l, a) = (&results[0], &results[1]);
     let cpu = cpu_name();
     println!();
     println!(
-        "agora bench: {} ({:.0} MB), {threads} threads, {} slots × {} ctx, {} tokens per stream, {}-token prompt for TTFT, median of {} runs",
+        "agora bench: {} ({:.0} MB), {threads} threads, {} slots × {} ctx, {} tokens per stream, {}-token prompt for TTFT, median of {} interleaved runs",
         model.name, model_mb, args.streams, args.ctx, args.tokens, args.prompt_tokens, args.runs
     );
     println!(
@@ -320,36 +366,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(client: &Client, model: &str, a: &BenchArgs, which: Peer) -> Result<Figures> {
-    let salt = if which == Peer::Agora { 1000 } else { 0 };
-    // warm-up
-    timed_stream(client, &completion_body(model, &prompt(salt + 999, 20), 16))?;
-    // TTFT for a prompt of `prompt_tokens` tokens: find the word count that gives it.
-    let words = calibrate_words(client, model, a.prompt_tokens)?;
-    let mut ttft = Vec::new();
-    for r in 0..a.runs as usize {
-        let (first, _, _) =
-            timed_stream(client, &completion_body(model, &prompt(salt + r, words), 1))?;
-        ttft.push(first.as_secs_f64() * 1e3);
-    }
-    // single-stream decode
-    let mut decode = Vec::new();
-    for r in 0..a.runs as usize {
-        let (first, last, tokens) = timed_stream(
-            client,
-            &completion_body(model, &prompt(salt + 100 + r, 8), a.tokens),
-        )?;
-        let span = (last - first).as_secs_f64();
-        if tokens > 1 && span > 0.0 {
-            decode.push(f64::from(tokens - 1) / span);
-        }
-    }
-    // aggregate with `streams` concurrent requests
+/// Measurements of one server.
+#[derive(Default)]
+struct Samples {
+    words: usize,
+    ttft: Vec<f64>,
+    decode: Vec<f64>,
+    aggregate: Vec<f64>,
+}
+
+/// Tokens per second over `streams` concurrent streams of `tokens` each.
+fn aggregate(client: &Client, model: &str, a: &BenchArgs, salt: usize) -> Result<f64> {
     let t0 = Instant::now();
     let handles: Vec<_> = (0..a.streams as usize)
         .map(|i| {
             let client = client.clone();
-            let body = completion_body(model, &prompt(salt + 200 + i, 8), a.tokens);
+            let body = completion_body(model, &prompt(salt * 100 + i, 8), a.tokens);
             std::thread::spawn(move || timed_stream(&client, &body).map(|(_, _, t)| t))
         })
         .collect();
@@ -360,13 +392,7 @@ fn measure(client: &Client, model: &str, a: &BenchArgs, which: Peer) -> Result<F
                 .map_err(|_| anyhow::anyhow!("a stream thread panicked"))??,
         );
     }
-    let aggregate = total as f64 / t0.elapsed().as_secs_f64();
-    Ok(Figures {
-        decode_tps: median(decode),
-        ttft_ms: median(ttft),
-        aggregate_tps: aggregate,
-        peak_rss_mb: 0.0,
-    })
+    Ok(total as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Number of words for which the prompt has `target` tokens (± a few), by asking the server.

@@ -58,7 +58,7 @@ impl Engine for EchoEngine {
         let n = (req.max_tokens as usize).min(req.prompt.len());
         let (tx, rx) = mpsc::channel(n + 2);
         self.busy.fetch_add(1, Ordering::Relaxed);
-        for (i, &t) in req.prompt[..n].iter().enumerate() {
+        for (i, &t) in req.prompt[..n].iter().enumerate().skip(req.resume.len()) {
             let text = char::from(u8::try_from(t).unwrap_or(b'?')).to_string();
             let _ = tx.try_send(Event::Token(TokenEvent {
                 id: t,

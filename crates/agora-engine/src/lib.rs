@@ -63,10 +63,16 @@ pub struct GenRequest {
     /// Keep generating after an end-of-generation token (benchmarks only).
     pub ignore_eos: bool,
     pub capture: Capture,
+    /// Tokens an earlier worker already generated for this request (failover): they are
+    /// prefilled after the prompt and generation continues at position `resume.len()`, so the
+    /// result is the one an uninterrupted run would have given. They count towards
+    /// `max_tokens` and are not sent again.
+    pub resume: Vec<u32>,
 }
 
 /// Why a generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// End-of-generation token or a stop sequence.
     Stop,
@@ -114,6 +120,9 @@ pub enum Event {
     Token(TokenEvent),
     Done(Finish),
     Error(String),
+    /// Routing information added by a gateway (never by an engine): the worker (peer id) now
+    /// generating this request. Sent once at the start and again after each failover.
+    Worker(String),
 }
 
 /// A submitted generation. Dropping it cancels the generation and frees its slot.
@@ -141,6 +150,10 @@ pub enum SubmitError {
     InvalidToken { token: u32, n_vocab: u32 },
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error(
+        "{resumed} tokens were already generated and max_tokens is {max_tokens}: nothing left to resume"
+    )]
+    NothingToResume { resumed: u32, max_tokens: u32 },
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -228,6 +241,7 @@ pub fn prepare(
     engine: &dyn Engine,
     job: &JobSpec,
     capture: Capture,
+    resume: Vec<u32>,
 ) -> Result<GenRequest, PrepareError> {
     let text = match &job.prompt {
         PromptSpec::Chat(messages) => engine.chat_prompt(messages)?,
@@ -243,6 +257,7 @@ pub fn prepare(
         stop: job.stop.clone(),
         ignore_eos: job.ignore_eos,
         capture,
+        resume,
     };
     check_fits(&req, n_ctx)?;
     Ok(req)

@@ -298,10 +298,14 @@ impl Engine for LlamaEngine {
 struct Seq {
     id: i32,
     job: Job,
-    /// Prompt tokens already in the KV cache.
+    /// What is prefilled: the prompt, then the tokens of a resumed generation.
+    feed: Vec<u32>,
+    /// Tokens of `feed` already in the KV cache.
     prefilled: usize,
-    /// Tokens generated so far.
+    /// Tokens generated so far, the resumed ones first.
     generated: Vec<u32>,
+    /// How many of `generated` were resumed (already sent by an earlier worker).
+    resumed: usize,
     text: TextStream,
     sampler: Sampler,
     /// Index in the current batch whose logits belong to this sequence.
@@ -310,12 +314,14 @@ struct Seq {
 }
 
 impl Seq {
-    fn n_past(&self) -> usize {
-        self.prefilled + self.generated.len().saturating_sub(1)
+    /// Position of the token fed in a decode step (the last one sampled).
+    fn decode_pos(&self) -> usize {
+        self.feed.len() + (self.generated.len() - self.resumed) - 1
     }
 
+    /// Whether the prompt is in and a sampled token waits to be fed.
     fn decoding(&self) -> bool {
-        !self.generated.is_empty()
+        self.prefilled == self.feed.len() && self.generated.len() > self.resumed
     }
 }
 
@@ -347,7 +353,9 @@ fn run_engine(
         .with_n_seq_max(cfg.slots)
         .with_n_threads(cfg.threads as i32)
         .with_n_threads_batch(cfg.threads as i32)
-        .with_embeddings(true)
+        // Off unless a batch holds a sequence that asked for hidden states (see below): with
+        // it on, llama.cpp outputs every token of a batch.
+        .with_embeddings(false)
         .with_pooling_type(LlamaPoolingType::None)
         .with_kv_unified(false);
     let mut ctx = match model.new_context(backend, params) {
@@ -365,6 +373,7 @@ fn run_engine(
     let n_embd = model.n_embd().max(0) as usize;
     let mut closed = false;
     let mut piece = Vec::with_capacity(64);
+    let mut embeddings_on = false;
 
     loop {
         // 1. Admit.
@@ -382,13 +391,27 @@ fn run_engine(
                     }
                     free_ids.sort_unstable_by(|a, b| b.cmp(a));
                     let Some(id) = free_ids.pop() else { break };
-                    let stops = job.req.stop.clone();
+                    let mut text = TextStream::new(job.req.stop.clone());
+                    // Replay what an earlier worker already sent, so held-back text and stop
+                    // sequences spanning the resume point come out exactly as in one run.
+                    for &t in &job.req.resume {
+                        let lt = LlamaToken(t as i32);
+                        if !vocab.is_eog(lt) {
+                            piece.clear();
+                            vocab.token_to_piece_into(lt, &mut piece, false, None);
+                            let _ = text.push(&piece);
+                        }
+                    }
+                    let mut feed = job.req.prompt.clone();
+                    feed.extend_from_slice(&job.req.resume);
                     seqs.push(Seq {
                         id,
-                        job,
+                        feed,
                         prefilled: 0,
-                        generated: Vec::new(),
-                        text: TextStream::new(stops),
+                        generated: job.req.resume.clone(),
+                        resumed: job.req.resume.len(),
+                        job,
+                        text,
                         sampler: Sampler::new(),
                         out_idx: None,
                         prompt_hidden: Vec::new(),
@@ -424,13 +447,22 @@ fn run_engine(
         //    in one micro-batch.
         seqs.sort_unstable_by_key(|s| s.id);
         batch.clear();
-        let mut budget = n_batch as usize;
+        // A batch with hidden states outputs a row of n_vocab logits per token: keep it small.
+        let capturing = seqs
+            .iter()
+            .any(|s| s.job.req.capture != crate::Capture::default());
+        let mut budget = if capturing { n_batch.min(256) } else { n_batch } as usize;
         for s in seqs.iter_mut() {
             s.out_idx = None;
             if s.decoding() {
                 let last = *s.generated.last().unwrap_or(&0);
                 if batch
-                    .add(LlamaToken(last as i32), s.n_past() as i32, &[s.id], true)
+                    .add(
+                        LlamaToken(last as i32),
+                        s.decode_pos() as i32,
+                        &[s.id],
+                        true,
+                    )
                     .is_ok()
                 {
                     s.out_idx = Some(batch.n_tokens() - 1);
@@ -444,7 +476,10 @@ fn run_engine(
             if s.decoding() || budget == 0 {
                 continue;
             }
-            let prompt = &s.job.req.prompt;
+            let prompt = &s.feed;
+            if s.prefilled == prompt.len() {
+                continue;
+            }
             let take = (prompt.len() - s.prefilled).min(budget);
             let want_hidden = s.job.req.capture.prompt_hidden;
             let first = batch.n_tokens() as usize;
@@ -472,7 +507,17 @@ fn run_engine(
             budget -= added;
         }
 
-        // 4. Decode and sample.
+        // 4. Decode and sample. Hidden states cost an output row per batch token, so they are
+        //    switched on only for batches that need them.
+        let need_hidden = seqs.iter().any(|s| {
+            let c = s.job.req.capture;
+            (c.hidden && s.out_idx.is_some())
+                || (c.prompt_hidden && chunks.iter().any(|ch| ch.0 == s.id))
+        });
+        if need_hidden != embeddings_on {
+            ctx.set_embeddings(need_hidden);
+            embeddings_on = need_hidden;
+        }
         if let Err(e) = ctx.decode(&mut batch) {
             let msg = format!("llama.cpp decode failed: {e}");
             for s in seqs.drain(..) {
@@ -494,7 +539,7 @@ fn run_engine(
                     }
                 }
                 s.prefilled += took;
-                if s.prefilled == s.job.req.prompt.len() && s.job.req.capture.prompt_hidden {
+                if s.prefilled == s.feed.len() && s.job.req.capture.prompt_hidden {
                     let hidden = std::mem::take(&mut s.prompt_hidden);
                     let _ = s.job.tx.try_send(Event::PromptHidden(hidden));
                 }

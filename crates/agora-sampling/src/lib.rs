@@ -190,18 +190,28 @@ impl Sampler {
     }
 }
 
-/// The first index of the largest non-NaN logit, with that logit.
+/// The first index of the largest non-NaN logit, with that logit; `None` when no logit is
+/// finite or `+inf`. Two vectorisable passes: the maximum, then its first position.
 pub fn argmax(logits: &[f32]) -> Option<(u32, f32)> {
-    let mut best: Option<(u32, f32)> = None;
-    for (i, &l) in logits.iter().enumerate() {
-        if l.is_nan() || l == f32::NEG_INFINITY {
-            continue;
-        }
-        if best.is_none_or(|(_, b)| l > b) {
-            best = Some((i as u32, l));
+    const LANES: usize = 16;
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = logits.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            // `f32::max` ignores a NaN operand.
+            *a = a.max(v);
         }
     }
-    best
+    let max = acc
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    if max == f32::NEG_INFINITY {
+        return None;
+    }
+    let i = logits.iter().position(|&l| l == max)?;
+    Some((i as u32, max))
 }
 
 /// How far the chosen token's noisy score is ahead of the runner-up's (for the verifier's
@@ -290,6 +300,27 @@ mod tests {
     fn noise_bounds_are_the_extremes_of_a_32_bit_uniform() {
         assert_eq!(gumbel_from_word(u32::MAX), G_MAX);
         assert_eq!(gumbel_from_word(0), G_MIN);
+    }
+
+    #[test]
+    fn argmax_handles_every_length_and_nan() {
+        for n in 1..70 {
+            let mut v: Vec<f32> = (0..n).map(|i| ((i * 7919) % 31) as f32).collect();
+            v[n / 2] = f32::NAN;
+            let want = v.iter().enumerate().filter(|(_, x)| !x.is_nan()).fold(
+                None::<(usize, f32)>,
+                |b, (i, &x)| {
+                    if b.is_none_or(|(_, bx)| x > bx) {
+                        Some((i, x))
+                    } else {
+                        b
+                    }
+                },
+            );
+            assert_eq!(argmax(&v).map(|(i, x)| (i as usize, x)), want, "n = {n}");
+        }
+        assert_eq!(argmax(&[]), None);
+        assert_eq!(argmax(&[f32::NAN; 20]), None);
     }
 
     #[test]

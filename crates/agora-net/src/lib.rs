@@ -1,0 +1,689 @@
+//! Agora's libp2p layer. Only this crate knows libp2p (DESIGN.md invariant).
+//!
+//! - Transports: TCP and QUIC; Noise; Yamux. Identify, ping, Kademlia (bootstrap peers), mDNS,
+//!   gossipsub (node status), AutoNAT, relay client and DCUtR.
+//! - A network id (hash of a community's genesis policy) is part of every protocol and topic
+//!   name; peers that identify with another network are disconnected and blocked.
+//! - Application protocols run over plain libp2p streams with length-prefixed frames
+//!   ([`wire::Framed`]): `/agora/<net>/status/1` (a peer's status, on connect) and
+//!   `/agora/<net>/generate/1` (generation, defined by the node).
+//! - Bounded: connections (total and per peer), the peer table, command channels, frame sizes.
+//!   Peers that break the protocol are banned ([`NetHandle::ban`]).
+
+pub mod limits;
+pub mod status;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::connection_limits::{self, ConnectionLimits};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    StreamProtocol, Swarm, allow_block_list, autonat, dcutr, gossipsub, identify, mdns, noise,
+    ping, relay, tcp, yamux,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p_stream::IncomingStreams;
+pub use status::{NodeStatus, PeerInfo, ServedModel};
+
+/// A community's network: the sha256 of its genesis policy file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetworkId(pub [u8; 32]);
+
+impl NetworkId {
+    /// The id of a genesis policy's bytes.
+    pub fn from_genesis(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The first 8 bytes in hex: what protocol names carry.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..8])
+    }
+}
+
+impl std::fmt::Display for NetworkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// How to run the network layer.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The node's Ed25519 secret key (the same key as `$AGORA_HOME/key`).
+    pub ed25519_secret: [u8; 32],
+    pub network: NetworkId,
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start, each ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Relays to listen through (for nodes behind NAT), each ending in `/p2p/<relay id>`.
+    pub relays: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub status_interval: Duration,
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_frame: usize,
+    pub max_peers: usize,
+}
+
+impl NetConfig {
+    pub fn new(ed25519_secret: [u8; 32], network: NetworkId) -> Self {
+        Self {
+            ed25519_secret,
+            network,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            bootstrap: Vec::new(),
+            relays: Vec::new(),
+            mdns: true,
+            status_interval: Duration::from_secs(2),
+            max_connections: 256,
+            max_connections_per_peer: 4,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_peers: 1024,
+        }
+    }
+}
+
+/// Errors starting the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid node key: {0}")]
+    Key(String),
+    #[error("could not set up libp2p: {0}")]
+    Setup(String),
+    #[error("could not listen on {addr}: {why}")]
+    Listen { addr: Multiaddr, why: String },
+    #[error("could not open a stream to {peer}: {why}")]
+    Open { peer: PeerId, why: String },
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// Protocol names of one network.
+#[derive(Clone, Debug)]
+pub struct Protocols {
+    pub status: StreamProtocol,
+    pub generate: StreamProtocol,
+    pub identify: String,
+    pub topic: String,
+}
+
+impl Protocols {
+    pub fn new(net: &NetworkId) -> Result<Self, NetError> {
+        let n = net.short();
+        let proto = |s: String| {
+            StreamProtocol::try_from_owned(s).map_err(|e| NetError::Setup(e.to_string()))
+        };
+        Ok(Self {
+            status: proto(format!("/agora/{n}/status/1"))?,
+            generate: proto(format!("/agora/{n}/generate/1"))?,
+            identify: format!("/agora/{n}/1.0.0"),
+            topic: format!("agora/{n}/status/1"),
+        })
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    autonat: autonat::Behaviour,
+    relay: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Ban(PeerId, String),
+    Dial(Multiaddr),
+}
+
+struct Shared {
+    peers: RwLock<status::PeerTable>,
+    own_status: RwLock<Option<NodeStatus>>,
+    listen_addrs: RwLock<Vec<Multiaddr>>,
+    banned: RwLock<HashSet<PeerId>>,
+}
+
+/// Handle on the running network layer; cheap to clone.
+#[derive(Clone)]
+pub struct NetHandle {
+    peer_id: PeerId,
+    protocols: Protocols,
+    max_frame: usize,
+    status_max_age: Duration,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetHandle")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
+}
+
+/// A framed libp2p stream.
+pub type FramedStream = wire::Framed<libp2p::Stream>;
+
+impl NetHandle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn protocols(&self) -> &Protocols {
+        &self.protocols
+    }
+
+    /// Addresses we listen on, each with our `/p2p/` id appended.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let addrs = self
+            .shared
+            .listen_addrs
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        addrs
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(self.peer_id)))
+            .collect()
+    }
+
+    /// Sets the status this node gossips and answers with.
+    pub fn set_status(&self, status: NodeStatus) {
+        if let Ok(mut s) = self.shared.own_status.write() {
+            *s = Some(status);
+        }
+    }
+
+    /// Everything known about peers of this network.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.shared
+            .peers
+            .read()
+            .map(|t| t.all())
+            .unwrap_or_default()
+    }
+
+    /// Connected peers with a fresh status.
+    pub fn live_peers(&self) -> Vec<PeerInfo> {
+        self.peers()
+            .into_iter()
+            .filter(|p| p.is_live(self.status_max_age))
+            .collect()
+    }
+
+    /// Refuses all traffic with `peer` from now on and closes its connections.
+    pub fn ban(&self, peer: PeerId, reason: &str) {
+        if let Ok(mut b) = self.shared.banned.write() {
+            if !b.insert(peer) {
+                return;
+            }
+        }
+        warn!(%peer, reason, "banning peer");
+        let _ = self
+            .commands
+            .try_send(Command::Ban(peer, reason.to_string()));
+    }
+
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.shared
+            .banned
+            .read()
+            .map(|b| b.contains(peer))
+            .unwrap_or(false)
+    }
+
+    /// Dials an address (e.g. one given by a user).
+    pub fn dial(&self, addr: Multiaddr) {
+        let _ = self.commands.try_send(Command::Dial(addr));
+    }
+
+    /// Opens a framed stream for `protocol` to `peer` (dialing it if needed).
+    pub async fn open(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<FramedStream, NetError> {
+        let mut control = self.control.clone();
+        let s = control
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| NetError::Open {
+                peer,
+                why: e.to_string(),
+            })?;
+        Ok(wire::Framed::new(s, self.max_frame))
+    }
+
+    /// Accepts inbound streams for `protocol` (once per protocol).
+    pub fn accept(&self, protocol: StreamProtocol) -> Result<IncomingStreams, NetError> {
+        let mut control = self.control.clone();
+        control
+            .accept(protocol)
+            .map_err(|e| NetError::Setup(e.to_string()))
+    }
+
+    /// Wraps an accepted stream in frames with this network's size limit.
+    pub fn framed(&self, s: libp2p::Stream) -> FramedStream {
+        wire::Framed::new(s, self.max_frame)
+    }
+}
+
+/// The running network layer: its handle and the task driving the swarm.
+pub struct Net {
+    pub handle: NetHandle,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts listening and discovering; returns once the listeners are up.
+pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
+    let mut secret = cfg.ed25519_secret;
+    let keypair =
+        Keypair::ed25519_from_bytes(&mut secret).map_err(|e| NetError::Key(e.to_string()))?;
+    let peer_id = keypair.public().to_peer_id();
+    let protocols = Protocols::new(&cfg.network)?;
+    let topic = gossipsub::IdentTopic::new(protocols.topic.clone());
+
+    let proto_cfg = protocols.clone();
+    let mdns_on = cfg.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Setup(e.to_string()))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Setup(e.to_string()))?
+        .with_behaviour(|key, relay| {
+            let id = key.public().to_peer_id();
+            let identify = identify::Behaviour::new(
+                identify::Config::new(proto_cfg.identify.clone(), key.public())
+                    .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION"))),
+            );
+            let mut kad_cfg = kad::Config::new(
+                StreamProtocol::try_from_owned(format!("/agora/{}/kad/1.0.0", cfg.network.short()))
+                    .map_err(|e| e.to_string())?,
+            );
+            kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+            let mut kad = kad::Behaviour::with_config(id, MemoryStore::new(id), kad_cfg);
+            kad.set_mode(Some(kad::Mode::Server));
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_secs(1))
+                .max_transmit_size(64 << 10)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_cfg,
+            )?;
+            let mdns = if mdns_on {
+                Toggle::from(Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    id,
+                )?))
+            } else {
+                Toggle::from(None)
+            };
+            Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(
+                    ConnectionLimits::default()
+                        .with_max_established(Some(cfg.max_connections))
+                        .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
+                        .with_max_pending_incoming(Some(64)),
+                ),
+                identify,
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(10)),
+                ),
+                kad,
+                gossipsub,
+                mdns,
+                autonat: autonat::Behaviour::new(id, autonat::Config::default()),
+                relay,
+                dcutr: dcutr::Behaviour::new(id),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| NetError::Setup(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NetError::Setup(e.to_string()))?;
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                why: e.to_string(),
+            })?;
+    }
+    for relay in &cfg.relays {
+        let circuit = relay.clone().with(Protocol::P2pCircuit);
+        if let Err(e) = swarm.listen_on(circuit.clone()) {
+            warn!(%circuit, "cannot listen through relay: {e}");
+        }
+    }
+    for addr in &cfg.bootstrap {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            warn!(%addr, "cannot dial bootstrap peer: {e}");
+        }
+    }
+
+    let shared = Arc::new(Shared {
+        peers: RwLock::new(status::PeerTable::new(cfg.max_peers)),
+        own_status: RwLock::new(None),
+        listen_addrs: RwLock::new(Vec::new()),
+        banned: RwLock::new(HashSet::new()),
+    });
+    let control = swarm.behaviour().stream.new_control();
+    let (commands, command_rx) = mpsc::channel(256);
+    let handle = NetHandle {
+        peer_id,
+        protocols: protocols.clone(),
+        max_frame: cfg.max_frame,
+        status_max_age: cfg.status_interval * 5,
+        commands,
+        control,
+        shared: Arc::clone(&shared),
+    };
+
+    // Wait for the listeners so callers can print real addresses.
+    let expected = cfg.listen.len();
+    let mut pending_events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while shared.listen_addrs.read().map(|a| a.len()).unwrap_or(0) < expected {
+        match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => {
+                if let Ok(mut a) = shared.listen_addrs.write() {
+                    a.push(address);
+                }
+            }
+            Ok(other) => pending_events.push(other),
+            Err(_) => break,
+        }
+    }
+
+    // Serve our status to peers who ask.
+    let status_incoming = handle.accept(protocols.status.clone())?;
+    tokio::spawn(serve_status(handle.clone(), status_incoming));
+
+    let driver = Driver {
+        swarm,
+        handle: handle.clone(),
+        topic,
+        status_interval: cfg.status_interval,
+    };
+    let task = tokio::spawn(driver.run(command_rx, pending_events));
+    Ok(Net { handle, task })
+}
+
+/// Answers status requests: one frame with our current status.
+async fn serve_status(handle: NetHandle, mut incoming: IncomingStreams) {
+    while let Some((peer, stream)) = incoming.next().await {
+        if handle.is_banned(&peer) {
+            continue;
+        }
+        let status = handle.shared.own_status.read().ok().and_then(|s| s.clone());
+        let mut framed = handle.framed(stream);
+        tokio::spawn(async move {
+            if let Some(s) = status {
+                let _ = tokio::time::timeout(Duration::from_secs(5), framed.send(&s)).await;
+            }
+            let _ = framed.close().await;
+        });
+    }
+}
+
+/// Asks `peer` for its status and records it.
+async fn fetch_status(handle: NetHandle, peer: PeerId) {
+    let proto = handle.protocols.status.clone();
+    let result = async {
+        let mut s = tokio::time::timeout(Duration::from_secs(5), handle.open(peer, proto))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        s.recv_timeout::<NodeStatus>(Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(Some(status)) => {
+            if let Ok(mut t) = handle.shared.peers.write() {
+                t.set_status(peer, status);
+            }
+        }
+        Ok(None) => debug!(%peer, "peer has no status yet"),
+        Err(e) => debug!(%peer, "status fetch failed: {e}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    handle: NetHandle,
+    topic: gossipsub::IdentTopic,
+    status_interval: Duration,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        pending: Vec<SwarmEvent<BehaviourEvent>>,
+    ) {
+        for ev in pending {
+            self.on_event(ev);
+        }
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        let mut status_tick = tokio::time::interval(self.status_interval);
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Ban(peer, reason)) => {
+                        debug!(%peer, reason, "blocking");
+                        self.swarm.behaviour_mut().blocked.block_peer(peer);
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                        if let Ok(mut t) = self.handle.shared.peers.write() { t.remove(&peer); }
+                    }
+                    Some(Command::Dial(addr)) => {
+                        if let Err(e) = self.swarm.dial(addr.clone()) { warn!(%addr, "dial failed: {e}"); }
+                    }
+                    None => return,
+                },
+                _ = status_tick.tick() => self.publish_status(),
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let Some(mut status) = self
+            .handle
+            .shared
+            .own_status
+            .read()
+            .ok()
+            .and_then(|s| s.clone())
+        else {
+            return;
+        };
+        status.time_ms = now_ms();
+        if let Ok(bytes) = serde_json::to_vec(&status) {
+            // "No peers subscribed" is normal for a node alone.
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(self.topic.clone(), bytes);
+        }
+    }
+
+    fn set_peer(&self, f: impl FnOnce(&mut status::PeerTable)) {
+        if let Ok(mut t) = self.handle.shared.peers.write() {
+            f(&mut t);
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                if let Ok(mut a) = self.handle.shared.listen_addrs.write() {
+                    if !a.contains(&address) {
+                        a.push(address);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                debug!(%peer_id, "connected");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    debug!(%peer_id, "disconnected");
+                    self.set_peer(|t| t.set_connected(peer_id, false));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocol_version != self.handle.protocols.identify {
+                    // Another community's node (or something else entirely): never talk to it.
+                    debug!(%peer_id, theirs = %info.protocol_version, "peer of another network");
+                    self.handle.ban(peer_id, "belongs to another network");
+                    return;
+                }
+                for addr in info.listen_addrs.iter().take(16) {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                }
+                let known = self
+                    .handle
+                    .shared
+                    .peers
+                    .read()
+                    .ok()
+                    .and_then(|t| t.get(&peer_id).map(|p| p.connected));
+                self.set_peer(|t| {
+                    t.set_identity(
+                        peer_id,
+                        info.agent_version.clone(),
+                        info.listen_addrs.clone(),
+                    );
+                    t.set_connected(peer_id, true);
+                });
+                if known != Some(true) {
+                    tokio::spawn(fetch_status(self.handle.clone(), peer_id));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                let Some(source) = message.source else { return };
+                if source == self.handle.peer_id || self.handle.is_banned(&source) {
+                    return;
+                }
+                match serde_json::from_slice::<NodeStatus>(&message.data) {
+                    Ok(status) => self.set_peer(|t| t.set_status(source, status)),
+                    Err(e) => debug!(%source, "ignoring a malformed status: {e}"),
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if peer == self.handle.peer_id
+                        || self.handle.is_banned(&peer)
+                        || self.swarm.is_connected(&peer)
+                    {
+                        continue;
+                    }
+                    debug!(%peer, %addr, "found by mDNS");
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, ..
+            })) => {
+                // Keep a small network fully connected so every gateway can reach every worker.
+                if peer != self.handle.peer_id
+                    && !self.swarm.is_connected(&peer)
+                    && !self.handle.is_banned(&peer)
+                {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.set_peer(|t| t.set_rtt(peer, rtt));
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!("incoming connection failed: {error}")
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(?peer_id, "outgoing connection failed: {error}")
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The gateway role: the OpenAI API of this node serves the whole network.
+//!
+//! Each request goes to a worker that serves the model, chosen by spare capacity (slots minus
+//! what is busy, counting what this gateway already sent), then speed, then round-trip time,
+//! with random tie-breaking. When a worker dies, stalls past a deadline or drops the stream,
+//! the generation resumes on another worker with the prompt, the tokens already streamed and
+//! the same seed: the client sees one uninterrupted stream with the text an uninterrupted run
+//! would have produced.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_api::backend::{BoxFuture, ModelCard, Started, prepare_error, submit_error};
+use agora_api::{ApiError, Backend};
+use agora_engine::{Capture, Engine, Event, Finish, Generation, JobSpec, Load, PromptSpec, TokenEvent};
+use agora_net::{FramedStream, NetHandle, PeerId, PeerInfo};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::convert::api_error;
+use crate::proto::{GenerateRequest, WorkerFrame};
+
+/// Gateway settings.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Longest wait for a worker's next frame before it is considered stalled.
+    pub stall_timeout: Duration,
+    /// Longest wait for a worker to accept (it may queue the request first).
+    pub accept_timeout: Duration,
+    /// Workers tried for one request, the first included.
+    pub max_attempts: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { stall_timeout: Duration::from_secs(10), accept_timeout: Duration::from_secs(60), max_attempts: 4 }
+    }
+}
+
+/// Where one attempt runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Target {
+    Local,
+    Peer(PeerId),
+}
+
+/// The network-wide backend.
+pub struct Gateway {
+    net: NetHandle,
+    local: Option<Arc<dyn Engine>>,
+    cfg: GatewayConfig,
+    /// Generations this gateway has running on each worker.
+    inflight: Arc<Mutex<HashMap<Target, u32>>>,
+}
+
+impl Gateway {
+    pub fn new(net: NetHandle, local: Option<Arc<dyn Engine>>, cfg: GatewayConfig) -> Self {
+        Self { net, local, cfg, inflight: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn local_serves(&self, model: &str) -> bool {
+        self.local.as_ref().is_some_and(|e| {
+            let i = e.info();
+            model == i.name || model.strip_prefix("sha256:").unwrap_or(model) == i.sha256
+        })
+    }
+
+    fn inflight(&self, t: Target) -> u32 {
+        self.inflight.lock().map(|m| m.get(&t).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Workers that can serve `model`, best first.
+    fn candidates(&self, model: &str, exclude: &[Target]) -> Vec<Target> {
+        let mut rng = rand::thread_rng();
+        let mut scored: Vec<(f64, f64, f64, u32, Target)> = Vec::new();
+        if self.local_serves(model) && !exclude.contains(&Target::Local) {
+            if let Some(e) = &self.local {
+                let load = e.load();
+                let busy = (load.slots_busy + load.queued).max(self.inflight(Target::Local));
+                let spare = f64::from(load.slots) - f64::from(busy);
+                scored.push((spare, 0.0, 0.0, rng.r#gen(), Target::Local));
+            }
+        }
+        for p in self.net.live_peers() {
+            let Some(s) = &p.status else { continue };
+            let t = Target::Peer(p.peer_id);
+            if !s.worker || !s.serves(model) || exclude.contains(&t) || self.net.is_banned(&p.peer_id) {
+                continue;
+            }
+            let busy = (s.slots - s.free_slots.min(s.slots) + s.queue).max(self.inflight(t));
+            let spare = f64::from(s.slots) - f64::from(busy);
+            let rtt = p.rtt.map(|r| r.as_secs_f64()).unwrap_or(0.05);
+            scored.push((spare, s.tokens_per_second, -rtt, rng.r#gen(), t));
+        }
+        // More spare capacity first; then faster; then nearer; then at random.
+        scored.sort_by(|a, b| {
+            b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)).then(b.2.total_cmp(&a.2)).then(a.3.cmp(&b.3))
+        });
+        scored.into_iter().map(|s| s.4).collect()
+    }
+
+    fn known_model(&self, model: &str) -> bool {
+        self.local_serves(model) || self.net.peers().iter().any(|p| p.status.as_ref().is_some_and(|s| s.serves(model)))
+    }
+}
+
+/// A running attempt: events from the local engine or frames from a remote worker.
+enum Source {
+    Local(Generation),
+    Remote(FramedStream),
+}
+
+/// Why an attempt failed.
+enum AttemptError {
+    /// The request itself is wrong: no other worker would do better.
+    Client(ApiError),
+    /// This worker cannot do it now (overloaded, failing, unreachable): try another.
+    Worker(String, Option<ApiError>),
+}
+
+impl Source {
+    /// The next event, or an error meaning the worker failed (or stalled past `stall`).
+    async fn next(&mut self, stall: Duration) -> Result<Event, String> {
+        match self {
+            Source::Local(g) => g.events.recv().await.ok_or_else(|| "the local engine stopped".to_string()),
+            Source::Remote(s) => match s.recv_timeout::<WorkerFrame>(stall).await {
+                Ok(Some(WorkerFrame::Token { id, index, text })) => {
+                    Ok(Event::Token(TokenEvent { id, index, text, hidden: None, logits: None }))
+                }
+                Ok(Some(WorkerFrame::Done { reason, prompt_tokens, completion_tokens, tail })) => {
+                    Ok(Event::Done(Finish { reason, prompt_tokens, completion_tokens, tail }))
+                }
+                Ok(Some(WorkerFrame::Error(e))) if e.retryable() => Err(format!("worker error: {}", e.message)),
+                Ok(Some(WorkerFrame::Error(e))) => Ok(Event::Error(e.message)),
+                Ok(Some(WorkerFrame::Accepted { .. })) => Err("worker sent a second Accepted".into()),
+                Ok(None) => Err("the worker closed the stream".into()),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
+
+impl Gateway {
+    async fn attempt(&self, target: Target, model: &str, job: &JobSpec, resume: &[u32]) -> Result<Source, AttemptError> {
+        let chat = matches!(job.prompt, PromptSpec::Chat(_));
+        match target {
+            Target::Local => {
+                let engine = self.local.as_ref().ok_or_else(|| AttemptError::Worker("no local engine".into(), None))?;
+                let req = agora_engine::prepare(engine.as_ref(), job, Capture::default(), resume.to_vec())
+                    .map_err(|e| AttemptError::Client(prepare_error(e, chat)))?;
+                match engine.submit(req) {
+                    Ok(g) => Ok(Source::Local(g)),
+                    Err(e) => {
+                        let api = submit_error(e, chat);
+                        if api.status.as_u16() == 429 || api.status.is_server_error() {
+                            Err(AttemptError::Worker(api.message.clone(), Some(api)))
+                        } else {
+                            Err(AttemptError::Client(api))
+                        }
+                    }
+                }
+            }
+            Target::Peer(peer) => {
+                let fail = |why: String| AttemptError::Worker(why, None);
+                let proto = self.net.protocols().generate.clone();
+                let mut s = tokio::time::timeout(Duration::from_secs(10), self.net.open(peer, proto))
+                    .await
+                    .map_err(|_| fail("opening a stream timed out".into()))?
+                    .map_err(|e| fail(e.to_string()))?;
+                let req = GenerateRequest { model: model.to_string(), job: job.clone(), resume: resume.to_vec() };
+                s.send(&req).await.map_err(|e| fail(e.to_string()))?;
+                match s.recv_timeout::<WorkerFrame>(self.cfg.accept_timeout).await {
+                    Ok(Some(WorkerFrame::Accepted { .. })) => Ok(Source::Remote(s)),
+                    Ok(Some(WorkerFrame::Error(e))) if e.retryable() => {
+                        Err(AttemptError::Worker(e.message.clone(), Some(api_error(e))))
+                    }
+                    Ok(Some(WorkerFrame::Error(e))) => Err(AttemptError::Client(api_error(e))),
+                    Ok(Some(_)) => Err(fail("the worker did not accept first".into())),
+                    Ok(None) => Err(fail("the worker closed the stream".into())),
+                    Err(e) => Err(fail(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Tries candidates in order until one accepts.
+    async fn start_on_some(
+        &self,
+        model: &str,
+        job: &JobSpec,
+        resume: &[u32],
+        tried: &mut Vec<Target>,
+    ) -> Result<(Target, Source), ApiError> {
+        let mut last: Option<ApiError> = None;
+        while tried.len() < self.cfg.max_attempts {
+            let Some(target) = self.candidates(model, tried).into_iter().next() else { break };
+            tried.push(target);
+            match self.attempt(target, model, job, resume).await {
+                Ok(source) => return Ok((target, source)),
+                Err(AttemptError::Client(e)) => return Err(e),
+                Err(AttemptError::Worker(why, api)) => {
+                    warn!(?target, "worker could not take the request: {why}");
+                    last = api.or(last);
+                }
+            }
+        }
+        Err(match last {
+            Some(e) if e.status.as_u16() == 429 => e,
+            _ => ApiError::unavailable(
+                format!("No worker could serve `{model}` right now; try again shortly."),
+                2,
+            ),
+        })
+    }
+}
+
+fn target_name(net: &NetHandle, t: Target) -> String {
+    match t {
+        Target::Local => net.peer_id().to_string(),
+        Target::Peer(p) => p.to_string(),
+    }
+}
+
+/// Counts a generation on a worker for as long as it lives.
+struct InflightGuard {
+    map: Arc<Mutex<HashMap<Target, u32>>>,
+    target: Target,
+}
+
+impl InflightGuard {
+    fn new(map: &Arc<Mutex<HashMap<Target, u32>>>, target: Target) -> Self {
+        if let Ok(mut m) = map.lock() {
+            *m.entry(target).or_insert(0) += 1;
+        }
+        Self { map: Arc::clone(map), target }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            if let Some(n) = m.get_mut(&self.target) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Backend for Gateway {
+    fn models(&self) -> Vec<ModelCard> {
+        let mut cards: Vec<ModelCard> = Vec::new();
+        if let Some(e) = &self.local {
+            let i = e.info();
+            cards.push(ModelCard { id: i.name.clone(), digest: format!("sha256:{}", i.sha256), n_ctx: i.n_ctx, workers: 1, kv_bytes: i.kv_bytes });
+        }
+        for p in self.net.live_peers() {
+            let Some(s) = &p.status else { continue };
+            if !s.worker {
+                continue;
+            }
+            for m in &s.models {
+                match cards.iter_mut().find(|c| c.id == m.name && c.digest == m.digest) {
+                    Some(c) => c.workers += 1,
+                    None => cards.push(ModelCard { id: m.name.clone(), digest: m.digest.clone(), n_ctx: m.n_ctx, workers: 1, kv_bytes: 0 }),
+                }
+            }
+        }
+        cards
+    }
+
+    fn start(&self, model: String, job: JobSpec) -> BoxFuture<'_, Result<Started, ApiError>> {
+        Box::pin(async move {
+            if !self.known_model(&model) {
+                return Err(ApiError::unknown_model(&model));
+            }
+            let mut tried = Vec::new();
+            let (target, source) = self.start_on_some(&model, &job, &[], &mut tried).await?;
+            let served = self.local.as_ref().filter(|_| target == Target::Local).map(|e| e.info().name.clone());
+            let (tx, rx) = mpsc::channel(64);
+            let relay = Relay {
+                gateway: Gateway {
+                    net: self.net.clone(),
+                    local: self.local.clone(),
+                    cfg: self.cfg.clone(),
+                    inflight: Arc::clone(&self.inflight),
+                },
+                model: model.clone(),
+                job,
+                tx,
+                tried,
+            };
+            tokio::spawn(relay.run(target, source));
+            Ok(Started { model: served.unwrap_or(model), events: rx })
+        })
+    }
+
+    fn load(&self) -> Load {
+        self.local.as_ref().map(|e| e.load()).unwrap_or_default()
+    }
+}
+
+/// Forwards one generation to the API, failing over between workers.
+struct Relay {
+    gateway: Gateway,
+    model: String,
+    job: JobSpec,
+    tx: mpsc::Sender<Event>,
+    tried: Vec<Target>,
+}
+
+impl Relay {
+    async fn run(mut self, mut target: Target, mut source: Source) {
+        let net = self.gateway.net.clone();
+        let mut guard = InflightGuard::new(&self.gateway.inflight, target);
+        let mut generated: Vec<u32> = Vec::new();
+        if self.tx.send(Event::Worker(target_name(&net, target))).await.is_err() {
+            return;
+        }
+        loop {
+            match source.next(self.gateway.cfg.stall_timeout).await {
+                Ok(Event::Token(t)) => {
+                    generated.push(t.id);
+                    if self.tx.send(Event::Token(t)).await.is_err() {
+                        return; // the client went away; dropping `source` cancels the work
+                    }
+                }
+                Ok(ev @ (Event::Done(_) | Event::Error(_))) => {
+                    let _ = self.tx.send(ev).await;
+                    return;
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    warn!(?target, tokens = generated.len(), "worker failed mid-generation: {why}; resuming elsewhere");
+                    drop(source);
+                    if let Target::Peer(p) = target {
+                        debug!(%p, "excluded from this request");
+                    }
+                    match self.gateway.start_on_some(&self.model, &self.job, &generated, &mut self.tried).await {
+                        Ok((t, s)) => {
+                            info!(from = ?target, to = ?t, resumed = generated.len(), "generation resumed");
+                            target = t;
+                            source = s;
+                            guard = InflightGuard::new(&self.gateway.inflight, target);
+                            if self.tx.send(Event::Worker(target_name(&net, target))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = self.tx.send(Event::Error(format!("the worker failed and none could continue: {}", e.message))).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        #[allow(unreachable_code)]
+        {
+            drop(guard);
+        }
+    }
+}
+
+/// Peers as `GET /agora/v1/nodes` and `agora nodes` show them.
+pub fn describe_peers(peers: &[PeerInfo]) -> serde_json::Value {
+    serde_json::Value::Array(
+        peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "peer_id": p.peer_id.to_string(),
+                    "connected": p.connected,
+                    "agent": p.agent,
+                    "rtt_ms": p.rtt.map(|r| r.as_secs_f64() * 1e3),
+                    "status_age_s": p.status_at.map(|t| t.elapsed().as_secs_f64()),
+                    "status": p.status,
+                    "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,48 @@
+//! The generation protocol between a gateway and a worker (`/agora/<net>/generate/1`).
+//!
+//! The gateway opens a stream and sends one [`GenerateRequest`] frame. The worker answers with
+//! [`WorkerFrame::Accepted`] (or `Error`), then one `Token` frame per generated token, then
+//! `Done` (or `Error`). Either side closing the stream ends the generation at once.
+
+use agora_engine::{FinishReason, JobSpec};
+use serde::{Deserialize, Serialize};
+
+/// What a gateway asks a worker to run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GenerateRequest {
+    /// Name or `sha256:` digest of the model.
+    pub model: String,
+    pub job: JobSpec,
+    /// Tokens already streamed to the client by a worker that failed (see `GenRequest::resume`).
+    #[serde(default)]
+    pub resume: Vec<u32>,
+}
+
+/// What a worker sends back.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerFrame {
+    Accepted { model: String, prompt_tokens: u32 },
+    Token { id: u32, index: u32, text: String },
+    Done { reason: FinishReason, prompt_tokens: u32, completion_tokens: u32, tail: String },
+    Error(RemoteError),
+}
+
+/// An error with the HTTP status a gateway should give its client.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteError {
+    pub status: u16,
+    pub message: String,
+    #[serde(default)]
+    pub param: Option<String>,
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+impl RemoteError {
+    /// Whether another worker might succeed where this one failed (overload, failure), as
+    /// opposed to a request that is wrong wherever it goes.
+    pub fn retryable(&self) -> bool {
+        self.status == 429 || self.status >= 500
+    }
+}

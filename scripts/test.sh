@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this). Installs what it needs:
+# Debian packages (cmake, clang, libclang-dev), a Python venv with the `openai` package,
+# the default model, cargo-fuzz; then runs fmt, clippy, every test, and short fuzz runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+agora_build_deps
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "Python test clients (venv at /var/tmp/agora-venv)"
+export AGORA_TEST_PYTHON=/var/tmp/agora-venv/bin/python
+if ! "$AGORA_TEST_PYTHON" -c "import openai" 2>/dev/null; then
+    python3 -m venv /var/tmp/agora-venv
+    /var/tmp/agora-venv/bin/pip install -q openai
+fi
+
+step "format"
+cargo fmt --all --check
+
+step "build"
+cargo build --release --workspace --all-targets
+
+step "default model"
+"$CARGO_TARGET_DIR/release/agora" model pull smollm2-135m
+
+step "clippy"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release --workspace --profile ci
+else
+    echo "cargo-nextest not found: running cargo test (serially: the model tests must not share the CPU)" >&2
+    cargo test --release --workspace -- --test-threads=1
+fi
+
+if [ -x scripts/fuzz-short.sh ]; then
+    step "short fuzz runs"
+    scripts/fuzz-short.sh
+fi
+
+step "all checks passed"
