@@ -45,6 +45,10 @@ pub trait Backend: Send + Sync + 'static {
     fn start(&self, model: String, job: JobSpec) -> BoxFuture<'_, Result<Started, ApiError>>;
     /// Local busy-ness for metrics (zeros for a pure gateway).
     fn load(&self) -> Load;
+    /// This node and the peers it knows, for `GET /agora/v1/nodes` (empty for a node alone).
+    fn nodes(&self) -> serde_json::Value {
+        serde_json::json!({ "self": null, "peers": [] })
+    }
 }
 
 /// Serves one local engine.

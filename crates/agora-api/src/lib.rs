@@ -58,6 +58,7 @@ pub fn router(state: Arc<AppState>, cfg: &ApiConfig) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/agora/v1/nodes", get(nodes))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -79,6 +80,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "kv_cache_bytes": kv_bytes,
     }))
     .into_response()
+}
+
+async fn nodes(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.count("nodes", 200);
+    Json(state.backend.nodes()).into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {

@@ -1,13 +1,14 @@
-//! `agora node`: serve a model through the OpenAI API.
+//! `agora node`: serve a model to the network, and the network through the OpenAI API.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_engine::{Engine, catalog};
-use agora_node::NodeConfig;
-use anyhow::{Context, Result};
+use agora_engine::{EchoEngine, Engine, catalog};
+use agora_net::Multiaddr;
+use agora_node::{Gateway, GatewayConfig, NodeConfig, P2pOptions, Speed, WorkerLimits};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -34,18 +35,51 @@ pub struct NodeArgs {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = agora_api::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+
+    /// Do not run a model: a pure gateway that routes every request to workers.
+    #[arg(long, conflicts_with = "no_gateway")]
+    pub no_worker: bool,
+    /// Do not serve the HTTP API: a pure worker that serves gateways over the network.
+    #[arg(long)]
+    pub no_gateway: bool,
+    /// Peer-to-peer listen address (repeatable; default: TCP and QUIC on every interface,
+    /// random ports).
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<Multiaddr>,
+    /// A node to join through, as `/ip4/…/tcp/…/p2p/<peer id>` (repeatable).
+    #[arg(long, value_name = "MULTIADDR", env = "AGORA_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<Multiaddr>,
+    /// A relay to listen through when behind NAT, as `/…/p2p/<relay id>` (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub relay: Vec<Multiaddr>,
+    /// Do not look for peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// The community's genesis policy file (default: $AGORA_HOME/genesis.toml if present,
+    /// else the public default network). Nodes of different networks never exchange traffic.
+    #[arg(long, value_name = "FILE", env = "AGORA_NETWORK_FILE")]
+    pub network_file: Option<PathBuf>,
+    /// Seconds without a token after which a worker counts as stalled and the generation moves
+    /// to another worker.
+    #[arg(long, default_value_t = 10.0)]
+    pub stall_timeout: f64,
+    /// Test-only stand-in: answer with an instant echo engine instead of a model (it exists to
+    /// measure the network layer; never use it to serve anyone).
+    #[arg(long, hide = true)]
+    pub test_echo_engine: bool,
 }
 
 pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
     crate::init_logging("warn,agora=info");
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-    });
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
+    if args.stall_timeout <= 0.0 || !args.stall_timeout.is_finite() {
+        bail!("--stall-timeout must be a positive number of seconds");
+    }
     let cfg = NodeConfig {
         home: home.to_path_buf(),
-        model: args.model,
+        model: args.model.clone(),
         listen: args.listen,
         threads,
         slots: args.slots,
@@ -53,37 +87,72 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         queue: args.queue,
         body_limit: args.body_limit,
     };
-    let engine = agora_node::load_engine(&cfg, true).context("could not start the engine")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("agora-rt")
-        .build()?;
+    let engine: Option<Arc<dyn Engine>> = if args.no_worker {
+        None
+    } else if args.test_echo_engine {
+        Some(Arc::new(EchoEngine::new("echo", cfg.ctx)))
+    } else {
+        Some(agora_node::load_engine(&cfg, true).context("could not start the engine")?)
+    };
+    let p2p = P2pOptions {
+        listen: args.p2p_listen.clone(),
+        bootstrap: args.bootstrap.clone(),
+        relays: args.relay.clone(),
+        mdns: !args.no_mdns,
+        network_file: args.network_file.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("agora-rt").build()?;
     rt.block_on(async move {
-        let info = engine.info().clone();
-        let server = agora_node::bind(&cfg, engine.clone() as Arc<dyn Engine>).await?;
-        let url = format!("http://{}", server.addr);
-        println!("agora node: serving {} (sha256:{}…) with {} slots × {} tokens on {} threads", info.name, &info.sha256[..12], info.slots, info.n_ctx, threads);
-        println!("listening on {url}");
-        println!("  OpenAI API:  {url}/v1   (model \"{}\")", info.name);
-        println!("  try:         agora chat --url {url} \"Hello\"");
-        println!(
-            "               curl {url}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'",
-            info.name
-        );
-        println!("  metrics:     {url}/metrics");
-        println!("Ctrl-C stops the node.");
+        let net = agora_node::start_network(home, &p2p).await?;
+        let handle = net.handle.clone();
+        println!("peer id: {}", handle.peer_id());
+        for a in handle.listen_addrs() {
+            println!("p2p: {a}");
+        }
+        let speed = Arc::new(Speed::default());
+        if let Some(e) = &engine {
+            tokio::spawn(agora_node::worker::serve(handle.clone(), Arc::clone(e), WorkerLimits::default(), Arc::clone(&speed)));
+        }
+        tokio::spawn(agora_node::publish_status(handle.clone(), engine.clone(), !args.no_gateway, Arc::clone(&speed), Duration::from_secs(2)));
+
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = tokio::spawn(server.serve(async move {
-            let _ = stop_rx.await;
-        }));
+        let serve = if args.no_gateway {
+            println!("agora node: worker only (no HTTP API); gateways reach it over the network");
+            if let Some(e) = &engine {
+                print_model(e.as_ref(), threads);
+            }
+            drop(stop_rx);
+            None
+        } else {
+            let gw = GatewayConfig { stall_timeout: Duration::from_secs_f64(args.stall_timeout), ..GatewayConfig::default() };
+            let backend = Arc::new(Gateway::new(handle.clone(), engine.clone(), gw));
+            let server = agora_node::bind_backend(cfg.listen, cfg.body_limit, backend).await?;
+            let url = format!("http://{}", server.addr);
+            match &engine {
+                Some(e) => print_model(e.as_ref(), threads),
+                None => println!("agora node: gateway only; requests go to workers on the network"),
+            }
+            println!("listening on {url}");
+            println!("  OpenAI API:  {url}/v1");
+            println!("  try:         agora chat --url {url} \"Hello\"");
+            println!("  peers:       agora nodes --url {url}");
+            println!("  metrics:     {url}/metrics");
+            Some(tokio::spawn(server.serve(async move {
+                let _ = stop_rx.await;
+            })))
+        };
+        println!("Ctrl-C stops the node.");
         shutdown_signal().await;
         eprintln!("stopping: finishing requests in flight (at most 10 s)…");
         let _ = stop_tx.send(());
-        match tokio::time::timeout(Duration::from_secs(10), serve).await {
-            Ok(Ok(r)) => r.context("the HTTP server failed")?,
-            Ok(Err(e)) => return Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
-            Err(_) => eprintln!("stopping now: some requests did not finish in time"),
+        if let Some(serve) = serve {
+            match tokio::time::timeout(Duration::from_secs(10), serve).await {
+                Ok(Ok(r)) => r.context("the HTTP server failed")?,
+                Ok(Err(e)) => return Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
+                Err(_) => eprintln!("stopping now: some requests did not finish in time"),
+            }
         }
+        net.task.abort();
         Ok::<(), anyhow::Error>(())
     })?;
     // Dropping the runtime first cancels any stream still open, so the engine thread can end.
@@ -91,17 +160,27 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
+fn print_model(e: &dyn Engine, threads: u32) {
+    let info = e.info();
+    println!(
+        "agora node: serving {} (sha256:{}…) with {} slots × {} tokens on {threads} threads",
+        info.name,
+        &info.sha256[..12.min(info.sha256.len())],
+        info.slots.min(1 << 20),
+        info.n_ctx
+    );
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

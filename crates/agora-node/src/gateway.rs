@@ -299,6 +299,17 @@ impl Backend for Gateway {
     fn load(&self) -> Load {
         self.local.as_ref().map(|e| e.load()).unwrap_or_default()
     }
+
+    fn nodes(&self) -> serde_json::Value {
+        let local = self.local.as_ref().map(|e| {
+            let (i, l) = (e.info(), e.load());
+            serde_json::json!({"model": i.name, "digest": format!("sha256:{}", i.sha256), "slots": l.slots, "slots_in_use": l.slots_busy, "queue": l.queued})
+        });
+        serde_json::json!({
+            "self": {"peer_id": self.net.peer_id().to_string(), "addrs": self.net.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(), "worker": local},
+            "peers": describe_peers(&self.net.peers()),
+        })
+    }
 }
 
 /// Forwards one generation to the API, failing over between workers.
@@ -313,7 +324,7 @@ struct Relay {
 impl Relay {
     async fn run(mut self, mut target: Target, mut source: Source) {
         let net = self.gateway.net.clone();
-        let mut guard = InflightGuard::new(&self.gateway.inflight, target);
+        let mut _guard = InflightGuard::new(&self.gateway.inflight, target);
         let mut generated: Vec<u32> = Vec::new();
         if self.tx.send(Event::Worker(target_name(&net, target))).await.is_err() {
             return;
@@ -342,7 +353,7 @@ impl Relay {
                             info!(from = ?target, to = ?t, resumed = generated.len(), "generation resumed");
                             target = t;
                             source = s;
-                            guard = InflightGuard::new(&self.gateway.inflight, target);
+                            _guard = InflightGuard::new(&self.gateway.inflight, target);
                             if self.tx.send(Event::Worker(target_name(&net, target))).await.is_err() {
                                 return;
                             }
@@ -354,10 +365,6 @@ impl Relay {
                     }
                 }
             }
-        }
-        #[allow(unreachable_code)]
-        {
-            drop(guard);
         }
     }
 }

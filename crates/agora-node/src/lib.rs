@@ -1,15 +1,27 @@
-//! The Agora daemon: resolves the model, starts the engine and serves the API.
+//! The Agora daemon: identity, roles and their wiring.
 //!
-//! `agora node` with no flags is worker + gateway on one machine: one command gives a working
-//! network of one.
+//! `agora node` with no flags is worker + gateway: one command gives a working network of one,
+//! which joins any other nodes of its community it finds (mDNS on the LAN, `--bootstrap`
+//! elsewhere). `--no-worker` makes a pure gateway; `--no-gateway` a pure worker.
+
+pub mod convert;
+pub mod gateway;
+pub mod network;
+pub mod proto;
+pub mod worker;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agora_api::{ApiConfig, HttpServer, LocalBackend};
+use agora_api::{ApiConfig, Backend, HttpServer, LocalBackend};
 use agora_engine::store::{ModelStore, StoreError};
 use agora_engine::{Engine, LlamaConfig, LlamaEngine, llama::LoadError};
+use agora_net::{Multiaddr, NetConfig, NetHandle, NodeStatus, ServedModel};
+
+pub use gateway::{Gateway, GatewayConfig};
+pub use worker::{Speed, WorkerLimits};
 
 /// Everything `agora node` can be told.
 #[derive(Clone, Debug)]
@@ -33,10 +45,11 @@ pub enum NodeError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("could not listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Net(#[from] agora_net::NetError),
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// Resolves (fetching if needed) and loads the model. Blocking: call before or outside async code.
@@ -51,20 +64,16 @@ pub fn load_engine(cfg: &NodeConfig, progress: bool) -> Result<Arc<LlamaEngine>,
     Ok(Arc::new(LlamaEngine::load(lc)?))
 }
 
-/// Binds the API serving `engine` locally.
+/// Binds the API serving `engine` locally (a node of one, no network).
 pub async fn bind(cfg: &NodeConfig, engine: Arc<dyn Engine>) -> Result<HttpServer, NodeError> {
-    agora_api::bind(
-        cfg.listen,
-        Arc::new(LocalBackend::new(engine)),
-        &ApiConfig {
-            body_limit: cfg.body_limit,
-        },
-    )
-    .await
-    .map_err(|source| NodeError::Listen {
-        addr: cfg.listen,
-        source,
-    })
+    bind_backend(cfg.listen, cfg.body_limit, Arc::new(LocalBackend::new(engine))).await
+}
+
+/// Binds the API for any backend.
+pub async fn bind_backend(listen: SocketAddr, body_limit: usize, backend: Arc<dyn Backend>) -> Result<HttpServer, NodeError> {
+    agora_api::bind(listen, backend, &ApiConfig { body_limit })
+        .await
+        .map_err(|source| NodeError::Listen { addr: listen, source })
 }
 
 /// `$AGORA_HOME`, else `$XDG_DATA_HOME/agora`, else `~/.local/share/agora`.
@@ -75,8 +84,57 @@ pub fn default_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(x).join("agora");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/agora")
+}
+
+/// Keeps the network told what this node serves and how busy it is.
+pub async fn publish_status(net: NetHandle, engine: Option<Arc<dyn Engine>>, gateway: bool, speed: Arc<Speed>, every: Duration) {
+    let mut tick = tokio::time::interval(every / 2);
+    loop {
+        tick.tick().await;
+        let mut s = NodeStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            worker: engine.is_some(),
+            gateway,
+            tokens_per_second: speed.get(),
+            time_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some(e) = &engine {
+            let i = e.info();
+            let l = e.load();
+            s.models = vec![ServedModel { name: i.name.clone(), digest: format!("sha256:{}", i.sha256), n_ctx: i.n_ctx }];
+            s.slots = l.slots.min(1 << 20);
+            s.free_slots = l.slots.saturating_sub(l.slots_busy).min(1 << 20);
+            s.queue = l.queued;
+        }
+        net.set_status(s);
+    }
+}
+
+/// The network settings `agora node` passes on.
+#[derive(Clone, Debug)]
+pub struct P2pOptions {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub relays: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Genesis policy file of the community; the built-in default network when absent.
+    pub network_file: Option<PathBuf>,
+}
+
+/// Loads the node's key (creating it, mode 0600, on first run) and the network id, and starts
+/// the libp2p layer.
+pub async fn start_network(home: &Path, p2p: &P2pOptions) -> Result<agora_net::Net, NodeError> {
+    let identity = network::load_or_create_identity(home)?;
+    let network = network::network_id(home, p2p.network_file.as_deref())?;
+    let mut cfg = NetConfig::new(identity.signing_key().to_bytes(), network);
+    if !p2p.listen.is_empty() {
+        cfg.listen = p2p.listen.clone();
+    }
+    cfg.bootstrap = p2p.bootstrap.clone();
+    cfg.relays = p2p.relays.clone();
+    cfg.mdns = p2p.mdns;
+    Ok(agora_net::start(cfg).await?)
 }

@@ -1,0 +1,116 @@
+//! The node's identity file and its community's network id.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use agora_core::identity::Identity;
+use agora_net::NetworkId;
+
+use crate::NodeError;
+
+/// The genesis policy of the public default network.
+pub const DEFAULT_GENESIS: &str = "# Agora network genesis\nname = \"agora\"\n# The public default network.\n";
+
+/// `$AGORA_HOME/key`.
+pub fn key_path(home: &Path) -> PathBuf {
+    home.join("key")
+}
+
+/// `$AGORA_HOME/genesis.toml`: the genesis policy of this node's community, if it has one.
+pub fn genesis_path(home: &Path) -> PathBuf {
+    home.join("genesis.toml")
+}
+
+/// Reads the node's key; creates one (mode 0600) if there is none yet.
+pub fn load_or_create_identity(home: &Path) -> Result<Identity, NodeError> {
+    let path = key_path(home);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Identity::from_key_file(&text)
+            .map_err(|e| NodeError::Identity(format!("the key file {} is unusable: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let identity = Identity::generate(&mut rand::rngs::OsRng);
+            write_new_key(&path, &identity)?;
+            eprintln!("created a new node key at {}", path.display());
+            Ok(identity)
+        }
+        Err(e) => Err(NodeError::Identity(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// Writes `identity` to `path` with mode 0600, refusing to replace an existing file.
+pub fn write_new_key(path: &Path, identity: &Identity) -> Result<(), NodeError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| NodeError::Identity(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                NodeError::Identity(format!("{} already exists; refusing to overwrite a key", path.display()))
+            }
+            _ => NodeError::Identity(format!("cannot create {}: {e}", path.display())),
+        })?;
+    f.write_all(identity.to_key_file().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| NodeError::Identity(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The network id: of `file` if given, else of `$AGORA_HOME/genesis.toml` if present, else of
+/// the built-in default genesis.
+pub fn network_id(home: &Path, file: Option<&Path>) -> Result<NetworkId, NodeError> {
+    let path = match file {
+        Some(f) => Some(f.to_path_buf()),
+        None => Some(genesis_path(home)).filter(|p| p.is_file()),
+    };
+    match path {
+        Some(p) => {
+            let bytes = std::fs::read(&p).map_err(|e| NodeError::Identity(format!("cannot read the genesis file {}: {e}", p.display())))?;
+            Ok(NetworkId::from_genesis(&bytes))
+        }
+        None => Ok(NetworkId::from_genesis(DEFAULT_GENESIS.as_bytes())),
+    }
+}
+
+/// The text of a new community's genesis policy (`agora init --network NAME`).
+pub fn new_genesis(name: &str) -> String {
+    let nonce: [u8; 16] = rand::random();
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!(
+        "# Agora network genesis: give this file to every node of the community.\n\
+         # Its sha256 is the network id; nodes of different networks never exchange traffic.\n\
+         name = {name:?}\ncreated_unix = {secs}\nnonce = \"{}\"\n",
+        hex::encode(nonce)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn key_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let a = load_or_create_identity(home.path()).unwrap();
+        let mode = std::fs::metadata(key_path(home.path())).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = load_or_create_identity(home.path()).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        assert!(write_new_key(&key_path(home.path()), &a).is_err());
+    }
+
+    #[test]
+    fn network_ids_differ_by_genesis() {
+        let home = tempfile::tempdir().unwrap();
+        let default = network_id(home.path(), None).unwrap();
+        std::fs::write(genesis_path(home.path()), new_genesis("kenya")).unwrap();
+        let kenya = network_id(home.path(), None).unwrap();
+        assert_ne!(default, kenya);
+        assert_ne!(kenya, NetworkId::from_genesis(new_genesis("kenya").as_bytes()), "nonce makes each genesis unique");
+    }
+}
