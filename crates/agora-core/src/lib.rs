@@ -1,0 +1,1 @@
+//! Agora identity and statements.

@@ -1,0 +1,1 @@
+//! Log and witness services.
