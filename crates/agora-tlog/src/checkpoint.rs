@@ -128,6 +128,7 @@ impl SignedCheckpoint {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::note::Ed25519Signer;

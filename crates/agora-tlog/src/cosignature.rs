@@ -103,6 +103,7 @@ impl Cosigner {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::note::Note;

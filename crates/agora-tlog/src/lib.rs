@@ -130,6 +130,7 @@ pub(crate) fn b64_encode(b: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -405,6 +405,7 @@ impl HashSource for MemoryTree {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::hash::leaf_hash;

@@ -109,6 +109,7 @@ impl TlogProof {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::checkpoint::Checkpoint;

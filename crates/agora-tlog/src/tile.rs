@@ -375,6 +375,7 @@ impl<R: TileReader> HashSource for TileHashSource<R> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::hash::leaf_hash;

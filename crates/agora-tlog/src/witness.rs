@@ -172,6 +172,7 @@ pub fn verify_split_view(log: &Vkey, a: &[u8], b: &[u8], proof: &[Hash]) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::checkpoint::Checkpoint;
