@@ -7,7 +7,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(e) = Envelope::from_json(data) {
         let _ = e.verify();
         let _ = Statement::from_payload(&e.payload_type, &e.payload);
-        let again = Envelope::from_json(e.to_json().as_bytes()).expect("re-encoded envelope parses");
+        let again =
+            Envelope::from_json(e.to_json().as_bytes()).expect("re-encoded envelope parses");
         assert_eq!(again, e);
     }
     // Payloads on their own, under both payload types.

@@ -6,10 +6,16 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(n) = Note::parse(data) {
-        assert_eq!(n.to_bytes(), data, "a parsed note must re-serialise byte for byte");
+        assert_eq!(
+            n.to_bytes(),
+            data,
+            "a parsed note must re-serialise byte for byte"
+        );
         let keys = [
-            Vkey::parse("example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k").unwrap(),
-            Vkey::parse("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").unwrap(),
+            Vkey::parse("example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k")
+                .unwrap(),
+            Vkey::parse("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
+                .unwrap(),
         ];
         let _ = n.verify(&keys);
     }

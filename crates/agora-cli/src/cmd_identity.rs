@@ -21,7 +21,8 @@ impl HomeArg {
         if let Some(h) = &self.home {
             return Ok(h.clone());
         }
-        let home = std::env::var_os("HOME").context("neither --home, AGORA_HOME nor HOME is set")?;
+        let home =
+            std::env::var_os("HOME").context("neither --home, AGORA_HOME nor HOME is set")?;
         Ok(PathBuf::from(home).join(".local/share/agora"))
     }
 }
@@ -63,7 +64,10 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            bail!("refusing to overwrite the existing key at {}", path.display())
+            bail!(
+                "refusing to overwrite the existing key at {}",
+                path.display()
+            )
         }
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
     };

@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use agora_api::tlog::hammer::{self, HammerConfig};
 use agora_api::tlog::{HttpWitnessTransport, LogClient, log_router, witness_router};
-use agora_core::statement::{Proven, Statement};
 use agora_core::Envelope;
+use agora_core::statement::{Proven, Statement};
 use agora_log::{Log, LogConfig, Witness};
+use agora_tlog::Vkey;
 use agora_tlog::checkpoint::SignedCheckpoint;
 use agora_tlog::hash::{Hash, leaf_hash};
 use agora_tlog::merkle;
 use agora_tlog::policy::Policy;
 use agora_tlog::proof::TlogProof;
 use agora_tlog::tile::{self, Frontier, TilePath};
-use agora_tlog::Vkey;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
@@ -264,13 +264,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -284,7 +285,8 @@ pub fn run_log(cmd: LogCommand) -> anyhow::Result<()> {
     match cmd {
         LogCommand::Serve(a) => serve_log(a),
         LogCommand::Add { file, url } => {
-            let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let i = LogClient::new(&url).add(&data)?;
             println!("{i}");
             Ok(())
@@ -343,12 +345,17 @@ pub fn run_witness(cmd: WitnessCommand) -> anyhow::Result<()> {
             Ok(())
         }
         WitnessCommand::VerifyEvidence { file, log_key } => {
-            let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let vkey = Vkey::parse(&log_key).context("invalid --log-key")?;
             let env = Envelope::from_json(data.trim_ascii())?;
             let (signers, st) = Statement::open(&env)?;
             let Statement::Evidence(ev) = st else {
-                bail!("{} is a {} statement, not evidence", file.display(), st.kind().name());
+                bail!(
+                    "{} is a {} statement, not evidence",
+                    file.display(),
+                    st.kind().name()
+                );
             };
             match ev.verify(Some(&vkey))? {
                 Proven::SplitView(sv) => println!(
@@ -459,8 +466,10 @@ fn prove(url: &str, index: u64, trust: &TrustArgs) -> anyhow::Result<()> {
 }
 
 fn verify(proof: &Path, policy: &Path, entry: &Path) -> anyhow::Result<()> {
-    let p = TlogProof::parse(&std::fs::read(proof).with_context(|| format!("cannot read {}", proof.display()))?)
-        .with_context(|| format!("invalid proof {}", proof.display()))?;
+    let p = TlogProof::parse(
+        &std::fs::read(proof).with_context(|| format!("cannot read {}", proof.display()))?,
+    )
+    .with_context(|| format!("invalid proof {}", proof.display()))?;
     let policy = read_policy(policy)?;
     let data = std::fs::read(entry).with_context(|| format!("cannot read {}", entry.display()))?;
     let sc = p
@@ -490,7 +499,10 @@ fn fsck(url: &str, trust: &TrustArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{} is missing", t.to_path()))?;
         let derived: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
         if served != derived {
-            bail!("{} differs from the tile derived from the entries", t.to_path());
+            bail!(
+                "{} differs from the tile derived from the entries",
+                t.to_path()
+            );
         }
         Ok(())
     };
@@ -547,7 +559,9 @@ fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
                         checked += 1;
                     }
                     seen.push((size, root));
-                    println!("checkpoint size {size} root {root}: consistent with all {checked} earlier");
+                    println!(
+                        "checkpoint size {size} root {root}: consistent with all {checked} earlier"
+                    );
                     if a.count > 0 && seen.len() >= a.count {
                         break;
                     }
@@ -565,7 +579,12 @@ fn check_pair(client: &LogClient, a: (u64, Hash), b: (u64, Hash)) -> anyhow::Res
     let (old, new) = if a.0 <= b.0 { (a, b) } else { (b, a) };
     if old.0 == new.0 {
         if old.1 != new.1 {
-            bail!("INCONSISTENT: two roots for size {}: {} and {}", old.0, old.1, new.1);
+            bail!(
+                "INCONSISTENT: two roots for size {}: {} and {}",
+                old.0,
+                old.1,
+                new.1
+            );
         }
         return Ok(());
     }
@@ -573,9 +592,8 @@ fn check_pair(client: &LogClient, a: (u64, Hash), b: (u64, Hash)) -> anyhow::Res
         return Ok(());
     }
     let proof = client.consistency_proof(old.0, new.0)?;
-    merkle::verify_consistency(old.0, new.0, &proof, &old.1, &new.1).map_err(|e| {
-        anyhow::anyhow!("INCONSISTENT: size {} and size {}: {e}", old.0, new.0)
-    })
+    merkle::verify_consistency(old.0, new.0, &proof, &old.1, &new.1)
+        .map_err(|e| anyhow::anyhow!("INCONSISTENT: size {} and size {}: {e}", old.0, new.0))
 }
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {

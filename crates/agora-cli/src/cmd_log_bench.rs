@@ -46,7 +46,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     println!(
         "  load generator and log in one process over loopback HTTP/1.1 keep-alive; 512-byte unique entries;"
     );
-    println!("  checkpoint interval 1 s, no witnesses; sequencer batch <= 16384 entries, wait 2 ms");
+    println!(
+        "  checkpoint interval 1 s, no witnesses; sequencer batch <= 16384 entries, wait 2 ms"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -221,6 +223,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         check(verify_rate >= TARGET_VERIFY)
     );
     println!("  tile reads/s over HTTP (64 conns):        {tile_rate:>9.0}   (no target)");
-    println!("  peer: Tessera's POSIX backend publishes about 10,000 appends/s on 7 cores (its published figure; not measured here)");
+    println!(
+        "  peer: Tessera's POSIX backend publishes about 10,000 appends/s on 7 cores (its published figure; not measured here)"
+    );
     Ok(())
 }

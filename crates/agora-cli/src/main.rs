@@ -7,7 +7,11 @@ mod cmd_log;
 mod cmd_log_bench;
 
 #[derive(Parser)]
-#[command(name = "agora", version, about = "Agora: an open network for AI that anyone can serve, use and verify")]
+#[command(
+    name = "agora",
+    version,
+    about = "Agora: an open network for AI that anyone can serve, use and verify"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

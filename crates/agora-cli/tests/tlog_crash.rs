@@ -56,7 +56,16 @@ fn sigkill_while_appending() {
     let err = dir.path().join("log.err");
     let start = || {
         Server::start(
-            &["log", "serve", "--home", &h, "--listen", &listen, "--interval", "300ms"],
+            &[
+                "log",
+                "serve",
+                "--home",
+                &h,
+                "--listen",
+                &listen,
+                "--interval",
+                "300ms",
+            ],
             &err,
         )
     };
@@ -73,7 +82,8 @@ fn sigkill_while_appending() {
             while !stop.load(Ordering::Relaxed) {
                 let (s, body) = get(&format!("{url}/checkpoint"));
                 if s == 200 {
-                    let c = SignedCheckpoint::open(&body, &vkey).expect("a checkpoint not signed by the log");
+                    let c = SignedCheckpoint::open(&body, &vkey)
+                        .expect("a checkpoint not signed by the log");
                     let item = (c.checkpoint.size, c.checkpoint.root);
                     let mut v = seen.lock().unwrap();
                     if v.last() != Some(&item) {
@@ -90,9 +100,19 @@ fn sigkill_while_appending() {
     let total = Duration::from_secs(4 + 3 * CRASHES as u64);
     let hammer = std::process::Command::new(agora())
         .args([
-            "log", "hammer", &url, "--count", "0", "--duration",
-            &format!("{}s", total.as_secs()), "--concurrency", "48", "--seed",
-            &(seed % 1000).to_string(), "--record", record.to_str().unwrap(),
+            "log",
+            "hammer",
+            &url,
+            "--count",
+            "0",
+            "--duration",
+            &format!("{}s", total.as_secs()),
+            "--concurrency",
+            "48",
+            "--seed",
+            &(seed % 1000).to_string(),
+            "--record",
+            record.to_str().unwrap(),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -105,14 +125,21 @@ fn sigkill_while_appending() {
         let before = checkpoint_size(&url);
         log.kill9();
         sizes_at_kill.push(before);
-        eprintln!("crash {i}: SIGKILL at {:.1} s (checkpoint size {before:?})", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "crash {i}: SIGKILL at {:.1} s (checkpoint size {before:?})",
+            t0.elapsed().as_secs_f64()
+        );
         std::thread::sleep(rng.millis(50, 600));
         log = start();
     }
     let out = hammer.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!("hammer: {report}");
-    assert!(out.status.success(), "hammer failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "hammer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Every acknowledged index holds the bytes that were acknowledged.
     let acks: Vec<(u64, String)> = std::fs::read_to_string(&record)
@@ -123,11 +150,17 @@ fn sigkill_while_appending() {
             (i.parse().unwrap(), d.to_string())
         })
         .collect();
-    assert!(acks.len() > 1000, "too few acknowledged entries: {}", acks.len());
+    assert!(
+        acks.len() > 1000,
+        "too few acknowledged entries: {}",
+        acks.len()
+    );
     let max = acks.iter().map(|a| a.0).max().unwrap();
-    let final_size = wait_for("a checkpoint covering every acknowledged entry", Duration::from_secs(20), || {
-        checkpoint_size(&url).filter(|s| *s > max)
-    });
+    let final_size = wait_for(
+        "a checkpoint covering every acknowledged entry",
+        Duration::from_secs(20),
+        || checkpoint_size(&url).filter(|s| *s > max),
+    );
     let client = LogClient::new(&url);
     let mut bundles: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     for (i, digest) in &acks {
@@ -141,7 +174,11 @@ fn sigkill_while_appending() {
         assert_eq!(&got, digest, "entry {i} changed after a crash");
     }
     let unique: std::collections::HashSet<u64> = acks.iter().map(|a| a.0).collect();
-    assert_eq!(unique.len(), acks.len(), "two acknowledged entries share an index");
+    assert_eq!(
+        unique.len(),
+        acks.len(),
+        "two acknowledged entries share an index"
+    );
 
     // fsck re-derives every tile and the root from the entries.
     let fsck = ok(&["log", "fsck", &url, "--log-key", &log.vkey]);
@@ -156,7 +193,12 @@ fn sigkill_while_appending() {
     assert!(seen.len() > CRASHES, "only {} checkpoints seen", seen.len());
     let (last_size, last_root) = *seen.last().unwrap();
     for w in seen.windows(2) {
-        assert!(w[0].0 <= w[1].0, "checkpoint size went backwards: {} then {}", w[0].0, w[1].0);
+        assert!(
+            w[0].0 <= w[1].0,
+            "checkpoint size went backwards: {} then {}",
+            w[0].0,
+            w[1].0
+        );
     }
     for &(s, r) in &seen {
         if s == 0 {

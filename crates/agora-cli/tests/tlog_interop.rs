@@ -58,7 +58,12 @@ fn go(bin: &Path, args: &[&str]) -> String {
 }
 
 fn go_fails(bin: &Path, args: &[&str]) -> bool {
-    !Command::new(bin).args(args).output().unwrap().status.success()
+    !Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 #[test]
@@ -70,16 +75,43 @@ fn go_interop() {
     let home = dir.path().join("home");
     init_home(&home);
     let log = Server::start(
-        &["log", "serve", "--home", home.to_str().unwrap(), "--listen", "127.0.0.1:0", "--interval", "200ms"],
+        &[
+            "log",
+            "serve",
+            "--home",
+            home.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "200ms",
+        ],
         &dir.path().join("log.err"),
     );
-    ok(&["log", "hammer", &log.url, "--count", "700", "--concurrency", "8"]);
+    ok(&[
+        "log",
+        "hammer",
+        &log.url,
+        "--count",
+        "700",
+        "--concurrency",
+        "8",
+    ]);
     let old_size = wait_for("checkpoint 700", Duration::from_secs(10), || {
         checkpoint_size(&log.url).filter(|s| *s == 700)
     });
     let client = LogClient::new(&log.url);
     let old_cp = SignedCheckpoint::parse(&client.checkpoint().unwrap()).unwrap();
-    ok(&["log", "hammer", &log.url, "--count", "70000", "--concurrency", "64", "--seed", "3"]);
+    ok(&[
+        "log",
+        "hammer",
+        &log.url,
+        "--count",
+        "70000",
+        "--concurrency",
+        "64",
+        "--seed",
+        "3",
+    ]);
     let size = wait_for("checkpoint 70700", Duration::from_secs(20), || {
         checkpoint_size(&log.url).filter(|s| *s == 70_700)
     });
@@ -89,25 +121,43 @@ fn go_interop() {
     std::fs::write(&cp_file, &cp_bytes).unwrap();
 
     // Go verifies our signed checkpoint with our vkey.
-    let out = go(&go_bin, &["verify-checkpoint", &log.vkey, cp_file.to_str().unwrap()]);
+    let out = go(
+        &go_bin,
+        &["verify-checkpoint", &log.vkey, cp_file.to_str().unwrap()],
+    );
     assert_eq!(
         out.trim(),
-        format!("OK {} {} {}", cp.checkpoint.origin, size, cp.checkpoint.root)
+        format!(
+            "OK {} {} {}",
+            cp.checkpoint.origin, size, cp.checkpoint.root
+        )
     );
     // ... and rejects it under another key with the same name.
     let other = agora_core::Identity::from_seed(&[5; 32])
         .vkey(&cp.checkpoint.origin)
         .unwrap()
         .to_string();
-    assert!(go_fails(&go_bin, &["verify-checkpoint", &other, cp_file.to_str().unwrap()]));
+    assert!(go_fails(
+        &go_bin,
+        &["verify-checkpoint", &other, cp_file.to_str().unwrap()]
+    ));
 
     // Go checks our inclusion and consistency proofs.
     for index in [0u64, 1, 255, 256, 65_535, 65_536, 70_699] {
         let proof = client.inclusion_proof(index, size).unwrap();
-        let entries = client.entries(index / 256, agora_tlog::tile::tile_width(0, index / 256, size)).unwrap();
+        let entries = client
+            .entries(
+                index / 256,
+                agora_tlog::tile::tile_width(0, index / 256, size),
+            )
+            .unwrap();
         let leaf = leaf_hash(&entries[(index % 256) as usize]);
         let f = dir.path().join("incl");
-        std::fs::write(&f, proof.iter().map(|h| format!("{h}\n")).collect::<String>()).unwrap();
+        std::fs::write(
+            &f,
+            proof.iter().map(|h| format!("{h}\n")).collect::<String>(),
+        )
+        .unwrap();
         let args = [
             "check-inclusion",
             &size.to_string(),
@@ -120,12 +170,19 @@ fn go_interop() {
         // Go's leaf hash of the entry is ours.
         let ef = dir.path().join("entry");
         std::fs::write(&ef, &entries[(index % 256) as usize]).unwrap();
-        assert_eq!(go(&go_bin, &["leaf-hash", ef.to_str().unwrap()]).trim(), leaf.to_base64());
+        assert_eq!(
+            go(&go_bin, &["leaf-hash", ef.to_str().unwrap()]).trim(),
+            leaf.to_base64()
+        );
     }
     for old in [1u64, 3, 700, 4096, 70_000] {
         let proof = client.consistency_proof(old, size).unwrap();
         let f = dir.path().join("cons");
-        std::fs::write(&f, proof.iter().map(|h| format!("{h}\n")).collect::<String>()).unwrap();
+        std::fs::write(
+            &f,
+            proof.iter().map(|h| format!("{h}\n")).collect::<String>(),
+        )
+        .unwrap();
         let old_root = client.root(old).unwrap();
         let args = [
             "check-consistency",
@@ -165,5 +222,8 @@ fn go_interop() {
     assert_eq!(n.text, "signed in Go\nverified in Rust\n");
     // Our signer with Go's private key encoding produces the identical note.
     let ours = agora_tlog::note::Ed25519Signer::from_skey(skey).unwrap();
-    assert_eq!(Note::sign(&n.text, &[&ours]).unwrap().to_bytes(), signed.as_bytes());
+    assert_eq!(
+        Note::sign(&n.text, &[&ours]).unwrap().to_bytes(),
+        signed.as_bytes()
+    );
 }

@@ -25,8 +25,17 @@ fn request(log: &Identity, t: &MemoryTree, old: u64, n: u64) -> Vec<u8> {
         &log.log_signer(&origin).unwrap(),
     )
     .unwrap();
-    let proof = if old == 0 || old == n { vec![] } else { t.consistency_proof(old, n).unwrap() };
-    AddCheckpointRequest { old_size: old, proof, checkpoint: cp.to_bytes() }.to_bytes()
+    let proof = if old == 0 || old == n {
+        vec![]
+    } else {
+        t.consistency_proof(old, n).unwrap()
+    };
+    AddCheckpointRequest {
+        old_size: old,
+        proof,
+        checkpoint: cp.to_bytes(),
+    }
+    .to_bytes()
 }
 
 fn start_witness(dir: &Path, log_keys: &[&str], listen: &str) -> Server {
@@ -34,7 +43,14 @@ fn start_witness(dir: &Path, log_keys: &[&str], listen: &str) -> Server {
     if !home.join("key").exists() {
         init_home(&home);
     }
-    let mut args = vec!["witness", "serve", "--home", home.to_str().unwrap(), "--listen", listen];
+    let mut args = vec![
+        "witness",
+        "serve",
+        "--home",
+        home.to_str().unwrap(),
+        "--listen",
+        listen,
+    ];
     for k in log_keys {
         args.push("--log-key");
         args.push(k);
@@ -61,11 +77,17 @@ fn status_codes_and_concurrent_calls() {
     let (s, _, body) = post(&add, &request(&log, &t, 0, 3));
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
     let sigs = parse_response(&body).unwrap();
-    let note = Note { text: Checkpoint::new(&log.default_log_origin(), 3, t.root_at(3).unwrap()).to_text(), sigs };
+    let note = Note {
+        text: Checkpoint::new(&log.default_log_origin(), 3, t.root_at(3).unwrap()).to_text(),
+        sigs,
+    };
     assert_eq!(note.verify(&[wvkey]), Ok(vec![0]));
     // 409 with the latest size, as text/x.tlog.size.
     let (s, ct, body) = post(&add, &request(&log, &t, 0, 5));
-    assert_eq!((s, ct.as_str(), body.as_slice()), (409, "text/x.tlog.size", &b"3\n"[..]));
+    assert_eq!(
+        (s, ct.as_str(), body.as_slice()),
+        (409, "text/x.tlog.size", &b"3\n"[..])
+    );
     // 422: proof does not verify.
     let mut r = AddCheckpointRequest::parse(&request(&log, &t, 3, 9)).unwrap();
     r.proof[1].0[5] ^= 0x10;
@@ -93,7 +115,9 @@ fn status_codes_and_concurrent_calls() {
     // Concurrent calls racing for the same log: exactly one wins each round.
     let mut old = 3u64;
     for round in 0..15u64 {
-        let bodies: Vec<Vec<u8>> = (1..=4).map(|k| request(&log, &t, old, old + k + round % 2)).collect();
+        let bodies: Vec<Vec<u8>> = (1..=4)
+            .map(|k| request(&log, &t, old, old + k + round % 2))
+            .collect();
         let barrier = Arc::new(Barrier::new(bodies.len()));
         let handles: Vec<_> = bodies
             .into_iter()
@@ -105,12 +129,22 @@ fn status_codes_and_concurrent_calls() {
                 })
             })
             .collect();
-        let results: Vec<(u16, String, Vec<u8>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let results: Vec<(u16, String, Vec<u8>)> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
         let winners = results.iter().filter(|r| r.0 == 200).count();
         let losers: Vec<_> = results.iter().filter(|r| r.0 == 409).collect();
-        assert_eq!(winners, 1, "round {round}: {:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+        assert_eq!(
+            winners,
+            1,
+            "round {round}: {:?}",
+            results.iter().map(|r| r.0).collect::<Vec<_>>()
+        );
         assert_eq!(losers.len(), 3);
-        let new: u64 = String::from_utf8(losers[0].2.clone()).unwrap().trim().parse().unwrap();
+        let new: u64 = String::from_utf8(losers[0].2.clone())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(new > old);
         assert!(losers.iter().all(|l| l.1 == "text/x.tlog.size"));
         old = new;
@@ -121,7 +155,12 @@ fn log_home(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
     let home = dir.join(name);
     init_home(&home);
     let id = ok(&["id", "--home", home.to_str().unwrap()]);
-    let vkey = id.lines().find_map(|l| l.strip_prefix("vkey")).unwrap().trim().to_string();
+    let vkey = id
+        .lines()
+        .find_map(|l| l.strip_prefix("vkey"))
+        .unwrap()
+        .trim()
+        .to_string();
     (home, vkey)
 }
 
@@ -133,27 +172,54 @@ fn publishes_only_with_a_quorum() {
     let whome = dir.path().join("witness-home");
     init_home(&whome);
     let wid = ok(&["id", "--home", whome.to_str().unwrap()]);
-    let wvkey = wid.lines().find_map(|l| l.strip_prefix("witness-vkey")).unwrap().trim().to_string();
+    let wvkey = wid
+        .lines()
+        .find_map(|l| l.strip_prefix("witness-vkey"))
+        .unwrap()
+        .trim()
+        .to_string();
     let port = free_port();
     let policy = dir.path().join("policy");
-    std::fs::write(&policy, format!("witness w {wvkey} http://127.0.0.1:{port}\nquorum w\n")).unwrap();
+    std::fs::write(
+        &policy,
+        format!("witness w {wvkey} http://127.0.0.1:{port}\nquorum w\n"),
+    )
+    .unwrap();
     let log = Server::start(
-        &["log", "serve", "--home", home.to_str().unwrap(), "--listen", "127.0.0.1:0", "--interval", "200ms",
-          "--policy", policy.to_str().unwrap()],
+        &[
+            "log",
+            "serve",
+            "--home",
+            home.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "200ms",
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
         &dir.path().join("log.err"),
     );
     let e = dir.path().join("e");
     std::fs::write(&e, b"x").unwrap();
     ok(&["log", "add", e.to_str().unwrap(), "--log", &log.url]);
     std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(checkpoint_size(&log.url), None, "published without a quorum");
+    assert_eq!(
+        checkpoint_size(&log.url),
+        None,
+        "published without a quorum"
+    );
     let _w = start_witness(dir.path(), &[&vkey], &format!("127.0.0.1:{port}"));
     wait_for("a cosigned checkpoint", Duration::from_secs(15), || {
         (checkpoint_size(&log.url) == Some(1)).then_some(())
     });
     let (_, cp) = get(&format!("{}/checkpoint", log.url));
     let full_policy = dir.path().join("full-policy");
-    std::fs::write(&full_policy, format!("log {vkey}\nwitness w {wvkey}\nquorum w\n")).unwrap();
+    std::fs::write(
+        &full_policy,
+        format!("log {vkey}\nwitness w {wvkey}\nquorum w\n"),
+    )
+    .unwrap();
     let sc = agora_tlog::Policy::parse(&std::fs::read(&full_policy).unwrap())
         .unwrap()
         .verify_checkpoint(&cp)
@@ -161,9 +227,27 @@ fn publishes_only_with_a_quorum() {
     assert_eq!(sc.note.sigs.len(), 2);
     // An offline proof under the witnessed policy.
     let proof = dir.path().join("p.tlog-proof");
-    std::fs::write(&proof, ok(&["log", "prove", &log.url, "0", "--policy", full_policy.to_str().unwrap()])).unwrap();
-    let out = ok(&["log", "verify", proof.to_str().unwrap(), "--policy", full_policy.to_str().unwrap(), "--entry",
-                   e.to_str().unwrap()]);
+    std::fs::write(
+        &proof,
+        ok(&[
+            "log",
+            "prove",
+            &log.url,
+            "0",
+            "--policy",
+            full_policy.to_str().unwrap(),
+        ]),
+    )
+    .unwrap();
+    let out = ok(&[
+        "log",
+        "verify",
+        proof.to_str().unwrap(),
+        "--policy",
+        full_policy.to_str().unwrap(),
+        "--entry",
+        e.to_str().unwrap(),
+    ]);
     assert!(out.contains("1 witness cosignature"), "{out}");
 }
 
@@ -173,11 +257,25 @@ fn equivocating_log_is_caught() {
     let (home_a, vkey) = log_home(dir.path(), "log-a");
     let w = start_witness(dir.path(), &[&vkey], "127.0.0.1:0");
     let policy = dir.path().join("policy");
-    std::fs::write(&policy, format!("witness w {} {}\nquorum w\n", w.vkey, w.url)).unwrap();
+    std::fs::write(
+        &policy,
+        format!("witness w {} {}\nquorum w\n", w.vkey, w.url),
+    )
+    .unwrap();
     let serve = |home: &Path, err: &str| {
         Server::start(
-            &["log", "serve", "--home", home.to_str().unwrap(), "--listen", "127.0.0.1:0", "--interval", "150ms",
-              "--policy", policy.to_str().unwrap()],
+            &[
+                "log",
+                "serve",
+                "--home",
+                home.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--interval",
+                "150ms",
+                "--policy",
+                policy.to_str().unwrap(),
+            ],
             &dir.path().join(err),
         )
     };
@@ -191,9 +289,11 @@ fn equivocating_log_is_caught() {
     for i in 0..5 {
         add(&a.url, &format!("a{i}"));
     }
-    wait_for("history A cosigned at size 5", Duration::from_secs(15), || {
-        (checkpoint_size(&a.url) == Some(5)).then_some(())
-    });
+    wait_for(
+        "history A cosigned at size 5",
+        Duration::from_secs(15),
+        || (checkpoint_size(&a.url) == Some(5)).then_some(()),
+    );
     a.kill9();
     // History B: the same key, another database, other entries.
     let home_b = dir.path().join("log-b");
@@ -219,15 +319,44 @@ fn equivocating_log_is_caught() {
     for (i, l) in lines.iter().enumerate() {
         let f = dir.path().join(format!("evidence-{i}.json"));
         std::fs::write(&f, l).unwrap();
-        let v = ok(&["witness", "verify-evidence", f.to_str().unwrap(), "--log-key", &vkey]);
+        let v = ok(&[
+            "witness",
+            "verify-evidence",
+            f.to_str().unwrap(),
+            "--log-key",
+            &vkey,
+        ]);
         assert!(v.starts_with("valid evidence"), "{v}");
         // Trusting another key, it is rejected.
         let other = Identity::from_seed(&[99; 32]);
-        let other_vkey = other.vkey(&Vkey::parse(&vkey).unwrap().name).unwrap().to_string();
-        assert!(!run(&["witness", "verify-evidence", f.to_str().unwrap(), "--log-key", &other_vkey]).status.success());
+        let other_vkey = other
+            .vkey(&Vkey::parse(&vkey).unwrap().name)
+            .unwrap()
+            .to_string();
+        assert!(
+            !run(&[
+                "witness",
+                "verify-evidence",
+                f.to_str().unwrap(),
+                "--log-key",
+                &other_vkey
+            ])
+            .status
+            .success()
+        );
         // Tampering with either checkpoint breaks it.
         let tampered = l.replacen("\"payload\":\"", "\"payload\":\"AAAA", 1);
         std::fs::write(&f, tampered).unwrap();
-        assert!(!run(&["witness", "verify-evidence", f.to_str().unwrap(), "--log-key", &vkey]).status.success());
+        assert!(
+            !run(&[
+                "witness",
+                "verify-evidence",
+                f.to_str().unwrap(),
+                "--log-key",
+                &vkey
+            ])
+            .status
+            .success()
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use agora_log::{WitnessReply, WitnessTransport};
 use agora_tlog::hash::Hash;
 use agora_tlog::merkle;
-use agora_tlog::tile::{TileHashSource, TileReader, TilePath, decode_bundle};
+use agora_tlog::tile::{TileHashSource, TilePath, TileReader, decode_bundle};
 
 use super::{Result, TlogHttpError};
 
@@ -110,7 +110,11 @@ impl LogClient {
     pub fn checkpoint(&self) -> Result<Vec<u8>> {
         let (status, body) = self.get("checkpoint")?;
         if status != 200 {
-            return Err(status_err(&format!("{}/checkpoint", self.base), status, &body));
+            return Err(status_err(
+                &format!("{}/checkpoint", self.base),
+                status,
+                &body,
+            ));
         }
         Ok(body)
     }

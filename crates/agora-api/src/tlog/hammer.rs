@@ -133,7 +133,11 @@ impl fmt::Display for HammerReport {
         if let Some(p) = &self.inclusion_latency {
             writeln!(f, "append -> in a published checkpoint: {p}")?;
             if self.not_included > 0 {
-                writeln!(f, "acknowledged but not yet in a checkpoint at the end: {}", self.not_included)?;
+                writeln!(
+                    f,
+                    "acknowledged but not yet in a checkpoint at the end: {}",
+                    self.not_included
+                )?;
             }
         }
         if let Some(e) = &self.last_error {
@@ -161,10 +165,12 @@ pub fn entry(seed: u64, seq: u64, size: usize) -> Vec<u8> {
 
 /// `host:port` and path prefix of an `http://` URL.
 pub fn split_url(url: &str) -> Result<(String, String)> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| TlogHttpError::Transport {
-        url: url.to_string(),
-        msg: "only http:// URLs are supported by the load generator".into(),
-    })?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| TlogHttpError::Transport {
+            url: url.to_string(),
+            msg: "only http:// URLs are supported by the load generator".into(),
+        })?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
@@ -200,7 +206,9 @@ impl Conn {
             });
             self.sender = Some(sender);
         }
-        self.sender.as_mut().ok_or_else(|| "no connection".to_string())
+        self.sender
+            .as_mut()
+            .ok_or_else(|| "no connection".to_string())
     }
 
     /// Send a request; returns status and body.
@@ -261,12 +269,17 @@ pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
     let deadline = cfg.duration.map(|d| start + d);
     let next = Arc::new(AtomicU64::new(0));
     let conc = cfg.concurrency.max(1);
-    let per_worker_interval = (cfg.rate > 0.0).then(|| Duration::from_secs_f64(conc as f64 / cfg.rate));
+    let per_worker_interval =
+        (cfg.rate > 0.0).then(|| Duration::from_secs_f64(conc as f64 / cfg.rate));
 
     // Checkpoint poller.
     let poll_stop = Arc::new(tokio::sync::Notify::new());
     let poller = cfg.checkpoint_latency.then(|| {
-        let (host, path, stop) = (host.clone(), format!("{prefix}/checkpoint"), poll_stop.clone());
+        let (host, path, stop) = (
+            host.clone(),
+            format!("{prefix}/checkpoint"),
+            poll_stop.clone(),
+        );
         tokio::spawn(async move {
             let mut conn = Conn::new(&host);
             let mut seen: Vec<(Duration, u64)> = Vec::new();
@@ -295,7 +308,12 @@ pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
 
     let mut workers = Vec::new();
     for _ in 0..conc {
-        let (host, path, next, cfg) = (host.clone(), format!("{prefix}/add"), next.clone(), cfg.clone());
+        let (host, path, next, cfg) = (
+            host.clone(),
+            format!("{prefix}/add"),
+            next.clone(),
+            cfg.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut r = WorkerResult::default();
             let mut conn = Conn::new(&host);
@@ -322,7 +340,10 @@ pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
                 match conn.request("POST", &path, Bytes::from(e)).await {
                     Ok((200, body)) => {
                         let latency = start.elapsed() - sent_at;
-                        match std::str::from_utf8(&body).ok().and_then(|s| s.trim_end().parse().ok()) {
+                        match std::str::from_utf8(&body)
+                            .ok()
+                            .and_then(|s| s.trim_end().parse().ok())
+                        {
                             Some(index) => r.acks.push(Ack {
                                 index,
                                 sent_at,
@@ -341,7 +362,10 @@ pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
                     }
                     Ok((status, body)) => {
                         r.errors += 1;
-                        r.last_error = Some(format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
+                        r.last_error = Some(format!(
+                            "HTTP {status}: {}",
+                            String::from_utf8_lossy(&body).trim()
+                        ));
                     }
                     Err(e) => {
                         r.errors += 1;
@@ -378,7 +402,9 @@ pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
         let mut conn = Conn::new(&host);
         let wait_until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < wait_until {
-            if let Ok((200, body)) = conn.request("GET", &format!("{prefix}/checkpoint"), Bytes::new()).await
+            if let Ok((200, body)) = conn
+                .request("GET", &format!("{prefix}/checkpoint"), Bytes::new())
+                .await
                 && std::str::from_utf8(&body)
                     .ok()
                     .and_then(|s| s.lines().nth(1))

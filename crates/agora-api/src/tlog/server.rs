@@ -61,12 +61,18 @@ async fn checkpoint(State(log): State<Log>) -> Response {
     match log.checkpoint() {
         Some(p) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, TEXT), (header::CACHE_CONTROL, MUTABLE)],
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::CACHE_CONTROL, MUTABLE),
+            ],
             p.bytes.as_ref().clone(),
         )
             .into_response(),
         None => {
-            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "no checkpoint published yet");
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no checkpoint published yet",
+            );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
@@ -81,7 +87,10 @@ async fn tile(State(log): State<Log>, Path(path): Path<String>) -> Response {
     match log.read_tile(&t) {
         Ok(Some(data)) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, OCTETS), (header::CACHE_CONTROL, IMMUTABLE)],
+            [
+                (header::CONTENT_TYPE, OCTETS),
+                (header::CACHE_CONTROL, IMMUTABLE),
+            ],
             data,
         )
             .into_response(),
@@ -110,7 +119,8 @@ async fn add_checkpoint(State(w): State<Arc<Witness>>, body: Bytes) -> Response 
     let r = tokio::task::spawn_blocking(move || w.add_checkpoint(&body, now)).await;
     match r {
         Ok(r) => {
-            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, [(header::CONTENT_TYPE, r.content_type)], r.body).into_response()
         }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),

@@ -24,7 +24,11 @@ pub fn agora() -> &'static Path {
             .unwrap()
             .status
             .success();
-        assert!(ok, "{} has no `log` command: another build replaced it", dst.display());
+        assert!(
+            ok,
+            "{} has no `log` command: another build replaced it",
+            dst.display()
+        );
         dst
     })
 }
@@ -52,7 +56,11 @@ pub fn ok(args: &[&str]) -> String {
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `agora init --home HOME`.
