@@ -194,13 +194,12 @@ impl Witness {
                 .transpose()?;
             let stored_size = stored.as_ref().map_or(0, |s| s.size);
             let mut evidence: Option<Vec<String>> = None;
-            let decision = if let Some(s) = stored
+            let decision = if stored
                 .as_ref()
-                .filter(|s| s.size == new.size && s.root != new.root)
+                .is_some_and(|s| s.size == new.size && s.root != new.root)
             {
                 // Same size, different root: a split view whatever old size was claimed.
                 evidence = Some(Vec::new());
-                let _ = s;
                 Decision::Respond(conflict(stored_size))
             } else if req.old_size != stored_size {
                 Decision::Respond(conflict(stored_size))
@@ -236,18 +235,17 @@ impl Witness {
                     }
                 }
             };
-            if let Some(proof) = evidence
-                && let Some(s) = stored.as_ref()
-            {
-                drop(state);
-                self.record_evidence(&txn, &log_key, &s.checkpoint, &clean, proof, now)?;
-                state = txn.open_table(STATE)?;
-            }
-            if matches!(decision, Decision::Cosign) {
-                state.insert(
-                    origin.as_str(),
-                    encode_state(new.size, &new.root, &clean).as_slice(),
-                )?;
+            match (&decision, evidence, stored.as_ref()) {
+                (Decision::Cosign, _, _) => {
+                    state.insert(
+                        origin.as_str(),
+                        encode_state(new.size, &new.root, &clean).as_slice(),
+                    )?;
+                }
+                (Decision::Respond(_), Some(proof), Some(s)) => {
+                    self.record_evidence(&txn, &log_key, &s.checkpoint, &clean, proof, now)?;
+                }
+                _ => {}
             }
             decision
         };
