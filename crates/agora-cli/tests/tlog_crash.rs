@@ -95,83 +95,107 @@ fn sigkill_while_appending() {
         })
     };
 
-    // The load generator runs through all the crashes.
-    let record = dir.path().join("acks.txt");
-    let total = Duration::from_secs(4 + 3 * CRASHES as u64);
-    let hammer = std::process::Command::new(agora())
-        .args([
-            "log",
-            "hammer",
-            &url,
-            "--count",
-            "0",
-            "--duration",
-            &format!("{}s", total.as_secs()),
-            "--concurrency",
-            "48",
-            "--seed",
-            &(seed % 1000).to_string(),
-            "--record",
-            record.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = LogClient::new(&url);
+    let mut acks: Vec<(u64, String)> = Vec::new();
     let t0 = Instant::now();
-    let mut sizes_at_kill = Vec::new();
-    for i in 0..CRASHES {
-        std::thread::sleep(rng.millis(700, 2200));
+    for cycle in 0..CRASHES {
+        // A load generator runs through the crash and the restart.
+        let record = dir.path().join(format!("acks-{cycle}.txt"));
+        let hammer = std::process::Command::new(agora())
+            .args([
+                "log",
+                "hammer",
+                &url,
+                "--count",
+                "0",
+                "--duration",
+                "3s",
+                "--concurrency",
+                "48",
+                "--seed",
+                &(seed % 1000 + cycle as u64 * 1000).to_string(),
+                "--record",
+                record.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(rng.millis(400, 2000));
         let before = checkpoint_size(&url);
         log.kill9();
-        sizes_at_kill.push(before);
         eprintln!(
-            "crash {i}: SIGKILL at {:.1} s (checkpoint size {before:?})",
+            "crash {cycle}: SIGKILL at {:.1} s (published size {before:?})",
             t0.elapsed().as_secs_f64()
         );
-        std::thread::sleep(rng.millis(50, 600));
+        std::thread::sleep(rng.millis(20, 500));
         log = start();
-    }
-    let out = hammer.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!("hammer: {report}");
-    assert!(
-        out.status.success(),
-        "hammer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // Every acknowledged index holds the bytes that were acknowledged.
-    let acks: Vec<(u64, String)> = std::fs::read_to_string(&record)
-        .unwrap()
-        .lines()
-        .map(|l| {
+        let out = hammer.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "hammer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprint!("  hammer: {}", String::from_utf8_lossy(&out.stdout));
+        acks.extend(std::fs::read_to_string(&record).unwrap().lines().map(|l| {
             let (i, d) = l.split_once(' ').unwrap();
-            (i.parse().unwrap(), d.to_string())
-        })
-        .collect();
+            (i.parse::<u64>().unwrap(), d.to_string())
+        }));
+        check_after_restart(&url, &log.vkey, &client, &acks, &seen);
+    }
+    let seen = seen.lock().unwrap().clone();
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(seen.len() > CRASHES, "only {} checkpoints seen", seen.len());
     assert!(
         acks.len() > 1000,
         "too few acknowledged entries: {}",
         acks.len()
     );
+    let (last_size, _) = *seen.last().unwrap();
+    eprintln!(
+        "{} acknowledged entries intact across {CRASHES} SIGKILLs; {} checkpoints, all consistent; final size {last_size}",
+        acks.len(),
+        seen.len()
+    );
+}
+
+/// After a restart: every acknowledged index holds the acknowledged bytes, fsck passes, and every
+/// checkpoint published so far is consistent with every other (each is a prefix of the newest,
+/// and sizes never went backwards).
+fn check_after_restart(
+    url: &str,
+    vkey: &str,
+    client: &LogClient,
+    acks: &[(u64, String)],
+    seen: &Mutex<Vec<(u64, Hash)>>,
+) {
+    assert!(!acks.is_empty(), "nothing was acknowledged");
     let max = acks.iter().map(|a| a.0).max().unwrap();
-    let final_size = wait_for(
+    wait_for(
         "a checkpoint covering every acknowledged entry",
         Duration::from_secs(20),
-        || checkpoint_size(&url).filter(|s| *s > max),
+        || checkpoint_size(url).filter(|s| *s > max),
     );
-    let client = LogClient::new(&url);
+    // Let the watcher record the covering checkpoint.
+    let newest = wait_for("the watcher to see it", Duration::from_secs(5), || {
+        seen.lock()
+            .unwrap()
+            .last()
+            .copied()
+            .filter(|(s, _)| *s > max)
+    });
+    let (size, root) = newest;
     let mut bundles: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-    for (i, digest) in &acks {
+    for (i, digest) in acks {
         let b = i / 256;
         let entries = bundles.entry(b).or_insert_with(|| {
             client
-                .entries(b, agora_tlog::tile::tile_width(0, b, final_size))
+                .entries(b, agora_tlog::tile::tile_width(0, b, size))
                 .unwrap()
         });
         let got = hex::encode(Sha256::digest(&entries[(i % 256) as usize]));
-        assert_eq!(&got, digest, "entry {i} changed after a crash");
+        assert_eq!(&got, digest, "acknowledged entry {i} changed after a crash");
     }
     let unique: std::collections::HashSet<u64> = acks.iter().map(|a| a.0).collect();
     assert_eq!(
@@ -179,19 +203,9 @@ fn sigkill_while_appending() {
         acks.len(),
         "two acknowledged entries share an index"
     );
-
-    // fsck re-derives every tile and the root from the entries.
-    let fsck = ok(&["log", "fsck", &url, "--log-key", &log.vkey]);
+    let fsck = ok(&["log", "fsck", url, "--log-key", vkey]);
     assert!(fsck.contains("fsck OK"), "{fsck}");
-
-    // Every checkpoint seen is consistent with every other (all are prefixes of the final tree,
-    // and sizes never went backwards).
-    std::thread::sleep(Duration::from_millis(400));
-    stop.store(true, Ordering::Relaxed);
-    watcher.join().unwrap();
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.len() > CRASHES, "only {} checkpoints seen", seen.len());
-    let (last_size, last_root) = *seen.last().unwrap();
     for w in seen.windows(2) {
         assert!(
             w[0].0 <= w[1].0,
@@ -201,19 +215,19 @@ fn sigkill_while_appending() {
         );
     }
     for &(s, r) in &seen {
-        if s == 0 {
+        if s == 0 || s > size {
             continue;
         }
-        if s == last_size {
-            assert_eq!(r, last_root);
+        if s == size {
+            assert_eq!(r, root, "two roots for size {s}");
             continue;
         }
-        let p = client.consistency_proof(s, last_size).unwrap();
-        merkle::verify_consistency(s, last_size, &p, &r, &last_root)
-            .unwrap_or_else(|e| panic!("checkpoint {s} inconsistent with {last_size}: {e}"));
+        let p = client.consistency_proof(s, size).unwrap();
+        merkle::verify_consistency(s, size, &p, &r, &root)
+            .unwrap_or_else(|e| panic!("checkpoint {s} inconsistent with {size}: {e}"));
     }
     eprintln!(
-        "{} acknowledged entries intact across {CRASHES} SIGKILLs; {} checkpoints, all consistent; final size {last_size}",
+        "  after restart: {} acknowledged entries intact, fsck OK, {} checkpoints consistent (size {size})",
         acks.len(),
         seen.len()
     );
