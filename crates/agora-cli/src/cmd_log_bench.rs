@@ -49,6 +49,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     println!(
         "  checkpoint interval 1 s, no witnesses; sequencer batch <= 16384 entries, wait 2 ms"
     );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "  load average before the run (1/5/15 min): {} (other work on the machine lowers every figure)",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
