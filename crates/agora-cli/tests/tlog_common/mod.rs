@@ -11,12 +11,21 @@ use std::time::{Duration, Instant};
 
 /// A private copy of the `agora` binary. The target directory is shared with other worktrees
 /// whose builds also write `release/agora`; copying it once per test process pins our build.
+/// Copies left by finished test processes are removed.
 pub fn agora() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("agora-tlog-tests-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agora-tlog-bin");
         std::fs::create_dir_all(&dir).unwrap();
-        let dst = dir.join("agora");
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(pid) = name.strip_prefix("agora-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let dst = dir.join(format!("agora-{}", std::process::id()));
         std::fs::copy(env!("CARGO_BIN_EXE_agora"), &dst).unwrap();
         let ok = Command::new(&dst)
             .args(["log", "--help"])
