@@ -3,12 +3,14 @@
 //! - [`openai`]: `/v1/chat/completions`, `/v1/completions`, `/v1/models`
 //! - `/health`, `/metrics` (Prometheus text)
 //! - [`client`]: the small HTTP client the CLI uses (`agora chat`, `agora bench`)
+//! - [`tlog`]: the transparency log and witness (C2SP tlog-tiles, tlog-witness), and clients
 
 pub mod backend;
 pub mod client;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod tlog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

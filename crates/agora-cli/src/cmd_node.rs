@@ -47,7 +47,12 @@ pub struct NodeArgs {
     #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
     pub p2p_listen: Vec<Multiaddr>,
     /// A node to join through, as `/ip4/…/tcp/…/p2p/<peer id>` (repeatable).
-    #[arg(long, value_name = "MULTIADDR", env = "AGORA_BOOTSTRAP", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "AGORA_BOOTSTRAP",
+        value_delimiter = ','
+    )]
     pub bootstrap: Vec<Multiaddr>,
     /// A relay to listen through when behind NAT, as `/…/p2p/<relay id>` (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
@@ -71,9 +76,11 @@ pub struct NodeArgs {
 
 pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
     crate::init_logging("warn,agora=info");
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    });
     if args.stall_timeout <= 0.0 || !args.stall_timeout.is_finite() {
         bail!("--stall-timeout must be a positive number of seconds");
     }
@@ -101,7 +108,10 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         mdns: !args.no_mdns,
         network_file: args.network_file.clone(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("agora-rt").build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("agora-rt")
+        .build()?;
     rt.block_on(async move {
         let net = agora_node::start_network(home, &p2p).await?;
         let handle = net.handle.clone();
@@ -111,9 +121,20 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         }
         let speed = Arc::new(Speed::default());
         if let Some(e) = &engine {
-            tokio::spawn(agora_node::worker::serve(handle.clone(), Arc::clone(e), WorkerLimits::default(), Arc::clone(&speed)));
+            tokio::spawn(agora_node::worker::serve(
+                handle.clone(),
+                Arc::clone(e),
+                WorkerLimits::default(),
+                Arc::clone(&speed),
+            ));
         }
-        tokio::spawn(agora_node::publish_status(handle.clone(), engine.clone(), !args.no_gateway, Arc::clone(&speed), Duration::from_secs(2)));
+        tokio::spawn(agora_node::publish_status(
+            handle.clone(),
+            engine.clone(),
+            !args.no_gateway,
+            Arc::clone(&speed),
+            Duration::from_secs(2),
+        ));
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = if args.no_gateway {
@@ -124,7 +145,10 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
             drop(stop_rx);
             None
         } else {
-            let gw = GatewayConfig { stall_timeout: Duration::from_secs_f64(args.stall_timeout), ..GatewayConfig::default() };
+            let gw = GatewayConfig {
+                stall_timeout: Duration::from_secs_f64(args.stall_timeout),
+                ..GatewayConfig::default()
+            };
             let backend = Arc::new(Gateway::new(handle.clone(), engine.clone(), gw));
             let server = agora_node::bind_backend(cfg.listen, cfg.body_limit, backend).await?;
             let url = format!("http://{}", server.addr);
@@ -174,13 +198,14 @@ fn print_model(e: &dyn Engine, threads: u32) {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -2,6 +2,9 @@
 
 mod cmd_bench;
 mod cmd_chat;
+mod cmd_identity;
+mod cmd_log;
+mod cmd_log_bench;
 mod cmd_model;
 mod cmd_node;
 
@@ -37,6 +40,16 @@ enum Command {
     Model(cmd_model::ModelCommand),
     /// Benchmark the node against llama.cpp's own llama-server on the same model.
     Bench(cmd_bench::BenchArgs),
+    /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
+    Init(cmd_identity::InitArgs),
+    /// Print the public key, PeerId and C2SP verifier keys.
+    Id(cmd_identity::IdArgs),
+    /// Transparency log: serve, add, checkpoint, prove, verify, fsck, monitor, hammer, bench.
+    #[command(subcommand)]
+    Log(cmd_log::LogCommand),
+    /// Witness: serve (tlog-witness), evidence, verify-evidence.
+    #[command(subcommand)]
+    Witness(cmd_log::WitnessCommand),
 }
 
 fn main() {
@@ -47,6 +60,10 @@ fn main() {
         Command::Chat(args) => cmd_chat::run(args),
         Command::Model(cmd) => cmd_model::run(&home, cmd),
         Command::Bench(args) => cmd_bench::run(&home, args),
+        Command::Init(args) => cmd_identity::init(&home, args),
+        Command::Id(args) => cmd_identity::id(&home, args),
+        Command::Log(cmd) => cmd_log::run_log(&home, cmd),
+        Command::Witness(cmd) => cmd_log::run_witness(&home, cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

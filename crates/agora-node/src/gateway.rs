@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use agora_api::backend::{BoxFuture, ModelCard, Started, prepare_error, submit_error};
 use agora_api::{ApiError, Backend};
-use agora_engine::{Capture, Engine, Event, Finish, Generation, JobSpec, Load, PromptSpec, TokenEvent};
+use agora_engine::{
+    Capture, Engine, Event, Finish, Generation, JobSpec, Load, PromptSpec, TokenEvent,
+};
 use agora_net::{FramedStream, NetHandle, PeerId, PeerInfo};
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -35,7 +37,11 @@ pub struct GatewayConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { stall_timeout: Duration::from_secs(10), accept_timeout: Duration::from_secs(60), max_attempts: 4 }
+        Self {
+            stall_timeout: Duration::from_secs(10),
+            accept_timeout: Duration::from_secs(60),
+            max_attempts: 4,
+        }
     }
 }
 
@@ -57,7 +63,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(net: NetHandle, local: Option<Arc<dyn Engine>>, cfg: GatewayConfig) -> Self {
-        Self { net, local, cfg, inflight: Arc::new(Mutex::new(HashMap::new())) }
+        Self {
+            net,
+            local,
+            cfg,
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     fn local_serves(&self, model: &str) -> bool {
@@ -68,7 +79,10 @@ impl Gateway {
     }
 
     fn inflight(&self, t: Target) -> u32 {
-        self.inflight.lock().map(|m| m.get(&t).copied().unwrap_or(0)).unwrap_or(0)
+        self.inflight
+            .lock()
+            .map(|m| m.get(&t).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// Workers that can serve `model`, best first.
@@ -86,7 +100,11 @@ impl Gateway {
         for p in self.net.live_peers() {
             let Some(s) = &p.status else { continue };
             let t = Target::Peer(p.peer_id);
-            if !s.worker || !s.serves(model) || exclude.contains(&t) || self.net.is_banned(&p.peer_id) {
+            if !s.worker
+                || !s.serves(model)
+                || exclude.contains(&t)
+                || self.net.is_banned(&p.peer_id)
+            {
                 continue;
             }
             let busy = (s.slots - s.free_slots.min(s.slots) + s.queue).max(self.inflight(t));
@@ -96,13 +114,21 @@ impl Gateway {
         }
         // More spare capacity first; then faster; then nearer; then at random.
         scored.sort_by(|a, b| {
-            b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)).then(b.2.total_cmp(&a.2)).then(a.3.cmp(&b.3))
+            b.0.total_cmp(&a.0)
+                .then(b.1.total_cmp(&a.1))
+                .then(b.2.total_cmp(&a.2))
+                .then(a.3.cmp(&b.3))
         });
         scored.into_iter().map(|s| s.4).collect()
     }
 
     fn known_model(&self, model: &str) -> bool {
-        self.local_serves(model) || self.net.peers().iter().any(|p| p.status.as_ref().is_some_and(|s| s.serves(model)))
+        self.local_serves(model)
+            || self
+                .net
+                .peers()
+                .iter()
+                .any(|p| p.status.as_ref().is_some_and(|s| s.serves(model)))
     }
 }
 
@@ -124,17 +150,37 @@ impl Source {
     /// The next event, or an error meaning the worker failed (or stalled past `stall`).
     async fn next(&mut self, stall: Duration) -> Result<Event, String> {
         match self {
-            Source::Local(g) => g.events.recv().await.ok_or_else(|| "the local engine stopped".to_string()),
+            Source::Local(g) => g
+                .events
+                .recv()
+                .await
+                .ok_or_else(|| "the local engine stopped".to_string()),
             Source::Remote(s) => match s.recv_timeout::<WorkerFrame>(stall).await {
-                Ok(Some(WorkerFrame::Token { id, index, text })) => {
-                    Ok(Event::Token(TokenEvent { id, index, text, hidden: None, logits: None }))
+                Ok(Some(WorkerFrame::Token { id, index, text })) => Ok(Event::Token(TokenEvent {
+                    id,
+                    index,
+                    text,
+                    hidden: None,
+                    logits: None,
+                })),
+                Ok(Some(WorkerFrame::Done {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    tail,
+                })) => Ok(Event::Done(Finish {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    tail,
+                })),
+                Ok(Some(WorkerFrame::Error(e))) if e.retryable() => {
+                    Err(format!("worker error: {}", e.message))
                 }
-                Ok(Some(WorkerFrame::Done { reason, prompt_tokens, completion_tokens, tail })) => {
-                    Ok(Event::Done(Finish { reason, prompt_tokens, completion_tokens, tail }))
-                }
-                Ok(Some(WorkerFrame::Error(e))) if e.retryable() => Err(format!("worker error: {}", e.message)),
                 Ok(Some(WorkerFrame::Error(e))) => Ok(Event::Error(e.message)),
-                Ok(Some(WorkerFrame::Accepted { .. })) => Err("worker sent a second Accepted".into()),
+                Ok(Some(WorkerFrame::Accepted { .. })) => {
+                    Err("worker sent a second Accepted".into())
+                }
                 Ok(None) => Err("the worker closed the stream".into()),
                 Err(e) => Err(e.to_string()),
             },
@@ -143,13 +189,27 @@ impl Source {
 }
 
 impl Gateway {
-    async fn attempt(&self, target: Target, model: &str, job: &JobSpec, resume: &[u32]) -> Result<Source, AttemptError> {
+    async fn attempt(
+        &self,
+        target: Target,
+        model: &str,
+        job: &JobSpec,
+        resume: &[u32],
+    ) -> Result<Source, AttemptError> {
         let chat = matches!(job.prompt, PromptSpec::Chat(_));
         match target {
             Target::Local => {
-                let engine = self.local.as_ref().ok_or_else(|| AttemptError::Worker("no local engine".into(), None))?;
-                let req = agora_engine::prepare(engine.as_ref(), job, Capture::default(), resume.to_vec())
-                    .map_err(|e| AttemptError::Client(prepare_error(e, chat)))?;
+                let engine = self
+                    .local
+                    .as_ref()
+                    .ok_or_else(|| AttemptError::Worker("no local engine".into(), None))?;
+                let req = agora_engine::prepare(
+                    engine.as_ref(),
+                    job,
+                    Capture::default(),
+                    resume.to_vec(),
+                )
+                .map_err(|e| AttemptError::Client(prepare_error(e, chat)))?;
                 match engine.submit(req) {
                     Ok(g) => Ok(Source::Local(g)),
                     Err(e) => {
@@ -165,11 +225,16 @@ impl Gateway {
             Target::Peer(peer) => {
                 let fail = |why: String| AttemptError::Worker(why, None);
                 let proto = self.net.protocols().generate.clone();
-                let mut s = tokio::time::timeout(Duration::from_secs(10), self.net.open(peer, proto))
-                    .await
-                    .map_err(|_| fail("opening a stream timed out".into()))?
-                    .map_err(|e| fail(e.to_string()))?;
-                let req = GenerateRequest { model: model.to_string(), job: job.clone(), resume: resume.to_vec() };
+                let mut s =
+                    tokio::time::timeout(Duration::from_secs(10), self.net.open(peer, proto))
+                        .await
+                        .map_err(|_| fail("opening a stream timed out".into()))?
+                        .map_err(|e| fail(e.to_string()))?;
+                let req = GenerateRequest {
+                    model: model.to_string(),
+                    job: job.clone(),
+                    resume: resume.to_vec(),
+                };
                 s.send(&req).await.map_err(|e| fail(e.to_string()))?;
                 match s.recv_timeout::<WorkerFrame>(self.cfg.accept_timeout).await {
                     Ok(Some(WorkerFrame::Accepted { .. })) => Ok(Source::Remote(s)),
@@ -195,7 +260,9 @@ impl Gateway {
     ) -> Result<(Target, Source), ApiError> {
         let mut last: Option<ApiError> = None;
         while tried.len() < self.cfg.max_attempts {
-            let Some(target) = self.candidates(model, tried).into_iter().next() else { break };
+            let Some(target) = self.candidates(model, tried).into_iter().next() else {
+                break;
+            };
             tried.push(target);
             match self.attempt(target, model, job, resume).await {
                 Ok(source) => return Ok((target, source)),
@@ -234,7 +301,10 @@ impl InflightGuard {
         if let Ok(mut m) = map.lock() {
             *m.entry(target).or_insert(0) += 1;
         }
-        Self { map: Arc::clone(map), target }
+        Self {
+            map: Arc::clone(map),
+            target,
+        }
     }
 }
 
@@ -253,7 +323,13 @@ impl Backend for Gateway {
         let mut cards: Vec<ModelCard> = Vec::new();
         if let Some(e) = &self.local {
             let i = e.info();
-            cards.push(ModelCard { id: i.name.clone(), digest: format!("sha256:{}", i.sha256), n_ctx: i.n_ctx, workers: 1, kv_bytes: i.kv_bytes });
+            cards.push(ModelCard {
+                id: i.name.clone(),
+                digest: format!("sha256:{}", i.sha256),
+                n_ctx: i.n_ctx,
+                workers: 1,
+                kv_bytes: i.kv_bytes,
+            });
         }
         for p in self.net.live_peers() {
             let Some(s) = &p.status else { continue };
@@ -261,9 +337,18 @@ impl Backend for Gateway {
                 continue;
             }
             for m in &s.models {
-                match cards.iter_mut().find(|c| c.id == m.name && c.digest == m.digest) {
+                match cards
+                    .iter_mut()
+                    .find(|c| c.id == m.name && c.digest == m.digest)
+                {
                     Some(c) => c.workers += 1,
-                    None => cards.push(ModelCard { id: m.name.clone(), digest: m.digest.clone(), n_ctx: m.n_ctx, workers: 1, kv_bytes: 0 }),
+                    None => cards.push(ModelCard {
+                        id: m.name.clone(),
+                        digest: m.digest.clone(),
+                        n_ctx: m.n_ctx,
+                        workers: 1,
+                        kv_bytes: 0,
+                    }),
                 }
             }
         }
@@ -277,7 +362,11 @@ impl Backend for Gateway {
             }
             let mut tried = Vec::new();
             let (target, source) = self.start_on_some(&model, &job, &[], &mut tried).await?;
-            let served = self.local.as_ref().filter(|_| target == Target::Local).map(|e| e.info().name.clone());
+            let served = self
+                .local
+                .as_ref()
+                .filter(|_| target == Target::Local)
+                .map(|e| e.info().name.clone());
             let (tx, rx) = mpsc::channel(64);
             let relay = Relay {
                 gateway: Gateway {
@@ -292,7 +381,10 @@ impl Backend for Gateway {
                 tried,
             };
             tokio::spawn(relay.run(target, source));
-            Ok(Started { model: served.unwrap_or(model), events: rx })
+            Ok(Started {
+                model: served.unwrap_or(model),
+                events: rx,
+            })
         })
     }
 
@@ -326,7 +418,12 @@ impl Relay {
         let net = self.gateway.net.clone();
         let mut _guard = InflightGuard::new(&self.gateway.inflight, target);
         let mut generated: Vec<u32> = Vec::new();
-        if self.tx.send(Event::Worker(target_name(&net, target))).await.is_err() {
+        if self
+            .tx
+            .send(Event::Worker(target_name(&net, target)))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
@@ -343,23 +440,42 @@ impl Relay {
                 }
                 Ok(_) => {}
                 Err(why) => {
-                    warn!(?target, tokens = generated.len(), "worker failed mid-generation: {why}; resuming elsewhere");
+                    warn!(
+                        ?target,
+                        tokens = generated.len(),
+                        "worker failed mid-generation: {why}; resuming elsewhere"
+                    );
                     drop(source);
                     if let Target::Peer(p) = target {
                         debug!(%p, "excluded from this request");
                     }
-                    match self.gateway.start_on_some(&self.model, &self.job, &generated, &mut self.tried).await {
+                    match self
+                        .gateway
+                        .start_on_some(&self.model, &self.job, &generated, &mut self.tried)
+                        .await
+                    {
                         Ok((t, s)) => {
                             info!(from = ?target, to = ?t, resumed = generated.len(), "generation resumed");
                             target = t;
                             source = s;
                             _guard = InflightGuard::new(&self.gateway.inflight, target);
-                            if self.tx.send(Event::Worker(target_name(&net, target))).await.is_err() {
+                            if self
+                                .tx
+                                .send(Event::Worker(target_name(&net, target)))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
                         Err(e) => {
-                            let _ = self.tx.send(Event::Error(format!("the worker failed and none could continue: {}", e.message))).await;
+                            let _ = self
+                                .tx
+                                .send(Event::Error(format!(
+                                    "the worker failed and none could continue: {}",
+                                    e.message
+                                )))
+                                .await;
                             return;
                         }
                     }

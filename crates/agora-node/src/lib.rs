@@ -45,7 +45,10 @@ pub enum NodeError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("could not listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Net(#[from] agora_net::NetError),
     #[error("{0}")]
@@ -66,14 +69,26 @@ pub fn load_engine(cfg: &NodeConfig, progress: bool) -> Result<Arc<LlamaEngine>,
 
 /// Binds the API serving `engine` locally (a node of one, no network).
 pub async fn bind(cfg: &NodeConfig, engine: Arc<dyn Engine>) -> Result<HttpServer, NodeError> {
-    bind_backend(cfg.listen, cfg.body_limit, Arc::new(LocalBackend::new(engine))).await
+    bind_backend(
+        cfg.listen,
+        cfg.body_limit,
+        Arc::new(LocalBackend::new(engine)),
+    )
+    .await
 }
 
 /// Binds the API for any backend.
-pub async fn bind_backend(listen: SocketAddr, body_limit: usize, backend: Arc<dyn Backend>) -> Result<HttpServer, NodeError> {
+pub async fn bind_backend(
+    listen: SocketAddr,
+    body_limit: usize,
+    backend: Arc<dyn Backend>,
+) -> Result<HttpServer, NodeError> {
     agora_api::bind(listen, backend, &ApiConfig { body_limit })
         .await
-        .map_err(|source| NodeError::Listen { addr: listen, source })
+        .map_err(|source| NodeError::Listen {
+            addr: listen,
+            source,
+        })
 }
 
 /// `$AGORA_HOME`, else `$XDG_DATA_HOME/agora`, else `~/.local/share/agora`.
@@ -84,12 +99,20 @@ pub fn default_home() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(x).join("agora");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/agora")
 }
 
 /// Keeps the network told what this node serves and how busy it is.
-pub async fn publish_status(net: NetHandle, engine: Option<Arc<dyn Engine>>, gateway: bool, speed: Arc<Speed>, every: Duration) {
+pub async fn publish_status(
+    net: NetHandle,
+    engine: Option<Arc<dyn Engine>>,
+    gateway: bool,
+    speed: Arc<Speed>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every / 2);
     loop {
         tick.tick().await;
@@ -98,13 +121,20 @@ pub async fn publish_status(net: NetHandle, engine: Option<Arc<dyn Engine>>, gat
             worker: engine.is_some(),
             gateway,
             tokens_per_second: speed.get(),
-            time_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            time_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             ..Default::default()
         };
         if let Some(e) = &engine {
             let i = e.info();
             let l = e.load();
-            s.models = vec![ServedModel { name: i.name.clone(), digest: format!("sha256:{}", i.sha256), n_ctx: i.n_ctx }];
+            s.models = vec![ServedModel {
+                name: i.name.clone(),
+                digest: format!("sha256:{}", i.sha256),
+                n_ctx: i.n_ctx,
+            }];
             s.slots = l.slots.min(1 << 20);
             s.free_slots = l.slots.saturating_sub(l.slots_busy).min(1 << 20);
             s.queue = l.queued;

@@ -10,7 +10,8 @@ use agora_net::NetworkId;
 use crate::NodeError;
 
 /// The genesis policy of the public default network.
-pub const DEFAULT_GENESIS: &str = "# Agora network genesis\nname = \"agora\"\n# The public default network.\n";
+pub const DEFAULT_GENESIS: &str =
+    "# Agora network genesis\nname = \"agora\"\n# The public default network.\n";
 
 /// `$AGORA_HOME/key`.
 pub fn key_path(home: &Path) -> PathBuf {
@@ -22,26 +23,57 @@ pub fn genesis_path(home: &Path) -> PathBuf {
     home.join("genesis.toml")
 }
 
+/// Reads the node's key, refusing a key file other users can read.
+pub fn load_identity(home: &Path) -> Result<Identity, NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = key_path(home);
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        NodeError::Identity(format!(
+            "no key at {} ({e}); run `agora init`",
+            path.display()
+        ))
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(NodeError::Identity(format!(
+            "{} is accessible by other users (mode {mode:o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| NodeError::Identity(format!("cannot read {}: {e}", path.display())))?;
+    Identity::from_key_file(&text).map_err(|e| {
+        NodeError::Identity(format!("the key file {} is unusable: {e}", path.display()))
+    })
+}
+
 /// Reads the node's key; creates one (mode 0600) if there is none yet.
 pub fn load_or_create_identity(home: &Path) -> Result<Identity, NodeError> {
-    let path = key_path(home);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Identity::from_key_file(&text)
-            .map_err(|e| NodeError::Identity(format!("the key file {} is unusable: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let identity = Identity::generate(&mut rand::rngs::OsRng);
-            write_new_key(&path, &identity)?;
-            eprintln!("created a new node key at {}", path.display());
-            Ok(identity)
-        }
-        Err(e) => Err(NodeError::Identity(format!("cannot read {}: {e}", path.display()))),
+    if key_path(home).exists() {
+        return load_identity(home);
     }
+    let identity = create_identity(home)?;
+    eprintln!("created a new node key at {}", key_path(home).display());
+    Ok(identity)
+}
+
+/// Creates `$AGORA_HOME/key` (mode 0600, the directory 0700); refuses to overwrite a key.
+pub fn create_identity(home: &Path) -> Result<Identity, NodeError> {
+    let identity = Identity::generate(&mut rand::rngs::OsRng);
+    write_new_key(&key_path(home), &identity)?;
+    Ok(identity)
 }
 
 /// Writes `identity` to `path` with mode 0600, refusing to replace an existing file.
 pub fn write_new_key(path: &Path, identity: &Identity) -> Result<(), NodeError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| NodeError::Identity(format!("cannot create {}: {e}", dir.display())))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| NodeError::Identity(format!("cannot create {}: {e}", dir.display())))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -49,9 +81,10 @@ pub fn write_new_key(path: &Path, identity: &Identity) -> Result<(), NodeError> 
         .mode(0o600)
         .open(path)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => {
-                NodeError::Identity(format!("{} already exists; refusing to overwrite a key", path.display()))
-            }
+            std::io::ErrorKind::AlreadyExists => NodeError::Identity(format!(
+                "{} already exists; refusing to overwrite a key",
+                path.display()
+            )),
             _ => NodeError::Identity(format!("cannot create {}: {e}", path.display())),
         })?;
     f.write_all(identity.to_key_file().as_bytes())
@@ -68,17 +101,44 @@ pub fn network_id(home: &Path, file: Option<&Path>) -> Result<NetworkId, NodeErr
     };
     match path {
         Some(p) => {
-            let bytes = std::fs::read(&p).map_err(|e| NodeError::Identity(format!("cannot read the genesis file {}: {e}", p.display())))?;
+            let bytes = std::fs::read(&p).map_err(|e| {
+                NodeError::Identity(format!("cannot read the genesis file {}: {e}", p.display()))
+            })?;
             Ok(NetworkId::from_genesis(&bytes))
         }
         None => Ok(NetworkId::from_genesis(DEFAULT_GENESIS.as_bytes())),
     }
 }
 
+/// Writes a new genesis policy for community `name` to `$AGORA_HOME/genesis.toml`; refuses to
+/// replace one. Returns its path and the network id.
+pub fn create_genesis(home: &Path, name: &str) -> Result<(PathBuf, NetworkId), NodeError> {
+    let path = genesis_path(home);
+    let text = new_genesis(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => NodeError::Identity(format!(
+                "{} already exists; refusing to replace this node's network",
+                path.display()
+            )),
+            _ => NodeError::Identity(format!("cannot create {}: {e}", path.display())),
+        })?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| NodeError::Identity(format!("cannot write {}: {e}", path.display())))?;
+    Ok((path, NetworkId::from_genesis(text.as_bytes())))
+}
+
 /// The text of a new community's genesis policy (`agora init --network NAME`).
 pub fn new_genesis(name: &str) -> String {
     let nonce: [u8; 16] = rand::random();
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     format!(
         "# Agora network genesis: give this file to every node of the community.\n\
          # Its sha256 is the network id; nodes of different networks never exchange traffic.\n\
@@ -97,7 +157,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::tempdir().unwrap();
         let a = load_or_create_identity(home.path()).unwrap();
-        let mode = std::fs::metadata(key_path(home.path())).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(key_path(home.path()))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let b = load_or_create_identity(home.path()).unwrap();
         assert_eq!(a.public_key(), b.public_key());
@@ -111,6 +175,10 @@ mod tests {
         std::fs::write(genesis_path(home.path()), new_genesis("kenya")).unwrap();
         let kenya = network_id(home.path(), None).unwrap();
         assert_ne!(default, kenya);
-        assert_ne!(kenya, NetworkId::from_genesis(new_genesis("kenya").as_bytes()), "nonce makes each genesis unique");
+        assert_ne!(
+            kenya,
+            NetworkId::from_genesis(new_genesis("kenya").as_bytes()),
+            "nonce makes each genesis unique"
+        );
     }
 }

@@ -22,9 +22,21 @@ pub struct GenerateRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerFrame {
-    Accepted { model: String, prompt_tokens: u32 },
-    Token { id: u32, index: u32, text: String },
-    Done { reason: FinishReason, prompt_tokens: u32, completion_tokens: u32, tail: String },
+    Accepted {
+        model: String,
+        prompt_tokens: u32,
+    },
+    Token {
+        id: u32,
+        index: u32,
+        text: String,
+    },
+    Done {
+        reason: FinishReason,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        tail: String,
+    },
     Error(RemoteError),
 }
 

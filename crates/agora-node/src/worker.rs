@@ -32,7 +32,13 @@ pub struct WorkerLimits {
 
 impl Default for WorkerLimits {
     fn default() -> Self {
-        Self { rate: 200.0, burst: 400.0, strikes: 200, max_streams: 256, request_timeout: Duration::from_secs(10) }
+        Self {
+            rate: 200.0,
+            burst: 400.0,
+            strikes: 200,
+            max_streams: 256,
+            request_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -47,7 +53,11 @@ impl Speed {
         }
         let now = f64::from(tokens) / elapsed.as_secs_f64();
         let old = f64::from_bits(self.0.load(Ordering::Relaxed));
-        let new = if old == 0.0 { now } else { 0.8 * old + 0.2 * now };
+        let new = if old == 0.0 {
+            now
+        } else {
+            0.8 * old + 0.2 * now
+        };
         self.0.store(new.to_bits(), Ordering::Relaxed);
     }
 
@@ -57,7 +67,12 @@ impl Speed {
 }
 
 /// Accepts generation streams until the network stops.
-pub async fn serve(net: NetHandle, engine: Arc<dyn Engine>, limits: WorkerLimits, speed: Arc<Speed>) {
+pub async fn serve(
+    net: NetHandle,
+    engine: Arc<dyn Engine>,
+    limits: WorkerLimits,
+    speed: Arc<Speed>,
+) {
     let mut incoming = match net.accept(net.protocols().generate.clone()) {
         Ok(i) => i,
         Err(e) => {
@@ -74,7 +89,11 @@ pub async fn serve(net: NetHandle, engine: Arc<dyn Engine>, limits: WorkerLimits
         }
         let mut framed = net.framed(stream);
         let over_rate = !limiter.allow(peer);
-        let permit = if over_rate { None } else { Arc::clone(&streams).try_acquire_owned().ok() };
+        let permit = if over_rate {
+            None
+        } else {
+            Arc::clone(&streams).try_acquire_owned().ok()
+        };
         let Some(permit) = permit else {
             let n = strikes.entry(peer).or_insert(0);
             *n += 1;
@@ -91,9 +110,18 @@ pub async fn serve(net: NetHandle, engine: Arc<dyn Engine>, limits: WorkerLimits
             } else {
                 "this worker is handling as many streams as it can"
             };
-            let err = RemoteError { status: 429, message: message.into(), param: None, code: None };
+            let err = RemoteError {
+                status: 429,
+                message: message.into(),
+                param: None,
+                code: None,
+            };
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(2), framed.send(&WorkerFrame::Error(err))).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    framed.send(&WorkerFrame::Error(err)),
+                )
+                .await;
                 let _ = framed.close().await;
             });
             continue;
@@ -107,7 +135,14 @@ pub async fn serve(net: NetHandle, engine: Arc<dyn Engine>, limits: WorkerLimits
     }
 }
 
-async fn handle(peer: PeerId, mut s: FramedStream, net: NetHandle, engine: Arc<dyn Engine>, timeout: Duration, speed: Arc<Speed>) {
+async fn handle(
+    peer: PeerId,
+    mut s: FramedStream,
+    net: NetHandle,
+    engine: Arc<dyn Engine>,
+    timeout: Duration,
+    speed: Arc<Speed>,
+) {
     let req: GenerateRequest = match s.recv_timeout(timeout).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
@@ -121,7 +156,8 @@ async fn handle(peer: PeerId, mut s: FramedStream, net: NetHandle, engine: Arc<d
         }
     };
     let info = engine.info();
-    let serves = req.model == info.name || req.model.strip_prefix("sha256:").unwrap_or(&req.model) == info.sha256;
+    let serves = req.model == info.name
+        || req.model.strip_prefix("sha256:").unwrap_or(&req.model) == info.sha256;
     if !serves {
         let err = RemoteError {
             status: 404,
@@ -133,8 +169,13 @@ async fn handle(peer: PeerId, mut s: FramedStream, net: NetHandle, engine: Arc<d
         return;
     }
     let chat = matches!(req.job.prompt, PromptSpec::Chat(_));
-    let prepared = agora_engine::prepare(engine.as_ref(), &req.job, Capture::default(), req.resume.clone())
-        .map_err(|e| remote_error(agora_api::backend::prepare_error(e, chat)));
+    let prepared = agora_engine::prepare(
+        engine.as_ref(),
+        &req.job,
+        Capture::default(),
+        req.resume.clone(),
+    )
+    .map_err(|e| remote_error(agora_api::backend::prepare_error(e, chat)));
     let submitted = prepared.and_then(|r| {
         let prompt_tokens = r.prompt.len() as u32;
         engine
@@ -149,7 +190,13 @@ async fn handle(peer: PeerId, mut s: FramedStream, net: NetHandle, engine: Arc<d
             return;
         }
     };
-    if s.send(&WorkerFrame::Accepted { model: info.name.clone(), prompt_tokens }).await.is_err() {
+    if s.send(&WorkerFrame::Accepted {
+        model: info.name.clone(),
+        prompt_tokens,
+    })
+    .await
+    .is_err()
+    {
         return;
     }
     let started = Instant::now();
@@ -158,11 +205,19 @@ async fn handle(peer: PeerId, mut s: FramedStream, net: NetHandle, engine: Arc<d
         let frame = match ev {
             Event::Token(t) => {
                 first.get_or_insert_with(Instant::now);
-                WorkerFrame::Token { id: t.id, index: t.index, text: t.text }
+                WorkerFrame::Token {
+                    id: t.id,
+                    index: t.index,
+                    text: t.text,
+                }
             }
             Event::Done(f) => {
                 if let Some(t0) = first {
-                    speed.record(f.completion_tokens.saturating_sub(req.resume.len() as u32 + 1), t0.elapsed());
+                    speed.record(
+                        f.completion_tokens
+                            .saturating_sub(req.resume.len() as u32 + 1),
+                        t0.elapsed(),
+                    );
                 }
                 let done = WorkerFrame::Done {
                     reason: f.reason,
@@ -175,7 +230,12 @@ async fn handle(peer: PeerId, mut s: FramedStream, net: NetHandle, engine: Arc<d
                 debug!(%peer, elapsed = ?started.elapsed(), "generation done");
                 return;
             }
-            Event::Error(e) => WorkerFrame::Error(RemoteError { status: 500, message: e, param: None, code: None }),
+            Event::Error(e) => WorkerFrame::Error(RemoteError {
+                status: 500,
+                message: e,
+                param: None,
+                code: None,
+            }),
             Event::PromptHidden(_) | Event::Worker(_) => continue,
         };
         let is_error = matches!(frame, WorkerFrame::Error(_));

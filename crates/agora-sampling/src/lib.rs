@@ -245,8 +245,12 @@ pub fn choice_margin(logits: &[f32], params: &SamplingParams, position: u64) -> 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::*;
+    use super::{
+        G_MAX, G_MIN, Sampler, SamplingParams, argmax, choice_margin, gumbel, gumbel_from_word,
+        noise_rng,
+    };
     use proptest::prelude::*;
+    use rand_chacha::rand_core::RngCore;
 
     /// The rule written as plainly as possible: noise for every token, full sort, full softmax.
     fn reference(logits: &[f32], p: &SamplingParams, position: u64) -> Option<u32> {

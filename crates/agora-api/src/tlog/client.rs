@@ -1,0 +1,282 @@
+//! Blocking HTTP clients: a log client (add, checkpoint, tiles, proofs from tiles) and the
+//! witness transport the log's publisher uses.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use agora_log::{WitnessReply, WitnessTransport};
+use agora_tlog::hash::Hash;
+use agora_tlog::merkle;
+use agora_tlog::tile::{TileHashSource, TilePath, TileReader, decode_bundle};
+
+use super::{Result, TlogHttpError};
+
+const MAX_BODY: u64 = 16 << 20;
+const CACHE_TILES: usize = 16_384;
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn read_body(url: &str, resp: ureq::http::Response<ureq::Body>) -> Result<(u16, Vec<u8>)> {
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_vec()
+        .map_err(|e| TlogHttpError::Transport {
+            url: url.to_string(),
+            msg: e.to_string(),
+        })?;
+    Ok((status, body))
+}
+
+fn status_err(url: &str, status: u16, body: &[u8]) -> TlogHttpError {
+    TlogHttpError::Status {
+        url: url.to_string(),
+        status,
+        body: String::from_utf8_lossy(&body[..body.len().min(300)])
+            .trim()
+            .to_string(),
+    }
+}
+
+/// A client of one log (its URL prefix).
+pub struct LogClient {
+    base: String,
+    agent: ureq::Agent,
+    cache: Mutex<HashMap<(u8, u64, u16), Vec<u8>>>,
+}
+
+impl LogClient {
+    pub fn new(url: &str) -> LogClient {
+        LogClient {
+            base: url.trim_end_matches('/').to_string(),
+            agent: agent(Duration::from_secs(30)),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn get(&self, path: &str) -> Result<(u16, Vec<u8>)> {
+        let url = format!("{}/{path}", self.base);
+        let resp = self
+            .agent
+            .get(&url)
+            .header("Accept-Encoding", "identity")
+            .call()
+            .map_err(|e| TlogHttpError::Transport {
+                url: url.clone(),
+                msg: e.to_string(),
+            })?;
+        read_body(&url, resp)
+    }
+
+    /// Append an entry; returns its index (once durable).
+    pub fn add(&self, entry: &[u8]) -> Result<u64> {
+        let url = format!("{}/add", self.base);
+        let resp = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/octet-stream")
+            .send(entry)
+            .map_err(|e| TlogHttpError::Transport {
+                url: url.clone(),
+                msg: e.to_string(),
+            })?;
+        let (status, body) = read_body(&url, resp)?;
+        if status != 200 {
+            return Err(status_err(&url, status, &body));
+        }
+        std::str::from_utf8(&body)
+            .ok()
+            .and_then(|s| s.trim_end().parse().ok())
+            .ok_or(TlogHttpError::Response {
+                url,
+                msg: "the body is not an index".into(),
+            })
+    }
+
+    /// The current checkpoint (unverified bytes).
+    pub fn checkpoint(&self) -> Result<Vec<u8>> {
+        let (status, body) = self.get("checkpoint")?;
+        if status != 200 {
+            return Err(status_err(
+                &format!("{}/checkpoint", self.base),
+                status,
+                &body,
+            ));
+        }
+        Ok(body)
+    }
+
+    /// A tile or entry bundle; `None` on 404. A missing partial tile falls back to the full one.
+    pub fn tile(&self, t: &TilePath) -> Result<Option<Vec<u8>>> {
+        let (status, body) = self.get(&t.to_path())?;
+        match status {
+            200 => Ok(Some(body)),
+            404 if !t.is_full() => {
+                let full = TilePath { width: 256, ..*t };
+                let (status, body) = self.get(&full.to_path())?;
+                match status {
+                    200 => Ok(Some(truncate(t, body))),
+                    404 => Ok(None),
+                    s => Err(status_err(&full.to_path(), s, &body)),
+                }
+            }
+            404 => Ok(None),
+            s => Err(status_err(&t.to_path(), s, &body)),
+        }
+    }
+
+    /// The entries of bundle `index`, first `width` of them.
+    pub fn entries(&self, index: u64, width: u16) -> Result<Vec<Vec<u8>>> {
+        let t = TilePath::entries(index, width);
+        let data = self.tile(&t)?.ok_or_else(|| TlogHttpError::Response {
+            url: format!("{}/{}", self.base, t.to_path()),
+            msg: "entry bundle not found".into(),
+        })?;
+        let entries = decode_bundle(&data)?;
+        if entries.len() != usize::from(width) {
+            return Err(TlogHttpError::Response {
+                url: format!("{}/{}", self.base, t.to_path()),
+                msg: format!("bundle has {} entries, expected {width}", entries.len()),
+            });
+        }
+        Ok(entries.into_iter().map(<[u8]>::to_vec).collect())
+    }
+
+    /// Inclusion proof for `index` in the tree of `size` leaves, computed from tiles.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        let src = TileHashSource { reader: self, size };
+        Ok(merkle::inclusion_proof(&src, index, size)?)
+    }
+
+    /// Consistency proof from `old` to `new`, computed from tiles.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        let src = TileHashSource {
+            reader: self,
+            size: new,
+        };
+        Ok(merkle::consistency_proof(&src, old, new)?)
+    }
+
+    /// Root of the tree of `size` leaves, computed from tiles.
+    pub fn root(&self, size: u64) -> Result<Hash> {
+        let src = TileHashSource { reader: self, size };
+        Ok(merkle::root(&src, size)?)
+    }
+}
+
+/// A partial tile is a prefix of the full one (entry bundles: the first `width` entries).
+fn truncate(t: &TilePath, body: Vec<u8>) -> Vec<u8> {
+    match t.kind {
+        agora_tlog::tile::TileKind::Hashes { .. } => {
+            let n = usize::from(t.width) * 32;
+            body.get(..n).map(<[u8]>::to_vec).unwrap_or(body)
+        }
+        agora_tlog::tile::TileKind::Entries => {
+            let Ok(entries) = decode_bundle(&body) else {
+                return body;
+            };
+            agora_tlog::tile::encode_bundle(entries.into_iter().take(usize::from(t.width)))
+                .unwrap_or_default()
+        }
+    }
+}
+
+impl TileReader for LogClient {
+    fn read_tile(&self, level: u8, index: u64, width: u16) -> agora_tlog::Result<Vec<u8>> {
+        let key = (level, index, width);
+        if let Some(t) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(t.clone());
+        }
+        let t = self
+            .tile(&TilePath::hashes(level, index, width))
+            .ok()
+            .flatten()
+            .ok_or(agora_tlog::Error::MissingHash { level, index })?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_TILES {
+            cache.clear();
+        }
+        cache.insert(key, t.clone());
+        Ok(t)
+    }
+}
+
+/// The log's way to call witnesses (tlog-witness over HTTP).
+pub struct HttpWitnessTransport {
+    agent: ureq::Agent,
+}
+
+impl HttpWitnessTransport {
+    pub fn new(timeout: Duration) -> HttpWitnessTransport {
+        HttpWitnessTransport {
+            agent: agent(timeout),
+        }
+    }
+}
+
+impl WitnessTransport for HttpWitnessTransport {
+    fn add_checkpoint(&self, url: &str, body: &[u8]) -> std::result::Result<WitnessReply, String> {
+        let url = format!("{}/add-checkpoint", url.trim_end_matches('/'));
+        let resp = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .send(body)
+            .map_err(|e| format!("{url}: {e}"))?;
+        let (status, body) = read_body(&url, resp).map_err(|e| e.to_string())?;
+        Ok(WitnessReply { status, body })
+    }
+}
+
+/// Read a witness's evidence statements (DSSE envelope JSON).
+pub fn fetch_evidence(witness_url: &str) -> Result<Vec<Vec<u8>>> {
+    let base = witness_url.trim_end_matches('/');
+    let a = agent(Duration::from_secs(30));
+    let get = |path: String| -> Result<(u16, Vec<u8>)> {
+        let resp = a.get(&path).call().map_err(|e| TlogHttpError::Transport {
+            url: path.clone(),
+            msg: e.to_string(),
+        })?;
+        read_body(&path, resp)
+    };
+    let url = format!("{base}/evidence");
+    let (status, body) = get(url.clone())?;
+    if status != 200 {
+        return Err(status_err(&url, status, &body));
+    }
+    let n: u64 = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or(TlogHttpError::Response {
+            url,
+            msg: "not a count".into(),
+        })?;
+    let mut out = Vec::new();
+    for i in 0..n.min(10_000) {
+        let url = format!("{base}/evidence/{i}");
+        let (status, body) = get(url.clone())?;
+        if status != 200 {
+            return Err(status_err(&url, status, &body));
+        }
+        out.push(body);
+    }
+    Ok(out)
+}

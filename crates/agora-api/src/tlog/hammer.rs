@@ -1,0 +1,483 @@
+//! Load generator for a log: many keep-alive HTTP/1.1 connections posting entries to `/add`, at a
+//! target rate, with a report of throughput, acknowledgement latency and (optionally) the latency
+//! from sending an entry to seeing it in a published checkpoint.
+
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+
+use super::{Result, TlogHttpError};
+
+#[derive(Clone, Debug)]
+pub struct HammerConfig {
+    /// Log URL prefix (`http://host:port[/prefix]`).
+    pub url: String,
+    /// Entries to send in total (0: until `duration`).
+    pub count: u64,
+    /// Target entries per second over all connections (0: as fast as possible).
+    pub rate: f64,
+    /// Concurrent connections, each with one request in flight.
+    pub concurrency: usize,
+    /// Entry size in bytes.
+    pub size: usize,
+    pub duration: Option<Duration>,
+    /// Entries are a function of (seed, sequence number), so runs with different seeds differ.
+    pub seed: u64,
+    /// Write `index sha256(entry)` for every acknowledged entry.
+    pub record: Option<PathBuf>,
+    /// Poll `/checkpoint` to measure the latency from append to a published checkpoint.
+    pub checkpoint_latency: bool,
+}
+
+impl Default for HammerConfig {
+    fn default() -> Self {
+        HammerConfig {
+            url: String::new(),
+            count: 10_000,
+            rate: 0.0,
+            concurrency: 64,
+            size: 512,
+            duration: None,
+            seed: 0,
+            record: None,
+            checkpoint_latency: false,
+        }
+    }
+}
+
+/// Latency percentiles.
+#[derive(Clone, Debug, Default)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Percentiles {
+    pub fn of(mut v: Vec<Duration>) -> Percentiles {
+        if v.is_empty() {
+            return Percentiles::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+        Percentiles {
+            count: v.len(),
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+impl fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
+            ms(self.p50),
+            ms(self.p90),
+            ms(self.p99),
+            ms(self.max),
+            self.count
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HammerReport {
+    pub sent: u64,
+    pub acked: u64,
+    pub overloaded: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub ack_latency: Percentiles,
+    pub inclusion_latency: Option<Percentiles>,
+    /// Acknowledged entries never seen in a checkpoint before the end of the run.
+    pub not_included: u64,
+    pub last_error: Option<String>,
+}
+
+impl HammerReport {
+    pub fn acked_per_sec(&self) -> f64 {
+        self.acked as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for HammerReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "sent {}, acknowledged {} ({:.0}/s over {:.2} s), overloaded (503) {}, other errors {}",
+            self.sent,
+            self.acked,
+            self.acked_per_sec(),
+            self.elapsed.as_secs_f64(),
+            self.overloaded,
+            self.errors
+        )?;
+        writeln!(f, "append -> acknowledged (durable): {}", self.ack_latency)?;
+        if let Some(p) = &self.inclusion_latency {
+            writeln!(f, "append -> in a published checkpoint: {p}")?;
+            if self.not_included > 0 {
+                writeln!(
+                    f,
+                    "acknowledged but not yet in a checkpoint at the end: {}",
+                    self.not_included
+                )?;
+            }
+        }
+        if let Some(e) = &self.last_error {
+            writeln!(f, "last error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The entry with sequence number `seq`: 8 bytes of `seq`, then SHA-256 of (seed, seq) repeated.
+pub fn entry(seed: u64, seq: u64, size: usize) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(seq.to_le_bytes());
+    let d = h.finalize();
+    let mut v = Vec::with_capacity(size);
+    v.extend_from_slice(&seq.to_le_bytes());
+    while v.len() < size {
+        let n = (size - v.len()).min(32);
+        v.extend_from_slice(&d[..n]);
+    }
+    v.truncate(size);
+    v
+}
+
+/// `host:port` and path prefix of an `http://` URL.
+pub fn split_url(url: &str) -> Result<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| TlogHttpError::Transport {
+            url: url.to_string(),
+            msg: "only http:// URLs are supported by the load generator".into(),
+        })?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    Ok((host.to_string(), path.to_string()))
+}
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    host: String,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Conn {
+    pub fn new(host: &str) -> Conn {
+        Conn {
+            host: host.to_string(),
+            sender: None,
+        }
+    }
+
+    async fn sender(&mut self) -> std::result::Result<&mut SendRequest<Full<Bytes>>, String> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let tcp = tokio::net::TcpStream::connect(&self.host)
+                .await
+                .map_err(|e| format!("connect {}: {e}", self.host))?;
+            let _ = tcp.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        self.sender
+            .as_mut()
+            .ok_or_else(|| "no connection".to_string())
+    }
+
+    /// Send a request; returns status and body.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+    ) -> std::result::Result<(u16, Bytes), String> {
+        let host = self.host.clone();
+        let s = self.sender().await?;
+        s.ready().await.map_err(|e| e.to_string())?;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, host)
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let result = s.send_request(req).await;
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.sender = None;
+                return Err(e.to_string());
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+struct Ack {
+    index: u64,
+    sent_at: Duration,
+    latency: Duration,
+    digest: [u8; 32],
+}
+
+#[derive(Default)]
+struct WorkerResult {
+    acks: Vec<Ack>,
+    sent: u64,
+    overloaded: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// Run the load generator.
+pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
+    let (host, prefix) = split_url(&cfg.url)?;
+    let start = Instant::now();
+    let deadline = cfg.duration.map(|d| start + d);
+    let next = Arc::new(AtomicU64::new(0));
+    let conc = cfg.concurrency.max(1);
+    let per_worker_interval =
+        (cfg.rate > 0.0).then(|| Duration::from_secs_f64(conc as f64 / cfg.rate));
+
+    // Checkpoint poller.
+    let poll_stop = Arc::new(tokio::sync::Notify::new());
+    let poller = cfg.checkpoint_latency.then(|| {
+        let (host, path, stop) = (
+            host.clone(),
+            format!("{prefix}/checkpoint"),
+            poll_stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut conn = Conn::new(&host);
+            let mut seen: Vec<(Duration, u64)> = Vec::new();
+            let stop_wait = stop.notified();
+            tokio::pin!(stop_wait);
+            loop {
+                if let Ok((200, body)) = conn.request("GET", &path, Bytes::new()).await {
+                    let size = std::str::from_utf8(&body)
+                        .ok()
+                        .and_then(|s| s.lines().nth(1))
+                        .and_then(|l| l.parse::<u64>().ok());
+                    if let Some(size) = size
+                        && seen.last().is_none_or(|l| l.1 < size)
+                    {
+                        seen.push((start.elapsed(), size));
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = &mut stop_wait => break,
+                }
+            }
+            seen
+        })
+    });
+
+    let mut workers = Vec::new();
+    for _ in 0..conc {
+        let (host, path, next, cfg) = (
+            host.clone(),
+            format!("{prefix}/add"),
+            next.clone(),
+            cfg.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut r = WorkerResult::default();
+            let mut conn = Conn::new(&host);
+            let mut ticker = per_worker_interval.map(|d| {
+                let mut t = tokio::time::interval(d);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if cfg.count > 0 && seq >= cfg.count {
+                    break;
+                }
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let e = entry(cfg.seed, seq, cfg.size);
+                let digest: [u8; 32] = Sha256::digest(&e).into();
+                let sent_at = start.elapsed();
+                r.sent += 1;
+                match conn.request("POST", &path, Bytes::from(e)).await {
+                    Ok((200, body)) => {
+                        let latency = start.elapsed() - sent_at;
+                        match std::str::from_utf8(&body)
+                            .ok()
+                            .and_then(|s| s.trim_end().parse().ok())
+                        {
+                            Some(index) => r.acks.push(Ack {
+                                index,
+                                sent_at,
+                                latency,
+                                digest,
+                            }),
+                            None => {
+                                r.errors += 1;
+                                r.last_error = Some("bad /add response body".into());
+                            }
+                        }
+                    }
+                    Ok((503, _)) => {
+                        r.overloaded += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok((status, body)) => {
+                        r.errors += 1;
+                        r.last_error = Some(format!(
+                            "HTTP {status}: {}",
+                            String::from_utf8_lossy(&body).trim()
+                        ));
+                    }
+                    Err(e) => {
+                        r.errors += 1;
+                        r.last_error = Some(e);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            r
+        }));
+    }
+    let mut acks = Vec::new();
+    let mut report = HammerReport::default();
+    for w in workers {
+        let r = w.await.map_err(|e| TlogHttpError::Transport {
+            url: cfg.url.clone(),
+            msg: e.to_string(),
+        })?;
+        report.sent += r.sent;
+        report.overloaded += r.overloaded;
+        report.errors += r.errors;
+        if r.last_error.is_some() {
+            report.last_error = r.last_error;
+        }
+        acks.extend(r.acks);
+    }
+    report.elapsed = start.elapsed();
+    report.acked = acks.len() as u64;
+    report.ack_latency = Percentiles::of(acks.iter().map(|a| a.latency).collect());
+
+    if let Some(poller) = poller {
+        // Wait (bounded) for a checkpoint that covers every acknowledged entry.
+        let need = acks.iter().map(|a| a.index + 1).max().unwrap_or(0);
+        let mut conn = Conn::new(&host);
+        let wait_until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < wait_until {
+            if let Ok((200, body)) = conn
+                .request("GET", &format!("{prefix}/checkpoint"), Bytes::new())
+                .await
+                && std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|s| s.lines().nth(1))
+                    .and_then(|l| l.parse::<u64>().ok())
+                    .is_some_and(|s| s >= need)
+            {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        poll_stop.notify_one();
+        let seen = poller.await.map_err(|e| TlogHttpError::Transport {
+            url: cfg.url.clone(),
+            msg: e.to_string(),
+        })?;
+        let mut lat = Vec::with_capacity(acks.len());
+        let mut missing = 0;
+        for a in &acks {
+            let i = seen.partition_point(|(_, s)| *s <= a.index);
+            match seen.get(i) {
+                Some((t, _)) => lat.push(t.saturating_sub(a.sent_at)),
+                None => missing += 1,
+            }
+        }
+        report.not_included = missing;
+        report.inclusion_latency = Some(Percentiles::of(lat));
+    }
+
+    if let Some(path) = &cfg.record {
+        let f = std::fs::File::create(path).map_err(|e| TlogHttpError::Transport {
+            url: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        let mut w = std::io::BufWriter::new(f);
+        for a in &acks {
+            let _ = writeln!(w, "{} {}", a.index, hex::encode(a.digest));
+        }
+        w.flush().map_err(|e| TlogHttpError::Transport {
+            url: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_unique_and_sized() {
+        assert_eq!(entry(1, 2, 512).len(), 512);
+        assert_ne!(entry(1, 2, 512), entry(1, 3, 512));
+        assert_ne!(entry(1, 2, 512), entry(2, 2, 512));
+        assert_eq!(entry(1, 2, 5).len(), 5);
+    }
+
+    #[test]
+    fn percentiles() {
+        let p = Percentiles::of((1..=100).map(Duration::from_millis).collect());
+        assert_eq!(p.p50, Duration::from_millis(50));
+        assert_eq!(p.p99, Duration::from_millis(99));
+        assert_eq!(p.max, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            split_url("http://127.0.0.1:80/log/").unwrap(),
+            ("127.0.0.1:80".into(), "/log".into())
+        );
+        assert!(split_url("https://x").is_err());
+    }
+}

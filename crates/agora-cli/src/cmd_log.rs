@@ -1,0 +1,616 @@
+//! `agora log ...` and `agora witness ...`: run the log and witness roles standalone, and the
+//! client tools (add, checkpoint, prove, verify, fsck, monitor, hammer, bench).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agora_api::tlog::hammer::{self, HammerConfig};
+use agora_api::tlog::{HttpWitnessTransport, LogClient, log_router, witness_router};
+use agora_core::Envelope;
+use agora_core::statement::{Proven, Statement};
+use agora_log::{Log, LogConfig, Witness};
+use agora_tlog::Vkey;
+use agora_tlog::checkpoint::SignedCheckpoint;
+use agora_tlog::hash::{Hash, leaf_hash};
+use agora_tlog::merkle;
+use agora_tlog::policy::Policy;
+use agora_tlog::proof::TlogProof;
+use agora_tlog::tile::{self, Frontier, TilePath};
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::cmd_identity::load_identity;
+
+/// Parse `1s`, `250ms`, `2m` or plain seconds (`0.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 250ms)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+const DEFAULT_LOG_URL: &str = "http://127.0.0.1:7700";
+
+#[derive(Subcommand, Debug)]
+pub enum LogCommand {
+    /// Run the log role: POST /add, GET /checkpoint and /tile/... (tlog-tiles)
+    Serve(ServeArgs),
+    /// Append FILE to a log and print its index once it is durable
+    Add {
+        file: PathBuf,
+        /// Log URL
+        #[arg(long = "log", env = "AGORA_LOG_URL", default_value = DEFAULT_LOG_URL)]
+        url: String,
+    },
+    /// Fetch and print a log's checkpoint (verified with --log-key or --policy)
+    Checkpoint {
+        url: String,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Print a .tlog-proof for the entry at INDEX under the current checkpoint
+    Prove {
+        url: String,
+        index: u64,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Verify a .tlog-proof offline against a policy and the entry's bytes
+    Verify {
+        proof: PathBuf,
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long)]
+        entry: PathBuf,
+    },
+    /// Re-derive every tile and the root from the entries and compare with what the log serves
+    Fsck {
+        url: String,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Follow a log's checkpoints and check consistency between every pair seen
+    Monitor(MonitorArgs),
+    /// Load generator: append entries at a rate and report throughput and latency
+    Hammer(HammerArgs),
+    /// Benchmark the log on this machine and print the figures with their conditions
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WitnessCommand {
+    /// Run the witness role: POST /add-checkpoint (tlog-witness), GET /evidence[/ID]
+    Serve(WitnessServeArgs),
+    /// Print the evidence statements a witness holds, one DSSE envelope per line
+    Evidence { url: String },
+    /// Verify an evidence statement on its own, trusting only the log's key
+    VerifyEvidence {
+        file: PathBuf,
+        /// The log's verifier key
+        #[arg(long)]
+        log_key: String,
+    },
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct TrustArgs {
+    /// The log's verifier key (checks the checkpoint signature)
+    #[arg(long)]
+    pub log_key: Option<String>,
+    /// A tlog-policy file (checks the log signature and the witness quorum)
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    /// Parse and check a checkpoint as configured; `Ok((checkpoint, verified))`.
+    fn open(&self, bytes: &[u8]) -> anyhow::Result<(SignedCheckpoint, bool)> {
+        if let Some(p) = &self.policy {
+            let policy = read_policy(p)?;
+            return Ok((policy.verify_checkpoint(bytes)?, true));
+        }
+        if let Some(k) = &self.log_key {
+            let v = Vkey::parse(k).context("invalid --log-key")?;
+            return Ok((SignedCheckpoint::open(bytes, &v)?, true));
+        }
+        Ok((SignedCheckpoint::parse(bytes)?, false))
+    }
+}
+
+fn read_policy(p: &Path) -> anyhow::Result<Policy> {
+    let data = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+    Policy::parse(&data).with_context(|| format!("invalid policy {}", p.display()))
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed)
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Checkpoint origin [default: agora.log/<PeerId>]
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// tlog-policy naming the witnesses (with URLs) to gather cosignatures from, and the quorum
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Checkpoint interval
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Most entries per durable batch
+    #[arg(long, default_value_t = 16_384)]
+    pub batch_max: usize,
+    /// Longest wait for more entries after the first of a batch
+    #[arg(long, default_value = "2ms", value_parser = parse_duration)]
+    pub batch_wait: Duration,
+    /// Append queue capacity (beyond it: 503 with Retry-After)
+    #[arg(long, default_value_t = 65_536)]
+    pub queue: usize,
+    /// Disable redb quick-repair (faster commits, slow recovery after a crash)
+    #[arg(long)]
+    pub no_quick_repair: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WitnessServeArgs {
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    pub listen: SocketAddr,
+    /// Witness name [default: agora.witness/<PeerId>]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A tlog-policy whose `log` lines are the logs this witness trusts
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// A trusted log's verifier key (repeatable)
+    #[arg(long = "log-key")]
+    pub log_keys: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    pub url: String,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Poll interval
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this many distinct checkpoints (0: forever)
+    #[arg(long, default_value_t = 0)]
+    pub count: usize,
+    /// Stop after this long
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HammerArgs {
+    pub url: String,
+    /// Entries to send (0: until --duration)
+    #[arg(long, default_value_t = 10_000)]
+    pub count: u64,
+    /// Target entries per second (0: as fast as possible)
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Concurrent connections
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Entry size in bytes
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write `index sha256` of every acknowledged entry to this file
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Also measure append -> published checkpoint latency
+    #[arg(long)]
+    pub checkpoint_latency: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Seconds of sustained appends
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Concurrent connections of the load generator
+    #[arg(long, default_value_t = 512)]
+    pub concurrency: usize,
+    /// Rate of the latency run (entries/s)
+    #[arg(long, default_value_t = 10_000.0)]
+    pub latency_rate: f64,
+    /// Directory for the temporary database
+    #[arg(long, default_value = "/var/tmp")]
+    pub dir: PathBuf,
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("agora")
+        .build()?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub fn run_log(home: &Path, cmd: LogCommand) -> anyhow::Result<()> {
+    match cmd {
+        LogCommand::Serve(a) => serve_log(home, a),
+        LogCommand::Add { file, url } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let i = LogClient::new(&url).add(&data)?;
+            println!("{i}");
+            Ok(())
+        }
+        LogCommand::Checkpoint { url, trust } => {
+            let bytes = LogClient::new(&url).checkpoint()?;
+            let (_, verified) = trust.open(&bytes)?;
+            if !verified {
+                eprintln!("warning: checkpoint not verified (pass --log-key or --policy)");
+            }
+            print!("{}", String::from_utf8_lossy(&bytes));
+            Ok(())
+        }
+        LogCommand::Prove { url, index, trust } => prove(&url, index, &trust),
+        LogCommand::Verify {
+            proof,
+            policy,
+            entry,
+        } => verify(&proof, &policy, &entry),
+        LogCommand::Fsck { url, trust } => fsck(&url, &trust),
+        LogCommand::Monitor(a) => monitor(a),
+        LogCommand::Hammer(a) => {
+            let rt = runtime()?;
+            let report = rt.block_on(hammer::run(hammer_config(&a)))?;
+            print!("{report}");
+            if report.acked == 0 {
+                bail!("no entry was acknowledged");
+            }
+            Ok(())
+        }
+        LogCommand::Bench(a) => bench(a),
+    }
+}
+
+fn hammer_config(a: &HammerArgs) -> HammerConfig {
+    HammerConfig {
+        url: a.url.clone(),
+        count: a.count,
+        rate: a.rate,
+        concurrency: a.concurrency,
+        size: a.size,
+        duration: a.duration,
+        seed: a.seed,
+        record: a.record.clone(),
+        checkpoint_latency: a.checkpoint_latency,
+    }
+}
+
+pub fn run_witness(home: &Path, cmd: WitnessCommand) -> anyhow::Result<()> {
+    match cmd {
+        WitnessCommand::Serve(a) => serve_witness(home, a),
+        WitnessCommand::Evidence { url } => {
+            for e in agora_api::tlog::client::fetch_evidence(&url)? {
+                println!("{}", String::from_utf8_lossy(&e));
+            }
+            Ok(())
+        }
+        WitnessCommand::VerifyEvidence { file, log_key } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let vkey = Vkey::parse(&log_key).context("invalid --log-key")?;
+            let env = Envelope::from_json(data.trim_ascii())?;
+            let (signers, st) = Statement::open(&env)?;
+            let Statement::Evidence(ev) = st else {
+                bail!(
+                    "{} is a {} statement, not evidence",
+                    file.display(),
+                    st.kind().name()
+                );
+            };
+            match ev.verify(Some(&vkey))? {
+                Proven::SplitView(sv) => println!(
+                    "valid evidence: log {} signed two inconsistent checkpoints ({sv:?}); observed by {}",
+                    vkey.name,
+                    signers.first().map(|p| p.to_string()).unwrap_or_default()
+                ),
+                other => println!("valid evidence: {other:?}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve_log(home: &Path, a: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let id = load_identity(home)?;
+    let origin = a.origin.clone().unwrap_or_else(|| id.default_log_origin());
+    let mut config = LogConfig::new(&origin);
+    config.batch_max = a.batch_max.max(1);
+    config.batch_wait = a.batch_wait;
+    config.queue = a.queue.max(1);
+    config.checkpoint_interval = a.interval.max(Duration::from_millis(10));
+    config.quick_repair = !a.no_quick_repair;
+    config.policy = a.policy.as_deref().map(read_policy).transpose()?;
+    let dir = home.join("log");
+    std::fs::create_dir_all(&dir)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let transport = Arc::new(HttpWitnessTransport::new(Duration::from_secs(10)));
+        let log = Log::open(&dir.join("log.redb"), &id, config, Some(transport))?;
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        println!("listening on http://{}", listener.local_addr()?);
+        println!("vkey {}", log.vkey());
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        axum::serve(listener, log_router(log.clone()))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        tokio::task::spawn_blocking(move || log.shutdown()).await?;
+        Ok(())
+    })
+}
+
+fn serve_witness(home: &Path, a: WitnessServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let id = load_identity(home)?;
+    let name = a.name.clone().unwrap_or_else(|| id.default_witness_name());
+    let mut logs = Vec::new();
+    if let Some(p) = &a.policy {
+        logs.extend(read_policy(p)?.logs.into_iter().map(|l| l.vkey));
+    }
+    for k in &a.log_keys {
+        logs.push(Vkey::parse(k).with_context(|| format!("invalid --log-key {k}"))?);
+    }
+    if logs.is_empty() {
+        bail!("the witness trusts no log: pass --policy or --log-key");
+    }
+    let dir = home.join("witness");
+    std::fs::create_dir_all(&dir)?;
+    let witness = Arc::new(Witness::open(&dir.join("witness.redb"), id, &name, logs)?);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        println!("listening on http://{}", listener.local_addr()?);
+        println!("vkey {}", witness.vkey());
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        axum::serve(listener, witness_router(witness))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        Ok(())
+    })
+}
+
+fn prove(url: &str, index: u64, trust: &TrustArgs) -> anyhow::Result<()> {
+    let client = LogClient::new(url);
+    let bytes = client.checkpoint()?;
+    let (sc, verified) = trust.open(&bytes)?;
+    if !verified {
+        eprintln!("warning: checkpoint not verified (pass --log-key or --policy)");
+    }
+    let size = sc.checkpoint.size;
+    if index >= size {
+        bail!("entry {index} is not in the current checkpoint (size {size}) yet");
+    }
+    let path = client.inclusion_proof(index, size)?;
+    // Check the proof against the entry the log serves before printing it.
+    let entries = client.entries(index / 256, tile::tile_width(0, index / 256, size))?;
+    let entry = &entries[(index % 256) as usize];
+    merkle::verify_inclusion(index, size, &leaf_hash(entry), &path, &sc.checkpoint.root)
+        .context("the log's tiles do not prove its own entry")?;
+    let p = TlogProof {
+        extra: None,
+        index,
+        path,
+        checkpoint: sc,
+    };
+    use std::io::Write as _;
+    std::io::stdout().write_all(&p.to_bytes())?;
+    Ok(())
+}
+
+fn verify(proof: &Path, policy: &Path, entry: &Path) -> anyhow::Result<()> {
+    let p = TlogProof::parse(
+        &std::fs::read(proof).with_context(|| format!("cannot read {}", proof.display()))?,
+    )
+    .with_context(|| format!("invalid proof {}", proof.display()))?;
+    let policy = read_policy(policy)?;
+    let data = std::fs::read(entry).with_context(|| format!("cannot read {}", entry.display()))?;
+    let sc = p
+        .verify(&leaf_hash(&data), &policy)
+        .context("the proof does not verify")?;
+    let cosigners = policy.cosigners(sc)?.len();
+    println!(
+        "OK: entry {} of {} is in the checkpoint of size {} (log signature and {} witness cosignature(s) verified)",
+        p.index, sc.checkpoint.origin, sc.checkpoint.size, cosigners
+    );
+    Ok(())
+}
+
+fn fsck(url: &str, trust: &TrustArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = LogClient::new(url);
+    let bytes = client.checkpoint()?;
+    let (sc, verified) = trust.open(&bytes)?;
+    let size = sc.checkpoint.size;
+    let mut frontier = Frontier::new();
+    let mut full = Vec::new();
+    let mut tiles_checked = 0u64;
+    let check_tile = |level: u8, index: u64, hashes: &[Hash]| -> anyhow::Result<()> {
+        let t = TilePath::hashes(level, index, hashes.len() as u16);
+        let served = client
+            .tile(&t)?
+            .with_context(|| format!("{} is missing", t.to_path()))?;
+        let derived: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
+        if served != derived {
+            bail!(
+                "{} differs from the tile derived from the entries",
+                t.to_path()
+            );
+        }
+        Ok(())
+    };
+    let bundles = size.div_ceil(256);
+    for b in 0..bundles {
+        let width = tile::tile_width(0, b, size);
+        for e in client.entries(b, width)? {
+            frontier.push(leaf_hash(&e), &mut full);
+        }
+        for t in full.drain(..) {
+            check_tile(t.level, t.index, &t.hashes)?;
+            tiles_checked += 1;
+        }
+    }
+    for level in 0..frontier.levels() {
+        let p = frontier.partial(level);
+        if !p.is_empty() {
+            check_tile(level, tile::level_count(level + 1, size), p)?;
+            tiles_checked += 1;
+        }
+    }
+    let root = frontier.root();
+    if root != sc.checkpoint.root {
+        bail!(
+            "the root derived from the entries ({root}) is not the checkpoint's ({})",
+            sc.checkpoint.root
+        );
+    }
+    println!(
+        "fsck OK: {size} entries in {bundles} bundles, {tiles_checked} tiles re-derived, root {root} matches the {}checkpoint ({:.1} s)",
+        if verified { "verified " } else { "unverified " },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
+    let client = LogClient::new(&a.url);
+    let started = Instant::now();
+    let mut seen: Vec<(u64, Hash)> = Vec::new();
+    loop {
+        if a.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        match client.checkpoint() {
+            Err(e) => eprintln!("monitor: {e}"),
+            Ok(bytes) => {
+                let (sc, _) = a.trust.open(&bytes)?;
+                let (size, root) = (sc.checkpoint.size, sc.checkpoint.root);
+                if !seen.contains(&(size, root)) {
+                    let mut checked = 0;
+                    for &(s, r) in &seen {
+                        check_pair(&client, (s, r), (size, root))?;
+                        checked += 1;
+                    }
+                    seen.push((size, root));
+                    println!(
+                        "checkpoint size {size} root {root}: consistent with all {checked} earlier"
+                    );
+                    if a.count > 0 && seen.len() >= a.count {
+                        break;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(a.interval);
+    }
+    println!("monitor: {} checkpoints, every pair consistent", seen.len());
+    Ok(())
+}
+
+/// Check that two checkpoints of a log are consistent, with a proof computed from its tiles.
+fn check_pair(client: &LogClient, a: (u64, Hash), b: (u64, Hash)) -> anyhow::Result<()> {
+    let (old, new) = if a.0 <= b.0 { (a, b) } else { (b, a) };
+    if old.0 == new.0 {
+        if old.1 != new.1 {
+            bail!(
+                "INCONSISTENT: two roots for size {}: {} and {}",
+                old.0,
+                old.1,
+                new.1
+            );
+        }
+        return Ok(());
+    }
+    if old.0 == 0 {
+        return Ok(());
+    }
+    let proof = client.consistency_proof(old.0, new.0)?;
+    merkle::verify_consistency(old.0, new.0, &proof, &old.1, &new.1)
+        .map_err(|e| anyhow::anyhow!("INCONSISTENT: size {} and size {}: {e}", old.0, new.0))
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    crate::cmd_log_bench::run(a)
+}
+
+/// Start a log in-process on a free loopback port (used by the benchmark).
+pub async fn start_log(
+    dir: &Path,
+    config: LogConfig,
+) -> anyhow::Result<(Log, SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let id = agora_core::Identity::generate(&mut rand::rngs::OsRng);
+    let log = Log::open(&dir.join("log.redb"), &id, config, None)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let router = log_router(log.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok((log, addr, tx))
+}

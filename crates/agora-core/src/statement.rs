@@ -1,0 +1,922 @@
+//! The statement kinds of DESIGN.md as versioned serde types.
+//!
+//! - `model` and `dataset` are in-toto Statement v1 (`_type` `https://in-toto.io/Statement/v1`)
+//!   with sha256 subjects and predicate types `https://agora.network/<kind>/v1`, carried in DSSE as
+//!   `application/vnd.in-toto+json`, so standard tooling reads them.
+//! - `receipt`, `verdict`, `proposal`, `vote`, `decision` and `evidence` are JSON objects whose
+//!   `_type` is `https://agora.network/<kind>/v1`, carried as `application/vnd.agora.statement+json`.
+//!
+//! Parsing is strict: unknown fields, unknown kinds and unknown versions are precise errors.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::Digest as _;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::dsse::Envelope;
+use crate::identity::{Identity, PeerId};
+use crate::{Error, Result};
+
+pub const INTOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+pub const AGORA_PAYLOAD_TYPE: &str = "application/vnd.agora.statement+json";
+pub const INTOTO_STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
+const INTOTO_STATEMENT_PREFIX: &str = "https://in-toto.io/Statement/";
+pub const TYPE_PREFIX: &str = "https://agora.network/";
+/// The version of every statement kind this build writes and reads.
+pub const VERSION: &str = "v1";
+
+/// A SHA-256 digest, serialised as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    pub fn of(data: &[u8]) -> Sha256 {
+        Sha256(sha2::Sha256::digest(data).into())
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{self}")
+    }
+}
+
+impl std::str::FromStr for Sha256 {
+    type Err = &'static str;
+    fn from_str(s: &str) -> std::result::Result<Sha256, &'static str> {
+        if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err("a sha256 digest must be 64 lowercase hex digits");
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| "invalid hex")?;
+        Ok(Sha256(out))
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Sha256, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for PeerId {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<PeerId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The statement kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Model,
+    Dataset,
+    Receipt,
+    Verdict,
+    Proposal,
+    Vote,
+    Decision,
+    Evidence,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Model,
+        Kind::Dataset,
+        Kind::Receipt,
+        Kind::Verdict,
+        Kind::Proposal,
+        Kind::Vote,
+        Kind::Decision,
+        Kind::Evidence,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Model => "model",
+            Kind::Dataset => "dataset",
+            Kind::Receipt => "receipt",
+            Kind::Verdict => "verdict",
+            Kind::Proposal => "proposal",
+            Kind::Vote => "vote",
+            Kind::Decision => "decision",
+            Kind::Evidence => "evidence",
+        }
+    }
+
+    /// `https://agora.network/<kind>/v1`: the `_type` (or in-toto `predicateType`).
+    pub fn type_uri(self) -> String {
+        format!("{TYPE_PREFIX}{}/{VERSION}", self.name())
+    }
+
+    pub fn is_intoto(self) -> bool {
+        matches!(self, Kind::Model | Kind::Dataset)
+    }
+
+    pub fn payload_type(self) -> &'static str {
+        if self.is_intoto() {
+            INTOTO_PAYLOAD_TYPE
+        } else {
+            AGORA_PAYLOAD_TYPE
+        }
+    }
+
+    /// Split a type URI into its kind, checking the version.
+    fn from_type_uri(uri: &str) -> Result<Kind> {
+        let rest = uri
+            .strip_prefix(TYPE_PREFIX)
+            .ok_or_else(|| Error::UnknownStatementType(uri.to_string()))?;
+        let (name, version) = rest
+            .split_once('/')
+            .ok_or_else(|| Error::UnknownStatementType(uri.to_string()))?;
+        let kind = Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| Error::UnknownStatementType(uri.to_string()))?;
+        if version != VERSION {
+            return Err(Error::UnknownVersion {
+                kind: kind.name(),
+                version: version.to_string(),
+            });
+        }
+        Ok(kind)
+    }
+}
+
+/// An in-toto digest set; Agora subjects always carry sha256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestSet {
+    pub sha256: Sha256,
+}
+
+/// An in-toto subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subject {
+    pub name: String,
+    pub digest: DigestSet,
+}
+
+/// One dataset in a model's training mix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixEntry {
+    /// Origin of the log holding the dataset statement.
+    pub log: String,
+    /// Index of the dataset statement in that log.
+    pub index: u64,
+    /// SHA-256 of the dataset statement's DSSE payload.
+    pub dataset: Sha256,
+    /// Share of the mix (weights need not sum to one; they are relative).
+    pub weight: f64,
+}
+
+/// Predicate of a `model` statement. The subject is the GGUF file and its sha256.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPredicate {
+    pub name: String,
+    pub architecture: String,
+    /// SHA-256 of the tokenizer (vocabulary and merges as stored in the model).
+    pub tokenizer: Sha256,
+    /// SPDX license expression.
+    pub license: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<Sha256>,
+    #[serde(default)]
+    pub data_mix: Vec<MixEntry>,
+}
+
+/// Predicate of a `dataset` statement. The subjects are its shards with their sha256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetPredicate {
+    pub name: String,
+    /// SPDX license expression.
+    pub license: String,
+    /// Where the data comes from (URL or description).
+    pub source: String,
+    /// RFC 6962 Merkle root over the records, so one record's membership can be proven.
+    pub records_root: Sha256,
+    pub records: u64,
+    /// Total size in bytes.
+    pub size: u64,
+}
+
+/// One inference. Digests only: the client holds the transcript.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// SHA-256 of the model weights (GGUF).
+    pub model: Sha256,
+    /// Salted hash of messages, sampling parameters and seed.
+    pub request: Sha256,
+    /// SHA-256 of the output.
+    pub output: Sha256,
+    pub seed: u64,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// SHA-256 of the activation proof.
+    pub proof: Sha256,
+    pub worker: PeerId,
+    /// POSIX seconds.
+    pub time: u64,
+}
+
+/// A validator's accept/reject on a receipt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    /// SHA-256 of the receipt statement's DSSE payload.
+    pub receipt: Sha256,
+    pub validator: PeerId,
+    pub accept: bool,
+    /// Measured statistics (e.g. maximum logit deviation, mismatched tokens).
+    #[serde(default)]
+    pub stats: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub time: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposal {
+    pub title: String,
+    pub body: String,
+    /// What the proposal is about (e.g. the digest of a model's data mix).
+    pub subject: String,
+    pub options: Vec<String>,
+    /// POSIX seconds after which votes no longer count.
+    pub closes: u64,
+    pub time: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vote {
+    /// SHA-256 of the proposal statement's DSSE payload.
+    pub proposal: Sha256,
+    pub choice: String,
+    pub voter: PeerId,
+    pub time: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub proposal: Sha256,
+    pub outcome: String,
+    pub tally: BTreeMap<String, u64>,
+    /// SHA-256 of each counted vote's DSSE payload.
+    pub votes: Vec<Sha256>,
+    pub time: u64,
+}
+
+/// What an evidence statement proves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Claim {
+    /// A log signed two inconsistent checkpoints.
+    SplitView {
+        /// The log's verifier key.
+        log: String,
+        /// Both signed checkpoints, verbatim.
+        checkpoints: [String; 2],
+        /// The consistency proof the log offered from the smaller to the larger (base64 hashes).
+        #[serde(default)]
+        proof: Vec<String>,
+    },
+    /// One voter signed two different votes on one proposal (both DSSE envelopes, as JSON).
+    DoubleVote { votes: [String; 2] },
+    /// A validator rejected a worker's receipt (both DSSE envelopes, as JSON).
+    RejectedProof { receipt: String, verdict: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    /// Who observed the misbehaviour (the signer of the statement).
+    pub observer: PeerId,
+    pub time: u64,
+    pub claim: Claim,
+}
+
+/// What [`Evidence::verify`] established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proven {
+    SplitView(agora_tlog::witness::SplitView),
+    DoubleVote { voter: PeerId, proposal: Sha256 },
+    RejectedProof { worker: PeerId, validator: PeerId },
+}
+
+impl Evidence {
+    /// Check the claim on its own. For a split view, `trusted_log` is the only thing the verifier
+    /// needs to trust; the evidence must be about that key.
+    pub fn verify(&self, trusted_log: Option<&agora_tlog::Vkey>) -> Result<Proven> {
+        match &self.claim {
+            Claim::SplitView {
+                log,
+                checkpoints,
+                proof,
+            } => {
+                let vkey = agora_tlog::Vkey::parse(log)?;
+                if let Some(t) = trusted_log
+                    && (t.key != vkey.key || t.name != vkey.name)
+                {
+                    return Err(Error::Evidence(
+                        "the evidence is about a different log key".into(),
+                    ));
+                }
+                let proof = proof
+                    .iter()
+                    .map(|h| agora_tlog::Hash::from_base64(h, "proof hash"))
+                    .collect::<agora_tlog::Result<Vec<_>>>()?;
+                let sv = agora_tlog::witness::verify_split_view(
+                    &vkey,
+                    checkpoints[0].as_bytes(),
+                    checkpoints[1].as_bytes(),
+                    &proof,
+                )?;
+                Ok(Proven::SplitView(sv))
+            }
+            Claim::DoubleVote { votes } => {
+                let mut parsed = Vec::new();
+                for v in votes {
+                    let env = Envelope::from_json(v.as_bytes())?;
+                    let (signers, st) = Statement::open(&env)?;
+                    let Statement::Vote(vote) = st else {
+                        return Err(Error::Evidence("not a vote statement".into()));
+                    };
+                    if !signers.contains(&vote.voter) {
+                        return Err(Error::Evidence("a vote is not signed by its voter".into()));
+                    }
+                    parsed.push(vote);
+                }
+                let (a, b) = (&parsed[0], &parsed[1]);
+                if a.voter != b.voter || a.proposal != b.proposal {
+                    return Err(Error::Evidence(
+                        "the votes are by different voters or on different proposals".into(),
+                    ));
+                }
+                if a.choice == b.choice {
+                    return Err(Error::Evidence("both votes make the same choice".into()));
+                }
+                Ok(Proven::DoubleVote {
+                    voter: a.voter,
+                    proposal: a.proposal,
+                })
+            }
+            Claim::RejectedProof { receipt, verdict } => {
+                let renv = Envelope::from_json(receipt.as_bytes())?;
+                let (rsigners, r) = Statement::open(&renv)?;
+                let Statement::Receipt(r) = r else {
+                    return Err(Error::Evidence("not a receipt statement".into()));
+                };
+                if !rsigners.contains(&r.worker) {
+                    return Err(Error::Evidence(
+                        "the receipt is not signed by its worker".into(),
+                    ));
+                }
+                let venv = Envelope::from_json(verdict.as_bytes())?;
+                let (vsigners, v) = Statement::open(&venv)?;
+                let Statement::Verdict(v) = v else {
+                    return Err(Error::Evidence("not a verdict statement".into()));
+                };
+                if !vsigners.contains(&v.validator) {
+                    return Err(Error::Evidence(
+                        "the verdict is not signed by its validator".into(),
+                    ));
+                }
+                if v.receipt != Sha256::of(&renv.payload) {
+                    return Err(Error::Evidence(
+                        "the verdict is about another receipt".into(),
+                    ));
+                }
+                if v.accept {
+                    return Err(Error::Evidence("the verdict accepts the receipt".into()));
+                }
+                Ok(Proven::RejectedProof {
+                    worker: r.worker,
+                    validator: v.validator,
+                })
+            }
+        }
+    }
+}
+
+/// Every statement kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Statement {
+    Model {
+        subject: Vec<Subject>,
+        predicate: ModelPredicate,
+    },
+    Dataset {
+        subject: Vec<Subject>,
+        predicate: DatasetPredicate,
+    },
+    Receipt(Receipt),
+    Verdict(Verdict),
+    Proposal(Proposal),
+    Vote(Vote),
+    Decision(Decision),
+    Evidence(Evidence),
+}
+
+fn malformed(kind: Kind, e: impl fmt::Display) -> Error {
+    Error::MalformedStatement {
+        kind: kind.name(),
+        msg: e.to_string(),
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(kind: Kind, v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| malformed(kind, e))
+}
+
+impl Statement {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Statement::Model { .. } => Kind::Model,
+            Statement::Dataset { .. } => Kind::Dataset,
+            Statement::Receipt(_) => Kind::Receipt,
+            Statement::Verdict(_) => Kind::Verdict,
+            Statement::Proposal(_) => Kind::Proposal,
+            Statement::Vote(_) => Kind::Vote,
+            Statement::Decision(_) => Kind::Decision,
+            Statement::Evidence(_) => Kind::Evidence,
+        }
+    }
+
+    /// The JSON payload (keys sorted, `_type` first).
+    pub fn to_payload(&self) -> Vec<u8> {
+        let kind = self.kind();
+        let to = |v: std::result::Result<serde_json::Value, serde_json::Error>| {
+            v.unwrap_or(serde_json::Value::Null)
+        };
+        let mut map = serde_json::Map::new();
+        match self {
+            Statement::Model { subject, predicate } => {
+                map.insert("_type".into(), INTOTO_STATEMENT_V1.into());
+                map.insert("subject".into(), to(serde_json::to_value(subject)));
+                map.insert("predicateType".into(), kind.type_uri().into());
+                map.insert("predicate".into(), to(serde_json::to_value(predicate)));
+            }
+            Statement::Dataset { subject, predicate } => {
+                map.insert("_type".into(), INTOTO_STATEMENT_V1.into());
+                map.insert("subject".into(), to(serde_json::to_value(subject)));
+                map.insert("predicateType".into(), kind.type_uri().into());
+                map.insert("predicate".into(), to(serde_json::to_value(predicate)));
+            }
+            other => {
+                let v = to(match other {
+                    Statement::Receipt(x) => serde_json::to_value(x),
+                    Statement::Verdict(x) => serde_json::to_value(x),
+                    Statement::Proposal(x) => serde_json::to_value(x),
+                    Statement::Vote(x) => serde_json::to_value(x),
+                    Statement::Decision(x) => serde_json::to_value(x),
+                    Statement::Evidence(x) => serde_json::to_value(x),
+                    Statement::Model { .. } | Statement::Dataset { .. } => {
+                        Ok(serde_json::Value::Null)
+                    }
+                });
+                if let serde_json::Value::Object(m) = v {
+                    map = m;
+                }
+                map.insert("_type".into(), kind.type_uri().into());
+            }
+        }
+        serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default()
+    }
+
+    /// Parse a payload of the given DSSE payload type.
+    pub fn from_payload(payload_type: &str, payload: &[u8]) -> Result<Statement> {
+        let v: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| Error::MalformedStatement {
+                kind: "statement",
+                msg: e.to_string(),
+            })?;
+        let serde_json::Value::Object(mut map) = v else {
+            return Err(Error::MalformedStatement {
+                kind: "statement",
+                msg: "not a JSON object".into(),
+            });
+        };
+        let Some(serde_json::Value::String(t)) = map.remove("_type") else {
+            return Err(Error::MalformedStatement {
+                kind: "statement",
+                msg: "missing string field _type".into(),
+            });
+        };
+        if t == INTOTO_STATEMENT_V1 || t.starts_with(INTOTO_STATEMENT_PREFIX) {
+            if t != INTOTO_STATEMENT_V1 {
+                return Err(Error::UnknownVersion {
+                    kind: "in-toto Statement",
+                    version: t[INTOTO_STATEMENT_PREFIX.len()..].to_string(),
+                });
+            }
+            let Some(serde_json::Value::String(pt)) = map.remove("predicateType") else {
+                return Err(Error::MalformedStatement {
+                    kind: "in-toto",
+                    msg: "missing string field predicateType".into(),
+                });
+            };
+            let kind = Kind::from_type_uri(&pt)?;
+            if !kind.is_intoto() {
+                return Err(Error::UnknownStatementType(pt));
+            }
+            if payload_type != INTOTO_PAYLOAD_TYPE {
+                return Err(Error::PayloadType {
+                    expected: INTOTO_PAYLOAD_TYPE,
+                    found: payload_type.to_string(),
+                });
+            }
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body<P> {
+                subject: Vec<Subject>,
+                predicate: P,
+            }
+            let check_subjects = |s: &[Subject]| {
+                if s.is_empty() {
+                    Err(malformed(
+                        kind,
+                        "an in-toto statement needs at least one subject",
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            let v = serde_json::Value::Object(map);
+            return Ok(match kind {
+                Kind::Model => {
+                    let b: Body<ModelPredicate> = typed(kind, v)?;
+                    check_subjects(&b.subject)?;
+                    Statement::Model {
+                        subject: b.subject,
+                        predicate: b.predicate,
+                    }
+                }
+                _ => {
+                    let b: Body<DatasetPredicate> = typed(kind, v)?;
+                    check_subjects(&b.subject)?;
+                    Statement::Dataset {
+                        subject: b.subject,
+                        predicate: b.predicate,
+                    }
+                }
+            });
+        }
+        let kind = Kind::from_type_uri(&t)?;
+        if kind.is_intoto() {
+            return Err(Error::MalformedStatement {
+                kind: kind.name(),
+                msg: "must be an in-toto Statement v1".into(),
+            });
+        }
+        if payload_type != AGORA_PAYLOAD_TYPE {
+            return Err(Error::PayloadType {
+                expected: AGORA_PAYLOAD_TYPE,
+                found: payload_type.to_string(),
+            });
+        }
+        let v = serde_json::Value::Object(map);
+        Ok(match kind {
+            Kind::Receipt => Statement::Receipt(typed(kind, v)?),
+            Kind::Verdict => Statement::Verdict(typed(kind, v)?),
+            Kind::Proposal => Statement::Proposal(typed(kind, v)?),
+            Kind::Vote => Statement::Vote(typed(kind, v)?),
+            Kind::Decision => Statement::Decision(typed(kind, v)?),
+            _ => Statement::Evidence(typed(kind, v)?),
+        })
+    }
+
+    /// Sign into a DSSE envelope.
+    pub fn sign(&self, id: &Identity) -> Envelope {
+        Envelope::sign(self.kind().payload_type(), self.to_payload(), id)
+    }
+
+    /// Verify an envelope's signatures over its exact payload bytes, then parse the statement
+    /// from those bytes. Returns the signers and the statement.
+    pub fn open(env: &Envelope) -> Result<(Vec<PeerId>, Statement)> {
+        let signers = env.verify()?;
+        let st = Statement::from_payload(&env.payload_type, &env.payload)?;
+        Ok((signers, st))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn d(b: u8) -> Sha256 {
+        Sha256([b; 32])
+    }
+
+    fn samples(id: &Identity) -> Vec<Statement> {
+        let peer = id.peer_id();
+        vec![
+            Statement::Model {
+                subject: vec![Subject {
+                    name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+                    digest: DigestSet { sha256: d(1) },
+                }],
+                predicate: ModelPredicate {
+                    name: "SmolLM2-135M-Instruct".into(),
+                    architecture: "llama".into(),
+                    tokenizer: d(2),
+                    license: "Apache-2.0".into(),
+                    base_model: Some(d(3)),
+                    data_mix: vec![MixEntry {
+                        log: "agora.log/x".into(),
+                        index: 7,
+                        dataset: d(4),
+                        weight: 0.5,
+                    }],
+                },
+            },
+            Statement::Dataset {
+                subject: vec![Subject {
+                    name: "shard-0000.jsonl".into(),
+                    digest: DigestSet { sha256: d(5) },
+                }],
+                predicate: DatasetPredicate {
+                    name: "fineweb-edu-sample".into(),
+                    license: "ODC-By-1.0".into(),
+                    source: "https://example.org/data".into(),
+                    records_root: d(6),
+                    records: 1000,
+                    size: 123456,
+                },
+            },
+            Statement::Receipt(Receipt {
+                model: d(1),
+                request: d(7),
+                output: d(8),
+                seed: 42,
+                prompt_tokens: 10,
+                completion_tokens: 128,
+                proof: d(9),
+                worker: peer,
+                time: 1_700_000_000,
+            }),
+            Statement::Verdict(Verdict {
+                receipt: d(10),
+                validator: peer,
+                accept: false,
+                stats: [("max_logit_delta".to_string(), 0.25)]
+                    .into_iter()
+                    .collect(),
+                reason: Some("token 17 differs".into()),
+                time: 1_700_000_001,
+            }),
+            Statement::Proposal(Proposal {
+                title: "More code".into(),
+                body: "Raise the code share".into(),
+                subject: d(11).to_string(),
+                options: vec!["yes".into(), "no".into()],
+                closes: 1_700_100_000,
+                time: 1_700_000_002,
+            }),
+            Statement::Vote(Vote {
+                proposal: d(12),
+                choice: "yes".into(),
+                voter: peer,
+                time: 1_700_000_003,
+            }),
+            Statement::Decision(Decision {
+                proposal: d(12),
+                outcome: "yes".into(),
+                tally: [("yes".to_string(), 3), ("no".to_string(), 1)]
+                    .into_iter()
+                    .collect(),
+                votes: vec![d(13)],
+                time: 1_700_200_000,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_kind_roundtrips_through_dsse() {
+        let id = Identity::from_seed(&[3; 32]);
+        for st in samples(&id) {
+            let env = st.sign(&id);
+            let env = Envelope::from_json(env.to_json().as_bytes()).unwrap();
+            let (signers, back) = Statement::open(&env).unwrap();
+            assert_eq!(signers, vec![id.peer_id()]);
+            assert_eq!(back, st);
+            let payload = String::from_utf8(env.payload.clone()).unwrap();
+            assert!(payload.starts_with("{\"_type\":"), "{payload}");
+        }
+    }
+
+    #[test]
+    fn model_is_intoto() {
+        let id = Identity::from_seed(&[3; 32]);
+        let st = &samples(&id)[0];
+        let v: serde_json::Value = serde_json::from_slice(&st.to_payload()).unwrap();
+        assert_eq!(v["_type"], "https://in-toto.io/Statement/v1");
+        assert_eq!(v["predicateType"], "https://agora.network/model/v1");
+        assert_eq!(v["subject"][0]["digest"]["sha256"], d(1).to_string());
+        assert_eq!(st.sign(&id).payload_type, "application/vnd.in-toto+json");
+    }
+
+    #[test]
+    fn precise_errors() {
+        let id = Identity::from_seed(&[3; 32]);
+        let receipt = String::from_utf8(samples(&id)[2].to_payload()).unwrap();
+        let model = String::from_utf8(samples(&id)[0].to_payload()).unwrap();
+        let p = |t: &str, s: &str| Statement::from_payload(t, s.as_bytes());
+        assert_eq!(
+            p(
+                AGORA_PAYLOAD_TYPE,
+                &receipt.replace("receipt/v1", "receipt/v2")
+            ),
+            Err(Error::UnknownVersion {
+                kind: "receipt",
+                version: "v2".into()
+            })
+        );
+        assert_eq!(
+            p(INTOTO_PAYLOAD_TYPE, &model.replace("model/v1", "model/v9")),
+            Err(Error::UnknownVersion {
+                kind: "model",
+                version: "v9".into()
+            })
+        );
+        assert_eq!(
+            p(
+                INTOTO_PAYLOAD_TYPE,
+                &model.replace("Statement/v1", "Statement/v0.1")
+            ),
+            Err(Error::UnknownVersion {
+                kind: "in-toto Statement",
+                version: "v0.1".into()
+            })
+        );
+        assert_eq!(
+            p(
+                AGORA_PAYLOAD_TYPE,
+                &receipt.replace("receipt/v1", "horse/v1")
+            ),
+            Err(Error::UnknownStatementType(
+                "https://agora.network/horse/v1".into()
+            ))
+        );
+        assert!(matches!(
+            p(INTOTO_PAYLOAD_TYPE, &receipt),
+            Err(Error::PayloadType { .. })
+        ));
+        assert!(matches!(
+            p(
+                AGORA_PAYLOAD_TYPE,
+                &receipt.replace("\"seed\"", "\"sneed\"")
+            ),
+            Err(Error::MalformedStatement {
+                kind: "receipt",
+                ..
+            })
+        ));
+        assert!(matches!(
+            p(
+                AGORA_PAYLOAD_TYPE,
+                &receipt.replace("\"time\"", "\"extra\":1,\"time\"")
+            ),
+            Err(Error::MalformedStatement {
+                kind: "receipt",
+                ..
+            })
+        ));
+        assert!(matches!(
+            p(AGORA_PAYLOAD_TYPE, "[1]"),
+            Err(Error::MalformedStatement { .. })
+        ));
+        assert!(matches!(
+            p(AGORA_PAYLOAD_TYPE, "{\"a\":1}"),
+            Err(Error::MalformedStatement { .. })
+        ));
+        // Uppercase hex is not a digest.
+        let upper = receipt.replace(&d(7).to_string(), &"0A".repeat(32));
+        assert!(matches!(
+            p(AGORA_PAYLOAD_TYPE, &upper),
+            Err(Error::MalformedStatement {
+                kind: "receipt",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn split_view_evidence() {
+        use agora_tlog::checkpoint::{Checkpoint, SignedCheckpoint};
+        use agora_tlog::merkle::MemoryTree;
+        let log = Identity::from_seed(&[5; 32]);
+        let origin = log.default_log_origin();
+        let signer = log.log_signer(&origin).unwrap();
+        let (mut a, mut b) = (MemoryTree::new(), MemoryTree::new());
+        for i in 0..12u8 {
+            a.append(&[i]);
+            b.append(&[if i == 1 { 200 } else { i }]);
+        }
+        let cp = |t: &MemoryTree, n: u64| {
+            let sc =
+                SignedCheckpoint::sign(Checkpoint::new(&origin, n, t.root_at(n).unwrap()), &signer)
+                    .unwrap();
+            String::from_utf8(sc.to_bytes()).unwrap()
+        };
+        let witness = Identity::from_seed(&[6; 32]);
+        let ev = Evidence {
+            observer: witness.peer_id(),
+            time: 3,
+            claim: Claim::SplitView {
+                log: log.vkey(&origin).unwrap().to_string(),
+                checkpoints: [cp(&a, 6), cp(&b, 11)],
+                proof: b
+                    .consistency_proof(6, 11)
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.to_base64())
+                    .collect(),
+            },
+        };
+        let trusted = log.vkey(&origin).unwrap();
+        assert!(matches!(
+            ev.verify(Some(&trusted)),
+            Ok(Proven::SplitView(_))
+        ));
+        // Someone else's key: refused.
+        let other = Identity::from_seed(&[7; 32]).vkey(&origin).unwrap();
+        assert!(ev.verify(Some(&other)).is_err());
+        // Consistent checkpoints are not evidence.
+        let honest = Evidence {
+            claim: Claim::SplitView {
+                log: trusted.to_string(),
+                checkpoints: [cp(&a, 6), cp(&a, 11)],
+                proof: a
+                    .consistency_proof(6, 11)
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.to_base64())
+                    .collect(),
+            },
+            ..ev
+        };
+        assert!(matches!(honest.verify(Some(&trusted)), Err(Error::Tlog(_))));
+    }
+
+    #[test]
+    fn double_vote_evidence() {
+        let id = Identity::from_seed(&[4; 32]);
+        let vote = |c: &str| {
+            Statement::Vote(Vote {
+                proposal: d(1),
+                choice: c.into(),
+                voter: id.peer_id(),
+                time: 1,
+            })
+            .sign(&id)
+            .to_json()
+        };
+        let ev = Evidence {
+            observer: id.peer_id(),
+            time: 2,
+            claim: Claim::DoubleVote {
+                votes: [vote("yes"), vote("no")],
+            },
+        };
+        assert!(matches!(ev.verify(None), Ok(Proven::DoubleVote { .. })));
+        let same = Evidence {
+            claim: Claim::DoubleVote {
+                votes: [vote("yes"), vote("yes")],
+            },
+            ..ev.clone()
+        };
+        assert!(same.verify(None).is_err());
+        // Evidence roundtrips as a statement.
+        let st = Statement::Evidence(ev);
+        let (_, back) = Statement::open(&st.sign(&id)).unwrap();
+        assert_eq!(back, st);
+    }
+}

@@ -1,0 +1,69 @@
+//! The `log` and `witness` roles of an Agora node, without HTTP (DESIGN.md: only `agora-api`
+//! knows HTTP):
+//!
+//! - [`store`] — the log's redb storage: entries, deduplication index, tiles, published checkpoint.
+//! - [`log`] — the sequencer (batched, durable appends) and the checkpoint publisher, which
+//!   gathers witness cosignatures through [`log::WitnessTransport`] and publishes only with a
+//!   quorum.
+//! - [`witness`] — the tlog-witness state machine (atomic check-and-save) and the evidence store.
+
+pub mod log;
+pub mod store;
+pub mod witness;
+
+pub use log::{Log, LogConfig, WitnessReply, WitnessTransport};
+pub use witness::{Witness, WitnessResponse};
+
+/// Every error this crate reports.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("entry is {len} bytes; entries are at most 65535 bytes")]
+    EntryTooLarge { len: usize },
+    #[error("the log is overloaded; retry later")]
+    Overloaded,
+    #[error("the log is shutting down")]
+    ShuttingDown,
+    #[error("the database belongs to {found}, not {expected}")]
+    WrongDatabase { expected: String, found: String },
+    #[error("corrupt database: {0}")]
+    Corrupt(String),
+    #[error("witness {name}: {msg}")]
+    Witness { name: String, msg: String },
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error(transparent)]
+    Tlog(#[from] agora_tlog::Error),
+    #[error(transparent)]
+    Core(#[from] agora_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Error {
+                Error::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    std::io::Error
+);
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
