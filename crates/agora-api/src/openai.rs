@@ -194,22 +194,18 @@ fn validate(c: Common, prompt: PromptSpec) -> Result<Validated, ApiError> {
             Some("top_p"),
         ));
     }
-    if let Some(n) = c.n {
-        if n != 1 {
-            return Err(ApiError::invalid("Only n = 1 is supported.", Some("n")));
-        }
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid("Only n = 1 is supported.", Some("n")));
     }
     for (name, v) in [
         ("presence_penalty", c.presence_penalty),
         ("frequency_penalty", c.frequency_penalty),
     ] {
-        if let Some(v) = v {
-            if v != 0.0 {
-                return Err(ApiError::invalid(
-                    format!("{name} is not supported (only 0)."),
-                    Some(name),
-                ));
-            }
+        if v.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::invalid(
+                format!("{name} is not supported (only 0)."),
+                Some(name),
+            ));
         }
     }
     if matches!(c.logprobs, Some(Value::Bool(true)) | Some(Value::Number(_))) {

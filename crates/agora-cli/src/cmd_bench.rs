@@ -294,10 +294,11 @@ fn start_agora(
 fn wait_ready(client: &Client, child: &mut Child) -> Result<()> {
     let t0 = Instant::now();
     loop {
-        if let Ok(v) = client.get_json("/health") {
-            if v["status"] == "ok" {
-                return Ok(());
-            }
+        if client
+            .get_json("/health")
+            .is_ok_and(|v| v["status"] == "ok")
+        {
+            return Ok(());
         }
         if let Some(status) = child.try_wait()? {
             bail!("the server exited while starting ({status})");
@@ -503,13 +504,13 @@ fn llama_server_in(venv: &Path) -> Option<PathBuf> {
         return None;
     }
     // The wheel lists the shared-library version links it needs instead of shipping them.
-    if let Ok(text) = std::fs::read_to_string(bin.join("_symlinks.json")) {
-        if let Ok(Value::Object(links)) = serde_json::from_str::<Value>(&text) {
-            for (name, target) in links {
-                let link = bin.join(&name);
-                if let (false, Some(t)) = (link.exists(), target.as_str()) {
-                    let _ = std::os::unix::fs::symlink(t, &link);
-                }
+    if let Ok(text) = std::fs::read_to_string(bin.join("_symlinks.json"))
+        && let Ok(Value::Object(links)) = serde_json::from_str::<Value>(&text)
+    {
+        for (name, target) in links {
+            let link = bin.join(&name);
+            if let (false, Some(t)) = (link.exists(), target.as_str()) {
+                let _ = std::os::unix::fs::symlink(t, &link);
             }
         }
     }

@@ -262,10 +262,10 @@ impl ModelStore {
     /// Fetches a catalog model or `hf:ORG/REPO/FILE.gguf` into the store (idempotent).
     pub fn pull(&self, source: &str) -> Result<StoredModel, StoreError> {
         if let Some(entry) = catalog::find(source) {
-            if let Some(m) = self.find(entry.name)? {
-                if self.blob_path(&m.sha256).is_file() {
-                    return Ok(m);
-                }
+            if let Some(m) = self.find(entry.name)?
+                && self.blob_path(&m.sha256).is_file()
+            {
+                return Ok(m);
             }
             return self.pull_catalog(entry);
         }
@@ -366,10 +366,10 @@ impl ModelStore {
             Some(n) => n.to_string(),
             None => {
                 // Already stored under some name (e.g. a blob path given back to us): keep it.
-                if let Some(existing) = self.list()?.into_iter().find(|m| m.sha256 == sha256) {
-                    if self.blob_path(&sha256).is_file() {
-                        return Ok(existing);
-                    }
+                if let Some(existing) = self.list()?.into_iter().find(|m| m.sha256 == sha256)
+                    && self.blob_path(&sha256).is_file()
+                {
+                    return Ok(existing);
                 }
                 path.file_stem()
                     .and_then(|s| s.to_str())
@@ -487,14 +487,14 @@ impl ModelStore {
         expected: Option<&str>,
         model: StoredModel,
     ) -> Result<StoredModel, StoreError> {
-        if let Some(expected) = expected {
-            if expected != sha256 {
-                return Err(StoreError::DigestMismatch {
-                    name: model.name,
-                    expected: expected.into(),
-                    actual: sha256.into(),
-                });
-            }
+        if let Some(expected) = expected
+            && expected != sha256
+        {
+            return Err(StoreError::DigestMismatch {
+                name: model.name,
+                expected: expected.into(),
+                actual: sha256.into(),
+            });
         }
         let blob = self.blob_path(sha256);
         if blob.is_file() {

@@ -241,10 +241,10 @@ impl NetHandle {
 
     /// Refuses all traffic with `peer` from now on and closes its connections.
     pub fn ban(&self, peer: PeerId, reason: &str) {
-        if let Ok(mut b) = self.shared.banned.write() {
-            if !b.insert(peer) {
-                return;
-            }
+        if let Ok(mut b) = self.shared.banned.write()
+            && !b.insert(peer)
+        {
+            return;
         }
         warn!(%peer, reason, "banning peer");
         let _ = self
@@ -575,10 +575,10 @@ impl Driver {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
-                if let Ok(mut a) = self.handle.shared.listen_addrs.write() {
-                    if !a.contains(&address) {
-                        a.push(address);
-                    }
+                if let Ok(mut a) = self.handle.shared.listen_addrs.write()
+                    && !a.contains(&address)
+                {
+                    a.push(address);
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
@@ -586,13 +586,11 @@ impl Driver {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    debug!(%peer_id, "disconnected");
-                    self.set_peer(|t| t.set_connected(peer_id, false));
-                }
+                debug!(%peer_id, "disconnected");
+                self.set_peer(|t| t.set_connected(peer_id, false));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -659,16 +657,14 @@ impl Driver {
                     let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
                 }
             }
+            // Keep a small network fully connected so every gateway can reach every worker.
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, ..
-            })) => {
-                // Keep a small network fully connected so every gateway can reach every worker.
-                if peer != self.handle.peer_id
-                    && !self.swarm.is_connected(&peer)
-                    && !self.handle.is_banned(&peer)
-                {
-                    let _ = self.swarm.dial(peer);
-                }
+            })) if peer != self.handle.peer_id
+                && !self.swarm.is_connected(&peer)
+                && !self.handle.is_banned(&peer) =>
+            {
+                let _ = self.swarm.dial(peer);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,

@@ -89,13 +89,14 @@ impl Gateway {
     fn candidates(&self, model: &str, exclude: &[Target]) -> Vec<Target> {
         let mut rng = rand::thread_rng();
         let mut scored: Vec<(f64, f64, f64, u32, Target)> = Vec::new();
-        if self.local_serves(model) && !exclude.contains(&Target::Local) {
-            if let Some(e) = &self.local {
-                let load = e.load();
-                let busy = (load.slots_busy + load.queued).max(self.inflight(Target::Local));
-                let spare = f64::from(load.slots) - f64::from(busy);
-                scored.push((spare, 0.0, 0.0, rng.r#gen(), Target::Local));
-            }
+        if self.local_serves(model)
+            && !exclude.contains(&Target::Local)
+            && let Some(e) = &self.local
+        {
+            let load = e.load();
+            let busy = (load.slots_busy + load.queued).max(self.inflight(Target::Local));
+            let spare = f64::from(load.slots) - f64::from(busy);
+            scored.push((spare, 0.0, 0.0, rng.r#gen(), Target::Local));
         }
         for p in self.net.live_peers() {
             let Some(s) = &p.status else { continue };
@@ -310,10 +311,10 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.map.lock() {
-            if let Some(n) = m.get_mut(&self.target) {
-                *n = n.saturating_sub(1);
-            }
+        if let Ok(mut m) = self.map.lock()
+            && let Some(n) = m.get_mut(&self.target)
+        {
+            *n = n.saturating_sub(1);
         }
     }
 }
