@@ -698,8 +698,13 @@ fn sse(
                 }
                 Phase::Tokens => match st.s.events.recv().await {
                     Some(Event::Worker(w)) => {
+                        // Tell the client which worker generates from here on (a chunk with no
+                        // choices, as the usage chunk is: OpenAI clients skip it).
+                        let mut v = st.chunk(None, None, false);
+                        v["choices"] = json!([]);
+                        v["agora"] = json!({ "worker": w });
                         st.workers.push(w);
-                        continue;
+                        return Some((Ok(data(&v)), st));
                     }
                     Some(Event::Token(t)) => {
                         if st.first_token {

@@ -99,3 +99,76 @@ pub fn run(args: ChatArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct NodesArgs {
+    /// The node's API.
+    #[arg(long, env = "AGORA_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `agora nodes`: this node and its peers.
+pub fn nodes(args: NodesArgs) -> Result<()> {
+    let v = Client::new(&args.url).get_json("/agora/v1/nodes")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let me = &v["self"];
+    println!("this node: {}", me["peer_id"].as_str().unwrap_or("?"));
+    if let Some(w) = me.get("worker").filter(|w| !w.is_null()) {
+        println!(
+            "  serves {} ({} of {} slots busy)",
+            w["model"].as_str().unwrap_or("?"),
+            w["slots_in_use"],
+            w["slots"]
+        );
+    }
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    println!("{} peer(s):", peers.len());
+    println!(
+        "  {:<54} {:<5} {:>7} {:<20} {:>5} {:>5} {:>8}",
+        "PEER", "CONN", "RTT ms", "MODELS", "FREE", "QUEUE", "TOK/S"
+    );
+    for p in peers {
+        let s = &p["status"];
+        let models: Vec<&str> = s["models"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|m| m["name"].as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "  {:<54} {:<5} {:>7} {:<20} {:>5} {:>5} {:>8}",
+            p["peer_id"].as_str().unwrap_or("?"),
+            if p["connected"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            p["rtt_ms"]
+                .as_f64()
+                .map(|r| format!("{r:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            if models.is_empty() {
+                "-".to_string()
+            } else {
+                models.join(",")
+            },
+            s["free_slots"]
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            s["queue"]
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            s["tokens_per_second"]
+                .as_f64()
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(())
+}

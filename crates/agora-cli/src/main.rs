@@ -2,6 +2,7 @@
 
 mod cmd_bench;
 mod cmd_chat;
+mod cmd_debug;
 mod cmd_identity;
 mod cmd_log;
 mod cmd_log_bench;
@@ -50,6 +51,11 @@ enum Command {
     /// Witness: serve (tlog-witness), evidence, verify-evidence.
     #[command(subcommand)]
     Witness(cmd_log::WitnessCommand),
+    /// Show the peers a node knows, with their models and status.
+    Nodes(cmd_chat::NodesArgs),
+    /// Testing tools (misbehaving peers).
+    #[command(subcommand, hide = true)]
+    Debug(cmd_debug::DebugCommand),
 }
 
 fn main() {
@@ -64,6 +70,8 @@ fn main() {
         Command::Id(args) => cmd_identity::id(&home, args),
         Command::Log(cmd) => cmd_log::run_log(&home, cmd),
         Command::Witness(cmd) => cmd_log::run_witness(&home, cmd),
+        Command::Nodes(args) => cmd_chat::nodes(args),
+        Command::Debug(cmd) => cmd_debug::run(&home, cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

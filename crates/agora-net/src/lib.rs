@@ -11,6 +11,8 @@
 //!   Peers that break the protocol are banned ([`NetHandle::ban`]).
 
 pub mod limits;
+#[doc(hidden)]
+pub use libp2p::multiaddr;
 pub mod status;
 pub mod wire;
 
@@ -31,8 +33,9 @@ use libp2p::{
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+pub use libp2p::multiaddr::Protocol as multiaddr_protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use libp2p_stream::IncomingStreams;
 pub use status::{NodeStatus, PeerInfo, ServedModel};
@@ -574,7 +577,7 @@ impl Driver {
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
-                info!(%address, "listening");
+                debug!(%address, "listening");
                 if let Ok(mut a) = self.handle.shared.listen_addrs.write()
                     && !a.contains(&address)
                 {

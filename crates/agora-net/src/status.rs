@@ -105,8 +105,13 @@ impl PeerTable {
     }
 
     pub fn set_connected(&mut self, peer: PeerId, connected: bool) {
-        if let Some(p) = self.entry(peer) {
-            p.connected = connected;
+        if !connected {
+            // A disconnect never creates an entry (a banned peer's last disconnect, say).
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.connected = false;
+            }
+        } else if let Some(p) = self.entry(peer) {
+            p.connected = true;
         }
     }
 

@@ -85,18 +85,29 @@ impl Gateway {
             .unwrap_or(0)
     }
 
-    /// Workers that can serve `model`, best first.
+    /// Workers that can serve `model`, best first: most spare capacity (slots minus what is
+    /// busy or queued, counting what this gateway sent since their last status), then a random
+    /// draw weighted by measured speed and nearness, so that equally free workers share the
+    /// load and faster ones get more of it.
     fn candidates(&self, model: &str, exclude: &[Target]) -> Vec<Target> {
         let mut rng = rand::thread_rng();
-        let mut scored: Vec<(f64, f64, f64, u32, Target)> = Vec::new();
+        let mut draw = |tok_s: f64, rtt_ms: f64| -> f64 {
+            let weight = tok_s.max(1.0) / (1.0 + rtt_ms / 10.0);
+            // Efraimidis–Spirakis: u^(1/w) sorts like a draw weighted by w.
+            rng.r#gen::<f64>().powf(1.0 / weight)
+        };
+        let mut scored: Vec<(i64, f64, Target)> = Vec::new();
         if self.local_serves(model)
             && !exclude.contains(&Target::Local)
             && let Some(e) = &self.local
         {
             let load = e.load();
             let busy = (load.slots_busy + load.queued).max(self.inflight(Target::Local));
-            let spare = f64::from(load.slots) - f64::from(busy);
-            scored.push((spare, 0.0, 0.0, rng.r#gen(), Target::Local));
+            scored.push((
+                i64::from(load.slots) - i64::from(busy),
+                draw(1.0, 0.0),
+                Target::Local,
+            ));
         }
         for p in self.net.live_peers() {
             let Some(s) = &p.status else { continue };
@@ -109,18 +120,15 @@ impl Gateway {
                 continue;
             }
             let busy = (s.slots - s.free_slots.min(s.slots) + s.queue).max(self.inflight(t));
-            let spare = f64::from(s.slots) - f64::from(busy);
-            let rtt = p.rtt.map(|r| r.as_secs_f64()).unwrap_or(0.05);
-            scored.push((spare, s.tokens_per_second, -rtt, rng.r#gen(), t));
+            let rtt_ms = p.rtt.map(|r| r.as_secs_f64() * 1e3).unwrap_or(50.0);
+            scored.push((
+                i64::from(s.slots) - i64::from(busy),
+                draw(s.tokens_per_second, rtt_ms),
+                t,
+            ));
         }
-        // More spare capacity first; then faster; then nearer; then at random.
-        scored.sort_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then(b.1.total_cmp(&a.1))
-                .then(b.2.total_cmp(&a.2))
-                .then(a.3.cmp(&b.3))
-        });
-        scored.into_iter().map(|s| s.4).collect()
+        scored.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+        scored.into_iter().map(|s| s.2).collect()
     }
 
     fn known_model(&self, model: &str) -> bool {

@@ -66,15 +66,23 @@ pub fn model_path() -> PathBuf {
 /// A running `agora node`, killed on drop.
 pub struct Node {
     pub child: Child,
+    /// The HTTP API (empty for a worker without a gateway).
     pub url: String,
     pub addr: String,
-    _home: tempfile::TempDir,
+    pub peer_id: String,
+    /// Peer-to-peer addresses, each ending in `/p2p/<peer id>`.
+    pub p2p: Vec<String>,
+    pub home: tempfile::TempDir,
 }
 
 impl Node {
     /// Starts a node on a free port with the default model and extra flags.
     pub fn start(extra: &[&str]) -> Node {
-        let home = temp_home();
+        Self::start_in(temp_home(), extra)
+    }
+
+    /// Starts a node with its home at `home` (which must hold or link the model store).
+    pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Node {
         let mut cmd = agora();
         cmd.env("AGORA_HOME", home.path())
             .args(["node", "--listen", "127.0.0.1:0", "--model", MODEL])
@@ -86,16 +94,23 @@ impl Node {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            let (mut url, mut peer, mut p2p) = (String::new(), String::new(), Vec::new());
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("listening on ")
+                if let Some(u) = line.strip_prefix("listening on ") {
+                    url = u.trim().to_string();
+                } else if let Some(p) = line.strip_prefix("peer id: ") {
+                    peer = p.trim().to_string();
+                } else if let Some(a) = line.strip_prefix("p2p: ") {
+                    p2p.push(a.trim().to_string());
+                } else if line.starts_with("Ctrl-C stops the node.")
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(url.trim().to_string());
+                    let _ = tx.send((url.clone(), peer.clone(), p2p.clone()));
                 }
             }
         });
-        let url = rx
+        let (url, peer_id, p2p) = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("node did not start within 120 s");
         let addr = url.trim_start_matches("http://").to_string();
@@ -103,8 +118,31 @@ impl Node {
             child,
             url,
             addr,
-            _home: home,
+            peer_id,
+            p2p,
+            home,
         }
+    }
+
+    /// Resident memory of the node process, in bytes.
+    pub fn rss(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = s
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        kb * 1024
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
@@ -251,8 +289,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -1,0 +1,169 @@
+//! `agora debug …`: tools for testing the network's defences. Hidden from `--help`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agora_engine::{JobSpec, PromptSpec, SamplingParams};
+use agora_net::{Multiaddr, NetConfig, NetHandle, PeerId};
+use agora_node::proto::{GenerateRequest, WorkerFrame};
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Misbehave towards a worker: garbage frames, oversized frames, or a request flood.
+    /// Prints one JSON line saying whether the worker cut this peer off.
+    Rogue(RogueArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RogueMode {
+    Garbage,
+    Oversized,
+    Flood,
+}
+
+#[derive(Args, Debug)]
+pub struct RogueArgs {
+    /// The worker, as `/ip4/…/tcp/…/p2p/<peer id>`.
+    #[arg(long)]
+    pub target: Multiaddr,
+    #[arg(long, value_enum)]
+    pub mode: RogueMode,
+    /// Genesis policy of the target's network (default: the public default network).
+    #[arg(long)]
+    pub network_file: Option<PathBuf>,
+    /// Requests sent by `flood`.
+    #[arg(long, default_value_t = 5000)]
+    pub count: usize,
+}
+
+pub fn run(home: &Path, cmd: DebugCommand) -> Result<()> {
+    match cmd {
+        DebugCommand::Rogue(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(rogue(home, a))
+        }
+    }
+}
+
+async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
+    let Some(agora_net::multiaddr_protocol::P2p(target)) = a.target.iter().last() else {
+        bail!("--target must end in /p2p/<peer id>");
+    };
+    let network = agora_node::network::network_id(home, a.network_file.as_deref())?;
+    let mut cfg = NetConfig::new(rand::random(), network);
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+    cfg.bootstrap = vec![a.target.clone()];
+    cfg.mdns = false;
+    let net = agora_net::start(cfg).await?;
+    let h = net.handle.clone();
+    wait_connected(&h, target).await?;
+    let started = Instant::now();
+    let (mut sent, mut refused) = (0usize, 0usize);
+    match a.mode {
+        RogueMode::Garbage => {
+            let mut s = h.open(target, h.protocols().generate.clone()).await?;
+            s.send_raw(24, b"this is not a request!!!").await?;
+            let _ = s.recv_timeout::<WorkerFrame>(Duration::from_secs(5)).await;
+            sent = 1;
+        }
+        RogueMode::Oversized => {
+            let mut s = h.open(target, h.protocols().generate.clone()).await?;
+            s.send_raw(u32::MAX, b"xxxxxxxx").await?;
+            let _ = s.recv_timeout::<WorkerFrame>(Duration::from_secs(5)).await;
+            sent = 1;
+        }
+        RogueMode::Flood => {
+            let req = GenerateRequest {
+                model: "no-such-model".into(),
+                job: JobSpec {
+                    prompt: PromptSpec::Text("flood".into()),
+                    params: SamplingParams::default(),
+                    max_tokens: Some(1),
+                    stop: vec![],
+                    ignore_eos: false,
+                },
+                resume: vec![],
+            };
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..a.count {
+                let (h2, req) = (h.clone(), req.clone());
+                tasks.spawn(async move {
+                    let mut s = h2
+                        .open(target, h2.protocols().generate.clone())
+                        .await
+                        .ok()?;
+                    s.send(&req).await.ok()?;
+                    s.recv_timeout::<WorkerFrame>(Duration::from_secs(5))
+                        .await
+                        .ok()
+                        .flatten()
+                });
+                sent += 1;
+                while tasks.len() >= 64 {
+                    if let Some(Ok(Some(WorkerFrame::Error(e)))) = tasks.join_next().await
+                        && e.status == 429
+                    {
+                        refused += 1;
+                    }
+                }
+                if !still_reachable(&h, target).await {
+                    break;
+                }
+            }
+            while let Some(r) = tasks.join_next().await {
+                if let Ok(Some(WorkerFrame::Error(e))) = r
+                    && e.status == 429
+                {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    // Cut off means: the worker closed the connection and will not take a new stream from us.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reopen = tokio::time::timeout(
+        Duration::from_secs(5),
+        h.open(target, h.protocols().generate.clone()),
+    )
+    .await;
+    let cut_off = match reopen {
+        Err(_) | Ok(Err(_)) => true,
+        Ok(Ok(mut s)) => {
+            // The stream may open on a half-closed connection; a real answer means not cut off.
+            let probe = s.send_raw(2, b"{}").await.is_err()
+                || s.recv_timeout::<WorkerFrame>(Duration::from_secs(3))
+                    .await
+                    .is_err();
+            probe
+        }
+    };
+    println!(
+        "{}",
+        json!({
+            "mode": format!("{:?}", a.mode).to_lowercase(), "cut_off": cut_off, "sent": sent,
+            "refused_429": refused, "seconds": started.elapsed().as_secs_f64(),
+        })
+    );
+    net.task.abort();
+    Ok(())
+}
+
+async fn wait_connected(h: &NetHandle, target: PeerId) -> Result<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        if h.peers().iter().any(|p| p.peer_id == target && p.connected) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("rogue: could not connect to {target} within 15 s")
+}
+
+async fn still_reachable(h: &NetHandle, target: PeerId) -> bool {
+    h.peers().iter().any(|p| p.peer_id == target && p.connected)
+}

@@ -1,0 +1,345 @@
+//! The network: real nodes on loopback find each other, serve as one, survive a dying worker,
+//! keep communities apart, and cut off misbehaving peers.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{MODEL, Node, chat, temp_home};
+use serde_json::{Value, json};
+
+/// Worker flags for tests: one thread each, so several workers share two cores without their
+/// thread pools spinning against each other.
+const WORKER: &[&str] = &[
+    "--no-gateway",
+    "--threads",
+    "1",
+    "--slots",
+    "2",
+    "--ctx",
+    "512",
+];
+const LOOPBACK: &[&str] = &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"];
+
+fn args<'a>(parts: &[&'a [&'a str]]) -> Vec<&'a str> {
+    parts.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+/// Waits until the gateway lists `n` workers for the model.
+fn wait_workers(gw: &Node, n: u64) {
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = gw.get("/v1/models");
+        let workers = v["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|m| m["id"] == MODEL))
+            .map(|m| m["agora"]["workers"].as_u64().unwrap_or(0));
+        if workers == Some(n) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the gateway never saw {n} workers: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends 30 requests (6 at a time) and counts the answers per worker.
+fn spread(gw: &Node) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for round in 0..5 {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let url = gw.url.clone();
+                std::thread::spawn(move || {
+                    let mut b = chat(&format!("Say a number: {}", round * 6 + i));
+                    b["max_tokens"] = json!(8);
+                    let resp = common::ureq_agent()
+                        .post(&format!("{url}/v1/chat/completions"))
+                        .header("content-type", "application/json")
+                        .send(b.to_string())
+                        .unwrap();
+                    assert_eq!(resp.status().as_u16(), 200);
+                    let v: Value =
+                        serde_json::from_str(&resp.into_body().read_to_string().unwrap()).unwrap();
+                    v["agora"]["workers"][0].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        for h in handles {
+            *counts.entry(h.join().unwrap()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn three_workers_found_by_mdns_alone_share_thirty_requests() {
+    let workers: Vec<Node> = (0..3).map(|_| Node::start(WORKER)).collect();
+    let gw = Node::start(&["--no-worker"]);
+    wait_workers(&gw, 3);
+    let counts = spread(&gw);
+    assert_eq!(counts.values().sum::<usize>(), 30);
+    for w in &workers {
+        assert!(
+            counts.get(&w.peer_id).copied().unwrap_or(0) > 0,
+            "worker {} got no request: {counts:?}",
+            w.peer_id
+        );
+    }
+}
+
+#[test]
+fn three_workers_found_through_one_bootstrap_address_without_mdns() {
+    let first = Node::start(&args(&[WORKER, LOOPBACK, &["--no-mdns"]]));
+    let boot = first.p2p[0].clone();
+    let rest: Vec<Node> = (0..2)
+        .map(|_| {
+            Node::start(&args(&[
+                WORKER,
+                LOOPBACK,
+                &["--no-mdns", "--bootstrap", &boot],
+            ]))
+        })
+        .collect();
+    let gw = Node::start(&args(&[
+        &["--no-worker", "--no-mdns", "--bootstrap", &boot],
+        LOOPBACK,
+    ]));
+    wait_workers(&gw, 3);
+    let counts = spread(&gw);
+    for w in std::iter::once(&first).chain(&rest) {
+        assert!(
+            counts.get(&w.peer_id).copied().unwrap_or(0) > 0,
+            "worker {} got no request: {counts:?}",
+            w.peer_id
+        );
+    }
+    // `agora nodes` shows them
+    let out = common::agora()
+        .args(["nodes", "--url", &gw.url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for w in std::iter::once(&first).chain(&rest) {
+        assert!(text.contains(&w.peer_id), "{text}");
+    }
+}
+
+/// Streams a chat request through the raw socket, calling `on_chunk` with each JSON chunk.
+fn stream_chunks(url: &str, body: &Value, mut on_chunk: impl FnMut(&Value)) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let b = body.to_string();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}", b.len()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap() == 0 {
+            panic!("stream ended without [DONE]");
+        }
+        let Some(data) = line.trim().strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            return;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert!(v.get("error").is_none(), "error in stream: {v}");
+        on_chunk(&v);
+    }
+}
+
+/// Starts three workers and a gateway (with `gw_flags`), streams a request once without
+/// interruption, then again while `interrupt` hits its worker after ten chunks; the two texts
+/// must be equal and exactly one failover must have happened.
+fn failover_case(gw_flags: &[&str], interrupt: impl Fn(&mut Node)) {
+    let first = Node::start(&args(&[WORKER, LOOPBACK, &["--no-mdns"]]));
+    let boot = first.p2p[0].clone();
+    let mut workers = vec![first];
+    for _ in 0..2 {
+        workers.push(Node::start(&args(&[
+            WORKER,
+            LOOPBACK,
+            &["--no-mdns", "--bootstrap", &boot],
+        ])));
+    }
+    let gw = Node::start(&args(&[
+        &["--no-worker", "--no-mdns", "--bootstrap", &boot],
+        LOOPBACK,
+        gw_flags,
+    ]));
+    wait_workers(&gw, 3);
+    let mut body = chat("Write a long story about a lighthouse keeper.");
+    body["max_tokens"] = json!(120);
+    body["temperature"] = json!(0.8);
+    body["seed"] = json!(4242);
+    body["stream"] = json!(true);
+    // The uninterrupted run.
+    let mut reference = String::new();
+    stream_chunks(&gw.url, &body, |c| {
+        reference.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""))
+    });
+    assert!(reference.len() > 100, "{reference:?}");
+    // The same request, interrupted after ten chunks of text.
+    let mut text = String::new();
+    let mut served_by: Vec<String> = Vec::new();
+    let mut chunks = 0;
+    stream_chunks(&gw.url, &body, |c| {
+        if let Some(w) = c.pointer("/agora/worker").and_then(Value::as_str) {
+            served_by.push(w.to_string());
+        }
+        if let Some(t) = c["choices"][0]["delta"]["content"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+        {
+            text.push_str(t);
+            chunks += 1;
+            if chunks == 10 {
+                let victim = served_by.last().unwrap().clone();
+                interrupt(workers.iter_mut().find(|w| w.peer_id == victim).unwrap());
+            }
+        }
+    });
+    assert!(chunks > 10, "the stream ended before the interruption");
+    assert_eq!(
+        served_by.len(),
+        2,
+        "expected exactly one failover: {served_by:?}"
+    );
+    assert_ne!(served_by[0], served_by[1]);
+    assert_eq!(
+        text, reference,
+        "the resumed stream differs from an uninterrupted run"
+    );
+    for w in &workers {
+        // let a stopped worker go before it is killed on drop
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &w.child.id().to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_stream_costs_the_client_nothing() {
+    failover_case(&[], |w| w.kill());
+}
+
+#[test]
+fn a_stalled_worker_is_replaced_after_the_deadline() {
+    // SIGSTOP: the connection stays open but no token comes; the gateway gives up after 2 s.
+    failover_case(&["--stall-timeout", "2"], |w| {
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &w.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    });
+}
+
+#[test]
+fn nobody_left_to_serve_is_a_clear_503() {
+    let mut worker = Node::start(&args(&[WORKER, LOOPBACK, &["--no-mdns"]]));
+    let gw = Node::start(&args(&[
+        &["--no-worker", "--no-mdns", "--bootstrap", &worker.p2p[0]],
+        LOOPBACK,
+    ]));
+    wait_workers(&gw, 1);
+    worker.kill();
+    let t0 = Instant::now();
+    loop {
+        let mut b = chat("hi");
+        b["max_tokens"] = json!(4);
+        let (s, retry, v) = gw.post_raw("/v1/chat/completions", b.to_string().as_bytes());
+        if s == 503 {
+            assert!(retry.is_some(), "503 without Retry-After");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("No worker"),
+                "{v}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "still {s} after the only worker died: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A model nobody ever served is unknown, not unavailable.
+    let mut b = chat("hi");
+    b["model"] = json!("never-served");
+    assert_eq!(gw.post("/v1/chat/completions", &b).0, 404);
+}
+
+#[test]
+fn another_network_never_receives_a_request() {
+    // A worker of another community, on the same LAN (mDNS) and given as bootstrap.
+    let home = temp_home();
+    std::fs::write(
+        home.path().join("genesis.toml"),
+        "# Agora network genesis\nname = \"elsewhere\"\nnonce = \"1\"\n",
+    )
+    .unwrap();
+    let foreign = Node::start_in(home, WORKER);
+    let ours = Node::start(WORKER);
+    let gw = Node::start(&["--no-worker", "--bootstrap", &foreign.p2p[0]]);
+    wait_workers(&gw, 1);
+    let counts = spread(&gw);
+    assert_eq!(counts.get(&ours.peer_id).copied(), Some(30), "{counts:?}");
+    let (_, nodes) = gw.get("/agora/v1/nodes");
+    let peers: HashSet<String> = nodes["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peer_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !peers.contains(&foreign.peer_id),
+        "the foreign worker is listed: {nodes}"
+    );
+}
+
+#[test]
+fn a_rogue_peer_is_cut_off_and_nobody_crashes() {
+    let worker = Node::start(&args(&[WORKER, LOOPBACK, &["--no-mdns"]]));
+    let gw = Node::start(&args(&[
+        &["--no-worker", "--no-mdns", "--bootstrap", &worker.p2p[0]],
+        LOOPBACK,
+    ]));
+    wait_workers(&gw, 1);
+    let rss_before = worker.rss();
+    for mode in ["garbage", "oversized", "flood"] {
+        let home = tempfile::tempdir().unwrap();
+        let out = common::agora()
+            .env("AGORA_HOME", home.path())
+            .args(["debug", "rogue", "--target", &worker.p2p[0], "--mode", mode])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+        assert_eq!(report["cut_off"], true, "{mode}: {report}");
+    }
+    // The worker is alive, still serves the gateway, and did not balloon.
+    let mut b = chat("Hello");
+    b["max_tokens"] = json!(4);
+    let (s, v) = gw.post("/v1/chat/completions", &b);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["agora"]["workers"][0], worker.peer_id);
+    let grown = worker.rss().saturating_sub(rss_before);
+    assert!(grown < 64 << 20, "worker memory grew by {} MB", grown >> 20);
+}
