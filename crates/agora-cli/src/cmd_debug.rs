@@ -135,11 +135,10 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
         Err(_) | Ok(Err(_)) => true,
         Ok(Ok(mut s)) => {
             // The stream may open on a half-closed connection; a real answer means not cut off.
-            let probe = s.send_raw(2, b"{}").await.is_err()
+            s.send_raw(2, b"{}").await.is_err()
                 || s.recv_timeout::<WorkerFrame>(Duration::from_secs(3))
                     .await
-                    .is_err();
-            probe
+                    .is_err()
         }
     };
     println!(
