@@ -19,6 +19,8 @@ pub enum DebugCommand {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum RogueMode {
+    /// Behave (a control: the worker must not cut this peer off).
+    Polite,
     Garbage,
     Oversized,
     Flood,
@@ -65,6 +67,12 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
     let started = Instant::now();
     let (mut sent, mut refused) = (0usize, 0usize);
     match a.mode {
+        RogueMode::Polite => {
+            let mut s = h.open(target, h.protocols().generate.clone()).await?;
+            s.send(&probe_request()).await?;
+            let _ = s.recv_timeout::<WorkerFrame>(Duration::from_secs(5)).await;
+            sent = 1;
+        }
         RogueMode::Garbage => {
             let mut s = h.open(target, h.protocols().generate.clone()).await?;
             s.send_raw(24, b"this is not a request!!!").await?;
@@ -78,17 +86,7 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
             sent = 1;
         }
         RogueMode::Flood => {
-            let req = GenerateRequest {
-                model: "no-such-model".into(),
-                job: JobSpec {
-                    prompt: PromptSpec::Text("flood".into()),
-                    params: SamplingParams::default(),
-                    max_tokens: Some(1),
-                    stop: vec![],
-                    ignore_eos: false,
-                },
-                resume: vec![],
-            };
+            let req = probe_request();
             let mut tasks = tokio::task::JoinSet::new();
             for _ in 0..a.count {
                 let (h2, req) = (h.clone(), req.clone());
@@ -134,11 +132,11 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
     let cut_off = match reopen {
         Err(_) | Ok(Err(_)) => true,
         Ok(Ok(mut s)) => {
-            // The stream may open on a half-closed connection; a real answer means not cut off.
-            s.send_raw(2, b"{}").await.is_err()
-                || s.recv_timeout::<WorkerFrame>(Duration::from_secs(3))
-                    .await
-                    .is_err()
+            // The stream may open on a connection about to close: a well-formed request that
+            // gets an answer (404, no such model) means we were not cut off.
+            let answered = s.send(&probe_request()).await.is_ok()
+                && matches!(s.recv_timeout::<WorkerFrame>(Duration::from_secs(3)).await, Ok(Some(_)));
+            !answered
         }
     };
     println!(
@@ -165,4 +163,19 @@ async fn wait_connected(h: &NetHandle, target: PeerId) -> Result<()> {
 
 async fn still_reachable(h: &NetHandle, target: PeerId) -> bool {
     h.peers().iter().any(|p| p.peer_id == target && p.connected)
+}
+
+/// A well-formed request the worker answers at once (404: it serves no such model).
+fn probe_request() -> GenerateRequest {
+    GenerateRequest {
+        model: "no-such-model".into(),
+        job: JobSpec {
+            prompt: PromptSpec::Text("probe".into()),
+            params: SamplingParams::default(),
+            max_tokens: Some(1),
+            stop: vec![],
+            ignore_eos: false,
+        },
+        resume: vec![],
+    }
 }

@@ -3,6 +3,7 @@
 mod cmd_bench;
 mod cmd_chat;
 mod cmd_debug;
+mod cmd_devnet;
 mod cmd_identity;
 mod cmd_log;
 mod cmd_log_bench;
@@ -53,6 +54,10 @@ enum Command {
     Witness(cmd_log::WitnessCommand),
     /// Show the peers a node knows, with their models and status.
     Nodes(cmd_chat::NodesArgs),
+    /// Start a local network (N workers and a gateway on loopback) until Ctrl-C.
+    Devnet(cmd_devnet::DevnetArgs),
+    /// Start a local network, send it a few questions, and show which worker answered each.
+    Demo(cmd_devnet::DevnetArgs),
     /// Testing tools (misbehaving peers).
     #[command(subcommand, hide = true)]
     Debug(cmd_debug::DebugCommand),
@@ -71,6 +76,8 @@ fn main() {
         Command::Log(cmd) => cmd_log::run_log(&home, cmd),
         Command::Witness(cmd) => cmd_log::run_witness(&home, cmd),
         Command::Nodes(args) => cmd_chat::nodes(args),
+        Command::Devnet(args) => cmd_devnet::devnet(&home, args),
+        Command::Demo(args) => cmd_devnet::demo(&home, args),
         Command::Debug(cmd) => cmd_debug::run(&home, cmd),
     };
     if let Err(e) = result {
