@@ -36,8 +36,8 @@ pub struct RogueArgs {
     /// Genesis policy of the target's network (default: the public default network).
     #[arg(long)]
     pub network_file: Option<PathBuf>,
-    /// Requests sent by `flood`.
-    #[arg(long, default_value_t = 5000)]
+    /// Requests sent by `flood` (at most; it stops once cut off).
+    #[arg(long, default_value_t = 50_000)]
     pub count: usize,
 }
 
@@ -102,7 +102,7 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
                         .flatten()
                 });
                 sent += 1;
-                while tasks.len() >= 64 {
+                while tasks.len() >= 256 {
                     if let Some(Ok(Some(WorkerFrame::Error(e)))) = tasks.join_next().await
                         && e.status == 429
                     {
@@ -135,7 +135,10 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
             // The stream may open on a connection about to close: a well-formed request that
             // gets an answer (404, no such model) means we were not cut off.
             let answered = s.send(&probe_request()).await.is_ok()
-                && matches!(s.recv_timeout::<WorkerFrame>(Duration::from_secs(3)).await, Ok(Some(_)));
+                && matches!(
+                    s.recv_timeout::<WorkerFrame>(Duration::from_secs(3)).await,
+                    Ok(Some(_))
+                );
             !answered
         }
     };

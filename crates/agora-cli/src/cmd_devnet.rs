@@ -84,9 +84,14 @@ impl Devnet {
 
 fn spawn_node(name: &str, home: &Path, log: &Path, args: &[String]) -> Result<Started> {
     let exe = std::env::current_exe()?;
-    let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.env("AGORA_HOME", home).arg("node").args(args).stdout(Stdio::piped()).stderr(log_file);
+    cmd.env("AGORA_HOME", home)
+        .arg("node")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(log_file);
     // SAFETY: prctl in the child before exec; it only asks the kernel to end the child when
     // this process dies, so no node outlives a killed devnet.
     unsafe {
@@ -115,9 +120,17 @@ fn spawn_node(name: &str, home: &Path, log: &Path, args: &[String]) -> Result<St
             }
         }
     });
-    let proc = Proc { name: name.to_string(), child };
+    let proc = Proc {
+        name: name.to_string(),
+        child,
+    };
     match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok((peer_id, p2p, url)) => Ok(Started { proc, peer_id, p2p, url }),
+        Ok((peer_id, p2p, url)) => Ok(Started {
+            proc,
+            peer_id,
+            p2p,
+            url,
+        }),
         Err(_) => bail!("{name} did not start; see {}", log.display()),
     }
 }
@@ -146,17 +159,36 @@ pub fn start(home: &Path, a: &DevnetArgs) -> Result<Devnet> {
         Ok(h)
     };
     let common = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--network-file"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut v: Vec<String> = [
+            "--no-mdns",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--network-file",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         v.push(genesis.display().to_string());
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
-    let (threads, slots, ctx) = (a.threads.to_string(), a.slots.to_string(), a.ctx.to_string());
+    let (threads, slots, ctx) = (
+        a.threads.to_string(),
+        a.slots.to_string(),
+        a.ctx.to_string(),
+    );
     let worker_args = |boot: Option<&str>| -> Vec<String> {
-        let mut v = common(&["--no-gateway", "--model", &model.name, "--threads", &threads, "--slots", &slots, "--ctx", &ctx]);
+        let mut v = common(&[
+            "--no-gateway",
+            "--model",
+            &model.name,
+            "--threads",
+            &threads,
+            "--slots",
+            &slots,
+            "--ctx",
+            &ctx,
+        ]);
         if let Some(b) = boot {
             v.extend(["--bootstrap".to_string(), b.to_string()]);
         }
@@ -167,7 +199,12 @@ pub fn start(home: &Path, a: &DevnetArgs) -> Result<Devnet> {
         let name = format!("worker-{}", i + 1);
         let h = node_home(&name)?;
         let boot = workers.first().map(|w: &Started| w.p2p[0].clone());
-        let w = spawn_node(&name, &h, &dir.join(format!("{name}.log")), &worker_args(boot.as_deref()))?;
+        let w = spawn_node(
+            &name,
+            &h,
+            &dir.join(format!("{name}.log")),
+            &worker_args(boot.as_deref()),
+        )?;
         eprintln!("  {name}: {}", w.peer_id);
         workers.push(w);
     }
@@ -180,7 +217,11 @@ pub fn start(home: &Path, a: &DevnetArgs) -> Result<Devnet> {
         &common(&["--no-worker", "--listen", &listen, "--bootstrap", &boot]),
     )?;
     eprintln!("  gateway:  {}", gateway.peer_id);
-    let net = Devnet { workers, gateway, dir };
+    let net = Devnet {
+        workers,
+        gateway,
+        dir,
+    };
     // Wait until the gateway sees every worker.
     let client = Client::new(&net.url());
     let t0 = Instant::now();
@@ -194,7 +235,11 @@ pub fn start(home: &Path, a: &DevnetArgs) -> Result<Devnet> {
             break;
         }
         if t0.elapsed() > Duration::from_secs(30) {
-            bail!("the gateway saw only {seen} of {} workers after 30 s; logs are in {}", a.workers, net.dir.display());
+            bail!(
+                "the gateway saw only {seen} of {} workers after 30 s; logs are in {}",
+                a.workers,
+                net.dir.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -202,10 +247,17 @@ pub fn start(home: &Path, a: &DevnetArgs) -> Result<Devnet> {
 }
 
 pub fn devnet(home: &Path, a: DevnetArgs) -> Result<()> {
-    eprintln!("starting a local network: {} workers and a gateway", a.workers);
+    eprintln!(
+        "starting a local network: {} workers and a gateway",
+        a.workers
+    );
     let net = start(home, &a)?;
     let url = net.url();
-    println!("devnet ready: {} workers serving {}", net.workers.len(), a.model);
+    println!(
+        "devnet ready: {} workers serving {}",
+        net.workers.len(),
+        a.model
+    );
     println!("listening on {url}");
     println!("  OpenAI API:  {url}/v1");
     println!("  try:         agora chat --url {url} \"Hello\"");
@@ -219,14 +271,25 @@ pub fn devnet(home: &Path, a: DevnetArgs) -> Result<()> {
 }
 
 pub fn demo(home: &Path, a: DevnetArgs) -> Result<()> {
-    eprintln!("agora demo: starting {} workers and a gateway on this machine…", a.workers);
+    eprintln!(
+        "agora demo: starting {} workers and a gateway on this machine…",
+        a.workers
+    );
     let net = start(home, &a)?;
     let url = net.url();
     println!("network ready at {url}/v1");
-    let names: std::collections::HashMap<String, String> =
-        net.workers.iter().map(|w| (w.peer_id.clone(), w.proc.name.clone())).collect();
+    let names: std::collections::HashMap<String, String> = net
+        .workers
+        .iter()
+        .map(|w| (w.peer_id.clone(), w.proc.name.clone()))
+        .collect();
     let client = Client::new(&url);
-    let model = client.get_json("/v1/models")?.pointer("/data/0/id").and_then(Value::as_str).unwrap_or(&a.model).to_string();
+    let model = client
+        .get_json("/v1/models")?
+        .pointer("/data/0/id")
+        .and_then(Value::as_str)
+        .unwrap_or(&a.model)
+        .to_string();
     let questions = [
         "What is the capital of France?",
         "Give me one tip for learning to cook.",
@@ -239,8 +302,16 @@ pub fn demo(home: &Path, a: DevnetArgs) -> Result<()> {
         let body = json!({"model": model, "messages": [{"role": "user", "content": q}], "max_tokens": 48, "temperature": 0.7});
         let t0 = Instant::now();
         let v = client.post_json("/v1/chat/completions", &body)?;
-        let worker = v.pointer("/agora/workers/0").and_then(Value::as_str).unwrap_or("?");
-        let answer = v.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("").trim().replace('\n', " ");
+        let worker = v
+            .pointer("/agora/workers/0")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let answer = v
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .replace('\n', " ");
         println!("\nQ: {q}");
         println!("A: {answer}");
         println!(
@@ -257,7 +328,9 @@ pub fn demo(home: &Path, a: DevnetArgs) -> Result<()> {
 }
 
 fn wait_for_ctrl_c() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

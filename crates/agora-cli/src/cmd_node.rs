@@ -64,6 +64,10 @@ pub struct NodeArgs {
     /// else the public default network). Nodes of different networks never exchange traffic.
     #[arg(long, value_name = "FILE", env = "AGORA_NETWORK_FILE")]
     pub network_file: Option<PathBuf>,
+    /// Requests per second one peer may send this worker (bursts of twice as many); beyond,
+    /// they are refused with 429, and a peer refused 1,000 times within 10 s is banned.
+    #[arg(long, default_value_t = 2000.0)]
+    pub peer_rate: f64,
     /// Seconds without a token after which a worker counts as stalled and the generation moves
     /// to another worker.
     #[arg(long, default_value_t = 10.0)]
@@ -81,6 +85,9 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
             .map(|n| n.get() as u32)
             .unwrap_or(1)
     });
+    if !(args.peer_rate > 0.0 && args.peer_rate.is_finite()) {
+        bail!("--peer-rate must be a positive number of requests per second");
+    }
     if args.stall_timeout <= 0.0 || !args.stall_timeout.is_finite() {
         bail!("--stall-timeout must be a positive number of seconds");
     }
@@ -121,10 +128,15 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         }
         let speed = Arc::new(Speed::default());
         if let Some(e) = &engine {
+            let limits = WorkerLimits {
+                rate: args.peer_rate,
+                burst: 2.0 * args.peer_rate,
+                ..WorkerLimits::default()
+            };
             tokio::spawn(agora_node::worker::serve(
                 handle.clone(),
                 Arc::clone(e),
-                WorkerLimits::default(),
+                limits,
                 Arc::clone(&speed),
             ));
         }

@@ -1,6 +1,7 @@
 //! `agora`: one binary for every role. Each command family lives in its own `cmd_*` module.
 
 mod cmd_bench;
+mod cmd_bench_net;
 mod cmd_chat;
 mod cmd_debug;
 mod cmd_devnet;
@@ -42,6 +43,8 @@ enum Command {
     Model(cmd_model::ModelCommand),
     /// Benchmark the node against llama.cpp's own llama-server on the same model.
     Bench(cmd_bench::BenchArgs),
+    /// Benchmark the network layer: gateway overhead on time to first token, routing throughput.
+    BenchNet(cmd_bench_net::BenchNetArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -71,6 +74,7 @@ fn main() {
         Command::Chat(args) => cmd_chat::run(args),
         Command::Model(cmd) => cmd_model::run(&home, cmd),
         Command::Bench(args) => cmd_bench::run(&home, args),
+        Command::BenchNet(args) => cmd_bench_net::run(&home, args),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),
         Command::Log(cmd) => cmd_log::run_log(&home, cmd),

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agora_api::backend::{BoxFuture, ModelCard, Started, prepare_error, submit_error};
 use agora_api::{ApiError, Backend};
@@ -59,6 +59,8 @@ pub struct Gateway {
     cfg: GatewayConfig,
     /// Generations this gateway has running on each worker.
     inflight: Arc<Mutex<HashMap<Target, u32>>>,
+    /// Workers that recently refused work (429), until when: skipped while others are free.
+    cooling: Arc<Mutex<HashMap<Target, Instant>>>,
 }
 
 impl Gateway {
@@ -68,6 +70,7 @@ impl Gateway {
             local,
             cfg,
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            cooling: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -127,8 +130,30 @@ impl Gateway {
                 t,
             ));
         }
-        scored.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+        // A worker that just refused work goes last, until its cool-down ends.
+        let now = Instant::now();
+        let cooling = |t: &Target| {
+            self.cooling
+                .lock()
+                .map(|m| m.get(t).is_some_and(|until| *until > now))
+                .unwrap_or(false)
+        };
+        scored.sort_by(|a, b| {
+            cooling(&a.2)
+                .cmp(&cooling(&b.2))
+                .then(b.0.cmp(&a.0))
+                .then(b.1.total_cmp(&a.1))
+        });
         scored.into_iter().map(|s| s.2).collect()
+    }
+
+    /// Notes that `target` refused work: it is tried last for a moment.
+    fn cool_down(&self, target: Target) {
+        if let Ok(mut m) = self.cooling.lock() {
+            let now = Instant::now();
+            m.retain(|_, until| *until > now);
+            m.insert(target, now + Duration::from_millis(500));
+        }
     }
 
     fn known_model(&self, model: &str) -> bool {
@@ -277,7 +302,12 @@ impl Gateway {
                 Ok(source) => return Ok((target, source)),
                 Err(AttemptError::Client(e)) => return Err(e),
                 Err(AttemptError::Worker(why, api)) => {
-                    warn!(?target, "worker could not take the request: {why}");
+                    if api.as_ref().is_some_and(|e| e.status.as_u16() == 429) {
+                        debug!(?target, "worker is busy: {why}");
+                        self.cool_down(target);
+                    } else {
+                        warn!(?target, "worker could not take the request: {why}");
+                    }
                     last = api.or(last);
                 }
             }
@@ -383,6 +413,7 @@ impl Backend for Gateway {
                     local: self.local.clone(),
                     cfg: self.cfg.clone(),
                     inflight: Arc::clone(&self.inflight),
+                    cooling: Arc::clone(&self.cooling),
                 },
                 model: model.clone(),
                 job,

@@ -20,10 +20,12 @@ use crate::proto::{GenerateRequest, RemoteError, WorkerFrame};
 pub struct WorkerLimits {
     /// Requests per second one peer may send on average…
     pub rate: f64,
-    /// …with bursts up to this many.
+    /// …with bursts up to this many. Beyond, requests are refused with 429.
     pub burst: f64,
-    /// Refused requests after which a peer is banned.
+    /// A peer refused this many times within `strike_window` is flooding: it is banned. A
+    /// well-behaved gateway backs off after a 429 and never gets near this.
     pub strikes: u32,
+    pub strike_window: Duration,
     /// Generation streams handled at once (beyond: refused with 429).
     pub max_streams: usize,
     /// How long a peer may take to send its request frame.
@@ -33,9 +35,10 @@ pub struct WorkerLimits {
 impl Default for WorkerLimits {
     fn default() -> Self {
         Self {
-            rate: 200.0,
-            burst: 400.0,
-            strikes: 200,
+            rate: 2000.0,
+            burst: 4000.0,
+            strikes: 1000,
+            strike_window: Duration::from_secs(10),
             max_streams: 256,
             request_timeout: Duration::from_secs(10),
         }
@@ -81,7 +84,7 @@ pub async fn serve(
         }
     };
     let mut limiter = RateLimiter::new(limits.rate, limits.burst, 4096);
-    let mut strikes: HashMap<PeerId, u32> = HashMap::new();
+    let mut strikes: HashMap<PeerId, (u32, Instant)> = HashMap::new();
     let streams = Arc::new(Semaphore::new(limits.max_streams));
     while let Some((peer, stream)) = incoming.next().await {
         if net.is_banned(&peer) {
@@ -95,7 +98,10 @@ pub async fn serve(
             Arc::clone(&streams).try_acquire_owned().ok()
         };
         let Some(permit) = permit else {
-            let n = strikes.entry(peer).or_insert(0);
+            let (n, since) = strikes.entry(peer).or_insert((0, Instant::now()));
+            if since.elapsed() > limits.strike_window {
+                (*n, *since) = (0, Instant::now());
+            }
             *n += 1;
             if *n >= limits.strikes {
                 net.ban(peer, "request flood");
