@@ -6,18 +6,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${FUZZ_SECONDS:-20}"
-TARGETS="${FUZZ_TARGETS:-note checkpoint cosignature tlog_proof dsse policy witness}"
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-  echo "cargo-fuzz is missing: cargo install cargo-fuzz" >&2
-  exit 1
+TARGETS="${FUZZ_TARGETS:-note checkpoint cosignature tlog_proof dsse policy witness openai_request gen_frames node_status}"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz (cargo install cargo-fuzz --locked)…" >&2
+  cargo install cargo-fuzz --locked >&2
+fi
+# cargo-fuzz needs nightly features: use the nightly toolchain when there is one, else let the
+# stable compiler accept them (RUSTC_BOOTSTRAP) and fuzz without AddressSanitizer.
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  FUZZ=(cargo +nightly fuzz)
+  SAN=()
+else
+  echo "no nightly toolchain: fuzzing with the stable compiler (RUSTC_BOOTSTRAP=1, no sanitizer)" >&2
+  export RUSTC_BOOTSTRAP=1
+  FUZZ=(cargo fuzz)
+  SAN=(--sanitizer none)
 fi
 CORPUS="$(mktemp -d -t agora-fuzz-XXXXXX)"
 trap 'rm -rf "$CORPUS"' EXIT
-cargo +nightly fuzz build
+"${FUZZ[@]}" build "${SAN[@]}"
 for t in $TARGETS; do
   echo "== fuzz $t for ${SECS}s"
   mkdir -p "$CORPUS/$t"
-  cargo +nightly fuzz run "$t" "$CORPUS/$t" "fuzz/seeds/$t" -- \
+  "${FUZZ[@]}" run "${SAN[@]}" "$t" "$CORPUS/$t" "fuzz/seeds/$t" -- \
     -max_total_time="$SECS" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 2>&1 \
     | grep -E "^(stat::number_of_executed_units|stat::new_units_added|Done|==|SUMMARY|INFO: Running)|panicked|ERROR" || true
   # cargo fuzz exits non-zero on a crash; with `|| true` above, check for artifacts instead.

@@ -172,7 +172,7 @@ struct CompletionFields {
 /// Largest value a seed the node picks may take: 2^53, so any JSON client can repeat it exactly.
 const PICKED_SEED_LIMIT: u64 = 1 << 53;
 
-struct Validated {
+pub(crate) struct Validated {
     model: String,
     job: JobSpec,
     stream: bool,
@@ -353,6 +353,88 @@ fn chat_messages(messages: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiError>
         .collect()
 }
 
+/// A request body, parsed and checked: what the handlers run.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    pub model: String,
+    pub job: JobSpec,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl From<Validated> for ParsedRequest {
+    fn from(v: Validated) -> Self {
+        Self {
+            model: v.model,
+            job: v.job,
+            stream: v.stream,
+            include_usage: v.include_usage,
+        }
+    }
+}
+
+/// Parses and checks a `/v1/chat/completions` body (untrusted bytes: errors, never panics).
+pub fn parse_chat_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
+    chat_request(&parse_json::<Value>(bytes)?).map(Into::into)
+}
+
+/// Parses and checks a `/v1/completions` body (untrusted bytes: errors, never panics).
+pub fn parse_completion_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
+    completion_request(&parse_json::<Value>(bytes)?).map(Into::into)
+}
+
+fn chat_request(body: &Value) -> Result<Validated, ApiError> {
+    let fields: ChatFields = from_value(body)?;
+    let common: Common = from_value(body)?;
+    let messages = chat_messages(fields.messages)?;
+    validate(common, PromptSpec::Chat(messages))
+}
+
+fn completion_request(body: &Value) -> Result<Validated, ApiError> {
+    let req: CompletionFields = from_value(body)?;
+    let common: Common = from_value(body)?;
+    if req.echo == Some(true) {
+        return Err(ApiError::invalid("echo is not supported.", Some("echo")));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid(
+            "suffix is not supported.",
+            Some("suffix"),
+        ));
+    }
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(ApiError::invalid(
+            "Only best_of = 1 is supported.",
+            Some("best_of"),
+        ));
+    }
+    let prompt = match req.prompt {
+        Value::String(p) => p,
+        Value::Array(v) if v.len() == 1 => match v.into_iter().next() {
+            Some(Value::String(p)) => p,
+            _ => {
+                return Err(ApiError::invalid(
+                    "prompt must be a string.",
+                    Some("prompt"),
+                ));
+            }
+        },
+        Value::Array(_) => {
+            return Err(ApiError::invalid(
+                "Exactly one prompt per request is supported.",
+                Some("prompt"),
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "prompt must be a string.",
+                Some("prompt"),
+            ));
+        }
+    };
+    validate(common, PromptSpec::Text(prompt))
+}
+
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -361,10 +443,7 @@ pub async fn chat_completions(
     let started = Instant::now();
     let result = async {
         let OpenAiJson(body) = body?;
-        let fields: ChatFields = from_value(&body)?;
-        let common: Common = from_value(&body)?;
-        let messages = chat_messages(fields.messages)?;
-        let v = validate(common, PromptSpec::Chat(messages))?;
+        let v = chat_request(&body)?;
         run(&state, v, Kind::Chat, started).await
     }
     .await;
@@ -379,48 +458,7 @@ pub async fn completions(
     let started = Instant::now();
     let result = async {
         let OpenAiJson(body) = body?;
-        let req: CompletionFields = from_value(&body)?;
-        let common: Common = from_value(&body)?;
-        if req.echo == Some(true) {
-            return Err(ApiError::invalid("echo is not supported.", Some("echo")));
-        }
-        if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::invalid(
-                "suffix is not supported.",
-                Some("suffix"),
-            ));
-        }
-        if req.best_of.is_some_and(|b| b != 1) {
-            return Err(ApiError::invalid(
-                "Only best_of = 1 is supported.",
-                Some("best_of"),
-            ));
-        }
-        let prompt = match req.prompt {
-            Value::String(p) => p,
-            Value::Array(v) if v.len() == 1 => match v.into_iter().next() {
-                Some(Value::String(p)) => p,
-                _ => {
-                    return Err(ApiError::invalid(
-                        "prompt must be a string.",
-                        Some("prompt"),
-                    ));
-                }
-            },
-            Value::Array(_) => {
-                return Err(ApiError::invalid(
-                    "Exactly one prompt per request is supported.",
-                    Some("prompt"),
-                ));
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "prompt must be a string.",
-                    Some("prompt"),
-                ));
-            }
-        };
-        let v = validate(common, PromptSpec::Text(prompt))?;
+        let v = completion_request(&body)?;
         run(&state, v, Kind::Completion, started).await
     }
     .await;
