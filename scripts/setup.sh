@@ -56,3 +56,9 @@ agora_build_deps() {
     agora_install_debs cmake clang libclang-dev
     agora_check_python
 }
+
+# Test dependencies beyond the build: Go's sumdb note/tlog packages (an independent C2SP
+# implementation the interop test checks against) and python3-venv for the OpenAI client.
+agora_test_deps() {
+    agora_install_debs golang-go golang-golang-x-mod-dev python3-venv
+}

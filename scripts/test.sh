@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this). Installs what it needs:
-# Debian packages (cmake, clang, libclang-dev), a Python venv with the `openai` package,
-# the default model, cargo-fuzz; then runs fmt, clippy, every test, and short fuzz runs.
+# Debian packages (cmake, clang, libclang-dev, golang-go, golang-golang-x-mod-dev, python3-venv),
+# a Python venv with the `openai` package, the default model, cargo-fuzz; then runs fmt, clippy,
+# every test (unit, property, integration with real processes and the real model, Merkle
+# vectors, Go interop, crash tests) and a short run of every fuzz target (FUZZ_SECONDS, 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 agora_build_deps
+agora_test_deps
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
