@@ -576,7 +576,6 @@ async fn collect(
                 }
                 text.push_str(&t.text);
             }
-            Some(Event::PromptHidden(_)) => {}
             Some(Event::Done(f)) => {
                 text.push_str(&f.tail);
                 state
@@ -758,7 +757,6 @@ fn sse(
                         let ev = data(&st.chunk(Some(&t.text), None, false));
                         return Some((Ok(ev), st));
                     }
-                    Some(Event::PromptHidden(_)) => continue,
                     Some(Event::Done(f)) => {
                         st.state
                             .metrics

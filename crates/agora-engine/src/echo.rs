@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     ChatMessage, Engine, Event, Finish, FinishReason, GenRequest, Generation, Load, ModelInfo,
-    PromptError, SubmitError, TokenEvent, check_fits,
+    PromptError, ScoreHandle, ScoreRequest, ScoreSink, SubmitError, TokenEvent, check_fits,
 };
 
 /// Echoes the prompt, one byte per token, up to `max_tokens`.
@@ -56,6 +56,7 @@ impl Engine for EchoEngine {
     fn submit(&self, req: GenRequest) -> Result<Generation, SubmitError> {
         check_fits(&req, self.info.n_ctx)?;
         let n = (req.max_tokens as usize).min(req.prompt.len());
+        let tokens = req.prompt[..n].to_vec();
         let (tx, rx) = mpsc::channel(n + 2);
         self.busy.fetch_add(1, Ordering::Relaxed);
         for (i, &t) in req.prompt[..n].iter().enumerate().skip(req.resume.len()) {
@@ -78,9 +79,18 @@ impl Engine for EchoEngine {
             prompt_tokens: req.prompt.len() as u32,
             completion_tokens: n as u32,
             tail: String::new(),
+            tokens,
         }));
         self.busy.fetch_sub(1, Ordering::Relaxed);
         Ok(Generation { events: rx })
+    }
+
+    fn score(
+        &self,
+        _req: ScoreRequest,
+        _sink: Box<dyn ScoreSink>,
+    ) -> Result<ScoreHandle, SubmitError> {
+        Err(SubmitError::Stopped)
     }
 
     fn load(&self) -> Load {

@@ -40,14 +40,15 @@ pub struct ModelInfo {
 }
 
 /// Per-token data the engine hands out on request. Asking for nothing costs nothing.
+///
+/// Token `i`'s data is that of the step that chose it: the final-norm hidden state and the
+/// logits at position `prompt_len - 1 + i` (so token 0's come from the last prompt token).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capture {
     /// The final-norm hidden state of every generated token's step.
     pub hidden: bool,
     /// The logits of every generated token's step (n_vocab floats each: large).
     pub logits: bool,
-    /// The hidden states over the prompt (one event after the prompt is processed).
-    pub prompt_hidden: bool,
 }
 
 /// One generation to run.
@@ -109,14 +110,13 @@ pub struct Finish {
     pub completion_tokens: u32,
     /// Text released only at the end (held back as a possible stop-sequence prefix).
     pub tail: String,
+    /// Every generated token (resumed ones included), in order.
+    pub tokens: Vec<u32>,
 }
 
-/// What a running generation reports, in order: an optional `PromptHidden`, tokens, then exactly
-/// one `Done` or `Error`.
+/// What a running generation reports, in order: tokens, then exactly one `Done` or `Error`.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// Row-major `[prompt_len × n_embd]` final-norm hidden states (only if captured).
-    PromptHidden(Vec<f32>),
     Token(TokenEvent),
     Done(Finish),
     Error(String),
@@ -165,6 +165,26 @@ pub enum PromptError {
     Template(#[from] template::TemplateError),
 }
 
+/// A scoring pass: prefill `tokens` and read back every position from `from` on.
+#[derive(Clone, Debug)]
+pub struct ScoreRequest {
+    pub tokens: Vec<u32>,
+    pub from: usize,
+}
+
+/// Receives a scoring pass's rows, in order of position, on the engine thread (keep it quick).
+pub trait ScoreSink: Send {
+    /// `hidden`: the final-norm hidden state at `pos`; `logits`: the logits there, which
+    /// predict the token at `pos + 1`.
+    fn row(&mut self, pos: usize, hidden: &[f32], logits: &[f32]);
+}
+
+/// Resolves when a scoring pass has handed out its last row (or failed).
+#[derive(Debug)]
+pub struct ScoreHandle {
+    pub done: tokio::sync::oneshot::Receiver<Result<(), String>>,
+}
+
 /// Busy-ness, for routing and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Load {
@@ -182,6 +202,13 @@ pub trait Engine: Send + Sync + 'static {
     fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, PromptError>;
     /// Queues a generation, or refuses it at once.
     fn submit(&self, req: GenRequest) -> Result<Generation, SubmitError>;
+    /// Queues a scoring pass: one prefill over `req.tokens` that hands `sink` the hidden state
+    /// and logits of every position from `req.from` on (what a verifier recomputes).
+    fn score(
+        &self,
+        req: ScoreRequest,
+        sink: Box<dyn ScoreSink>,
+    ) -> Result<ScoreHandle, SubmitError>;
     fn load(&self) -> Load;
 }
 

@@ -26,13 +26,13 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::template::{ChatMessage, ChatTemplate, TemplateError};
 use crate::text::{Step, TextStream};
 use crate::{
     Engine, Event, Finish, FinishReason, GenRequest, Generation, Load, ModelInfo, PromptError,
-    SubmitError, TokenEvent, check_fits,
+    ScoreHandle, ScoreRequest, ScoreSink, SubmitError, TokenEvent, check_fits,
 };
 
 /// How to load and run a model.
@@ -98,9 +98,16 @@ fn backend() -> Result<&'static LlamaBackend, LoadError> {
         .map_err(|e| LoadError::Backend(e.clone()))
 }
 
-struct Job {
-    req: GenRequest,
-    tx: mpsc::Sender<Event>,
+enum Job {
+    Generate {
+        req: GenRequest,
+        tx: mpsc::Sender<Event>,
+    },
+    Score {
+        req: ScoreRequest,
+        sink: Box<dyn ScoreSink>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 struct Shared {
@@ -270,8 +277,47 @@ impl Engine for LlamaEngine {
         let cap = req.max_tokens as usize + 4;
         let (tx, rx) = mpsc::channel(cap);
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        match jobs.try_send(Job { req, tx }) {
+        match jobs.try_send(Job::Generate { req, tx }) {
             Ok(()) => Ok(Generation { events: rx }),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::Overloaded {
+                        slots: self.info.slots,
+                        queue: self.info.queue,
+                    },
+                    TrySendError::Disconnected(_) => SubmitError::Stopped,
+                })
+            }
+        }
+    }
+
+    fn score(
+        &self,
+        req: ScoreRequest,
+        sink: Box<dyn ScoreSink>,
+    ) -> Result<ScoreHandle, SubmitError> {
+        let n = u32::try_from(req.tokens.len()).unwrap_or(u32::MAX);
+        if n == 0 {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if n > self.info.n_ctx {
+            return Err(SubmitError::PromptTooLong {
+                prompt: n,
+                ctx: self.info.n_ctx,
+            });
+        }
+        if let Some(&bad) = req.tokens.iter().find(|&&t| t >= self.info.n_vocab) {
+            return Err(SubmitError::InvalidToken {
+                token: bad,
+                n_vocab: self.info.n_vocab,
+            });
+        }
+        let jobs = self.jobs.as_ref().ok_or(SubmitError::Stopped)?;
+        let (done, rx) = oneshot::channel();
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        match jobs.try_send(Job::Score { req, sink, done }) {
+            Ok(()) => Ok(ScoreHandle { done: rx }),
             Err(e) => {
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
                 Err(match e {
@@ -294,35 +340,119 @@ impl Engine for LlamaEngine {
     }
 }
 
-/// A sequence occupying a slot.
-struct Seq {
-    id: i32,
-    job: Job,
-    /// What is prefilled: the prompt, then the tokens of a resumed generation.
-    feed: Vec<u32>,
-    /// Tokens of `feed` already in the KV cache.
-    prefilled: usize,
+/// A generation in a slot.
+struct GenState {
+    req: GenRequest,
+    tx: mpsc::Sender<Event>,
     /// Tokens generated so far, the resumed ones first.
     generated: Vec<u32>,
     /// How many of `generated` were resumed (already sent by an earlier worker).
     resumed: usize,
     text: TextStream,
     sampler: Sampler,
-    /// Index in the current batch whose logits belong to this sequence.
-    out_idx: Option<i32>,
-    prompt_hidden: Vec<f32>,
+}
+
+/// A scoring pass in a slot.
+struct ScoreState {
+    sink: Box<dyn ScoreSink>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+enum Work {
+    Gen(GenState),
+    Score(ScoreState),
+}
+
+/// A sequence occupying a slot.
+struct Seq {
+    id: i32,
+    work: Work,
+    /// Tokens to put in the KV cache before generating: the prompt, then resumed tokens (or,
+    /// for scoring, everything to score).
+    feed: Vec<u32>,
+    /// Tokens in the KV cache.
+    kv: usize,
+    /// Feed up to here goes in prefill batches (hidden states off). Beyond it, tokens go in the
+    /// output batch: one at a time for a generation, in chunks for scoring.
+    prefill_end: usize,
 }
 
 impl Seq {
-    /// Position of the token fed in a decode step (the last one sampled).
-    fn decode_pos(&self) -> usize {
-        self.feed.len() + (self.generated.len() - self.resumed) - 1
+    fn closed(&self) -> bool {
+        match &self.work {
+            Work::Gen(g) => g.tx.is_closed(),
+            Work::Score(s) => s.done.as_ref().is_none_or(|d| d.is_closed()),
+        }
     }
 
-    /// Whether the prompt is in and a sampled token waits to be fed.
-    fn decoding(&self) -> bool {
-        self.prefilled == self.feed.len() && self.generated.len() > self.resumed
+    fn wants_hidden(&self) -> bool {
+        match &self.work {
+            Work::Gen(g) => g.req.capture.hidden,
+            Work::Score(_) => true,
+        }
     }
+
+    /// The token a generation feeds in its next output step.
+    fn next_input(&self) -> Option<u32> {
+        let Work::Gen(g) = &self.work else {
+            return None;
+        };
+        if self.kv < self.feed.len() {
+            Some(self.feed[self.kv])
+        } else {
+            g.generated
+                .last()
+                .copied()
+                .filter(|_| g.generated.len() > g.resumed)
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        match &mut self.work {
+            Work::Gen(g) => {
+                let _ = g.tx.try_send(Event::Error(msg));
+            }
+            Work::Score(s) => {
+                if let Some(d) = s.done.take() {
+                    let _ = d.send(Err(msg));
+                }
+            }
+        }
+    }
+}
+
+/// Prompt prefill chunks are aligned to this many positions and decoded alone.
+const PREFILL_CHUNK: usize = 512;
+/// Rows in one output pass. llama.cpp computes micro-batches of up to 48 rows bit for bit as
+/// it computes single rows on this CPU family (measured: crates/agora-engine/examples/drift.rs);
+/// 64 rows take other kernels.
+const OUTPUT_ROWS: usize = 32;
+
+/// One token of a batch: whose, where, and whether its row is read back.
+struct Slot {
+    seq: usize,
+    pos: usize,
+    output: bool,
+}
+
+fn add_all(
+    batch: &mut LlamaBatch<'_>,
+    seqs: &[Seq],
+    slots: &[Slot],
+    feed_token: impl Fn(&Seq, usize) -> u32,
+) -> bool {
+    batch.clear();
+    for sl in slots {
+        let s = &seqs[sl.seq];
+        let tok = feed_token(s, sl.pos);
+        if batch
+            .add(LlamaToken(tok as i32), sl.pos as i32, &[s.id], sl.output)
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
 }
 
 fn run_engine(
@@ -345,11 +475,11 @@ fn run_engine(
         }
     };
     let n_ctx_total = cfg.ctx.saturating_mul(cfg.slots);
-    let n_batch = cfg.n_batch.max(cfg.slots).min(n_ctx_total);
+    let n_batch = cfg.n_batch.max(cfg.slots).min(n_ctx_total) as usize;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx_total))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch.min(512))
+        .with_n_batch(n_batch as u32)
+        .with_n_ubatch(n_batch.min(PREFILL_CHUNK) as u32)
         .with_n_seq_max(cfg.slots)
         .with_n_threads(cfg.threads as i32)
         .with_n_threads_batch(cfg.threads as i32)
@@ -366,7 +496,7 @@ fn run_engine(
         }
     };
     let _ = ready.send(Ok(()));
-    let mut batch = LlamaBatch::new(n_batch as usize, cfg.slots as i32);
+    let mut batch = LlamaBatch::new(n_batch, cfg.slots as i32);
     let mut seqs: Vec<Seq> = Vec::with_capacity(cfg.slots as usize);
     let mut free_ids: Vec<i32> = (0..cfg.slots as i32).rev().collect();
     let vocab = model.vocab();
@@ -374,6 +504,8 @@ fn run_engine(
     let mut closed = false;
     let mut piece = Vec::with_capacity(64);
     let mut embeddings_on = false;
+    let mut last_prefill = -1i32;
+    let mut rotate = 0usize;
 
     loop {
         // 1. Admit.
@@ -386,36 +518,65 @@ fn run_engine(
             match next {
                 Ok(job) => {
                     shared.queued.fetch_sub(1, Ordering::SeqCst);
-                    if job.tx.is_closed() {
-                        continue;
-                    }
                     free_ids.sort_unstable_by(|a, b| b.cmp(a));
                     let Some(id) = free_ids.pop() else { break };
-                    let mut text = TextStream::new(job.req.stop.clone());
-                    // Replay what an earlier worker already sent, so held-back text and stop
-                    // sequences spanning the resume point come out exactly as in one run.
-                    for &t in &job.req.resume {
-                        let lt = LlamaToken(t as i32);
-                        if !vocab.is_eog(lt) {
-                            piece.clear();
-                            vocab.token_to_piece_into(lt, &mut piece, false, None);
-                            let _ = text.push(&piece);
+                    let seq = match job {
+                        Job::Generate { req, tx } => {
+                            if tx.is_closed() {
+                                free_ids.push(id);
+                                continue;
+                            }
+                            let mut text = TextStream::new(req.stop.clone());
+                            // Replay what an earlier worker already sent, so held-back text and
+                            // stop sequences spanning the resume point come out as in one run.
+                            for &t in &req.resume {
+                                let lt = LlamaToken(t as i32);
+                                if !vocab.is_eog(lt) {
+                                    piece.clear();
+                                    vocab.token_to_piece_into(lt, &mut piece, false, None);
+                                    let _ = text.push(&piece);
+                                }
+                            }
+                            let mut feed = req.prompt.clone();
+                            feed.extend_from_slice(&req.resume);
+                            // The last prompt token and any resumed tokens go through output
+                            // passes, exactly as they did (or would have) when generated.
+                            let prefill_end = req.prompt.len().saturating_sub(1);
+                            let generated = req.resume.clone();
+                            let resumed = generated.len();
+                            Seq {
+                                id,
+                                feed,
+                                kv: 0,
+                                prefill_end,
+                                work: Work::Gen(GenState {
+                                    req,
+                                    tx,
+                                    generated,
+                                    resumed,
+                                    text,
+                                    sampler: Sampler::new(),
+                                }),
+                            }
                         }
-                    }
-                    let mut feed = job.req.prompt.clone();
-                    feed.extend_from_slice(&job.req.resume);
-                    seqs.push(Seq {
-                        id,
-                        feed,
-                        prefilled: 0,
-                        generated: job.req.resume.clone(),
-                        resumed: job.req.resume.len(),
-                        job,
-                        text,
-                        sampler: Sampler::new(),
-                        out_idx: None,
-                        prompt_hidden: Vec::new(),
-                    });
+                        Job::Score { req, sink, done } => {
+                            if done.is_closed() {
+                                free_ids.push(id);
+                                continue;
+                            }
+                            Seq {
+                                id,
+                                prefill_end: req.from.min(req.tokens.len()),
+                                feed: req.tokens,
+                                kv: 0,
+                                work: Work::Score(ScoreState {
+                                    sink,
+                                    done: Some(done),
+                                }),
+                            }
+                        }
+                    };
+                    seqs.push(seq);
                     shared.busy.store(seqs.len() as u32, Ordering::SeqCst);
                 }
                 Err(TryRecvError::Empty) => break,
@@ -431,7 +592,7 @@ fn run_engine(
 
         // 2. Cancel sequences nobody listens to.
         seqs.retain(|s| {
-            if s.job.tx.is_closed() {
+            if s.closed() {
                 release(&mut ctx, s.id, &mut free_ids);
                 false
             } else {
@@ -443,176 +604,216 @@ fn run_engine(
             continue;
         }
 
-        // 3. Build the batch, ordered by sequence id so llama.cpp can put consecutive sequences
-        //    in one micro-batch.
+        // 3. Plan the step. Every number llama.cpp computes for a sequence must depend only on
+        //    that sequence's tokens, never on what else is running (that is what makes seeded
+        //    sampling reproducible under load, a generation resumable elsewhere, and a proof
+        //    checkable by one prefill). llama.cpp switches matrix kernels for micro-batches of
+        //    64 rows or more, so:
+        //    - prompts are prefilled alone, in chunks aligned to PREFILL_CHUNK positions, one
+        //      chunk of one sequence per step, taking turns;
+        //    - everything else (the last prompt token, resumed tokens, sampled tokens, scored
+        //      rows) goes in output passes of at most OUTPUT_ROWS rows, where each row's numbers
+        //      are those of decoding it alone.
         seqs.sort_unstable_by_key(|s| s.id);
-        batch.clear();
-        // A batch with hidden states outputs a row of n_vocab logits per token: keep it small.
-        let capturing = seqs
-            .iter()
-            .any(|s| s.job.req.capture != crate::Capture::default());
-        let mut budget = if capturing { n_batch.min(256) } else { n_batch } as usize;
-        for s in seqs.iter_mut() {
-            s.out_idx = None;
-            if s.decoding() {
-                let last = *s.generated.last().unwrap_or(&0);
-                if batch
-                    .add(
-                        LlamaToken(last as i32),
-                        s.decode_pos() as i32,
-                        &[s.id],
-                        true,
-                    )
-                    .is_ok()
-                {
-                    s.out_idx = Some(batch.n_tokens() - 1);
-                    budget -= 1;
+        let mut passes: Vec<(Vec<Slot>, bool)> = Vec::new();
+        let prefilling: Vec<usize> = (0..seqs.len())
+            .filter(|&i| seqs[i].kv < seqs[i].prefill_end)
+            .collect();
+        if !prefilling.is_empty() {
+            let i = prefilling
+                .iter()
+                .copied()
+                .find(|&i| seqs[i].id > last_prefill)
+                .unwrap_or(prefilling[0]);
+            last_prefill = seqs[i].id;
+            let s = &seqs[i];
+            let chunk_end = ((s.kv / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(s.prefill_end);
+            passes.push((
+                (s.kv..chunk_end)
+                    .map(|pos| Slot {
+                        seq: i,
+                        pos,
+                        output: false,
+                    })
+                    .collect(),
+                false,
+            ));
+        }
+        let mut rows: Vec<Slot> = Vec::new();
+        let mut budget = OUTPUT_ROWS;
+        let n = seqs.len();
+        for k in 0..n {
+            let i = (k + rotate) % n;
+            let s = &seqs[i];
+            if budget == 0 || s.kv < s.prefill_end {
+                continue;
+            }
+            match &s.work {
+                Work::Gen(_) if s.kv < s.feed.len() => {
+                    // Last prompt token, then resumed tokens; the last of them is sampled from.
+                    let end = s.feed.len().min(s.kv + budget);
+                    for pos in s.kv..end {
+                        rows.push(Slot {
+                            seq: i,
+                            pos,
+                            output: pos + 1 == s.feed.len(),
+                        });
+                    }
+                    budget -= end - s.kv;
+                }
+                Work::Gen(_) => {
+                    if s.next_input().is_some() {
+                        rows.push(Slot {
+                            seq: i,
+                            pos: s.kv,
+                            output: true,
+                        });
+                        budget -= 1;
+                    }
+                }
+                Work::Score(_) => {
+                    let end = s.feed.len().min(s.kv + budget);
+                    for pos in s.kv..end {
+                        rows.push(Slot {
+                            seq: i,
+                            pos,
+                            output: true,
+                        });
+                    }
+                    budget -= end - s.kv;
                 }
             }
         }
-        // (sequence id, batch index of its first prompt token, prompt tokens in this batch)
-        let mut chunks: Vec<(i32, usize, usize)> = Vec::new();
-        for s in seqs.iter_mut() {
-            if s.decoding() || budget == 0 {
-                continue;
-            }
-            let prompt = &s.feed;
-            if s.prefilled == prompt.len() {
-                continue;
-            }
-            let take = (prompt.len() - s.prefilled).min(budget);
-            let want_hidden = s.job.req.capture.prompt_hidden;
-            let first = batch.n_tokens() as usize;
-            let mut added = 0;
-            for (k, &tok) in prompt[s.prefilled..s.prefilled + take].iter().enumerate() {
-                let pos = s.prefilled + k;
-                let last = pos + 1 == prompt.len();
-                if batch
-                    .add(
-                        LlamaToken(tok as i32),
-                        pos as i32,
-                        &[s.id],
-                        last || want_hidden,
-                    )
-                    .is_err()
-                {
-                    break;
-                }
-                added += 1;
-                if last {
-                    s.out_idx = Some(batch.n_tokens() - 1);
-                }
-            }
-            chunks.push((s.id, first, added));
-            budget -= added;
+        rotate = rotate.wrapping_add(1);
+        if !rows.is_empty() {
+            rows.sort_by_key(|sl| (seqs[sl.seq].id, sl.pos));
+            let hidden = rows
+                .iter()
+                .any(|sl| sl.output && seqs[sl.seq].wants_hidden());
+            passes.push((rows, hidden));
         }
 
-        // 4. Decode and sample. Hidden states cost an output row per batch token, so they are
-        //    switched on only for batches that need them.
-        let need_hidden = seqs.iter().any(|s| {
-            let c = s.job.req.capture;
-            (c.hidden && s.out_idx.is_some())
-                || (c.prompt_hidden && chunks.iter().any(|ch| ch.0 == s.id))
-        });
-        if need_hidden != embeddings_on {
-            ctx.set_embeddings(need_hidden);
-            embeddings_on = need_hidden;
-        }
-        if let Err(e) = ctx.decode(&mut batch) {
-            let msg = format!("llama.cpp decode failed: {e}");
-            for s in seqs.drain(..) {
-                let _ = s.job.tx.try_send(Event::Error(msg.clone()));
-                release(&mut ctx, s.id, &mut free_ids);
-            }
-            shared.busy.store(0, Ordering::SeqCst);
-            continue;
-        }
+        // 4. Decode and read back.
         let mut finished: Vec<i32> = Vec::new();
-        for s in seqs.iter_mut() {
-            // Prompt progress (and prompt hidden states when asked).
-            if let Some(&(_, first, took)) = chunks.iter().find(|c| c.0 == s.id) {
-                if s.job.req.capture.prompt_hidden {
-                    for i in first..first + took {
-                        if let Ok(h) = ctx.embeddings_ith(i as i32) {
-                            s.prompt_hidden.extend_from_slice(&h[..n_embd.min(h.len())]);
+        for (slots, hidden) in passes {
+            if hidden != embeddings_on {
+                ctx.set_embeddings(hidden);
+                embeddings_on = hidden;
+            }
+            let feed_token = |s: &Seq, pos: usize| -> u32 {
+                if pos < s.feed.len() {
+                    s.feed[pos]
+                } else {
+                    s.next_input().unwrap_or(0)
+                }
+            };
+            let added = add_all(&mut batch, &seqs, &slots, feed_token);
+            let decoded = if added {
+                ctx.decode(&mut batch).map_err(|e| e.to_string())
+            } else {
+                Err("batch overflow".into())
+            };
+            if let Err(e) = decoded {
+                let msg = format!("llama.cpp decode failed: {e}");
+                for s in seqs.iter_mut() {
+                    s.fail(msg.clone());
+                    finished.push(s.id);
+                }
+                break;
+            }
+            for (bi, sl) in slots.iter().enumerate() {
+                let s = &mut seqs[sl.seq];
+                s.kv = s.kv.max(sl.pos + 1);
+                if !sl.output || finished.contains(&s.id) {
+                    continue;
+                }
+                let bi = bi as i32;
+                match &mut s.work {
+                    Work::Score(st) => {
+                        let logits = ctx.get_logits_ith(bi);
+                        let hidden = ctx
+                            .embeddings_ith(bi)
+                            .map(|h| &h[..n_embd.min(h.len())])
+                            .unwrap_or(&[]);
+                        st.sink.row(sl.pos, hidden, logits);
+                        if s.kv == s.feed.len() {
+                            if let Some(d) = st.done.take() {
+                                let _ = d.send(Ok(()));
+                            }
+                            finished.push(s.id);
+                        }
+                    }
+                    Work::Gen(g) => {
+                        let logits = ctx.get_logits_ith(bi);
+                        let position = g.generated.len() as u64;
+                        let Some(token) = g.sampler.sample(logits, &g.req.params, position) else {
+                            let _ = g.tx.try_send(Event::Error(
+                                "the model produced no finite logit".into(),
+                            ));
+                            finished.push(s.id);
+                            continue;
+                        };
+                        let hidden = if g.req.capture.hidden {
+                            ctx.embeddings_ith(bi)
+                                .ok()
+                                .map(|h| h[..n_embd.min(h.len())].to_vec())
+                        } else {
+                            None
+                        };
+                        let logits_out = g.req.capture.logits.then(|| logits.to_vec());
+                        g.generated.push(token);
+                        let lt = LlamaToken(token as i32);
+                        let eog = vocab.is_eog(lt) && !g.req.ignore_eos;
+                        let mut stop_hit = false;
+                        let text = if eog {
+                            String::new()
+                        } else {
+                            piece.clear();
+                            vocab.token_to_piece_into(lt, &mut piece, false, None);
+                            match g.text.push(&piece) {
+                                Step::Text(t) => t,
+                                Step::Stop(t) => {
+                                    stop_hit = true;
+                                    t
+                                }
+                            }
+                        };
+                        let index = g.generated.len() as u32 - 1;
+                        let ev = Event::Token(TokenEvent {
+                            id: token,
+                            index,
+                            text,
+                            hidden,
+                            logits: logits_out,
+                        });
+                        if g.tx.try_send(ev).is_err() {
+                            finished.push(s.id);
+                            continue;
+                        }
+                        let reason = if eog || stop_hit {
+                            Some(FinishReason::Stop)
+                        } else if g.generated.len() as u32 >= g.req.max_tokens {
+                            Some(FinishReason::Length)
+                        } else {
+                            None
+                        };
+                        if let Some(reason) = reason {
+                            let tail = if stop_hit {
+                                String::new()
+                            } else {
+                                g.text.finish()
+                            };
+                            let _ = g.tx.try_send(Event::Done(Finish {
+                                reason,
+                                prompt_tokens: g.req.prompt.len() as u32,
+                                completion_tokens: g.generated.len() as u32,
+                                tail,
+                                tokens: g.generated.clone(),
+                            }));
+                            finished.push(s.id);
                         }
                     }
                 }
-                s.prefilled += took;
-                if s.prefilled == s.feed.len() && s.job.req.capture.prompt_hidden {
-                    let hidden = std::mem::take(&mut s.prompt_hidden);
-                    let _ = s.job.tx.try_send(Event::PromptHidden(hidden));
-                }
-            }
-            let Some(idx) = s.out_idx else { continue };
-            let logits = ctx.get_logits_ith(idx);
-            let position = s.generated.len() as u64;
-            let Some(token) = s.sampler.sample(logits, &s.job.req.params, position) else {
-                let _ = s
-                    .job
-                    .tx
-                    .try_send(Event::Error("the model produced no finite logit".into()));
-                finished.push(s.id);
-                continue;
-            };
-            let cap = s.job.req.capture;
-            let hidden = if cap.hidden {
-                ctx.embeddings_ith(idx)
-                    .ok()
-                    .map(|h| h[..n_embd.min(h.len())].to_vec())
-            } else {
-                None
-            };
-            let logits_out = cap.logits.then(|| logits.to_vec());
-            s.generated.push(token);
-            let lt = LlamaToken(token as i32);
-            let eog = vocab.is_eog(lt) && !s.job.req.ignore_eos;
-            let mut stop_hit = false;
-            let text = if eog {
-                String::new()
-            } else {
-                piece.clear();
-                vocab.token_to_piece_into(lt, &mut piece, false, None);
-                match s.text.push(&piece) {
-                    Step::Text(t) => t,
-                    Step::Stop(t) => {
-                        stop_hit = true;
-                        t
-                    }
-                }
-            };
-            let index = s.generated.len() as u32 - 1;
-            let ev = Event::Token(TokenEvent {
-                id: token,
-                index,
-                text,
-                hidden,
-                logits: logits_out,
-            });
-            if s.job.tx.try_send(ev).is_err() {
-                finished.push(s.id);
-                continue;
-            }
-            let reason = if eog || stop_hit {
-                Some(FinishReason::Stop)
-            } else if s.generated.len() as u32 >= s.job.req.max_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                let tail = if stop_hit {
-                    String::new()
-                } else {
-                    s.text.finish()
-                };
-                let _ = s.job.tx.try_send(Event::Done(Finish {
-                    reason,
-                    prompt_tokens: s.job.req.prompt.len() as u32,
-                    completion_tokens: s.generated.len() as u32,
-                    tail,
-                }));
-                finished.push(s.id);
             }
         }
         if !finished.is_empty() {

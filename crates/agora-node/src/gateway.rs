@@ -207,6 +207,8 @@ impl Source {
                     prompt_tokens,
                     completion_tokens,
                     tail,
+                    // the relay knows every token it forwarded
+                    tokens: Vec::new(),
                 })),
                 Ok(Some(WorkerFrame::Error(e))) if e.retryable() => {
                     Err(format!("worker error: {}", e.message))
@@ -474,7 +476,12 @@ impl Relay {
                         return; // the client went away; dropping `source` cancels the work
                     }
                 }
-                Ok(ev @ (Event::Done(_) | Event::Error(_))) => {
+                Ok(Event::Done(mut f)) => {
+                    f.tokens = generated;
+                    let _ = self.tx.send(Event::Done(f)).await;
+                    return;
+                }
+                Ok(ev @ Event::Error(_)) => {
                     let _ = self.tx.send(ev).await;
                     return;
                 }

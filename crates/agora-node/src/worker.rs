@@ -242,7 +242,7 @@ async fn handle(
                 param: None,
                 code: None,
             }),
-            Event::PromptHidden(_) | Event::Worker(_) => continue,
+            Event::Worker(_) => continue,
         };
         let is_error = matches!(frame, WorkerFrame::Error(_));
         // The gateway went away: dropping the generation frees the slot.
