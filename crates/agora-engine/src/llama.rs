@@ -359,7 +359,7 @@ struct ScoreState {
 }
 
 enum Work {
-    Gen(GenState),
+    Gen(Box<GenState>),
     Score(ScoreState),
 }
 
@@ -549,14 +549,14 @@ fn run_engine(
                                 feed,
                                 kv: 0,
                                 prefill_end,
-                                work: Work::Gen(GenState {
+                                work: Work::Gen(Box::new(GenState {
                                     req,
                                     tx,
                                     generated,
                                     resumed,
                                     text,
                                     sampler: Sampler::new(),
-                                }),
+                                })),
                             }
                         }
                         Job::Score { req, sink, done } => {
