@@ -11,7 +11,9 @@ use agora_engine::{
     ScoreRequest, ScoreSink,
 };
 
-struct Rows(Arc<Mutex<Vec<(usize, Vec<f32>, Vec<f32>)>>>);
+/// (position, hidden state, logits) of each scored row.
+type Row = (usize, Vec<f32>, Vec<f32>);
+struct Rows(Arc<Mutex<Vec<Row>>>);
 impl ScoreSink for Rows {
     fn row(&mut self, pos: usize, hidden: &[f32], logits: &[f32]) {
         self.0
