@@ -121,11 +121,27 @@ pub async fn bind(
     backend: Arc<dyn Backend>,
     cfg: &ApiConfig,
 ) -> std::io::Result<HttpServer> {
+    bind_with_log(addr, backend, cfg, None).await
+}
+
+/// Like [`bind`], also serving a transparency log under `/log` (tlog-tiles: `/log/add`,
+/// `/log/checkpoint`, `/log/tile/…`).
+pub async fn bind_with_log(
+    addr: SocketAddr,
+    backend: Arc<dyn Backend>,
+    cfg: &ApiConfig,
+    log: Option<agora_log::Log>,
+) -> std::io::Result<HttpServer> {
     let state = Arc::new(AppState {
         backend,
         metrics: Metrics::new(),
     });
-    let router = router(state, cfg);
+    let mut router = router(state, cfg);
+    if let Some(log) = log {
+        router = Router::new()
+            .nest("/log", tlog::log_router(log))
+            .merge(router);
+    }
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     Ok(HttpServer {

@@ -569,6 +569,7 @@ async fn collect(
     loop {
         match s.events.recv().await {
             Some(Event::Worker(w)) => workers.push(w),
+            Some(Event::Replayed(_)) => {}
             Some(Event::Token(t)) => {
                 if first {
                     state.metrics.ttft.observe(started.elapsed().as_secs_f64());
@@ -608,8 +609,12 @@ async fn collect(
                     "choices": [choice],
                     "usage": usage(f.prompt_tokens, f.completion_tokens),
                 });
+                let mut agora = attestation_json(f.attestation.as_deref(), &f.tokens);
                 if !workers.is_empty() {
-                    body["agora"] = json!({ "workers": workers });
+                    agora["workers"] = json!(workers);
+                }
+                if agora.as_object().is_some_and(|o| !o.is_empty()) {
+                    body["agora"] = agora;
                 }
                 return Ok(Json(body).into_response());
             }
@@ -637,7 +642,8 @@ struct StreamState {
 enum Phase {
     Role,
     Tokens,
-    Usage(Value),
+    /// Events after the finish chunk: usage, attestation.
+    Tail(Vec<Value>),
     Done,
     End,
 }
@@ -734,6 +740,7 @@ fn sse(
                     }
                 }
                 Phase::Tokens => match st.s.events.recv().await {
+                    Some(Event::Replayed(_)) => continue,
                     Some(Event::Worker(w)) => {
                         // Tell the client which worker generates from here on (a chunk with no
                         // choices, as the usage chunk is: OpenAI clients skip it).
@@ -772,14 +779,23 @@ fn sse(
                             last["agora"] = json!({ "workers": st.workers });
                         }
                         let ev = data(&last);
-                        st.phase = if st.include_usage {
+                        // Then: usage (when asked), the receipt and proof (one last event,
+                        // with no choices, which OpenAI clients skip), [DONE].
+                        let mut tail_events = Vec::new();
+                        if st.include_usage {
                             let mut u = st.chunk(None, None, false);
                             u["choices"] = json!([]);
                             u["usage"] = usage(f.prompt_tokens, f.completion_tokens);
-                            Phase::Usage(u)
-                        } else {
-                            Phase::Done
-                        };
+                            tail_events.push(u);
+                        }
+                        if f.attestation.is_some() {
+                            let mut a = st.chunk(None, None, false);
+                            a["choices"] = json!([]);
+                            a["agora"] = attestation_json(f.attestation.as_deref(), &f.tokens);
+                            a["agora"]["workers"] = json!(st.workers);
+                            tail_events.push(a);
+                        }
+                        st.phase = Phase::Tail(tail_events);
                         return Some((Ok(ev), st));
                     }
                     Some(Event::Error(e)) => {
@@ -793,9 +809,14 @@ fn sse(
                         return Some((Ok(SseEvent::default().data(err.body_json())), st));
                     }
                 },
-                Phase::Usage(u) => {
-                    st.phase = Phase::Done;
-                    return Some((Ok(data(&u)), st));
+                Phase::Tail(mut events) => {
+                    if events.is_empty() {
+                        st.phase = Phase::Done;
+                        continue;
+                    }
+                    let ev = events.remove(0);
+                    st.phase = Phase::Tail(events);
+                    return Some((Ok(data(&ev)), st));
                 }
                 Phase::Done => {
                     st.phase = Phase::End;
@@ -823,4 +844,17 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
         })
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// The `agora` object of a response: receipt (the DSSE envelope as JSON), proof, salt, the
+/// request the receipt covers, the output's tokens, and where the receipt was logged.
+fn attestation_json(a: Option<&agora_engine::Attestation>, tokens: &[u32]) -> Value {
+    let Some(a) = a else { return json!({}) };
+    let receipt =
+        serde_json::from_str::<Value>(&a.receipt).unwrap_or(Value::String(a.receipt.clone()));
+    let mut v = json!({ "receipt": receipt, "proof": a.proof, "salt": a.salt, "request": a.request, "tokens": tokens });
+    if let Some(l) = &a.log {
+        v["log"] = json!({ "url": l.url, "index": l.index });
+    }
+    v
 }

@@ -31,6 +31,9 @@ pub struct ChatArgs {
     pub seed: Option<u64>,
     #[arg(long)]
     pub max_tokens: Option<u32>,
+    /// Save the transcript (request, answer, receipt, proof) to FILE, for `agora verify FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
@@ -79,11 +82,21 @@ pub fn run(args: ChatArgs) -> Result<()> {
         }
     }
     let mut out = std::io::stdout().lock();
+    let mut text = String::new();
     let end = client.stream("/v1/chat/completions", &body, |t| {
+        text.push_str(t);
         let _ = out.write_all(t.as_bytes());
         let _ = out.flush();
     })?;
     let _ = writeln!(out);
+    if let Some(path) = &args.save {
+        save_transcript(path, &model, &end, text)?;
+        eprintln!(
+            "saved the transcript to {} (check it with `agora verify {}`)",
+            path.display(),
+            path.display()
+        );
+    }
     let tokens = end
         .usage
         .as_ref()
@@ -171,4 +184,37 @@ pub fn nodes(args: NodesArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes what `agora verify` checks: the final `agora` event of the stream, with the text.
+fn save_transcript(
+    path: &std::path::Path,
+    model: &str,
+    end: &agora_api::client::StreamEnd,
+    text: String,
+) -> Result<()> {
+    let agora = end
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| e.get("agora").filter(|a| a.get("receipt").is_some()))
+        .context("the node sent no receipt: nothing to save")?;
+    let t = json!({
+        "version": 1,
+        "model": model,
+        "request": agora["request"],
+        "salt": agora["salt"],
+        "output": { "tokens": agora["tokens"], "text": text, "finish_reason": end.finish_reason.clone().unwrap_or_default() },
+        "receipt": agora["receipt"],
+        "proof": agora["proof"],
+        "log": agora.get("log").cloned().unwrap_or(Value::Null),
+    });
+    let mut t = t;
+    if t["log"].is_null()
+        && let Some(o) = t.as_object_mut()
+    {
+        o.remove("log");
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&t)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

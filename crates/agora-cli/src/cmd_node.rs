@@ -72,6 +72,23 @@ pub struct NodeArgs {
     /// to another worker.
     #[arg(long, default_value_t = 10.0)]
     pub stall_timeout: f64,
+    /// Run a transparency log in this node (under /log on its HTTP API) and append every
+    /// receipt to it.
+    #[arg(long)]
+    pub serve_log: bool,
+    /// Append receipts to this log (tlog-tiles base URL) instead.
+    #[arg(long, value_name = "URL", env = "AGORA_LOG_URL")]
+    pub log_url: Option<String>,
+    /// Also be a validator: re-check a random share of the receipts in the log (needs the
+    /// model, and --log-url or --serve-log).
+    #[arg(long)]
+    pub validator: bool,
+    /// Share of receipts a validator checks.
+    #[arg(long, default_value_t = 0.1)]
+    pub check_probability: f64,
+    /// The log's verifier key, for validators to verify its checkpoints.
+    #[arg(long, value_name = "VKEY")]
+    pub log_key: Option<String>,
     /// Test-only stand-in: answer with an instant echo engine instead of a model (it exists to
     /// measure the network layer; never use it to serve anyone).
     #[arg(long, hide = true)]
@@ -115,12 +132,29 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         mdns: !args.no_mdns,
         network_file: args.network_file.clone(),
     };
+    if !(0.0..=1.0).contains(&args.check_probability) {
+        bail!("--check-probability must be between 0 and 1");
+    }
+    if args.validator && (engine.is_none() || args.test_echo_engine) {
+        bail!("a validator re-runs answers: it needs the model (drop --no-worker)");
+    }
+    if args.validator && args.log_url.is_none() && !args.serve_log {
+        bail!("a validator follows a log: give --log-url URL (or --serve-log)");
+    }
+    let log_key = args
+        .log_key
+        .as_deref()
+        .map(agora_tlog::note::Vkey::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("invalid --log-key: {e}"))?;
+    let identity = Arc::new(agora_node::network::load_or_create_identity(home)?);
+    let attestor = agora_node::Attestor::new(Arc::clone(&identity));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("agora-rt")
         .build()?;
     rt.block_on(async move {
-        let net = agora_node::start_network(home, &p2p).await?;
+        let net = agora_node::start_network(home, &identity, &p2p).await?;
         let handle = net.handle.clone();
         println!("peer id: {}", handle.peer_id());
         for a in handle.listen_addrs() {
@@ -136,6 +170,7 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
             tokio::spawn(agora_node::worker::serve(
                 handle.clone(),
                 Arc::clone(e),
+                attestor.clone(),
                 limits,
                 Arc::clone(&speed),
             ));
@@ -161,9 +196,61 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
                 stall_timeout: Duration::from_secs_f64(args.stall_timeout),
                 ..GatewayConfig::default()
             };
-            let backend = Arc::new(Gateway::new(handle.clone(), engine.clone(), gw));
-            let server = agora_node::bind_backend(cfg.listen, cfg.body_limit, backend).await?;
+            let log = if args.serve_log {
+                Some(agora_node::open_log(
+                    home,
+                    &identity,
+                    Duration::from_secs(1),
+                )?)
+            } else {
+                None
+            };
+            let log_vkey = log.as_ref().map(|l| l.vkey().to_string());
+            let gateway = Gateway::new(handle.clone(), engine.clone(), attestor.clone(), gw);
+            let server = agora_node::bind_backend(
+                cfg.listen,
+                cfg.body_limit,
+                Arc::new(gateway.clone()),
+                log,
+            )
+            .await?;
             let url = format!("http://{}", server.addr);
+            let log_url = args
+                .log_url
+                .clone()
+                .or_else(|| args.serve_log.then(|| format!("{url}/log")));
+            if let Some(u) = &log_url {
+                gateway.set_log(u);
+            }
+            tokio::spawn(gateway.clone().serve_transcripts());
+            tokio::spawn(agora_node::validator::follow_verdicts(
+                handle.clone(),
+                gateway.clone(),
+            ));
+            if let (true, Some(e), Some(log_url)) = (args.validator, &engine, &log_url) {
+                let vcfg = agora_node::validator::ValidatorConfig {
+                    log_url: log_url.clone(),
+                    log_key: log_key.clone(),
+                    probability: args.check_probability,
+                    tolerances: agora_verify::Tolerances::default(),
+                    poll: Duration::from_millis(500),
+                };
+                let stats = Arc::new(agora_node::validator::ValidatorStats::default());
+                tokio::spawn(agora_node::validator::run(
+                    handle.clone(),
+                    Arc::clone(e),
+                    Arc::clone(&identity),
+                    vcfg,
+                    stats,
+                ));
+                println!(
+                    "  validator:   checks {:.0}% of the receipts in {log_url}",
+                    args.check_probability * 100.0
+                );
+            }
+            if let Some(v) = &log_vkey {
+                println!("  log:         {url}/log   (vkey {v})");
+            }
             match &engine {
                 Some(e) => print_model(e.as_ref(), threads),
                 None => println!("agora node: gateway only; requests go to workers on the network"),

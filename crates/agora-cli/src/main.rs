@@ -10,6 +10,7 @@ mod cmd_log;
 mod cmd_log_bench;
 mod cmd_model;
 mod cmd_node;
+mod cmd_verify;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,8 @@ enum Command {
     /// Witness: serve (tlog-witness), evidence, verify-evidence.
     #[command(subcommand)]
     Witness(cmd_log::WitnessCommand),
+    /// Check a saved answer (transcript) offline: signature, digests, proof and sampling.
+    Verify(cmd_verify::VerifyArgs),
     /// Show the peers a node knows, with their models and status.
     Nodes(cmd_chat::NodesArgs),
     /// Start a local network (N workers and a gateway on loopback) until Ctrl-C.
@@ -79,6 +82,13 @@ fn main() {
         Command::Id(args) => cmd_identity::id(&home, args),
         Command::Log(cmd) => cmd_log::run_log(&home, cmd),
         Command::Witness(cmd) => cmd_log::run_witness(&home, cmd),
+        Command::Verify(args) => match cmd_verify::run(&home, args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
+        },
         Command::Nodes(args) => cmd_chat::nodes(args),
         Command::Devnet(args) => cmd_devnet::devnet(&home, args),
         Command::Demo(args) => cmd_devnet::demo(&home, args),

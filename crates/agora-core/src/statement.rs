@@ -249,6 +249,9 @@ pub struct Receipt {
 pub struct Verdict {
     /// SHA-256 of the receipt statement's DSSE payload.
     pub receipt: Sha256,
+    /// The worker that signed the receipt (so that anyone can keep its reputation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<PeerId>,
     pub validator: PeerId,
     pub accept: bool,
     /// Measured statistics (e.g. maximum logit deviation, mismatched tokens).
@@ -684,6 +687,7 @@ mod tests {
             }),
             Statement::Verdict(Verdict {
                 receipt: d(10),
+                worker: Some(peer),
                 validator: peer,
                 accept: false,
                 stats: [("max_logit_delta".to_string(), 0.25)]

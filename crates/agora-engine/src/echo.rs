@@ -80,6 +80,7 @@ impl Engine for EchoEngine {
             completion_tokens: n as u32,
             tail: String::new(),
             tokens,
+            attestation: None,
         }));
         self.busy.fetch_sub(1, Ordering::Relaxed);
         Ok(Generation { events: rx })

@@ -112,12 +112,41 @@ pub struct Finish {
     pub tail: String,
     /// Every generated token (resumed ones included), in order.
     pub tokens: Vec<u32>,
+    /// The worker's signed receipt and proof, added above the engine (never by it).
+    pub attestation: Option<Box<Attestation>>,
+}
+
+/// What makes an answer checkable: the worker's signed receipt, its activation proof, and what
+/// the receipt's request digest covers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attestation {
+    /// The `receipt` statement: a DSSE envelope (JSON) signed by the worker.
+    pub receipt: String,
+    /// The activation proof (agora-verify's byte format), base64.
+    pub proof: String,
+    /// The salt of the receipt's request digest, hex.
+    pub salt: String,
+    /// The request the receipt's digest covers, exactly.
+    pub request: JobSpec,
+    /// Where the receipt was logged, once it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogRef>,
+}
+
+/// A statement's place in a transparency log.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogRef {
+    pub url: String,
+    pub index: u64,
 }
 
 /// What a running generation reports, in order: tokens, then exactly one `Done` or `Error`.
 #[derive(Clone, Debug)]
 pub enum Event {
     Token(TokenEvent),
+    /// A token an earlier worker generated, fed again on resuming (failover). Carries its
+    /// captured data so that a proof can cover the whole output; never shown to clients.
+    Replayed(TokenEvent),
     Done(Finish),
     Error(String),
     /// Routing information added by a gateway (never by an engine): the worker (peer id) now

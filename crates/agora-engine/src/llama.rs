@@ -649,14 +649,16 @@ fn run_engine(
                 continue;
             }
             match &s.work {
-                Work::Gen(_) if s.kv < s.feed.len() => {
+                Work::Gen(g) if s.kv < s.feed.len() => {
                     // Last prompt token, then resumed tokens; the last of them is sampled from.
+                    // With hidden states, every row is read: it belongs to a resumed token.
                     let end = s.feed.len().min(s.kv + budget);
                     for pos in s.kv..end {
+                        let output = pos + 1 == s.feed.len() || g.req.capture.hidden;
                         rows.push(Slot {
                             seq: i,
                             pos,
-                            output: pos + 1 == s.feed.len(),
+                            output,
                         });
                     }
                     budget -= end - s.kv;
@@ -743,6 +745,24 @@ fn run_engine(
                             finished.push(s.id);
                         }
                     }
+                    Work::Gen(g) if sl.pos + 1 < s.feed.len() => {
+                        // A resumed token's row: hand out its hidden state, sample nothing.
+                        let index = sl.pos + 1 - g.req.prompt.len();
+                        let hidden = ctx
+                            .embeddings_ith(bi)
+                            .ok()
+                            .map(|h| h[..n_embd.min(h.len())].to_vec());
+                        let ev = TokenEvent {
+                            id: g.generated[index],
+                            index: index as u32,
+                            text: String::new(),
+                            hidden,
+                            logits: None,
+                        };
+                        if g.tx.try_send(Event::Replayed(ev)).is_err() {
+                            finished.push(s.id);
+                        }
+                    }
                     Work::Gen(g) => {
                         let logits = ctx.get_logits_ith(bi);
                         let position = g.generated.len() as u64;
@@ -809,6 +829,7 @@ fn run_engine(
                                 completion_tokens: g.generated.len() as u32,
                                 tail,
                                 tokens: g.generated.clone(),
+                                attestation: None,
                             }));
                             finished.push(s.id);
                         }

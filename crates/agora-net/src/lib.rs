@@ -126,8 +126,12 @@ pub enum NetError {
 pub struct Protocols {
     pub status: StreamProtocol,
     pub generate: StreamProtocol,
+    /// A gateway's kept transcripts, asked for by validators.
+    pub transcript: StreamProtocol,
     pub identify: String,
     pub topic: String,
+    /// Signed verdicts of validators.
+    pub verdict_topic: String,
 }
 
 impl Protocols {
@@ -139,8 +143,10 @@ impl Protocols {
         Ok(Self {
             status: proto(format!("/agora/{n}/status/1"))?,
             generate: proto(format!("/agora/{n}/generate/1"))?,
+            transcript: proto(format!("/agora/{n}/transcript/1"))?,
             identify: format!("/agora/{n}/1.0.0"),
             topic: format!("agora/{n}/status/1"),
+            verdict_topic: format!("agora/{n}/verdicts/1"),
         })
     }
 }
@@ -163,6 +169,7 @@ struct Behaviour {
 enum Command {
     Ban(PeerId, String),
     Dial(Multiaddr),
+    PublishVerdict(Vec<u8>),
 }
 
 struct Shared {
@@ -170,7 +177,12 @@ struct Shared {
     own_status: RwLock<Option<NodeStatus>>,
     listen_addrs: RwLock<Vec<Multiaddr>>,
     banned: RwLock<HashSet<PeerId>>,
+    /// Verdicts received by gossip, until someone takes the receiver.
+    verdicts: std::sync::Mutex<Option<Verdicts>>,
 }
+
+/// Gossiped verdicts: (forwarding peer, envelope bytes).
+pub type Verdicts = mpsc::Receiver<(PeerId, Vec<u8>)>;
 
 /// Handle on the running network layer; cheap to clone.
 #[derive(Clone)]
@@ -261,6 +273,17 @@ impl NetHandle {
             .read()
             .map(|b| b.contains(peer))
             .unwrap_or(false)
+    }
+
+    /// Gossips a signed verdict (a DSSE envelope's JSON) to the network.
+    pub fn publish_verdict(&self, envelope: Vec<u8>) {
+        let _ = self.commands.try_send(Command::PublishVerdict(envelope));
+    }
+
+    /// The verdicts peers gossip, as (forwarding peer, envelope bytes); `None` after the first
+    /// call. Bounded: when nobody reads, new verdicts are dropped.
+    pub fn take_verdicts(&self) -> Option<Verdicts> {
+        self.shared.verdicts.lock().ok()?.take()
     }
 
     /// Dials an address (e.g. one given by a user).
@@ -383,11 +406,14 @@ pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
 
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| NetError::Setup(e.to_string()))?;
+    let verdict_topic = gossipsub::IdentTopic::new(protocols.verdict_topic.clone());
+    for t in [&topic, &verdict_topic] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| NetError::Setup(e.to_string()))?;
+    }
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())
@@ -411,11 +437,13 @@ pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
         }
     }
 
+    let (verdict_tx, verdict_rx) = mpsc::channel(1024);
     let shared = Arc::new(Shared {
         peers: RwLock::new(status::PeerTable::new(cfg.max_peers)),
         own_status: RwLock::new(None),
         listen_addrs: RwLock::new(Vec::new()),
         banned: RwLock::new(HashSet::new()),
+        verdicts: std::sync::Mutex::new(Some(verdict_rx)),
     });
     let control = swarm.behaviour().stream.new_control();
     let (commands, command_rx) = mpsc::channel(256);
@@ -453,6 +481,8 @@ pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
         swarm,
         handle: handle.clone(),
         topic,
+        verdict_topic,
+        verdict_tx,
         status_interval: cfg.status_interval,
     };
     let task = tokio::spawn(driver.run(command_rx, pending_events));
@@ -511,6 +541,8 @@ struct Driver {
     swarm: Swarm<Behaviour>,
     handle: NetHandle,
     topic: gossipsub::IdentTopic,
+    verdict_topic: gossipsub::IdentTopic,
+    verdict_tx: mpsc::Sender<(PeerId, Vec<u8>)>,
     status_interval: Duration,
 }
 
@@ -537,6 +569,11 @@ impl Driver {
                     }
                     Some(Command::Dial(addr)) => {
                         if let Err(e) = self.swarm.dial(addr.clone()) { warn!(%addr, "dial failed: {e}"); }
+                    }
+                    Some(Command::PublishVerdict(bytes)) => {
+                        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.verdict_topic.clone(), bytes) {
+                            debug!("verdict not gossiped: {e}");
+                        }
                     }
                     None => return,
                 },
@@ -637,6 +674,11 @@ impl Driver {
             })) => {
                 let Some(source) = message.source else { return };
                 if source == self.handle.peer_id || self.handle.is_banned(&source) {
+                    return;
+                }
+                if message.topic == self.verdict_topic.hash() {
+                    // Checked (signature, trust) by whoever reads them; dropped when nobody does.
+                    let _ = self.verdict_tx.try_send((source, message.data));
                     return;
                 }
                 match serde_json::from_slice::<NodeStatus>(&message.data) {

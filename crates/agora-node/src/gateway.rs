@@ -11,18 +11,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agora_api::backend::{BoxFuture, ModelCard, Started, prepare_error, submit_error};
+use agora_api::backend::{BoxFuture, ModelCard, Started, prepare_error};
 use agora_api::{ApiError, Backend};
 use agora_engine::{
-    Capture, Engine, Event, Finish, Generation, JobSpec, Load, PromptSpec, TokenEvent,
+    Attestation, Engine, Event, Finish, FinishReason, Generation, JobSpec, Load, LogRef,
+    PromptSpec, TokenEvent,
 };
 use agora_net::{FramedStream, NetHandle, PeerId, PeerInfo};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::attest::Attestor;
 use crate::convert::api_error;
 use crate::proto::{GenerateRequest, WorkerFrame};
+use crate::transcript::{Transcript, TranscriptStore};
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -52,11 +55,25 @@ enum Target {
     Peer(PeerId),
 }
 
+/// What a gateway knows of a worker's honesty, from validators' verdicts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reputation {
+    pub accepted: u32,
+    pub rejected: u32,
+}
+
 /// The network-wide backend.
+#[derive(Clone)]
 pub struct Gateway {
     net: NetHandle,
     local: Option<Arc<dyn Engine>>,
+    attestor: Attestor,
     cfg: GatewayConfig,
+    /// Where receipts are appended (`/add` of a tlog-tiles log), if anywhere; set once, seen
+    /// by every clone.
+    log_url: Arc<std::sync::OnceLock<String>>,
+    transcripts: Arc<TranscriptStore>,
+    reputation: Arc<Mutex<HashMap<String, Reputation>>>,
     /// Generations this gateway has running on each worker.
     inflight: Arc<Mutex<HashMap<Target, u32>>>,
     /// Workers that recently refused work (429), until when: skipped while others are free.
@@ -64,14 +81,57 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(net: NetHandle, local: Option<Arc<dyn Engine>>, cfg: GatewayConfig) -> Self {
+    pub fn new(
+        net: NetHandle,
+        local: Option<Arc<dyn Engine>>,
+        attestor: Attestor,
+        cfg: GatewayConfig,
+    ) -> Self {
         Self {
             net,
             local,
+            attestor,
             cfg,
+            log_url: Arc::new(std::sync::OnceLock::new()),
+            transcripts: Arc::new(TranscriptStore::new(10_000, Duration::from_secs(3600))),
+            reputation: Arc::new(Mutex::new(HashMap::new())),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             cooling: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Appends every receipt to the log at `url` from now on (set once; later calls are
+    /// ignored) and says where in each response.
+    pub fn set_log(&self, url: &str) {
+        let _ = self.log_url.set(url.trim_end_matches('/').to_string());
+    }
+
+    /// The transcripts kept for validators.
+    pub fn transcripts(&self) -> Arc<TranscriptStore> {
+        Arc::clone(&self.transcripts)
+    }
+
+    /// Records a verdict on `worker`; a rejection stops routing to it.
+    pub fn record_verdict(&self, worker: &str, accept: bool) {
+        if let Ok(mut m) = self.reputation.lock() {
+            let r = m.entry(worker.to_string()).or_default();
+            if accept {
+                r.accepted += 1;
+            } else {
+                r.rejected += 1;
+                warn!(
+                    worker,
+                    "a validator rejected this worker's answer: no more requests go to it"
+                );
+            }
+        }
+    }
+
+    fn distrusted(&self, worker: &str) -> bool {
+        self.reputation
+            .lock()
+            .map(|m| m.get(worker).is_some_and(|r| r.rejected > 0))
+            .unwrap_or(false)
     }
 
     fn local_serves(&self, model: &str) -> bool {
@@ -119,6 +179,7 @@ impl Gateway {
                 || !s.serves(model)
                 || exclude.contains(&t)
                 || self.net.is_banned(&p.peer_id)
+                || self.distrusted(&p.peer_id.to_string())
             {
                 continue;
             }
@@ -202,6 +263,7 @@ impl Source {
                     prompt_tokens,
                     completion_tokens,
                     tail,
+                    attestation,
                 })) => Ok(Event::Done(Finish {
                     reason,
                     prompt_tokens,
@@ -209,6 +271,7 @@ impl Source {
                     tail,
                     // the relay knows every token it forwarded
                     tokens: Vec::new(),
+                    attestation,
                 })),
                 Ok(Some(WorkerFrame::Error(e))) if e.retryable() => {
                     Err(format!("worker error: {}", e.message))
@@ -239,17 +302,10 @@ impl Gateway {
                     .local
                     .as_ref()
                     .ok_or_else(|| AttemptError::Worker("no local engine".into(), None))?;
-                let req = agora_engine::prepare(
-                    engine.as_ref(),
-                    job,
-                    Capture::default(),
-                    resume.to_vec(),
-                )
-                .map_err(|e| AttemptError::Client(prepare_error(e, chat)))?;
-                match engine.submit(req) {
-                    Ok(g) => Ok(Source::Local(g)),
+                match self.attestor.generate(engine, job, resume.to_vec()) {
+                    Ok((g, _)) => Ok(Source::Local(g)),
                     Err(e) => {
-                        let api = submit_error(e, chat);
+                        let api = prepare_error(e, chat);
                         if api.status.as_u16() == 429 || api.status.is_server_error() {
                             Err(AttemptError::Worker(api.message.clone(), Some(api)))
                         } else {
@@ -410,13 +466,7 @@ impl Backend for Gateway {
                 .map(|e| e.info().name.clone());
             let (tx, rx) = mpsc::channel(64);
             let relay = Relay {
-                gateway: Gateway {
-                    net: self.net.clone(),
-                    local: self.local.clone(),
-                    cfg: self.cfg.clone(),
-                    inflight: Arc::clone(&self.inflight),
-                    cooling: Arc::clone(&self.cooling),
-                },
+                gateway: self.clone(),
                 model: model.clone(),
                 job,
                 tx,
@@ -460,6 +510,7 @@ impl Relay {
         let net = self.gateway.net.clone();
         let mut _guard = InflightGuard::new(&self.gateway.inflight, target);
         let mut generated: Vec<u32> = Vec::new();
+        let mut text = String::new();
         if self
             .tx
             .send(Event::Worker(target_name(&net, target)))
@@ -472,12 +523,19 @@ impl Relay {
             match source.next(self.gateway.cfg.stall_timeout).await {
                 Ok(Event::Token(t)) => {
                     generated.push(t.id);
+                    text.push_str(&t.text);
                     if self.tx.send(Event::Token(t)).await.is_err() {
                         return; // the client went away; dropping `source` cancels the work
                     }
                 }
                 Ok(Event::Done(mut f)) => {
                     f.tokens = generated;
+                    text.push_str(&f.tail);
+                    if let Some(a) = f.attestation.as_mut() {
+                        self.gateway
+                            .keep(&self.model, a, &f.tokens, text, f.reason)
+                            .await;
+                    }
                     let _ = self.tx.send(Event::Done(f)).await;
                     return;
                 }
@@ -550,4 +608,75 @@ pub fn describe_peers(peers: &[PeerInfo]) -> serde_json::Value {
             })
             .collect(),
     )
+}
+
+impl Gateway {
+    /// Logs the receipt (when a log is configured), notes where in the attestation, and keeps
+    /// the transcript for validators.
+    async fn keep(
+        &self,
+        model: &str,
+        a: &mut Attestation,
+        tokens: &[u32],
+        text: String,
+        reason: FinishReason,
+    ) {
+        if let Some(url) = self.log_url.get().cloned() {
+            let entry = a.receipt.clone().into_bytes();
+            let added = tokio::task::spawn_blocking(move || {
+                agora_api::tlog::client::LogClient::new(&url)
+                    .add(&entry)
+                    .map(|i| (url, i))
+            })
+            .await;
+            match added {
+                Ok(Ok((url, index))) => a.log = Some(LogRef { url, index }),
+                Ok(Err(e)) => warn!("could not log the receipt: {e}"),
+                Err(e) => warn!("could not log the receipt: {e}"),
+            }
+        }
+        let t = Transcript::new(model, a, tokens.to_vec(), text, reason);
+        match t.check() {
+            Ok(c) => self.transcripts.insert(c.receipt_digest, t),
+            Err(e) => warn!("the worker's receipt does not check out: {e}"),
+        }
+    }
+
+    /// Answers validators asking for transcripts (`/agora/<net>/transcript/1`).
+    pub async fn serve_transcripts(self) {
+        use futures::StreamExt;
+        let mut incoming = match self.net.accept(self.net.protocols().transcript.clone()) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("cannot serve transcripts: {e}");
+                return;
+            }
+        };
+        while let Some((peer, stream)) = incoming.next().await {
+            if self.net.is_banned(&peer) {
+                continue;
+            }
+            let mut s = self.net.framed(stream);
+            let store = Arc::clone(&self.transcripts);
+            tokio::spawn(async move {
+                let Ok(Some(req)) = s
+                    .recv_timeout::<crate::proto::TranscriptRequest>(Duration::from_secs(10))
+                    .await
+                else {
+                    return;
+                };
+                let found = req.receipt.parse().ok().and_then(|d| store.get(&d));
+                let _ = s.send(&found).await;
+                let _ = s.close().await;
+            });
+        }
+    }
+
+    /// Reputation of every worker a verdict was heard about.
+    pub fn reputations(&self) -> HashMap<String, Reputation> {
+        self.reputation
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
 }

@@ -4,10 +4,14 @@
 //! which joins any other nodes of its community it finds (mDNS on the LAN, `--bootstrap`
 //! elsewhere). `--no-worker` makes a pure gateway; `--no-gateway` a pure worker.
 
+pub mod attest;
 pub mod convert;
 pub mod gateway;
 pub mod network;
 pub mod proto;
+pub mod transcript;
+pub mod validator;
+pub mod verifier;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -20,6 +24,7 @@ use agora_engine::store::{ModelStore, StoreError};
 use agora_engine::{Engine, LlamaConfig, LlamaEngine, llama::LoadError};
 use agora_net::{Multiaddr, NetConfig, NetHandle, NodeStatus, ServedModel};
 
+pub use attest::Attestor;
 pub use gateway::{Gateway, GatewayConfig};
 pub use worker::{Speed, WorkerLimits};
 
@@ -73,17 +78,19 @@ pub async fn bind(cfg: &NodeConfig, engine: Arc<dyn Engine>) -> Result<HttpServe
         cfg.listen,
         cfg.body_limit,
         Arc::new(LocalBackend::new(engine)),
+        None,
     )
     .await
 }
 
-/// Binds the API for any backend.
+/// Binds the API for any backend, with a log under `/log` when given.
 pub async fn bind_backend(
     listen: SocketAddr,
     body_limit: usize,
     backend: Arc<dyn Backend>,
+    log: Option<agora_log::Log>,
 ) -> Result<HttpServer, NodeError> {
-    agora_api::bind(listen, backend, &ApiConfig { body_limit })
+    agora_api::bind_with_log(listen, backend, &ApiConfig { body_limit }, log)
         .await
         .map_err(|source| NodeError::Listen {
             addr: listen,
@@ -154,10 +161,12 @@ pub struct P2pOptions {
     pub network_file: Option<PathBuf>,
 }
 
-/// Loads the node's key (creating it, mode 0600, on first run) and the network id, and starts
-/// the libp2p layer.
-pub async fn start_network(home: &Path, p2p: &P2pOptions) -> Result<agora_net::Net, NodeError> {
-    let identity = network::load_or_create_identity(home)?;
+/// Starts the libp2p layer with the node's key and its community's network id.
+pub async fn start_network(
+    home: &Path,
+    identity: &agora_core::Identity,
+    p2p: &P2pOptions,
+) -> Result<agora_net::Net, NodeError> {
     let network = network::network_id(home, p2p.network_file.as_deref())?;
     let mut cfg = NetConfig::new(identity.signing_key().to_bytes(), network);
     if !p2p.listen.is_empty() {
@@ -167,4 +176,19 @@ pub async fn start_network(home: &Path, p2p: &P2pOptions) -> Result<agora_net::N
     cfg.relays = p2p.relays.clone();
     cfg.mdns = p2p.mdns;
     Ok(agora_net::start(cfg).await?)
+}
+
+/// Opens this node's own log (`$AGORA_HOME/log/log.redb`), checkpoints every `interval`.
+pub fn open_log(
+    home: &Path,
+    identity: &agora_core::Identity,
+    interval: Duration,
+) -> Result<agora_log::Log, NodeError> {
+    let dir = home.join("log");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| NodeError::Identity(format!("cannot create {}: {e}", dir.display())))?;
+    let mut cfg = agora_log::LogConfig::new(&identity.default_log_origin());
+    cfg.checkpoint_interval = interval;
+    agora_log::Log::open(&dir.join("log.redb"), identity, cfg, None)
+        .map_err(|e| NodeError::Identity(format!("cannot open the log: {e}")))
 }

@@ -4,7 +4,7 @@
 //! [`WorkerFrame::Accepted`] (or `Error`), then one `Token` frame per generated token, then
 //! `Done` (or `Error`). Either side closing the stream ends the generation at once.
 
-use agora_engine::{FinishReason, JobSpec};
+use agora_engine::{Attestation, FinishReason, JobSpec};
 use serde::{Deserialize, Serialize};
 
 /// What a gateway asks a worker to run.
@@ -36,6 +36,9 @@ pub enum WorkerFrame {
         prompt_tokens: u32,
         completion_tokens: u32,
         tail: String,
+        /// The worker's receipt and proof.
+        #[serde(default)]
+        attestation: Option<Box<Attestation>>,
     },
     Error(RemoteError),
 }
@@ -57,4 +60,12 @@ impl RemoteError {
     pub fn retryable(&self) -> bool {
         self.status == 429 || self.status >= 500
     }
+}
+
+/// A validator asks a gateway for the transcript of a receipt (`/agora/<net>/transcript/1`);
+/// the answer is one frame: the transcript, or `null`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TranscriptRequest {
+    /// SHA-256 (hex) of the receipt's DSSE payload.
+    pub receipt: String,
 }

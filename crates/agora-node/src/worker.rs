@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agora_engine::{Capture, Engine, Event, PromptSpec};
+use agora_engine::{Engine, Event, PromptSpec};
 use agora_net::limits::RateLimiter;
 use agora_net::{FramedStream, NetHandle, PeerId};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::attest::Attestor;
 use crate::convert::remote_error;
 use crate::proto::{GenerateRequest, RemoteError, WorkerFrame};
 
@@ -73,6 +74,7 @@ impl Speed {
 pub async fn serve(
     net: NetHandle,
     engine: Arc<dyn Engine>,
+    attestor: Attestor,
     limits: WorkerLimits,
     speed: Arc<Speed>,
 ) {
@@ -133,9 +135,9 @@ pub async fn serve(
             continue;
         };
         let (net, engine, speed) = (net.clone(), Arc::clone(&engine), Arc::clone(&speed));
-        let timeout = limits.request_timeout;
+        let (timeout, attestor) = (limits.request_timeout, attestor.clone());
         tokio::spawn(async move {
-            handle(peer, framed, net, engine, timeout, speed).await;
+            handle(peer, framed, net, engine, attestor, timeout, speed).await;
             drop(permit);
         });
     }
@@ -146,6 +148,7 @@ async fn handle(
     mut s: FramedStream,
     net: NetHandle,
     engine: Arc<dyn Engine>,
+    attestor: Attestor,
     timeout: Duration,
     speed: Arc<Speed>,
 ) {
@@ -175,27 +178,15 @@ async fn handle(
         return;
     }
     let chat = matches!(req.job.prompt, PromptSpec::Chat(_));
-    let prepared = agora_engine::prepare(
-        engine.as_ref(),
-        &req.job,
-        Capture::default(),
-        req.resume.clone(),
-    )
-    .map_err(|e| remote_error(agora_api::backend::prepare_error(e, chat)));
-    let submitted = prepared.and_then(|r| {
-        let prompt_tokens = r.prompt.len() as u32;
-        engine
-            .submit(r)
-            .map(|g| (g, prompt_tokens))
-            .map_err(|e| remote_error(agora_api::backend::submit_error(e, chat)))
-    });
-    let (mut generation, prompt_tokens) = match submitted {
-        Ok(g) => g,
-        Err(err) => {
-            let _ = s.send(&WorkerFrame::Error(err)).await;
-            return;
-        }
-    };
+    let (mut generation, prompt_tokens) =
+        match attestor.generate(&engine, &req.job, req.resume.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                let err = remote_error(agora_api::backend::prepare_error(e, chat));
+                let _ = s.send(&WorkerFrame::Error(err)).await;
+                return;
+            }
+        };
     if s.send(&WorkerFrame::Accepted {
         model: info.name.clone(),
         prompt_tokens,
@@ -230,6 +221,7 @@ async fn handle(
                     prompt_tokens: f.prompt_tokens,
                     completion_tokens: f.completion_tokens,
                     tail: f.tail,
+                    attestation: f.attestation,
                 };
                 let _ = s.send(&done).await;
                 let _ = s.close().await;
@@ -242,7 +234,7 @@ async fn handle(
                 param: None,
                 code: None,
             }),
-            Event::Worker(_) => continue,
+            Event::Worker(_) | Event::Replayed(_) => continue,
         };
         let is_error = matches!(frame, WorkerFrame::Error(_));
         // The gateway went away: dropping the generation frees the slot.

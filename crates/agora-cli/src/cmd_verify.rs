@@ -1,0 +1,119 @@
+//! `agora verify FILE`: check a saved answer offline, on this machine's copy of the model.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agora_engine::store::ModelStore;
+use agora_engine::{Engine, LlamaConfig, LlamaEngine};
+use agora_node::transcript::Transcript;
+use agora_verify::Tolerances;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// A transcript: what `agora chat --save FILE` writes, or what a gateway keeps.
+    pub file: PathBuf,
+    /// CPU threads for the check (default: all cores).
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Largest transcript read (bytes).
+const MAX_TRANSCRIPT: u64 = 64 << 20;
+
+/// Exit status: 0 accepted, 1 rejected, 2 could not be checked.
+pub fn run(home: &Path, a: VerifyArgs) -> Result<i32> {
+    let meta =
+        std::fs::metadata(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    if meta.len() > MAX_TRANSCRIPT {
+        bail!(
+            "{} is larger than {} bytes: not a transcript",
+            a.file.display(),
+            MAX_TRANSCRIPT
+        );
+    }
+    let bytes = std::fs::read(&a.file)?;
+    let t = Transcript::parse(&bytes)?;
+    let checked = match t.check() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("REJECTED: {e}");
+            return Ok(1);
+        }
+    };
+    let r = &checked.receipt;
+    let store = ModelStore::open(home, true)?;
+    let digest = r.model.to_string();
+    let model = store
+        .find(&digest)?
+        .with_context(|| format!("this machine has no model sha256:{digest} (the receipt's); fetch it with `agora model pull` or `agora model add`"))?;
+    let path = store.resolve_or_fetch(&model.name)?.path;
+    let mut cfg = LlamaConfig::new(path, model.name.clone(), model.sha256.clone());
+    cfg.threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    });
+    cfg.slots = 1;
+    cfg.ctx = (r.prompt_tokens + r.completion_tokens + 16).max(256);
+    let engine: Arc<dyn Engine> = Arc::new(LlamaEngine::load(cfg)?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let t0 = std::time::Instant::now();
+    let result = rt.block_on(agora_node::verifier::verify(
+        &engine,
+        &t,
+        Tolerances::default(),
+    ));
+    let elapsed = t0.elapsed();
+    match result {
+        Ok((_, report)) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}",
+                    if report.accept {
+                        "ACCEPTED"
+                    } else {
+                        "REJECTED"
+                    }
+                );
+                if let Some(reason) = &report.reason {
+                    println!("  reason:      {reason}");
+                }
+                println!("  worker:      {}", r.worker);
+                println!("  model:       {} (sha256:{}…)", model.name, &digest[..12]);
+                println!(
+                    "  tokens:      {} generated after {} of prompt, seed {}",
+                    report.tokens, r.prompt_tokens, r.seed
+                );
+                println!(
+                    "  commitments: {} checked; worst index overlap {:.0}%, worst value error {:.2e}",
+                    report.commitments_checked,
+                    report.min_overlap * 100.0,
+                    report.max_value_error
+                );
+                println!(
+                    "  sampling:    {} near-ties, {} mismatched tokens",
+                    report.near_ties, report.mismatched_tokens
+                );
+                println!("  checked in {:.2} s", elapsed.as_secs_f64());
+            }
+            Ok(if report.accept { 0 } else { 1 })
+        }
+        Err(e) if e.condemns_worker() => {
+            println!("REJECTED: {e}");
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("cannot check: {e}");
+            Ok(2)
+        }
+    }
+}

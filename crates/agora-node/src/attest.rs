@@ -1,0 +1,152 @@
+//! Attested generation: every answer leaves with a receipt signed by the worker and an
+//! activation proof built from the hidden states of its own tokens.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agora_core::statement::{Receipt, Sha256};
+use agora_core::{Identity, Statement};
+use agora_engine::{Attestation, Capture, Engine, Event, Generation, JobSpec, PrepareError};
+use agora_verify::ProofBuilder;
+use agora_verify::proof::{DEFAULT_CHUNK, DEFAULT_K};
+use base64::Engine as _;
+use tokio::sync::mpsc;
+
+/// Signs receipts with the node's key.
+#[derive(Clone)]
+pub struct Attestor {
+    identity: Arc<Identity>,
+    chunk: u16,
+    k: u16,
+}
+
+impl std::fmt::Debug for Attestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attestor")
+            .field("worker", &self.identity.peer_id().to_string())
+            .finish()
+    }
+}
+
+impl Attestor {
+    pub fn new(identity: Arc<Identity>) -> Self {
+        Self {
+            identity,
+            chunk: DEFAULT_CHUNK,
+            k: DEFAULT_K,
+        }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Starts `job` on `engine` with hidden states captured; the events come out as the
+    /// engine's, without hidden states, and `Done` carries the attestation. Also returns the
+    /// prompt's length in tokens.
+    pub fn generate(
+        &self,
+        engine: &Arc<dyn Engine>,
+        job: &JobSpec,
+        resume: Vec<u32>,
+    ) -> Result<(Generation, u32), PrepareError> {
+        let req = agora_engine::prepare(
+            engine.as_ref(),
+            job,
+            Capture {
+                hidden: true,
+                logits: false,
+            },
+            resume,
+        )?;
+        let cap = req.max_tokens as usize + 4;
+        let prompt_len = req.prompt.len() as u32;
+        let mut inner = engine.submit(req)?;
+        let (tx, rx) = mpsc::channel(cap);
+        let this = self.clone();
+        let job = job.clone();
+        let info = engine.info().clone();
+        tokio::spawn(async move {
+            let mut builder = ProofBuilder::new(info.n_embd as usize, this.chunk, this.k);
+            while let Some(ev) = inner.events.recv().await {
+                let out = match ev {
+                    Event::Token(mut t) => {
+                        if let Some(h) = t.hidden.take() {
+                            builder.push(&h);
+                        }
+                        Event::Token(t)
+                    }
+                    Event::Replayed(t) => {
+                        if let Some(h) = &t.hidden {
+                            builder.push(h);
+                        }
+                        continue;
+                    }
+                    Event::Done(mut f) => {
+                        match this.attest(&info.sha256, &job, &f.tokens, f.prompt_tokens, builder) {
+                            Ok(a) => f.attestation = Some(Box::new(a)),
+                            Err(e) => {
+                                let _ = tx
+                                    .send(Event::Error(format!("could not attest the answer: {e}")))
+                                    .await;
+                                return;
+                            }
+                        }
+                        let _ = tx.send(Event::Done(f)).await;
+                        return;
+                    }
+                    other => other,
+                };
+                // The client went away: dropping `inner` cancels the generation.
+                if tx.send(out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((Generation { events: rx }, prompt_len))
+    }
+
+    fn attest(
+        &self,
+        model_sha256: &str,
+        job: &JobSpec,
+        tokens: &[u32],
+        prompt_tokens: u32,
+        builder: ProofBuilder,
+    ) -> Result<Attestation, String> {
+        if builder.tokens() as usize != tokens.len() {
+            return Err(format!(
+                "hidden states for {} of {} tokens",
+                builder.tokens(),
+                tokens.len()
+            ));
+        }
+        let proof = builder.finish().ok_or("no tokens were generated")?;
+        let proof_bytes = proof.encode();
+        let salt: [u8; 16] = rand::random();
+        let request_json = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+        let model: Sha256 = model_sha256.parse().map_err(|e: &str| e.to_string())?;
+        let receipt = Receipt {
+            model,
+            request: Sha256(agora_verify::request_digest(&salt, &request_json)),
+            output: Sha256(agora_verify::output_digest(tokens)),
+            seed: job.params.seed,
+            prompt_tokens,
+            completion_tokens: tokens.len() as u32,
+            proof: Sha256(proof.digest()),
+            worker: self.identity.peer_id(),
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let envelope = Statement::Receipt(receipt).sign(&self.identity);
+        Ok(Attestation {
+            receipt: envelope.to_json(),
+            proof: base64::engine::general_purpose::STANDARD.encode(proof_bytes),
+            salt: hex::encode(salt),
+            request: job.clone(),
+            log: None,
+        })
+    }
+}

@@ -1,0 +1,303 @@
+//! Transcripts: everything needed to check one answer (request, output, receipt, proof), and
+//! the bounded store a gateway keeps them in for validators.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use agora_core::{Envelope, Sha256, Statement};
+use agora_engine::{Attestation, FinishReason, JobSpec, LogRef};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// The version of the transcript format this build writes and reads.
+pub const TRANSCRIPT_VERSION: u32 = 1;
+
+/// One answer with what proves it (`agora chat --save`, `agora verify FILE`, validators).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transcript {
+    pub version: u32,
+    /// The model's name as served.
+    pub model: String,
+    /// The request exactly as the receipt's digest covers it.
+    pub request: JobSpec,
+    /// Hex salt of the request digest.
+    pub salt: String,
+    pub output: Output,
+    /// The receipt: a DSSE envelope signed by the worker.
+    pub receipt: serde_json::Value,
+    /// The activation proof, base64.
+    pub proof: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogRef>,
+}
+
+/// What the model produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+}
+
+/// Why a transcript is unusable, before any model is run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranscriptError {
+    #[error("not a transcript: {0}")]
+    Malformed(String),
+    #[error("unknown transcript version {0} (this build reads version {TRANSCRIPT_VERSION})")]
+    Version(u32),
+    #[error("the receipt is not a valid signed statement: {0}")]
+    Receipt(String),
+    #[error("the envelope holds a {0} statement, not a receipt")]
+    NotAReceipt(String),
+    #[error("the receipt is signed by {signer}, not by the worker it names ({worker})")]
+    WrongSigner { signer: String, worker: String },
+    #[error(
+        "the {what} digest does not match the receipt: the transcript has {actual}, the receipt {expected}"
+    )]
+    Digest {
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("the receipt says {what} {expected}, the transcript {actual}")]
+    Mismatch {
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("the proof is not base64")]
+    ProofEncoding,
+    #[error("the salt is not hex")]
+    SaltEncoding,
+}
+
+/// A transcript whose signature and digests check out (the model has not been run yet).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub receipt: agora_core::statement::Receipt,
+    /// SHA-256 of the receipt's DSSE payload (what verdicts name).
+    pub receipt_digest: Sha256,
+    pub proof_bytes: Vec<u8>,
+}
+
+impl Transcript {
+    /// Builds a transcript from a finished answer.
+    pub fn new(
+        model: &str,
+        a: &Attestation,
+        tokens: Vec<u32>,
+        text: String,
+        reason: FinishReason,
+    ) -> Transcript {
+        Transcript {
+            version: TRANSCRIPT_VERSION,
+            model: model.to_string(),
+            request: a.request.clone(),
+            salt: a.salt.clone(),
+            output: Output {
+                tokens,
+                text,
+                finish_reason: reason,
+            },
+            receipt: serde_json::from_str(&a.receipt).unwrap_or(serde_json::Value::Null),
+            proof: a.proof.clone(),
+            log: a.log.clone(),
+        }
+    }
+
+    /// Parses untrusted bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Transcript, TranscriptError> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| TranscriptError::Malformed(e.to_string()))?;
+        if let Some(ver) = v.get("version").and_then(serde_json::Value::as_u64)
+            && ver != u64::from(TRANSCRIPT_VERSION)
+        {
+            return Err(TranscriptError::Version(ver.min(u64::from(u32::MAX)) as u32));
+        }
+        serde_json::from_value(v).map_err(|e| TranscriptError::Malformed(e.to_string()))
+    }
+
+    /// Checks the receipt's signature and that every digest in it matches this transcript.
+    pub fn check(&self) -> Result<Checked, TranscriptError> {
+        let env_bytes = serde_json::to_vec(&self.receipt)
+            .map_err(|e| TranscriptError::Malformed(e.to_string()))?;
+        let env =
+            Envelope::from_json(&env_bytes).map_err(|e| TranscriptError::Receipt(e.to_string()))?;
+        let (signers, statement) =
+            Statement::open(&env).map_err(|e| TranscriptError::Receipt(e.to_string()))?;
+        let Statement::Receipt(r) = statement else {
+            return Err(TranscriptError::NotAReceipt(
+                statement.kind().name().to_string(),
+            ));
+        };
+        if !signers.contains(&r.worker) {
+            return Err(TranscriptError::WrongSigner {
+                signer: signers.first().map(|s| s.to_string()).unwrap_or_default(),
+                worker: r.worker.to_string(),
+            });
+        }
+        let proof_bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.proof)
+            .map_err(|_| TranscriptError::ProofEncoding)?;
+        let salt = hex::decode(&self.salt).map_err(|_| TranscriptError::SaltEncoding)?;
+        let request_json = serde_json::to_vec(&self.request)
+            .map_err(|e| TranscriptError::Malformed(e.to_string()))?;
+        let digest = |what: &'static str,
+                      expected: &Sha256,
+                      actual: [u8; 32]|
+         -> Result<(), TranscriptError> {
+            if expected.0 == actual {
+                Ok(())
+            } else {
+                Err(TranscriptError::Digest {
+                    what,
+                    expected: expected.to_string(),
+                    actual: Sha256(actual).to_string(),
+                })
+            }
+        };
+        digest(
+            "request",
+            &r.request,
+            agora_verify::request_digest(&salt, &request_json),
+        )?;
+        digest(
+            "output",
+            &r.output,
+            agora_verify::output_digest(&self.output.tokens),
+        )?;
+        digest("proof", &r.proof, sha2_digest(&proof_bytes))?;
+        if r.seed != self.request.params.seed {
+            return Err(TranscriptError::Mismatch {
+                what: "seed",
+                expected: r.seed.to_string(),
+                actual: self.request.params.seed.to_string(),
+            });
+        }
+        if r.completion_tokens as usize != self.output.tokens.len() {
+            return Err(TranscriptError::Mismatch {
+                what: "completion tokens",
+                expected: r.completion_tokens.to_string(),
+                actual: self.output.tokens.len().to_string(),
+            });
+        }
+        Ok(Checked {
+            receipt: r,
+            receipt_digest: Sha256(sha2_digest(&env.payload)),
+            proof_bytes,
+        })
+    }
+}
+
+fn sha2_digest(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// Transcripts by receipt digest, and the order they came in.
+type Kept = (HashMap<Sha256, Transcript>, VecDeque<(Instant, Sha256)>);
+
+/// Transcripts a gateway keeps for validators: at most `cap`, none older than `retention`.
+#[derive(Debug)]
+pub struct TranscriptStore {
+    cap: usize,
+    retention: Duration,
+    inner: Mutex<Kept>,
+}
+
+impl TranscriptStore {
+    pub fn new(cap: usize, retention: Duration) -> Self {
+        Self {
+            cap,
+            retention,
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+        }
+    }
+
+    /// Keeps `t` under its receipt's digest.
+    pub fn insert(&self, receipt_digest: Sha256, t: Transcript) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        let (map, order) = &mut *g;
+        let now = Instant::now();
+        while let Some(&(at, d)) = order.front() {
+            if order.len() < self.cap && now.duration_since(at) <= self.retention {
+                break;
+            }
+            order.pop_front();
+            map.remove(&d);
+        }
+        if map.insert(receipt_digest, t).is_none() {
+            order.push_back((now, receipt_digest));
+        }
+    }
+
+    pub fn get(&self, receipt_digest: &Sha256) -> Option<Transcript> {
+        let g = self.inner.lock().ok()?;
+        g.0.get(receipt_digest).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|g| g.0.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn store_is_bounded() {
+        let s = TranscriptStore::new(3, Duration::from_secs(3600));
+        let t = Transcript {
+            version: 1,
+            model: "m".into(),
+            request: JobSpec {
+                prompt: agora_engine::PromptSpec::Text("x".into()),
+                params: agora_engine::SamplingParams::default(),
+                max_tokens: None,
+                stop: vec![],
+                ignore_eos: false,
+            },
+            salt: String::new(),
+            output: Output {
+                tokens: vec![],
+                text: String::new(),
+                finish_reason: FinishReason::Stop,
+            },
+            receipt: serde_json::Value::Null,
+            proof: String::new(),
+            log: None,
+        };
+        for i in 0..10u8 {
+            s.insert(Sha256([i; 32]), t.clone());
+        }
+        assert_eq!(s.len(), 3);
+        assert!(s.get(&Sha256([9; 32])).is_some());
+        assert!(s.get(&Sha256([0; 32])).is_none());
+    }
+
+    #[test]
+    fn malformed_and_versions() {
+        assert!(matches!(
+            Transcript::parse(b"{"),
+            Err(TranscriptError::Malformed(_))
+        ));
+        assert!(matches!(
+            Transcript::parse(br#"{"version": 9}"#),
+            Err(TranscriptError::Version(9))
+        ));
+        assert!(matches!(
+            Transcript::parse(br#"{"version": 1}"#),
+            Err(TranscriptError::Malformed(_))
+        ));
+    }
+}

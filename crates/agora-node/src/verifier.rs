@@ -1,0 +1,115 @@
+//! Checking an answer: the transcript's signature and digests, then one prefill over prompt and
+//! output on the same model, row by row through `agora_verify::Checker`.
+
+use std::sync::{Arc, Mutex};
+
+use agora_engine::{Engine, PromptSpec, ScoreRequest, ScoreSink};
+use agora_verify::{Checker, Proof, ProofError, Report, Tolerances};
+
+use crate::transcript::{Checked, Transcript, TranscriptError};
+
+/// Why a transcript could not be checked at all (as opposed to being checked and rejected).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Transcript(#[from] TranscriptError),
+    #[error("the receipt names model sha256:{receipt}, but this verifier has sha256:{have}")]
+    WrongModel { receipt: String, have: String },
+    #[error("the proof is malformed: {0}")]
+    Proof(#[from] ProofError),
+    #[error("the prompt is {actual} tokens with this model, but the receipt says {receipt}")]
+    PromptLength { receipt: u32, actual: u32 },
+    #[error("the model could not format the prompt: {0}")]
+    Prompt(String),
+    #[error("the output is empty: there is nothing to check")]
+    EmptyOutput,
+    #[error("{0}")]
+    Proofless(String),
+    #[error("the verifier's engine failed: {0}")]
+    Engine(String),
+}
+
+impl VerifyError {
+    /// Whether the error shows the worker's answer to be wrong (a verdict can reject it), as
+    /// opposed to this verifier being unable to check it.
+    pub fn condemns_worker(&self) -> bool {
+        !matches!(
+            self,
+            VerifyError::WrongModel { .. }
+                | VerifyError::Engine(_)
+                | VerifyError::Transcript(TranscriptError::Malformed(_))
+        )
+    }
+}
+
+/// Hands the engine's rows to the checker (taken back out once the pass is done).
+struct Sink(Arc<Mutex<Option<Checker>>>);
+
+impl ScoreSink for Sink {
+    fn row(&mut self, _pos: usize, hidden: &[f32], logits: &[f32]) {
+        if let Ok(mut c) = self.0.lock()
+            && let Some(c) = c.as_mut()
+        {
+            c.row(hidden, logits);
+        }
+    }
+}
+
+/// Checks `t` on `engine` (which must serve the receipt's model).
+pub async fn verify(
+    engine: &Arc<dyn Engine>,
+    t: &Transcript,
+    tol: Tolerances,
+) -> Result<(Checked, Report), VerifyError> {
+    let checked = t.check()?;
+    let info = engine.info();
+    if checked.receipt.model.to_string() != info.sha256 {
+        return Err(VerifyError::WrongModel {
+            receipt: checked.receipt.model.to_string(),
+            have: info.sha256.clone(),
+        });
+    }
+    let proof = Proof::decode(&checked.proof_bytes)?;
+    let text = match &t.request.prompt {
+        PromptSpec::Chat(m) => engine
+            .chat_prompt(m)
+            .map_err(|e| VerifyError::Prompt(e.to_string()))?,
+        PromptSpec::Text(s) => s.clone(),
+    };
+    let prompt = engine.tokenize(&text);
+    if prompt.len() as u32 != checked.receipt.prompt_tokens {
+        return Err(VerifyError::PromptLength {
+            receipt: checked.receipt.prompt_tokens,
+            actual: prompt.len() as u32,
+        });
+    }
+    let output = &t.output.tokens;
+    if output.is_empty() || prompt.is_empty() {
+        return Err(VerifyError::EmptyOutput);
+    }
+    let checker = Checker::new(proof, t.request.params, output.clone(), tol)
+        .map_err(VerifyError::Proofless)?;
+    let checker = Arc::new(Mutex::new(Some(checker)));
+    let mut tokens = prompt.clone();
+    tokens.extend_from_slice(&output[..output.len() - 1]);
+    let handle = engine
+        .score(
+            ScoreRequest {
+                tokens,
+                from: prompt.len() - 1,
+            },
+            Box::new(Sink(Arc::clone(&checker))),
+        )
+        .map_err(|e| VerifyError::Engine(e.to_string()))?;
+    handle
+        .done
+        .await
+        .map_err(|_| VerifyError::Engine("the engine stopped".into()))?
+        .map_err(VerifyError::Engine)?;
+    let checker = checker
+        .lock()
+        .map_err(|_| VerifyError::Engine("the checker's lock was poisoned".into()))?
+        .take()
+        .ok_or_else(|| VerifyError::Engine("the checker is gone".into()))?;
+    Ok((checked, checker.finish()))
+}
