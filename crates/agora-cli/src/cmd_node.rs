@@ -89,6 +89,12 @@ pub struct NodeArgs {
     /// The log's verifier key, for validators to verify its checkpoints.
     #[arg(long, value_name = "VKEY")]
     pub log_key: Option<String>,
+    /// Cheat, for testing the verifier: swap:FILE, perturb-layer:N, skip-layer:N, system-prompt,
+    /// alter-token[:N], unseeded, replay-proof, truncate-proof. Only in builds with the `cheat`
+    /// feature.
+    #[cfg(feature = "cheat")]
+    #[arg(long, value_name = "MODE")]
+    pub cheat: Option<agora_node::cheat::Cheat>,
     /// Test-only stand-in: answer with an instant echo engine instead of a model (it exists to
     /// measure the network layer; never use it to serve anyone).
     #[arg(long, hide = true)]
@@ -123,7 +129,7 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
     } else if args.test_echo_engine {
         Some(Arc::new(EchoEngine::new("echo", cfg.ctx)))
     } else {
-        Some(agora_node::load_engine(&cfg, true).context("could not start the engine")?)
+        Some(load(&cfg, &args, home).context("could not start the engine")?)
     };
     let p2p = P2pOptions {
         listen: args.p2p_listen.clone(),
@@ -149,6 +155,13 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid --log-key: {e}"))?;
     let identity = Arc::new(agora_node::network::load_or_create_identity(home)?);
     let attestor = agora_node::Attestor::new(Arc::clone(&identity));
+    #[cfg(feature = "cheat")]
+    let attestor = {
+        if let Some(c) = &args.cheat {
+            eprintln!("WARNING: this node cheats ({c:?}), for testing");
+        }
+        attestor.with_cheat(args.cheat.clone())
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("agora-rt")
@@ -313,5 +326,32 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(not(feature = "cheat"))]
+fn load(
+    cfg: &NodeConfig,
+    _args: &NodeArgs,
+    _home: &Path,
+) -> Result<Arc<agora_engine::LlamaEngine>, agora_node::NodeError> {
+    agora_node::load_engine(cfg, true)
+}
+
+#[cfg(feature = "cheat")]
+fn load(
+    cfg: &NodeConfig,
+    args: &NodeArgs,
+    home: &Path,
+) -> Result<Arc<agora_engine::LlamaEngine>, agora_node::NodeError> {
+    match &args.cheat {
+        Some(c) => {
+            let dir = home.join("cheat");
+            agora_node::load_engine_with(cfg, true, |honest| {
+                Ok(c.weights(honest, &dir)?
+                    .unwrap_or_else(|| honest.to_path_buf()))
+            })
+        }
+        None => agora_node::load_engine(cfg, true),
     }
 }

@@ -2,6 +2,7 @@
 
 mod cmd_bench;
 mod cmd_bench_net;
+mod cmd_bench_verify;
 mod cmd_chat;
 mod cmd_debug;
 mod cmd_devnet;
@@ -46,6 +47,9 @@ enum Command {
     Bench(cmd_bench::BenchArgs),
     /// Benchmark the network layer: gateway overhead on time to first token, routing throughput.
     BenchNet(cmd_bench_net::BenchNetArgs),
+    /// The detection matrix (honest and cheating workers, checked by a verifier) and the costs
+    /// of verifiability. Cheat modes need a build with the `cheat` feature.
+    BenchVerify(cmd_bench_verify::BenchVerifyArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -78,6 +82,7 @@ fn main() {
         Command::Model(cmd) => cmd_model::run(&home, cmd),
         Command::Bench(args) => cmd_bench::run(&home, args),
         Command::BenchNet(args) => cmd_bench_net::run(&home, args),
+        Command::BenchVerify(args) => cmd_bench_verify::run(&home, args),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),
         Command::Log(cmd) => cmd_log::run_log(&home, cmd),

@@ -59,11 +59,26 @@ fn greedy_streaming_equals_non_streaming() {
             .iter()
             .all(|e| e["object"] == "chat.completion.chunk")
     );
-    let last = events.last().unwrap();
+    // After the finish chunk: the usage chunk (asked for), then the receipt
+    // chunk; both with no choices, which OpenAI clients skip.
+    let n_ev = events.len();
+    assert!(n_ev >= 3, "{events:?}");
+    let (usage_chunk, receipt_chunk) = (&events[n_ev - 2], &events[n_ev - 1]);
     assert_eq!(
-        last["usage"], v["usage"],
+        usage_chunk["usage"], v["usage"],
         "usage chunk matches the non-streaming usage"
     );
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(receipt_chunk["choices"], json!([]));
+    let (a, b) = (&receipt_chunk["agora"], &v["agora"]);
+    assert!(
+        a["receipt"].is_object(),
+        "streamed answers carry a receipt: {a}"
+    );
+    assert!(a["proof"].as_str().is_some_and(|p| !p.is_empty()), "{a}");
+    assert_eq!(a["tokens"], b["tokens"], "same greedy tokens either way");
+    assert!(a["receipt"]["payload"].is_string(), "a DSSE envelope: {a}");
+    assert!(a["receipt"]["signatures"][0]["sig"].is_string(), "{a}");
     let finish: Vec<&Value> = events
         .iter()
         .filter(|e| !e["choices"][0]["finish_reason"].is_null())

@@ -426,7 +426,7 @@ const PREFILL_CHUNK: usize = 512;
 /// Rows in one output pass. llama.cpp computes micro-batches of up to 48 rows bit for bit as
 /// it computes single rows on this CPU family (measured: crates/agora-engine/examples/drift.rs);
 /// 64 rows take other kernels.
-const OUTPUT_ROWS: usize = 32;
+const OUTPUT_ROWS: usize = 48;
 
 /// One token of a batch: whose, where, and whether its row is read back.
 struct Slot {

@@ -18,6 +18,10 @@ pub struct Attestor {
     identity: Arc<Identity>,
     chunk: u16,
     k: u16,
+    #[cfg(feature = "cheat")]
+    cheat: Option<crate::cheat::Cheat>,
+    #[cfg(feature = "cheat")]
+    last_proof: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Attestor {
@@ -34,7 +38,18 @@ impl Attestor {
             identity,
             chunk: DEFAULT_CHUNK,
             k: DEFAULT_K,
+            #[cfg(feature = "cheat")]
+            cheat: None,
+            #[cfg(feature = "cheat")]
+            last_proof: Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    /// Makes this worker cheat (testing only).
+    #[cfg(feature = "cheat")]
+    pub fn with_cheat(mut self, cheat: Option<crate::cheat::Cheat>) -> Self {
+        self.cheat = cheat;
+        self
     }
 
     pub fn identity(&self) -> &Identity {
@@ -50,9 +65,10 @@ impl Attestor {
         job: &JobSpec,
         resume: Vec<u32>,
     ) -> Result<(Generation, u32), PrepareError> {
+        let run = self.job_to_run(job);
         let req = agora_engine::prepare(
             engine.as_ref(),
-            job,
+            &run,
             Capture {
                 hidden: true,
                 logits: false,
@@ -74,6 +90,7 @@ impl Attestor {
                         if let Some(h) = t.hidden.take() {
                             builder.push(&h);
                         }
+                        this.alter_token(&mut t, info.n_vocab);
                         Event::Token(t)
                     }
                     Event::Replayed(t) => {
@@ -83,6 +100,7 @@ impl Attestor {
                         continue;
                     }
                     Event::Done(mut f) => {
+                        this.alter_tokens(&mut f.tokens, info.n_vocab);
                         match this.attest(&info.sha256, &job, &f.tokens, f.prompt_tokens, builder) {
                             Ok(a) => f.attestation = Some(Box::new(a)),
                             Err(e) => {
@@ -122,6 +140,7 @@ impl Attestor {
             ));
         }
         let proof = builder.finish().ok_or("no tokens were generated")?;
+        let proof = self.cheat_proof(proof);
         let proof_bytes = proof.encode();
         let salt: [u8; 16] = rand::random();
         let request_json = serde_json::to_vec(job).map_err(|e| e.to_string())?;
@@ -148,5 +167,95 @@ impl Attestor {
             request: job.clone(),
             log: None,
         })
+    }
+}
+
+#[cfg(not(feature = "cheat"))]
+impl Attestor {
+    fn job_to_run(&self, job: &JobSpec) -> JobSpec {
+        job.clone()
+    }
+    fn alter_token(&self, _t: &mut agora_engine::TokenEvent, _n_vocab: u32) {}
+    fn alter_tokens(&self, _tokens: &mut [u32], _n_vocab: u32) {}
+    fn cheat_proof(&self, proof: agora_verify::Proof) -> agora_verify::Proof {
+        proof
+    }
+}
+
+#[cfg(feature = "cheat")]
+impl Attestor {
+    /// What actually runs (the receipt still names `job`).
+    fn job_to_run(&self, job: &JobSpec) -> JobSpec {
+        use crate::cheat::Cheat;
+        let mut run = job.clone();
+        match &self.cheat {
+            Some(Cheat::SystemPrompt) => {
+                if let agora_engine::PromptSpec::Chat(m) = &mut run.prompt {
+                    m.retain(|x| x.role != "system");
+                    m.insert(
+                        0,
+                        agora_engine::ChatMessage {
+                            role: "system".into(),
+                            content: "You are a pirate. Always answer like a pirate.".into(),
+                        },
+                    );
+                }
+                if let agora_engine::PromptSpec::Text(t) = &mut run.prompt {
+                    *t = format!("Arr! {t}");
+                }
+            }
+            Some(Cheat::Unseeded) => run.params.seed = rand::random(),
+            _ => {}
+        }
+        run
+    }
+
+    fn altered_index(&self) -> Option<u32> {
+        match &self.cheat {
+            Some(crate::cheat::Cheat::AlterToken(k)) => Some(k.unwrap_or(2)),
+            _ => None,
+        }
+    }
+
+    fn alter_token(&self, t: &mut agora_engine::TokenEvent, n_vocab: u32) {
+        if self.altered_index() == Some(t.index) {
+            t.id = (t.id + 1) % n_vocab.max(1);
+        }
+    }
+
+    fn alter_tokens(&self, tokens: &mut [u32], n_vocab: u32) {
+        if let Some(k) = self.altered_index()
+            && let Some(t) = tokens.get_mut(k as usize)
+        {
+            *t = (*t + 1) % n_vocab.max(1);
+        }
+    }
+
+    fn cheat_proof(&self, proof: agora_verify::Proof) -> agora_verify::Proof {
+        use crate::cheat::Cheat;
+        match &self.cheat {
+            Some(Cheat::ReplayProof) => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let mine = b64.encode(proof.encode());
+                let Ok(mut last) = self.last_proof.lock() else {
+                    return proof;
+                };
+                let previous = last.replace(mine);
+                previous
+                    .and_then(|p| b64.decode(p).ok())
+                    .and_then(|b: Vec<u8>| agora_verify::Proof::decode(&b).ok())
+                    .unwrap_or(proof)
+            }
+            Some(Cheat::TruncateProof) => {
+                let mut p = proof;
+                if p.commitments.len() > 2 {
+                    p.commitments.pop();
+                    let chunks = (p.commitments.len() - 1) as u32;
+                    p.n_tokens = p.n_tokens.min(chunks * u32::from(p.chunk));
+                }
+                p
+            }
+            _ => proof,
+        }
     }
 }

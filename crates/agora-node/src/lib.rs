@@ -5,6 +5,8 @@
 //! elsewhere). `--no-worker` makes a pure gateway; `--no-gateway` a pure worker.
 
 pub mod attest;
+#[cfg(feature = "cheat")]
+pub mod cheat;
 pub mod convert;
 pub mod gateway;
 pub mod network;
@@ -62,9 +64,20 @@ pub enum NodeError {
 
 /// Resolves (fetching if needed) and loads the model. Blocking: call before or outside async code.
 pub fn load_engine(cfg: &NodeConfig, progress: bool) -> Result<Arc<LlamaEngine>, NodeError> {
+    load_engine_with(cfg, progress, |p| Ok(p.to_path_buf()))
+}
+
+/// Like [`load_engine`], loading the weights `weights` picks from the resolved model's file
+/// (a cheating worker's swap; the engine still claims the resolved model).
+pub fn load_engine_with(
+    cfg: &NodeConfig,
+    progress: bool,
+    weights: impl FnOnce(&Path) -> Result<PathBuf, String>,
+) -> Result<Arc<LlamaEngine>, NodeError> {
     let store = ModelStore::open(&cfg.home, progress)?;
     let model = store.resolve_or_fetch(&cfg.model)?;
-    let mut lc = LlamaConfig::new(model.path, model.name, model.sha256);
+    let path = weights(&model.path).map_err(NodeError::Identity)?;
+    let mut lc = LlamaConfig::new(path, model.name, model.sha256);
     lc.threads = cfg.threads;
     lc.slots = cfg.slots;
     lc.ctx = cfg.ctx;

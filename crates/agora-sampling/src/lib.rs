@@ -5,19 +5,22 @@
 //!
 //! 1. `temperature == 0`: greedy — the highest logit; ties go to the lowest token id.
 //! 2. Otherwise each logit is scaled, `s_i = logit_i / temperature` (in `f64`).
-//! 3. `top_k > 0` keeps the `k` highest logits (ties to the lowest id).
+//! 3. Survivors: the tokens within `G_MAX − G_MIN` (26.0) scaled logits of the best — no other
+//!    token can win step 5 — and, when `top_k > 0`, among the `k` highest logits (ties to the
+//!    lowest id).
 //! 4. `top_p < 1` keeps the smallest prefix of the survivors, sorted by logit (descending, then id
-//!    ascending), whose softmax mass (over the survivors, summed in that order) reaches `top_p`.
+//!    ascending), whose mass reaches `top_p`, where a token's mass is `exp(s_i − s_max)` over the
+//!    survivors' total, summed in ascending token id.
 //! 5. The choice is `argmax_i s_i + g_i` over the survivors (ties to the lowest id), where
 //!    `g_i = -ln(-ln(u_i))` is Gumbel noise and `u_i = (x_i + 0.5) / 2^32`, `x_i` being the 32-bit
 //!    little-endian word number `i` of the ChaCha20 keystream with key `seed_le ‖ 0^24` and 64-bit
 //!    stream id (nonce) `position`, where `position` is the index of the generated token (0 for
 //!    the first token the model produces after the prompt).
 //!
-//! NaN logits are treated as `-inf`. Only tokens that could possibly win are ever looked at: the
-//! noise is bounded (`G_MIN ≤ g ≤ G_MAX` because `u` has 32 bits), so a token whose scaled logit is
-//! more than `G_MAX − G_MIN` below the best one can never be chosen. The result is nevertheless
-//! exactly the argmax over all survivors, as the reference implementation in the tests checks.
+//! NaN logits are treated as `-inf`. The noise is bounded (`G_MIN ≤ g ≤ G_MAX` because `u` has 32
+//! bits), so a token whose scaled logit is more than `G_MAX − G_MIN` below the best one can never
+//! be chosen: step 3 only drops tokens that could not win anyway, and keeps the work per token
+//! small. A plain implementation of the rule in the tests checks the fast one.
 
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -31,9 +34,11 @@ pub const G_MAX: f64 = 22.873_856_958_419_99;
 /// Smallest Gumbel noise value a 32-bit uniform can produce: `-ln(-ln(0.5 / 2^32))`.
 pub const G_MIN: f64 = -3.129_994_640_884_816;
 
-/// Below `max - TAIL` a softmax term is absorbed exactly when added (largest first) to a sum that
-/// is already ≥ 1: `exp(-37) < 2^-53`.
-const TAIL: f64 = 37.0;
+/// The lowest logit that can still be chosen: within `G_MAX − G_MIN` scaled logits of the best
+/// (plus a hair, for rounding in the bound itself).
+fn candidate_floor(max: f32, t: f64) -> f64 {
+    f64::from(max) - t * (G_MAX - G_MIN + 1e-6)
+}
 
 /// Parameters of one generation's sampler.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,16 +116,8 @@ impl Sampler {
             return Some(max_id);
         }
         let t = f64::from(params.temperature);
-        let nucleus = params.top_p < 1.0;
-        // Every token that can still matter: could win the noisy argmax, or (with top-p) could
-        // change the softmax normaliser.
-        let span = if nucleus {
-            TAIL.max(G_MAX - G_MIN)
-        } else {
-            G_MAX - G_MIN
-        };
-        // The margin covers rounding in the bound itself; candidates beyond it cannot win anyway.
-        let floor = f64::from(max) - t * (span + 1e-6);
+        // Only tokens that could win the noisy argmax matter: the noise is bounded.
+        let floor = candidate_floor(max, t);
         self.cand.clear();
         self.cand.extend(
             logits
@@ -137,26 +134,38 @@ impl Sampler {
         if k > 0 && self.cand.len() > k {
             self.cand.select_nth_unstable_by(k - 1, by_logit_desc);
             self.cand.truncate(k);
+            self.cand.sort_unstable();
         }
-        if nucleus {
-            self.cand.sort_unstable_by(by_logit_desc);
+        if params.top_p < 1.0 {
+            // Normaliser: summed in ascending token id (the order `cand` is in).
             let s0 = f64::from(max) / t;
-            let total: f64 = self
-                .cand
-                .iter()
-                .map(|&i| (f64::from(logits[i as usize]) / t - s0).exp())
-                .sum();
+            let mass = |i: u32| (f64::from(logits[i as usize]) / t - s0).exp();
+            let total: f64 = self.cand.iter().map(|&i| mass(i)).sum();
             let target = f64::from(params.top_p.max(0.0)) * total;
-            let mut cum = 0.0;
-            let mut keep = self.cand.len();
-            for (n, &i) in self.cand.iter().enumerate() {
-                cum += (f64::from(logits[i as usize]) / t - s0).exp();
-                if cum >= target {
-                    keep = n + 1;
-                    break;
-                }
+            // The nucleus is a prefix of the survivors sorted by logit: sort the head first,
+            // and everything only if the head does not reach the target.
+            let head = self.cand.len().min(64);
+            let mut sorted = std::mem::take(&mut self.cand);
+            if head < sorted.len() {
+                sorted.select_nth_unstable_by(head - 1, by_logit_desc);
             }
-            self.cand.truncate(keep.max(1));
+            sorted[..head].sort_unstable_by(by_logit_desc);
+            let walk = |v: &[u32]| -> Option<usize> {
+                let mut cum = 0.0;
+                v.iter().position(|&i| {
+                    cum += mass(i);
+                    cum >= target
+                })
+            };
+            let keep = match walk(&sorted[..head]) {
+                Some(n) => n + 1,
+                None => {
+                    sorted.sort_unstable_by(by_logit_desc);
+                    walk(&sorted).map_or(sorted.len(), |n| n + 1)
+                }
+            };
+            sorted.truncate(keep.max(1));
+            self.cand = sorted;
         }
         Some(self.gumbel_argmax(logits, t, params.seed, position))
     }
@@ -269,20 +278,23 @@ mod tests {
             return Some(ids[0]);
         }
         let t = f64::from(p.temperature);
+        let max = logits[ids[0] as usize];
         if p.top_k > 0 && ids.len() > p.top_k as usize {
             ids.truncate(p.top_k as usize);
         }
+        // survivors: within the noise band of the best
+        let floor = super::candidate_floor(max, t);
+        ids.retain(|&i| f64::from(logits[i as usize]) >= floor);
         if p.top_p < 1.0 {
-            let s0 = f64::from(logits[ids[0] as usize]) / t;
-            let w: Vec<f64> = ids
-                .iter()
-                .map(|&i| (f64::from(logits[i as usize]) / t - s0).exp())
-                .collect();
-            let total: f64 = w.iter().sum();
+            let s0 = f64::from(max) / t;
+            let mass = |i: u32| (f64::from(logits[i as usize]) / t - s0).exp();
+            let mut by_id = ids.clone();
+            by_id.sort();
+            let total: f64 = by_id.iter().map(|&i| mass(i)).sum();
             let mut cum = 0.0;
             let mut keep = ids.len();
-            for (n, x) in w.iter().enumerate() {
-                cum += x;
+            for (n, &i) in ids.iter().enumerate() {
+                cum += mass(i);
                 if cum >= f64::from(p.top_p) * total {
                     keep = n + 1;
                     break;

@@ -1,0 +1,318 @@
+//! Cheating workers, for testing the verifier and the validators (cargo feature `cheat`; default
+//! builds leave all of this out).
+//!
+//! Every mode keeps claiming the honest model, request and seed in its receipt.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// How a cheating worker cheats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cheat {
+    /// Serve another GGUF while claiming the original.
+    Swap(PathBuf),
+    /// Scale the feed-forward output weights of one layer by 1.05.
+    PerturbLayer(u32),
+    /// Zero the attention and feed-forward outputs of one layer (the layer does nothing).
+    SkipLayer(u32),
+    /// Replace the system prompt before generating.
+    SystemPrompt,
+    /// Change one output token (the given index, or the middle one) after generating.
+    AlterToken(Option<u32>),
+    /// Sample with a seed of its own, not the client's.
+    Unseeded,
+    /// Attach the proof of the previous request.
+    ReplayProof,
+    /// Drop the last commitment of the proof.
+    TruncateProof,
+}
+
+impl std::str::FromStr for Cheat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cheat, String> {
+        let (mode, arg) = s
+            .split_once(':')
+            .map(|(m, a)| (m, Some(a)))
+            .unwrap_or((s, None));
+        let layer = || -> Result<u32, String> {
+            arg.ok_or_else(|| format!("{mode} needs a layer: {mode}:N"))?
+                .parse()
+                .map_err(|_| format!("{mode}: the layer must be a number"))
+        };
+        match mode {
+            "swap" => Ok(Cheat::Swap(PathBuf::from(
+                arg.ok_or("swap needs a file: swap:FILE.gguf")?,
+            ))),
+            "perturb-layer" => Ok(Cheat::PerturbLayer(layer()?)),
+            "skip-layer" => Ok(Cheat::SkipLayer(layer()?)),
+            "system-prompt" => Ok(Cheat::SystemPrompt),
+            "alter-token" => Ok(Cheat::AlterToken(
+                arg.map(|a| {
+                    a.parse()
+                        .map_err(|_| "alter-token:N needs a number".to_string())
+                })
+                .transpose()?,
+            )),
+            "unseeded" => Ok(Cheat::Unseeded),
+            "replay-proof" => Ok(Cheat::ReplayProof),
+            "truncate-proof" => Ok(Cheat::TruncateProof),
+            _ => Err(format!(
+                "unknown cheat {s:?}: swap:FILE, perturb-layer:N, skip-layer:N, system-prompt, alter-token[:N], unseeded, replay-proof, truncate-proof"
+            )),
+        }
+    }
+}
+
+impl Cheat {
+    /// The GGUF to load instead of the honest one, if this mode changes the weights. Layer
+    /// modes write a modified copy of `honest` into `dir`.
+    pub fn weights(&self, honest: &Path, dir: &Path) -> Result<Option<PathBuf>, String> {
+        match self {
+            Cheat::Swap(p) => Ok(Some(p.clone())),
+            Cheat::PerturbLayer(n) => {
+                edit_layer(honest, dir, *n, &["ffn_down"], Edit::Scale(1.05)).map(Some)
+            }
+            Cheat::SkipLayer(n) => {
+                edit_layer(honest, dir, *n, &["attn_output", "ffn_down"], Edit::Zero).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Edit {
+    Scale(f32),
+    Zero,
+}
+
+/// Copies `src` to `dir` with the named tensors of layer `layer` edited in place. Supports the
+/// block formats whose scales lead each block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and F32/F16.
+fn edit_layer(
+    src: &Path,
+    dir: &Path,
+    layer: u32,
+    tensors: &[&str],
+    edit: Edit,
+) -> Result<PathBuf, String> {
+    let info = gguf_tensors(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let tag = match edit {
+        Edit::Scale(_) => "perturb",
+        Edit::Zero => "skip",
+    };
+    let out = dir.join(format!("cheat-{tag}-layer{layer}.gguf"));
+    std::fs::copy(src, &out).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&out)
+        .map_err(|e| e.to_string())?;
+    let mut edited = 0;
+    for t in &info.tensors {
+        if !tensors
+            .iter()
+            .any(|n| t.name == format!("blk.{layer}.{n}.weight"))
+        {
+            continue;
+        }
+        let (block, elems) = match t.kind {
+            0 => (4, 1),   // F32
+            1 => (2, 1),   // F16
+            2 => (18, 32), // Q4_0: f16 d, 16 bytes
+            3 => (20, 32), // Q4_1: f16 d, f16 m, 16 bytes
+            6 => (22, 32), // Q5_0
+            7 => (24, 32), // Q5_1
+            8 => (34, 32), // Q8_0
+            k => {
+                return Err(format!(
+                    "tensor {} has type {k}, which this cheat cannot edit",
+                    t.name
+                ));
+            }
+        };
+        let n: u64 = t.dims.iter().product();
+        let bytes = (n / elems) * block;
+        let start = info.data_start + t.offset;
+        let mut buf = vec![0u8; bytes as usize];
+        f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+        f.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        for b in buf.chunks_exact_mut(block as usize) {
+            match (t.kind, edit) {
+                (_, Edit::Zero) => b.iter_mut().for_each(|x| *x = 0),
+                (0, Edit::Scale(s)) => {
+                    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * s;
+                    b.copy_from_slice(&v.to_le_bytes());
+                }
+                (_, Edit::Scale(s)) => {
+                    // The first f16 of every block is its scale (for F16, the value itself).
+                    let v = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() * s;
+                    b[..2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
+                }
+            }
+        }
+        f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+        f.write_all(&buf).map_err(|e| e.to_string())?;
+        edited += 1;
+    }
+    if edited == 0 {
+        return Err(format!("layer {layer} has none of the tensors {tensors:?}"));
+    }
+    f.sync_all().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+struct TensorInfo {
+    name: String,
+    dims: Vec<u64>,
+    kind: u32,
+    offset: u64,
+}
+
+struct GgufInfo {
+    data_start: u64,
+    tensors: Vec<TensorInfo>,
+}
+
+/// Reads a GGUF (v2/v3) header: tensor names, shapes, types and data offsets.
+fn gguf_tensors(path: &Path) -> std::io::Result<GgufInfo> {
+    use std::io::{Error, ErrorKind};
+    let bad = |m: &str| Error::new(ErrorKind::InvalidData, m.to_string());
+    let mut r = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut pos = 0u64;
+    let rd = |r: &mut dyn Read, n: usize, pos: &mut u64| -> std::io::Result<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        r.read_exact(&mut v)?;
+        *pos += n as u64;
+        Ok(v)
+    };
+    let u32_ = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let u64_ = |b: &[u8]| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    if rd(&mut r, 4, &mut pos)? != b"GGUF" {
+        return Err(bad("not a GGUF file"));
+    }
+    let version = u32_(&rd(&mut r, 4, &mut pos)?);
+    if !(2..=3).contains(&version) {
+        return Err(bad("unsupported GGUF version"));
+    }
+    let n_tensors = u64_(&rd(&mut r, 8, &mut pos)?);
+    let n_kv = u64_(&rd(&mut r, 8, &mut pos)?);
+    if n_tensors > 1 << 20 || n_kv > 1 << 20 {
+        return Err(bad("implausible counts"));
+    }
+    let mut alignment = 32u64;
+    fn skip_value(
+        r: &mut dyn Read,
+        kind: u32,
+        pos: &mut u64,
+        depth: u32,
+    ) -> std::io::Result<Option<u64>> {
+        let mut take = |n: usize| -> std::io::Result<Vec<u8>> {
+            let mut v = vec![0u8; n];
+            r.read_exact(&mut v)?;
+            *pos += n as u64;
+            Ok(v)
+        };
+        let size = match kind {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => {
+                let l = take(8)?;
+                let len = u64::from_le_bytes([l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]);
+                if len > 1 << 30 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "string too long",
+                    ));
+                }
+                take(len as usize)?;
+                return Ok(None);
+            }
+            9 if depth < 2 => {
+                let h = take(12)?;
+                let inner = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                let n = u64::from_le_bytes([h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11]]);
+                if n > 1 << 26 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "array too long",
+                    ));
+                }
+                for _ in 0..n {
+                    skip_value(r, inner, pos, depth + 1)?;
+                }
+                return Ok(None);
+            }
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "unknown value type",
+                ));
+            }
+        };
+        let v = take(size)?;
+        let mut b = [0u8; 8];
+        b[..size].copy_from_slice(&v);
+        Ok(Some(u64::from_le_bytes(b)))
+    }
+    for _ in 0..n_kv {
+        let l = u64_(&rd(&mut r, 8, &mut pos)?);
+        if l > 1 << 16 {
+            return Err(bad("key too long"));
+        }
+        let key = String::from_utf8_lossy(&rd(&mut r, l as usize, &mut pos)?).into_owned();
+        let kind = u32_(&rd(&mut r, 4, &mut pos)?);
+        let v = skip_value(&mut r, kind, &mut pos, 0)?;
+        if key == "general.alignment" {
+            alignment = v.unwrap_or(32).max(1);
+        }
+    }
+    let mut tensors = Vec::new();
+    for _ in 0..n_tensors {
+        let l = u64_(&rd(&mut r, 8, &mut pos)?);
+        if l > 1 << 16 {
+            return Err(bad("name too long"));
+        }
+        let name = String::from_utf8_lossy(&rd(&mut r, l as usize, &mut pos)?).into_owned();
+        let nd = u32_(&rd(&mut r, 4, &mut pos)?);
+        if nd > 8 {
+            return Err(bad("too many dimensions"));
+        }
+        let mut dims = Vec::new();
+        for _ in 0..nd {
+            dims.push(u64_(&rd(&mut r, 8, &mut pos)?));
+        }
+        let kind = u32_(&rd(&mut r, 4, &mut pos)?);
+        let offset = u64_(&rd(&mut r, 8, &mut pos)?);
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            kind,
+            offset,
+        });
+    }
+    let data_start = pos.div_ceil(alignment) * alignment;
+    Ok(GgufInfo {
+        data_start,
+        tensors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_modes() {
+        assert_eq!(
+            "swap:/x.gguf".parse::<Cheat>(),
+            Ok(Cheat::Swap("/x.gguf".into()))
+        );
+        assert_eq!("skip-layer:3".parse::<Cheat>(), Ok(Cheat::SkipLayer(3)));
+        assert_eq!("alter-token".parse::<Cheat>(), Ok(Cheat::AlterToken(None)));
+        assert!("skip-layer".parse::<Cheat>().is_err());
+        assert!("nonsense".parse::<Cheat>().is_err());
+    }
+}
