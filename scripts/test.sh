@@ -3,7 +3,8 @@
 # Debian packages (cmake, clang, libclang-dev, golang-go, golang-golang-x-mod-dev, python3-venv),
 # a Python venv with the `openai` package, the default model, cargo-fuzz; then runs fmt, clippy,
 # every test (unit, property, integration with real processes and the real model, Merkle
-# vectors, Go interop, crash tests) and a short run of every fuzz target (FUZZ_SECONDS, 20).
+# vectors, Go interop, crash tests), the cheating-worker devnet test (built with the `cheat`
+# feature) and a short run of every fuzz target (FUZZ_SECONDS, 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -37,6 +38,14 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     echo "cargo-nextest not found: running cargo test (serially: the model tests must not share the CPU)" >&2
     cargo test --release --workspace -- --test-threads=1
+fi
+
+step "cheating workers (the cheat feature): clippy, and a devnet whose validators catch one"
+cargo clippy --release --workspace --all-targets --features agora-cli/cheat -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release -p agora-cli --features cheat --test cheat_devnet --profile ci
+else
+    cargo test --release -p agora-cli --features cheat --test cheat_devnet
 fi
 
 if [ -x scripts/fuzz-short.sh ]; then

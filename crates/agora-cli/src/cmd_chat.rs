@@ -143,7 +143,7 @@ pub fn nodes(args: NodesArgs) -> Result<()> {
     let peers = v["peers"].as_array().cloned().unwrap_or_default();
     println!("{} peer(s):", peers.len());
     println!(
-        "  {:<54} {:<5} {:>7} {:<20} {:>5} {:>5} {:>8}",
+        "  {:<54} {:<5} {:>7} {:<20} {:>5} {:>5} {:>8}  VERDICTS",
         "PEER", "CONN", "RTT ms", "MODELS", "FREE", "QUEUE", "TOK/S"
     );
     for p in peers {
@@ -152,8 +152,14 @@ pub fn nodes(args: NodesArgs) -> Result<()> {
             .as_array()
             .map(|m| m.iter().filter_map(|m| m["name"].as_str()).collect())
             .unwrap_or_default();
+        let rep = &p["reputation"];
+        let verdicts = match (rep["accepted"].as_u64(), rep["rejected"].as_u64()) {
+            (Some(a), Some(0)) => format!("{a} accepted"),
+            (Some(a), Some(r)) => format!("{a} accepted, {r} REJECTED: not routed to"),
+            _ => "-".into(),
+        };
         println!(
-            "  {:<54} {:<5} {:>7} {:<20} {:>5} {:>5} {:>8}",
+            "  {:<54} {:<5} {:>7} {:<20} {:>5} {:>5} {:>8}  {verdicts}",
             p["peer_id"].as_str().unwrap_or("?"),
             if p["connected"].as_bool() == Some(true) {
                 "yes"

@@ -491,7 +491,7 @@ impl Backend for Gateway {
         });
         serde_json::json!({
             "self": {"peer_id": self.net.peer_id().to_string(), "addrs": self.net.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(), "worker": local},
-            "peers": describe_peers(&self.net.peers()),
+            "peers": self.with_reputation(describe_peers(&self.net.peers())),
         })
     }
 }
@@ -670,6 +670,24 @@ impl Gateway {
                 let _ = s.close().await;
             });
         }
+    }
+
+    /// Adds each peer's reputation (verdicts heard about it, and whether this gateway still
+    /// routes to it) to `describe_peers`' list.
+    fn with_reputation(&self, mut peers: serde_json::Value) -> serde_json::Value {
+        let reps = self.reputations();
+        if let Some(list) = peers.as_array_mut() {
+            for p in list {
+                let id = p["peer_id"].as_str().unwrap_or_default().to_string();
+                let r = reps.get(&id).copied().unwrap_or_default();
+                p["reputation"] = serde_json::json!({
+                    "accepted": r.accepted,
+                    "rejected": r.rejected,
+                    "routed": r.rejected == 0,
+                });
+            }
+        }
+        peers
     }
 
     /// Reputation of every worker a verdict was heard about.

@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(Proof::decode(&bytes).unwrap(), p);
     }
 
-    /// A pinned test vector: the exact bytes of a small proof (docs/proof-format.md).
+    /// A pinned test vector: the exact bytes of a small proof (docs/verification.md).
     #[test]
     fn test_vector() {
         let p = sample_proof();

@@ -72,6 +72,8 @@ pub struct Node {
     pub peer_id: String,
     /// Peer-to-peer addresses, each ending in `/p2p/<peer id>`.
     pub p2p: Vec<String>,
+    /// The verifier key of the log this node serves (`--serve-log`).
+    pub log_vkey: Option<String>,
     pub home: tempfile::TempDir,
 }
 
@@ -95,6 +97,7 @@ impl Node {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             let (mut url, mut peer, mut p2p) = (String::new(), String::new(), Vec::new());
+            let mut vkey = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(u) = line.strip_prefix("listening on ") {
@@ -103,14 +106,18 @@ impl Node {
                     peer = p.trim().to_string();
                 } else if let Some(a) = line.strip_prefix("p2p: ") {
                     p2p.push(a.trim().to_string());
+                } else if line.trim_start().starts_with("log:")
+                    && let Some((_, v)) = line.split_once("(vkey ")
+                {
+                    vkey = Some(v.trim_end_matches(')').to_string());
                 } else if line.starts_with("Ctrl-C stops the node.")
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send((url.clone(), peer.clone(), p2p.clone()));
+                    let _ = tx.send((url.clone(), peer.clone(), p2p.clone(), vkey.clone()));
                 }
             }
         });
-        let (url, peer_id, p2p) = rx
+        let (url, peer_id, p2p, log_vkey) = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("node did not start within 120 s");
         let addr = url.trim_start_matches("http://").to_string();
@@ -120,6 +127,7 @@ impl Node {
             addr,
             peer_id,
             p2p,
+            log_vkey,
             home,
         }
     }
