@@ -166,6 +166,9 @@ struct Outcome {
     gen_secs: f64,
     verify_secs: f64,
     near_ties: u32,
+    /// Worst committed-value error and index overlap of the answer's commitments.
+    max_value_error: f32,
+    min_overlap: f32,
     reason: String,
     /// The answer's tokens.
     #[cfg_attr(not(feature = "cheat"), allow(dead_code))]
@@ -237,6 +240,8 @@ async fn run_case(w: &Worker, verifier: &Arc<dyn Engine>, case: &Case) -> Result
             tokens: r.tokens,
             first_bad: r.first_bad_token,
             near_ties: r.near_ties,
+            max_value_error: r.max_value_error,
+            min_overlap: r.min_overlap,
             reason: r.reason.unwrap_or_default(),
             ..Outcome::default()
         },
@@ -428,6 +433,21 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
             timing.0, timing.2, timing.3, timing.1
         );
         println!("| near-ties accepted among honest tokens | {ties} of {tokens} | |");
+        let worst_err = honest.iter().map(|o| o.max_value_error).fold(0f32, f32::max);
+        let worst_overlap = honest
+            .iter()
+            .filter(|o| o.accepted)
+            .map(|o| o.min_overlap)
+            .fold(1f32, f32::min);
+        println!(
+            "| worst committed-value error among honest answers (share of the vector's scale) | {worst_err:.2e} | tolerance {} |",
+            Tolerances::default().max_value_error
+        );
+        println!(
+            "| worst top-k index overlap among honest answers | {:.0}% | tolerance {:.0}% |",
+            worst_overlap * 100.0,
+            Tolerances::default().min_overlap * 100.0
+        );
         if let Some(path) = &a.json {
             let v = json!({
                 "model": name, "honest": honest.len(), "honest_tokens": tokens, "false_positives": fp,

@@ -1,7 +1,7 @@
 //! How far apart are the numbers of incremental decoding and of one scoring prefill over the
 //! same tokens? Prints per-prompt maxima; used to calibrate the verifier's tolerances.
 //!
-//! cargo run --release -p agora-engine --example drift -- MODEL.gguf [THREADS_GEN] [THREADS_SCORE]
+//! cargo run --release -p agora-engine --example drift -- MODEL.gguf [THREADS_GEN] [THREADS_SCORE] [TOKENS]
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,7 @@ fn main() {
     let path = args[1].clone();
     let tg: u32 = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(2);
     let ts: u32 = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(tg);
+    let n_out: u32 = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(96);
     let mk = |threads| {
         let mut c = LlamaConfig::new(path.clone().into(), "m".into(), "0".into());
         c.threads = threads;
@@ -63,7 +64,7 @@ fn main() {
                 top_k: 0,
                 seed: 7 + pi as u64,
             },
-            max_tokens: 96,
+            max_tokens: n_out,
             stop: vec![],
             ignore_eos: true,
             capture: Capture {

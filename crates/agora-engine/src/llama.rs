@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use agora_sampling::Sampler;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -487,7 +487,17 @@ fn run_engine(
         // it on, llama.cpp outputs every token of a batch.
         .with_embeddings(false)
         .with_pooling_type(LlamaPoolingType::None)
-        .with_kv_unified(false);
+        .with_kv_unified(false)
+        // A row's numbers must not depend on the thread count or on what else is in the batch
+        // (seeded sampling, failover and proofs need that). llama.cpp's flash-attention kernel
+        // has two paths that break it, both only for f16/f32 caches: it splits the key/value
+        // range of a lone query row across threads once 512 positions are cached, and it tiles
+        // batches of 64 rows or more. With a bf16 cache (same size as f16) every row takes the
+        // one per-row path, bit-identically for any thread count (measured: examples/drift.rs,
+        // 600- and 700-token outputs, 2 threads generating and 1 scoring, and the reverse).
+        .with_flash_attention_policy(1) // LLAMA_FLASH_ATTN_TYPE_ENABLED (not re-exported)
+        .with_type_k(KvCacheType::BF16)
+        .with_type_v(KvCacheType::BF16);
     let mut ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {
