@@ -187,7 +187,7 @@ pub fn run(home: &Path, a: BenchNetArgs) -> Result<()> {
     println!(
         "agora bench-net: {} cores ({}); nodes on loopback; TTFT with {} (1 token, streaming), {} samples per path, interleaved",
         cores,
-        cpu_name(),
+        crate::cmd_bench::cpu_name(),
         model.name,
         a.samples
     );
@@ -274,15 +274,4 @@ fn load(url: &str, connections: usize, dur: Duration) -> Result<(u64, u64, Perce
         }
         Ok((ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed), Percentiles::of(all)))
     })
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }

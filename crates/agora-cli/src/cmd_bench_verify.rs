@@ -316,7 +316,7 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
         // to verify an answer against the time to generate it, one request at a time.
         let overhead = proof_overhead(&model.path, &name, &sha).await?;
         let timing = {
-            let w = Worker { engine: load(&model.path, &name, &sha, cores() as u32, 1)?, attestor: Attestor::new(Arc::clone(&identity)), label: "timing".into() };
+            let w = Worker { engine: load(&model.path, &name, &sha, crate::cmd_bench::num_cores() as u32, 1)?, attestor: Attestor::new(Arc::clone(&identity)), label: "timing".into() };
             let mut r = rand::rngs::StdRng::seed_from_u64(a.seed ^ 0x5eed);
             let cases: Vec<Case> = (0..20)
                 .map(|k| {
@@ -371,7 +371,7 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
         let ratios: Vec<f64> = honest.iter().filter(|o| o.tokens >= 16).map(|o| o.verify_secs / o.gen_secs.max(1e-9)).collect();
         let ties: u32 = honest.iter().map(|o| o.near_ties).sum();
         println!();
-        println!("agora bench-verify: {} on {} ({} cores); seed {}", name, cpu(), cores(), a.seed);
+        println!("agora bench-verify: {} on {} ({} cores); seed {}", name, crate::cmd_bench::cpu_name(), crate::cmd_bench::num_cores(), a.seed);
         println!();
         println!("| requests | count | tokens | rejected | rate |");
         println!("|---|---:|---:|---:|---:|");
@@ -465,15 +465,7 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
 
 /// Single-stream decode speed without and with hidden-state capture (alternating runs).
 async fn proof_overhead(path: &Path, name: &str, sha: &str) -> Result<(f64, f64, f64)> {
-    let e = load(
-        path,
-        name,
-        sha,
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1),
-        1,
-    )?;
+    let e = load(path, name, sha, crate::cmd_bench::num_cores() as u32, 1)?;
     let prompt = e.tokenize("Write a long story about the sea.");
     let mut without = Vec::new();
     let mut with = Vec::new();
@@ -649,21 +641,4 @@ fn ensure_variants(model: &Path, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         out.push((q.to_string(), p));
     }
     Ok(out)
-}
-
-fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }

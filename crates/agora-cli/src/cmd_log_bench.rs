@@ -19,18 +19,6 @@ const TARGET_APPENDS: f64 = 20_000.0;
 const TARGET_P99: Duration = Duration::from_millis(1500);
 const TARGET_VERIFY: f64 = 200_000.0;
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn check(ok: bool) -> &'static str {
     if ok { "meets target" } else { "BELOW target" }
 }
@@ -40,7 +28,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     println!("agora log bench");
     println!(
         "conditions: {cores} cores ({}), database in {} (redb, durable commit per batch, quick-repair on),",
-        cpu_model(),
+        crate::cmd_bench::cpu_name(),
         a.dir.display()
     );
     println!(

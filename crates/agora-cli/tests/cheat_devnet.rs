@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{MODEL, Node, chat};
+use common::{Node, args, chat, wait_workers};
 use serde_json::{Value, json};
 
 const LOOPBACK: &[&str] = &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"];
@@ -25,10 +23,6 @@ const SMALL: &[&str] = &[
     "512",
     "--no-mdns",
 ];
-
-fn args<'a>(parts: &[&'a [&'a str]]) -> Vec<&'a str> {
-    parts.iter().flat_map(|p| p.iter().copied()).collect()
-}
 
 /// The gateway's view of `peer`'s reputation: (accepted, rejected).
 fn reputation(gw: &Node, peer: &str) -> (u64, u64) {
@@ -54,25 +48,6 @@ fn ask(gw: &Node, i: usize) -> String {
     assert_eq!(status, 200, "{v}");
     assert!(v["agora"]["receipt"].is_object(), "{v}");
     v["agora"]["workers"][0].as_str().unwrap().to_string()
-}
-
-fn wait_workers(gw: &Node, n: u64) {
-    let t0 = Instant::now();
-    loop {
-        let (_, v) = gw.get("/v1/models");
-        let workers = v["data"]
-            .as_array()
-            .and_then(|d| d.iter().find(|m| m["id"] == MODEL))
-            .map(|m| m["agora"]["workers"].as_u64().unwrap_or(0));
-        if workers == Some(n) {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the gateway never saw {n} workers: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

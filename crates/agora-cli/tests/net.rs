@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{MODEL, Node, chat, temp_home};
+use common::{Node, args, chat, temp_home, wait_workers};
 use serde_json::{Value, json};
 
 /// Worker flags for tests: one thread each, so several workers share two cores without their
@@ -24,30 +24,6 @@ const WORKER: &[&str] = &[
     "512",
 ];
 const LOOPBACK: &[&str] = &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"];
-
-fn args<'a>(parts: &[&'a [&'a str]]) -> Vec<&'a str> {
-    parts.iter().flat_map(|p| p.iter().copied()).collect()
-}
-
-/// Waits until the gateway lists `n` workers for the model.
-fn wait_workers(gw: &Node, n: u64) {
-    let t0 = Instant::now();
-    loop {
-        let (_, v) = gw.get("/v1/models");
-        let workers = v["data"]
-            .as_array()
-            .and_then(|d| d.iter().find(|m| m["id"] == MODEL))
-            .map(|m| m["agora"]["workers"].as_u64().unwrap_or(0));
-        if workers == Some(n) {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the gateway never saw {n} workers: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// Sends 30 requests (6 at a time) and counts the answers per worker.
 fn spread(gw: &Node) -> HashMap<String, usize> {

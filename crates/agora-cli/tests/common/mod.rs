@@ -324,3 +324,28 @@ pub fn content(v: &Value) -> String {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Flag lists joined into one argument list.
+pub fn args<'a>(parts: &[&'a [&'a str]]) -> Vec<&'a str> {
+    parts.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+/// Waits until the gateway lists `n` workers for the model.
+pub fn wait_workers(gw: &Node, n: u64) {
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = gw.get("/v1/models");
+        let workers = v["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|m| m["id"] == MODEL))
+            .map(|m| m["agora"]["workers"].as_u64().unwrap_or(0));
+        if workers == Some(n) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the gateway never saw {n} workers: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
