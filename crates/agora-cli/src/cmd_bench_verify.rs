@@ -312,154 +312,245 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
         let verifier_a = load(&model.path, &name, &sha, 2, 4)?;
         let verifier_b = load(&model.path, &name, &sha, 1, 1)?;
 
-                // Costs first, on an idle machine: proof overhead on single-stream decode, and the time
+        // Costs first, on an idle machine: proof overhead on single-stream decode, and the time
         // to verify an answer against the time to generate it, one request at a time.
         let overhead = proof_overhead(&model.path, &name, &sha).await?;
-        let timing = {
-            let w = Worker { engine: load(&model.path, &name, &sha, crate::cmd_bench::num_cores() as u32, 1)?, attestor: Attestor::new(Arc::clone(&identity)), label: "timing".into() };
-            let mut r = rand::rngs::StdRng::seed_from_u64(a.seed ^ 0x5eed);
-            let cases: Vec<Case> = (0..20)
-                .map(|k| {
-                    let mut c = case(&mut r, 128, k % 2 == 0);
-                    c.job.max_tokens = Some(128);
-                    c.job.ignore_eos = true;
-                    c
-                })
-                .collect();
-            // All generations, then all verifications: neither runs while the other's threads
-            // are still winding down.
-            let mut made = Vec::new();
-            for c in &cases {
-                made.push(generate(&w, c).await?);
-            }
-            drop(w);
-            let mut ratios = Vec::new();
-            let (mut g, mut v) = (0.0, 0.0);
-            for (t, gen_secs, _) in &made {
-                let t1 = Instant::now();
-                agora_node::verifier::verify(&verifier_a, t, Tolerances::default()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let verify_secs = t1.elapsed().as_secs_f64();
-                ratios.push(verify_secs / gen_secs);
-                g += gen_secs;
-                v += verify_secs;
-            }
-            (median(ratios), v / g.max(1e-9), g / 20.0, v / 20.0)
-        };
+        let timing = verify_cost(&model.path, &name, &sha, &identity, &verifier_a, a.seed).await?;
 
         // Honest workers: (threads, slots, concurrency, verifier).
-        let settings: [(u32, u32, usize, &Arc<dyn Engine>); 4] =
-            [(1, 1, 1, &verifier_a), (2, 1, 1, &verifier_b), (2, 8, 8, &verifier_b), (1, 8, 8, &verifier_a)];
+        let settings: [(u32, u32, usize, &Arc<dyn Engine>); 4] = [
+            (1, 1, 1, &verifier_a),
+            (2, 1, 1, &verifier_b),
+            (2, 8, 8, &verifier_b),
+            (1, 8, 8, &verifier_a),
+        ];
         let mut honest: Vec<Outcome> = Vec::new();
         let per = a.honest.div_ceil(settings.len());
         for (i, (threads, slots, conc, verifier)) in settings.iter().enumerate() {
-            let w = Worker { engine: load(&model.path, &name, &sha, *threads, *slots)?, attestor: Attestor::new(Arc::clone(&identity)), label: format!("honest t{threads} s{slots}") };
-            let cases: Vec<Case> = (0..per.min(a.honest - honest.len())).map(|k| case(&mut rng, a.max_tokens, (k + i) % 2 == 0)).collect();
-            eprintln!("{} ({} requests, verifier with other settings)", w.label, cases.len());
+            let w = Worker {
+                engine: load(&model.path, &name, &sha, *threads, *slots)?,
+                attestor: Attestor::new(Arc::clone(&identity)),
+                label: format!("honest t{threads} s{slots}"),
+            };
+            let cases: Vec<Case> = (0..per.min(a.honest - honest.len()))
+                .map(|k| case(&mut rng, a.max_tokens, (k + i) % 2 == 0))
+                .collect();
+            eprintln!(
+                "{} ({} requests, verifier with other settings)",
+                w.label,
+                cases.len()
+            );
             honest.extend(run_all(&w, verifier, &cases, *conc, &w.label).await?);
         }
 
-        let cheats = cheat_rows(&a, home, &model.path, &name, &sha, &identity, &verifier_a, &mut rng).await?;
+        let cheats = cheat_rows(
+            &a,
+            home,
+            &model.path,
+            &name,
+            &sha,
+            &identity,
+            &verifier_a,
+            &mut rng,
+        )
+        .await?;
 
-        // Report.
-        let fp = honest.iter().filter(|o| !o.accepted).count();
-        let tokens: u64 = honest.iter().map(|o| u64::from(o.tokens)).sum();
-        let bytes: usize = honest.iter().map(|o| o.proof_bytes).sum();
-        let long: Vec<&Outcome> = honest.iter().filter(|o| o.tokens >= 32).collect();
-        let long_bpt = long.iter().map(|o| o.proof_bytes as f64).sum::<f64>() / long.iter().map(|o| f64::from(o.tokens)).sum::<f64>().max(1.0);
-        let generating: f64 = honest.iter().map(|o| o.gen_secs).sum();
-        let ver: f64 = honest.iter().map(|o| o.verify_secs).sum();
-        let ratios: Vec<f64> = honest.iter().filter(|o| o.tokens >= 16).map(|o| o.verify_secs / o.gen_secs.max(1e-9)).collect();
-        let ties: u32 = honest.iter().map(|o| o.near_ties).sum();
-        println!();
-        println!("agora bench-verify: {} on {} ({} cores); seed {}", name, crate::cmd_bench::cpu_name(), crate::cmd_bench::num_cores(), a.seed);
-        println!();
-        println!("| requests | count | tokens | rejected | rate |");
-        println!("|---|---:|---:|---:|---:|");
-        println!(
-            "| honest (T=0 and 0.7–1.0; outputs 1–{}; threads 1/2; slots 1/8; verifier on other settings) | {} | {} | {} | {:.2}% false positives |",
-            a.max_tokens,
-            honest.len(),
-            tokens,
-            fp,
-            100.0 * fp as f64 / honest.len().max(1) as f64
-        );
-        for (mode, outs) in &cheats {
-            let detected = outs.iter().filter(|o| !o.accepted).count();
-            let unchanged = outs
-                .iter()
-                .filter(|o| o.accepted && o.same_as_honest)
-                .count();
-            let changed = outs.len() - unchanged;
-            let need: Vec<f64> = outs.iter().filter_map(|o| o.first_bad.map(|b| f64::from(b) + 1.0)).collect();
-            let max_need = need.iter().copied().fold(0.0, f64::max);
-            println!(
-                "| cheat `{mode}` | {} | {} | {} | {:.1}% detected{}; tokens to detect: median {}, max {} |",
-                outs.len(),
-                outs.iter().map(|o| u64::from(o.tokens)).sum::<u64>(),
-                detected,
-                100.0 * detected as f64 / changed.max(1) as f64,
-                if unchanged > 0 {
-                    format!(
-                        " of the {changed} answers the cheat changed ({unchanged} accepted answers were token for token what an honest worker gives)"
-                    )
-                } else {
-                    String::new()
-                },
-                median(need),
-                max_need
-            );
-        }
-        if honest.iter().any(|o| !o.accepted) {
-            for o in honest.iter().filter(|o| !o.accepted).take(5) {
-                println!("  false positive: {}", o.reason);
-            }
-        }
-        println!();
-        println!("| cost | measured | target |");
-        println!("|---|---:|---|");
-        println!(
-            "| proof overhead on single-stream decode | {:.2}% ({:.1} tok/s without, {:.1} with) | ≤ 2% |",
-            overhead.0, overhead.1, overhead.2
-        );
-        println!("| proof bytes per generated token, all honest answers | {:.2} | ≤ 16 |", bytes as f64 / (tokens.max(1)) as f64);
-        println!("| proof bytes per generated token, answers of ≥ 32 tokens | {long_bpt:.2} | ≤ 16 |");
-                println!(
-            "| verification time / generation time, all honest answers under load (8 at a time, queueing included) | {:.3}× (median per answer of ≥ 16 tokens: {:.3}×) | |",
-            ver / generating.max(1e-9),
-            median(ratios)
-        );
-                println!(
-            "| verification time / generation time, 128-token answers one at a time (median of 20) | {:.3}× (generation {:.2} s, verification {:.2} s on average; all 20: {:.3}×) | ≤ 0.3× |",
-            timing.0, timing.2, timing.3, timing.1
-        );
-        println!("| near-ties accepted among honest tokens | {ties} of {tokens} | |");
-        let worst_err = honest.iter().map(|o| o.max_value_error).fold(0f32, f32::max);
-        let worst_overlap = honest
+        report(&a, &name, &honest, &cheats, overhead, &timing)
+    })
+}
+
+/// Prints the matrix and the costs (and writes them as JSON with `--json`).
+fn report(
+    a: &BenchVerifyArgs,
+    name: &str,
+    honest: &[Outcome],
+    cheats: &[(String, Vec<Outcome>)],
+    overhead: (f64, f64, f64),
+    timing: &Timing,
+) -> Result<()> {
+    let fp = honest.iter().filter(|o| !o.accepted).count();
+    let tokens: u64 = honest.iter().map(|o| u64::from(o.tokens)).sum();
+    let bytes: usize = honest.iter().map(|o| o.proof_bytes).sum();
+    let long: Vec<&Outcome> = honest.iter().filter(|o| o.tokens >= 32).collect();
+    let long_bpt = long.iter().map(|o| o.proof_bytes as f64).sum::<f64>()
+        / long
             .iter()
-            .filter(|o| o.accepted)
-            .map(|o| o.min_overlap)
-            .fold(1f32, f32::min);
+            .map(|o| f64::from(o.tokens))
+            .sum::<f64>()
+            .max(1.0);
+    let generating: f64 = honest.iter().map(|o| o.gen_secs).sum();
+    let ver: f64 = honest.iter().map(|o| o.verify_secs).sum();
+    let ratios: Vec<f64> = honest
+        .iter()
+        .filter(|o| o.tokens >= 16)
+        .map(|o| o.verify_secs / o.gen_secs.max(1e-9))
+        .collect();
+    let ties: u32 = honest.iter().map(|o| o.near_ties).sum();
+    println!();
+    println!(
+        "agora bench-verify: {} on {} ({} cores); seed {}",
+        name,
+        crate::cmd_bench::cpu_name(),
+        crate::cmd_bench::num_cores(),
+        a.seed
+    );
+    println!();
+    println!("| requests | count | tokens | rejected | rate |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| honest (T=0 and 0.7–1.0; outputs 1–{}; threads 1/2; slots 1/8; verifier on other settings) | {} | {} | {} | {:.2}% false positives |",
+        a.max_tokens,
+        honest.len(),
+        tokens,
+        fp,
+        100.0 * fp as f64 / honest.len().max(1) as f64
+    );
+    for (mode, outs) in cheats {
+        let detected = outs.iter().filter(|o| !o.accepted).count();
+        let unchanged = outs
+            .iter()
+            .filter(|o| o.accepted && o.same_as_honest)
+            .count();
+        let changed = outs.len() - unchanged;
+        let need: Vec<f64> = outs
+            .iter()
+            .filter_map(|o| o.first_bad.map(|b| f64::from(b) + 1.0))
+            .collect();
+        let max_need = need.iter().copied().fold(0.0, f64::max);
         println!(
-            "| worst committed-value error among honest answers (share of the vector's scale) | {worst_err:.2e} | tolerance {} |",
-            Tolerances::default().max_value_error
+            "| cheat `{mode}` | {} | {} | {} | {:.1}% detected{}; tokens to detect: median {}, max {} |",
+            outs.len(),
+            outs.iter().map(|o| u64::from(o.tokens)).sum::<u64>(),
+            detected,
+            100.0 * detected as f64 / changed.max(1) as f64,
+            if unchanged > 0 {
+                format!(
+                    " of the {changed} answers the cheat changed ({unchanged} accepted answers were token for token what an honest worker gives)"
+                )
+            } else {
+                String::new()
+            },
+            median(need),
+            max_need
         );
-        println!(
-            "| worst top-k index overlap among honest answers | {:.0}% | tolerance {:.0}% |",
-            worst_overlap * 100.0,
-            Tolerances::default().min_overlap * 100.0
-        );
-        if let Some(path) = &a.json {
-            let v = json!({
-                "model": name, "honest": honest.len(), "honest_tokens": tokens, "false_positives": fp,
-                "cheats": cheats.iter().map(|(m, o)| json!({"mode": m, "requests": o.len(), "detected": o.iter().filter(|x| !x.accepted).count(),
-                    "accepted_same_as_honest": o.iter().filter(|x| x.accepted && x.same_as_honest).count(),
-                    "tokens_to_detect": o.iter().filter_map(|x| x.first_bad.map(|b| b + 1)).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-                "proof_overhead_percent": overhead.0, "bytes_per_token": bytes as f64 / tokens.max(1) as f64,
-                "verify_over_generate": ver / generating.max(1e-9),
-            });
-            std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
+    }
+    if honest.iter().any(|o| !o.accepted) {
+        for o in honest.iter().filter(|o| !o.accepted).take(5) {
+            println!("  false positive: {}", o.reason);
         }
-        Ok(())
+    }
+    println!();
+    println!("| cost | measured | target |");
+    println!("|---|---:|---|");
+    println!(
+        "| proof overhead on single-stream decode | {:.2}% ({:.1} tok/s without, {:.1} with) | ≤ 2% |",
+        overhead.0, overhead.1, overhead.2
+    );
+    println!(
+        "| proof bytes per generated token, all honest answers | {:.2} | ≤ 16 |",
+        bytes as f64 / (tokens.max(1)) as f64
+    );
+    println!("| proof bytes per generated token, answers of ≥ 32 tokens | {long_bpt:.2} | ≤ 16 |");
+    println!(
+        "| verification time / generation time, all honest answers under load (8 at a time, queueing included) | {:.3}× (median per answer of ≥ 16 tokens: {:.3}×) | |",
+        ver / generating.max(1e-9),
+        median(ratios)
+    );
+    println!(
+        "| verification time / generation time, 128-token answers one at a time (median of 20) | {:.3}× (generation {:.2} s, verification {:.2} s on average; all 20: {:.3}×) | ≤ 0.3× |",
+        timing.median, timing.generation, timing.verification, timing.overall
+    );
+    println!("| near-ties accepted among honest tokens | {ties} of {tokens} | |");
+    let worst_err = honest
+        .iter()
+        .map(|o| o.max_value_error)
+        .fold(0f32, f32::max);
+    let worst_overlap = honest
+        .iter()
+        .filter(|o| o.accepted)
+        .map(|o| o.min_overlap)
+        .fold(1f32, f32::min);
+    println!(
+        "| worst committed-value error among honest answers (share of the vector's scale) | {worst_err:.2e} | tolerance {} |",
+        Tolerances::default().max_value_error
+    );
+    println!(
+        "| worst top-k index overlap among honest answers | {:.0}% | tolerance {:.0}% |",
+        worst_overlap * 100.0,
+        Tolerances::default().min_overlap * 100.0
+    );
+    if let Some(path) = &a.json {
+        let v = json!({
+            "model": name, "honest": honest.len(), "honest_tokens": tokens, "false_positives": fp,
+            "cheats": cheats.iter().map(|(m, o)| json!({"mode": m, "requests": o.len(), "detected": o.iter().filter(|x| !x.accepted).count(),
+                "accepted_same_as_honest": o.iter().filter(|x| x.accepted && x.same_as_honest).count(),
+                "tokens_to_detect": o.iter().filter_map(|x| x.first_bad.map(|b| b + 1)).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+            "proof_overhead_percent": overhead.0, "bytes_per_token": bytes as f64 / tokens.max(1) as f64,
+            "verify_over_generate": ver / generating.max(1e-9),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
+    }
+    Ok(())
+}
+
+/// Verification time against generation time, one 128-token request at a time on an idle
+/// machine.
+struct Timing {
+    /// Median of the per-request ratios.
+    median: f64,
+    /// Sum of verification times over sum of generation times.
+    overall: f64,
+    /// Average seconds per request.
+    generation: f64,
+    verification: f64,
+}
+
+async fn verify_cost(
+    path: &Path,
+    name: &str,
+    sha: &str,
+    identity: &Arc<Identity>,
+    verifier: &Arc<dyn Engine>,
+    seed: u64,
+) -> Result<Timing> {
+    let w = Worker {
+        engine: load(path, name, sha, crate::cmd_bench::num_cores() as u32, 1)?,
+        attestor: Attestor::new(Arc::clone(identity)),
+        label: "timing".into(),
+    };
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    let cases: Vec<Case> = (0..20)
+        .map(|k| {
+            let mut c = case(&mut r, 128, k % 2 == 0);
+            c.job.max_tokens = Some(128);
+            c.job.ignore_eos = true;
+            c
+        })
+        .collect();
+    // All generations, then all verifications: neither runs while the other's threads
+    // are still winding down.
+    let mut made = Vec::new();
+    for c in &cases {
+        made.push(generate(&w, c).await?);
+    }
+    drop(w);
+    let mut ratios = Vec::new();
+    let (mut g, mut v) = (0.0, 0.0);
+    for (t, gen_secs, _) in &made {
+        let t1 = Instant::now();
+        agora_node::verifier::verify(verifier, t, Tolerances::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let verify_secs = t1.elapsed().as_secs_f64();
+        ratios.push(verify_secs / gen_secs);
+        g += gen_secs;
+        v += verify_secs;
+    }
+    Ok(Timing {
+        median: median(ratios),
+        overall: v / g.max(1e-9),
+        generation: g / 20.0,
+        verification: v / 20.0,
     })
 }
 
