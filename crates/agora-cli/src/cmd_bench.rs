@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Extra argument for llama-server (repeatable), e.g. `--llama-server-arg=-ctk
+    /// --llama-server-arg=bf16` to give it the node's bf16 KV cache instead of its default f16.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub llama_server_arg: Vec<String>,
 }
 
 /// What one server measured.
@@ -155,8 +159,13 @@ pub fn run(home: &Path, args: BenchArgs) -> Result<()> {
         model.name, model_mb, args.streams, args.ctx, args.tokens, args.prompt_tokens, args.runs
     );
     println!(
-        "machine: {cpu}, {} cores; greedy decoding, ignore_eos; llama-server started with the same threads, slots and context",
-        num_cores()
+        "machine: {cpu}, {} cores; greedy decoding, ignore_eos; llama-server started with the same threads, slots and context{}; agora's KV cache is bf16",
+        num_cores(),
+        if args.llama_server_arg.is_empty() {
+            " (its default f16 KV cache)".to_string()
+        } else {
+            format!(" and {}", args.llama_server_arg.join(" "))
+        }
     );
     println!();
     println!("| metric | llama-server | agora | agora / llama-server | target |");
@@ -256,6 +265,7 @@ fn start_llama_server(
         ])
         // Same work as the node: separate KV per slot, no host-memory prompt cache.
         .args(["--no-kv-unified", "-cram", "0"])
+        .args(&a.llama_server_arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

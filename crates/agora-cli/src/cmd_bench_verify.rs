@@ -450,7 +450,12 @@ fn report(
         "| proof bytes per generated token, all honest answers | {:.2} | ≤ 16 |",
         bytes as f64 / (tokens.max(1)) as f64
     );
-    println!("| proof bytes per generated token, answers of ≥ 32 tokens | {long_bpt:.2} | ≤ 16 |");
+    let long_bpt = if long.is_empty() {
+        "no such answer".to_string()
+    } else {
+        format!("{long_bpt:.2}")
+    };
+    println!("| proof bytes per generated token, answers of ≥ 32 tokens | {long_bpt} | ≤ 16 |");
     println!(
         "| verification time / generation time, all honest answers under load (8 at a time, queueing included) | {:.3}× (median per answer of ≥ 16 tokens: {:.3}×) | |",
         ver / generating.max(1e-9),
