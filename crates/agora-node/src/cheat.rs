@@ -17,7 +17,7 @@ pub enum Cheat {
     SkipLayer(u32),
     /// Replace the system prompt before generating.
     SystemPrompt,
-    /// Change one output token (the given index, or the middle one) after generating.
+    /// Change one output token (the given index, default 2) after generating.
     AlterToken(Option<u32>),
     /// Sample with a seed of its own, not the client's.
     Unseeded,
