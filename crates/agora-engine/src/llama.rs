@@ -236,6 +236,35 @@ impl Drop for LlamaEngine {
     }
 }
 
+impl LlamaEngine {
+    /// Every token must be in the model's vocabulary.
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), SubmitError> {
+        match tokens.iter().find(|&&t| t >= self.info.n_vocab) {
+            Some(&bad) => Err(SubmitError::InvalidToken {
+                token: bad,
+                n_vocab: self.info.n_vocab,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands `job` to the engine thread, or refuses it when the bounded queue is full.
+    fn enqueue(&self, job: Job) -> Result<(), SubmitError> {
+        let jobs = self.jobs.as_ref().ok_or(SubmitError::Stopped)?;
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        jobs.try_send(job).map_err(|e| {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                TrySendError::Full(_) => SubmitError::Overloaded {
+                    slots: self.info.slots,
+                    queue: self.info.queue,
+                },
+                TrySendError::Disconnected(_) => SubmitError::Stopped,
+            }
+        })
+    }
+}
+
 impl Engine for LlamaEngine {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -266,30 +295,12 @@ impl Engine for LlamaEngine {
 
     fn submit(&self, req: GenRequest) -> Result<Generation, SubmitError> {
         check_fits(&req, self.info.n_ctx)?;
-        if let Some(&bad) = req.prompt.iter().find(|&&t| t >= self.info.n_vocab) {
-            return Err(SubmitError::InvalidToken {
-                token: bad,
-                n_vocab: self.info.n_vocab,
-            });
-        }
-        let jobs = self.jobs.as_ref().ok_or(SubmitError::Stopped)?;
+        self.check_tokens(&req.prompt)?;
         // Room for every event this generation can produce: bounded by the context window.
         let cap = req.max_tokens as usize + 4;
         let (tx, rx) = mpsc::channel(cap);
-        self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        match jobs.try_send(Job::Generate { req, tx }) {
-            Ok(()) => Ok(Generation { events: rx }),
-            Err(e) => {
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::Overloaded {
-                        slots: self.info.slots,
-                        queue: self.info.queue,
-                    },
-                    TrySendError::Disconnected(_) => SubmitError::Stopped,
-                })
-            }
-        }
+        self.enqueue(Job::Generate { req, tx })?;
+        Ok(Generation { events: rx })
     }
 
     fn score(
@@ -307,28 +318,10 @@ impl Engine for LlamaEngine {
                 ctx: self.info.n_ctx,
             });
         }
-        if let Some(&bad) = req.tokens.iter().find(|&&t| t >= self.info.n_vocab) {
-            return Err(SubmitError::InvalidToken {
-                token: bad,
-                n_vocab: self.info.n_vocab,
-            });
-        }
-        let jobs = self.jobs.as_ref().ok_or(SubmitError::Stopped)?;
+        self.check_tokens(&req.tokens)?;
         let (done, rx) = oneshot::channel();
-        self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        match jobs.try_send(Job::Score { req, sink, done }) {
-            Ok(()) => Ok(ScoreHandle { done: rx }),
-            Err(e) => {
-                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::Overloaded {
-                        slots: self.info.slots,
-                        queue: self.info.queue,
-                    },
-                    TrySendError::Disconnected(_) => SubmitError::Stopped,
-                })
-            }
-        }
+        self.enqueue(Job::Score { req, sink, done })?;
+        Ok(ScoreHandle { done: rx })
     }
 
     fn load(&self) -> Load {
