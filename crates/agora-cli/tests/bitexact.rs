@@ -1,0 +1,155 @@
+//! Activation proofs rest on one property of the engine: the hidden states and logits of a
+//! token are the same bits however the token was computed — decoded alone, decoded in a batch
+//! with other slots, or recomputed by one scoring prefill with another thread count. Agora's
+//! patched llama.cpp computes Q4_1 products in tiles for batches (vendor/llama-cpp-sys-2); this
+//! test holds it to that property on the real model.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use agora_engine::{
+    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, SamplingParams,
+    ScoreRequest, ScoreSink,
+};
+
+type Rows = Arc<Mutex<Vec<(Vec<f32>, Vec<f32>)>>>;
+struct Collect(Rows);
+impl ScoreSink for Collect {
+    fn row(&mut self, _pos: usize, hidden: &[f32], logits: &[f32]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((hidden.to_vec(), logits.to_vec()));
+    }
+}
+
+fn engine(threads: u32) -> LlamaEngine {
+    let mut c = LlamaConfig::new(common::model_path(), "m".into(), "0".into());
+    c.threads = threads;
+    c.slots = 8;
+    c.ctx = 2048;
+    LlamaEngine::load(c).unwrap()
+}
+
+fn request(e: &LlamaEngine, text: &str, seed: u64) -> GenRequest {
+    let prompt = e
+        .chat_prompt(&[ChatMessage {
+            role: "user".into(),
+            content: text.into(),
+        }])
+        .unwrap();
+    GenRequest {
+        prompt: e.tokenize(&prompt),
+        params: SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            top_k: 0,
+            seed,
+        },
+        max_tokens: 40,
+        stop: vec![],
+        ignore_eos: true,
+        capture: Capture {
+            hidden: true,
+            logits: true,
+        },
+        resume: vec![],
+    }
+}
+
+/// Token ids, hidden states and logits of each generated token.
+type Out = (Vec<u32>, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+async fn collect(mut g: agora_engine::Generation) -> Out {
+    let (mut ids, mut hs, mut ls) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(ev) = g.events.recv().await {
+        match ev {
+            Event::Token(t) => {
+                ids.push(t.id);
+                hs.push(t.hidden.unwrap());
+                ls.push(t.logits.unwrap());
+            }
+            Event::Done(_) => break,
+            Event::Error(e) => panic!("generation failed: {e}"),
+            _ => {}
+        }
+    }
+    (ids, hs, ls)
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn hidden_states_and_logits_are_the_same_bits_alone_batched_and_rescored() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let prompts = [
+        "Write a poem about rain.",
+        "Explain gravity to a child.",
+        "List five animals.",
+        "What is a CPU?",
+        "Tell me about the moon.",
+        "How do birds fly?",
+        "Name three colours.",
+        "Why is the sea salty?",
+    ];
+    let two = engine(2);
+
+    // Alone: one slot busy, every matrix product has one column.
+    let alone = rt.block_on(collect(two.submit(request(&two, prompts[0], 11)).unwrap()));
+
+    // Batched: eight slots decode together (tiles of columns), the first request among them.
+    let batched: Vec<Out> = rt.block_on(async {
+        let gens: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| two.submit(request(&two, p, 11 + i as u64)).unwrap())
+            .collect();
+        let mut outs = Vec::new();
+        for g in gens {
+            outs.push(collect(g).await);
+        }
+        outs
+    });
+    assert_eq!(alone.0, batched[0].0, "batched decoding chose other tokens");
+    for i in 0..alone.1.len() {
+        assert!(
+            same_bits(&alone.1[i], &batched[0].1[i]),
+            "hidden state {i} differs in a batch"
+        );
+        assert!(
+            same_bits(&alone.2[i], &batched[0].2[i]),
+            "logits {i} differ in a batch"
+        );
+    }
+
+    // Rescored: one prefill over prompt + output, on an engine with one thread.
+    let one = engine(1);
+    let req = request(&one, prompts[0], 11);
+    let from = req.prompt.len() - 1;
+    let mut tokens = req.prompt.clone();
+    tokens.extend_from_slice(&alone.0[..alone.0.len() - 1]);
+    let rows: Rows = Arc::default();
+    let h = one
+        .score(
+            ScoreRequest { tokens, from },
+            Box::new(Collect(rows.clone())),
+        )
+        .unwrap();
+    rt.block_on(h.done).unwrap().unwrap();
+    let rows = rows.lock().unwrap();
+    assert_eq!(rows.len(), alone.1.len());
+    for (i, (h, l)) in rows.iter().enumerate() {
+        assert!(
+            same_bits(&alone.1[i], h),
+            "hidden state {i} differs when rescored"
+        );
+        assert!(same_bits(&alone.2[i], l), "logits {i} differ when rescored");
+    }
+}
