@@ -26,6 +26,9 @@ cargo fmt --all --check
 step "build"
 cargo build --release --workspace --all-targets
 
+step "llama.cpp patch: the Q4_1 tile kernel, bit for bit against upstream's product"
+vendor/llama-cpp-sys-2/agora/tile-check.sh
+
 step "default model"
 "$CARGO_TARGET_DIR/release/agora" model pull smollm2-135m
 
