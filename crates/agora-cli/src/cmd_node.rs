@@ -86,6 +86,11 @@ pub struct NodeArgs {
     /// Share of receipts a validator checks.
     #[arg(long, default_value_t = 0.1)]
     pub check_probability: f64,
+    /// Act only on verdicts signed by this validator (its peer id; repeat for several). Without
+    /// it, a gateway acts on every correctly signed verdict it hears, so any key can get a
+    /// worker excluded here. A gateway that is also a validator trusts itself as well.
+    #[arg(long, value_name = "PEER_ID")]
+    pub trust_validator: Vec<agora_core::PeerId>,
     /// The log's verifier key, for validators to verify its checkpoints.
     #[arg(long, value_name = "VKEY")]
     pub log_key: Option<String>,
@@ -236,9 +241,31 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
                 gateway.set_log(u);
             }
             tokio::spawn(gateway.clone().serve_transcripts());
+            let trusted = if args.trust_validator.is_empty() {
+                agora_node::validator::TrustedValidators::Any
+            } else {
+                let mut set: std::collections::HashSet<_> =
+                    args.trust_validator.iter().cloned().collect();
+                if args.validator {
+                    set.insert(identity.peer_id());
+                }
+                agora_node::validator::TrustedValidators::Only(set)
+            };
+            match &trusted {
+                agora_node::validator::TrustedValidators::Any => println!(
+                    "  verdicts:    acted on from any validator (--trust-validator to restrict)"
+                ),
+                agora_node::validator::TrustedValidators::Only(set) => {
+                    println!(
+                        "  verdicts:    acted on from {} trusted validator(s)",
+                        set.len()
+                    )
+                }
+            }
             tokio::spawn(agora_node::validator::follow_verdicts(
                 handle.clone(),
                 gateway.clone(),
+                trusted,
             ));
             if let (true, Some(e), Some(log_url)) = (args.validator, &engine, &log_url) {
                 let vcfg = agora_node::validator::ValidatorConfig {

@@ -1,12 +1,13 @@
 //! The validator role: follows the log, checks the receipts the log's own randomness selects,
 //! and publishes signed verdicts (to the log, and by gossip so that gateways react at once).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agora_core::statement::Verdict;
-use agora_core::{Envelope, Identity, Sha256, Statement};
+use agora_core::{Envelope, Identity, PeerId, Sha256, Statement};
 use agora_engine::Engine;
 use agora_net::NetHandle;
 use agora_tlog::checkpoint::SignedCheckpoint;
@@ -217,24 +218,124 @@ fn sha2_digest(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
-/// Applies gossiped verdicts to a gateway's reputation table (verdicts are checked: a valid
-/// signature by the validator they name, about a worker they name).
-pub async fn follow_verdicts(net: NetHandle, gateway: crate::gateway::Gateway) {
+/// Whose verdicts a gateway acts on.
+#[derive(Clone, Debug, Default)]
+pub enum TrustedValidators {
+    /// Every validator's: any key can sign a verdict (the default; see docs/verification.md).
+    #[default]
+    Any,
+    /// Only these validators' (`agora node --trust-validator`).
+    Only(HashSet<PeerId>),
+}
+
+impl TrustedValidators {
+    pub fn trusts(&self, validator: &PeerId) -> bool {
+        match self {
+            TrustedValidators::Any => true,
+            TrustedValidators::Only(set) => set.contains(validator),
+        }
+    }
+}
+
+/// What a gossiped verdict asks a gateway to record — the worker, and whether its answer was
+/// accepted — or why it is not acted upon: it must be a verdict statement signed by the
+/// validator it names, that validator must be trusted, and it must name a worker.
+pub fn verdict_to_apply(
+    bytes: &[u8],
+    trusted: &TrustedValidators,
+) -> Result<(PeerId, bool), &'static str> {
+    let env = Envelope::from_json(bytes).map_err(|_| "not a signed statement")?;
+    let Ok((signers, Statement::Verdict(v))) = Statement::open(&env) else {
+        return Err("not a verdict, or a bad signature");
+    };
+    if !signers.contains(&v.validator) {
+        return Err("not signed by the validator it names");
+    }
+    if !trusted.trusts(&v.validator) {
+        return Err("from a validator this gateway does not trust");
+    }
+    let worker = v.worker.ok_or("names no worker")?;
+    Ok((worker, v.accept))
+}
+
+/// Applies gossiped verdicts to a gateway's reputation table ([`verdict_to_apply`] decides
+/// which count).
+pub async fn follow_verdicts(
+    net: NetHandle,
+    gateway: crate::gateway::Gateway,
+    trusted: TrustedValidators,
+) {
     let Some(mut rx) = net.take_verdicts() else {
         return;
     };
-    while let Some((_, bytes)) = rx.recv().await {
-        let Ok(env) = Envelope::from_json(&bytes) else {
-            continue;
-        };
-        let Ok((signers, Statement::Verdict(v))) = Statement::open(&env) else {
-            continue;
-        };
-        if !signers.contains(&v.validator) {
-            continue;
+    while let Some((from, bytes)) = rx.recv().await {
+        match verdict_to_apply(&bytes, &trusted) {
+            Ok((worker, accept)) => gateway.record_verdict(&worker.to_string(), accept),
+            Err(why) => debug!(%from, "verdict ignored: {why}"),
         }
-        if let Some(w) = v.worker {
-            gateway.record_verdict(&w.to_string(), v.accept);
-        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn verdict(signer: &Identity, named: &Identity, worker: Option<PeerId>) -> Vec<u8> {
+        Statement::Verdict(Verdict {
+            receipt: Sha256([7; 32]),
+            worker,
+            validator: named.peer_id(),
+            accept: false,
+            stats: BTreeMap::new(),
+            reason: Some("token 3 is not the seeded choice".into()),
+            time: 1,
+        })
+        .sign(signer)
+        .to_json()
+        .into_bytes()
+    }
+
+    #[test]
+    fn only_valid_verdicts_of_trusted_validators_apply() {
+        let (v, other, worker) = (
+            Identity::from_seed(&[1; 32]),
+            Identity::from_seed(&[2; 32]),
+            Identity::from_seed(&[3; 32]).peer_id(),
+        );
+        let good = verdict(&v, &v, Some(worker));
+        let only_v = TrustedValidators::Only([v.peer_id()].into());
+        let only_other = TrustedValidators::Only([other.peer_id()].into());
+
+        assert_eq!(
+            verdict_to_apply(&good, &TrustedValidators::Any),
+            Ok((worker, false))
+        );
+        assert_eq!(verdict_to_apply(&good, &only_v), Ok((worker, false)));
+        assert_eq!(
+            verdict_to_apply(&good, &only_other),
+            Err("from a validator this gateway does not trust")
+        );
+        // Signed by one key in the name of another (trusted) validator.
+        assert_eq!(
+            verdict_to_apply(&verdict(&other, &v, Some(worker)), &only_v),
+            Err("not signed by the validator it names")
+        );
+        assert_eq!(
+            verdict_to_apply(&verdict(&v, &v, None), &TrustedValidators::Any),
+            Err("names no worker")
+        );
+        assert_eq!(
+            verdict_to_apply(b"{\"payload\": 1", &TrustedValidators::Any),
+            Err("not a signed statement")
+        );
+        // A payload edited after signing.
+        let tampered =
+            String::from_utf8(good)
+                .unwrap()
+                .replacen("\"payload\":\"", "\"payload\":\"e", 1);
+        assert!(verdict_to_apply(tampered.as_bytes(), &TrustedValidators::Any).is_err());
     }
 }
