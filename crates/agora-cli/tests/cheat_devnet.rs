@@ -1,13 +1,17 @@
 //! A devnet with a cheater: a gateway that runs the log, three workers of which one serves a
 //! perturbed model while claiming the real one, and a validator checking the default share
 //! (10 %) of receipts. The validator must catch the cheater, the gateway must stop routing to
-//! it, and no honest worker may be condemned. Prints after how many requests it was caught.
+//! it, and no honest worker may be condemned; of two more gateways that only listen, the one
+//! trusting that validator (`--trust-validator`) acts on its verdict and the one trusting
+//! another key does not. Prints after how many requests it was caught.
 //!
 //! Needs the `cheat` feature: `cargo nextest run --release -p agora-cli --features cheat --test
 //! cheat_devnet` (scripts/test.sh runs it).
 #![allow(clippy::unwrap_used)]
 
 mod common;
+
+use std::time::{Duration, Instant};
 
 use common::{Node, args, chat, wait_workers};
 use serde_json::{Value, json};
@@ -93,6 +97,25 @@ fn validators_catch_a_cheating_worker_and_the_gateway_routes_around_it() {
         ],
     ]));
     wait_workers(&gw, 3);
+    // Two gateways that only listen: one acts on the validator's verdicts, the other only on a
+    // key that validates nothing (the honest worker's).
+    let listener = |trust: &str| {
+        Node::start(&args(&[
+            &[
+                "--no-worker",
+                "--no-mdns",
+                "--bootstrap",
+                &boot,
+                "--trust-validator",
+                trust,
+            ],
+            LOOPBACK,
+        ]))
+    };
+    let trusting = listener(&validator.peer_id);
+    let distrusting = listener(&honest.peer_id);
+    wait_workers(&trusting, 3);
+    wait_workers(&distrusting, 3);
 
     let mut to_cheater = 0;
     let mut caught_after = None;
@@ -127,6 +150,21 @@ fn validators_catch_a_cheating_worker_and_the_gateway_routes_around_it() {
         let (_, rejected) = reputation(&gw, &w.peer_id);
         assert_eq!(rejected, 0, "honest worker {} was condemned", w.peer_id);
     }
+    // The verdict reached the listening gateways too; only the one that trusts its validator
+    // acts on it.
+    let t0 = Instant::now();
+    while reputation(&trusting, &cheater.peer_id).1 == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the gateway that trusts the validator never heard its verdict"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        reputation(&distrusting, &cheater.peer_id),
+        (0, 0),
+        "a gateway acted on a verdict of a validator it does not trust"
+    );
     // `agora nodes` shows it.
     let out = common::agora()
         .args(["nodes", "--url", &gw.url])
