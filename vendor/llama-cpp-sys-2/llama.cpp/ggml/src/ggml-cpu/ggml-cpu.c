@@ -1166,8 +1166,9 @@ void ggml_set_f32_nd(const struct ggml_tensor * tensor, int i0, int i1, int i2, 
 // Agora patch (vendor/llama-cpp-sys-2/AGORA-PATCH.md): Q4_1 weights times a batch of
 // activations, in tiles of GGML_Q4_1_TILE_ROWS weight rows x GGML_Q4_1_TILE_COLS activation
 // columns where the chunk allows it and one product at a time elsewhere. The tile kernel is
-// bit-identical to the single product, so every output equals what ggml_compute_forward_mul_mat_one_chunk computes,
-// whatever the batch size or how the work is split among threads. Same 16 x 16 block order.
+// bit-identical to the single product, so every output equals what
+// ggml_compute_forward_mul_mat_one_chunk computes, whatever the batch size or how the work is
+// split among threads. Same 16 x 16 block order.
 static void ggml_compute_forward_mul_mat_one_chunk_q4_1(
     struct ggml_tensor * dst,
     const void * wdata,
@@ -1512,7 +1513,8 @@ UseGgmlGemm2:;
 #if defined(GGML_Q4_1_TILE_ROWS)
     // Agora patch: for Q4_1 tiles, chunks of 16 weight rows x up to 64 columns, so that a batch's
     // weights are streamed from memory once per 64 columns rather than once per 16. Only the
-    // division of work changes; every output is computed the same way.
+    // division of work changes; every output is computed the same way. Measured (passcost, three
+    // interleaved pairs): scoring 0.219-0.235x of generation with it, 0.244-0.251x without.
     if (src0->type == GGML_TYPE_Q4_1 && !params->use_ref && !ggml_is_numa() && nr1 > 1) {
         nchunk0 = (nr0 + 15) / 16;
         nchunk1 = (nr1 + 63) / 64;
