@@ -39,11 +39,19 @@
 
 // ggml-backend interface
 
+// AGORA: see ggml_backend_cpu_get_extra_buffer_types below.
+#define AGORA_NO_AMX 1
+
 std::vector<ggml_backend_buffer_type_t> & ggml_backend_cpu_get_extra_buffer_types() {
     static std::vector<ggml_backend_buffer_type_t> bufts = []() {
         std::vector<ggml_backend_buffer_type_t> bufts;
 
-#if defined(__AMX_INT8__) && defined(__AVX512VNNI__)
+        // AGORA: the AMX buffer type is never used. Its kernels compute other numbers than the
+        // per-row products (a sequence's numbers would depend on the batch: proofs and seeded
+        // sampling need them not to), and on the Sapphire Rapids machines Agora is tested on
+        // its Q4_1 matrix product crashes (SIGSEGV in ggml_backend_amx_mul_mat on a 30-token
+        // prefill). See AGORA-PATCH.md.
+#if defined(__AMX_INT8__) && defined(__AVX512VNNI__) && !defined(AGORA_NO_AMX)
         if (ggml_backend_amx_buffer_type()) {
             bufts.push_back(ggml_backend_amx_buffer_type());
         }
