@@ -152,6 +152,7 @@ fn case(rng: &mut rand::rngs::StdRng, max_tokens: u32, temperature_zero: bool) -
             max_tokens: Some(len),
             stop: vec![],
             ignore_eos: rng.gen_bool(0.5),
+            logit_bias: Default::default(),
         },
     }
 }
@@ -562,7 +563,9 @@ async fn verify_cost(
 /// Single-stream decode speed without and with hidden-state capture (alternating runs).
 async fn proof_overhead(path: &Path, name: &str, sha: &str) -> Result<(f64, f64, f64)> {
     let e = load(path, name, sha, crate::cmd_bench::num_cores() as u32, 1)?;
-    let prompt = e.tokenize("Write a long story about the sea.");
+    let prompt = e.tokenize(&PromptSpec::Text(
+        "Write a long story about the sea.".into(),
+    ))?;
     let mut without = Vec::new();
     let mut with = Vec::new();
     for r in 0..26 {
@@ -583,6 +586,7 @@ async fn proof_overhead(path: &Path, name: &str, sha: &str) -> Result<(f64, f64,
                 logits: false,
             },
             resume: vec![],
+            logit_bias: Default::default(),
         };
         let mut g = e.submit(req)?;
         let mut first = None;

@@ -59,7 +59,13 @@ pub fn run(home: &Path, a: VerifyArgs) -> Result<i32> {
             .unwrap_or(1)
     });
     cfg.slots = 1;
-    cfg.ctx = (r.prompt_tokens + r.completion_tokens + 16).max(256);
+    // The context is sized from what the transcript really holds, not from what the receipt
+    // claims: a prompt has at most one token per byte of its request (plus the template's
+    // own tokens), and the output is the tokens listed (check() matched their count).
+    let request_bytes = serde_json::to_vec(&t.request).map(|v| v.len()).unwrap_or(0);
+    let prompt_bound = (request_bytes as u64 + 1024).min(u64::from(r.prompt_tokens));
+    let ctx = prompt_bound + t.output.tokens.len() as u64 + 16;
+    cfg.ctx = u32::try_from(ctx).unwrap_or(u32::MAX).max(256);
     let engine: Arc<dyn Engine> = Arc::new(LlamaEngine::load(cfg)?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

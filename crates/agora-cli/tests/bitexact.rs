@@ -10,8 +10,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use agora_engine::{
-    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, SamplingParams,
-    ScoreRequest, ScoreSink,
+    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, PromptSpec,
+    SamplingParams, ScoreRequest, ScoreSink,
 };
 
 type Rows = Arc<Mutex<Vec<(Vec<f32>, Vec<f32>)>>>;
@@ -35,13 +35,13 @@ fn engine(threads: u32) -> LlamaEngine {
 
 fn request(e: &LlamaEngine, text: &str, seed: u64) -> GenRequest {
     let prompt = e
-        .chat_prompt(&[ChatMessage {
+        .tokenize(&PromptSpec::Chat(vec![ChatMessage {
             role: "user".into(),
             content: text.into(),
-        }])
+        }]))
         .unwrap();
     GenRequest {
-        prompt: e.tokenize(&prompt),
+        prompt,
         params: SamplingParams {
             temperature: 0.8,
             top_p: 0.95,
@@ -56,6 +56,7 @@ fn request(e: &LlamaEngine, text: &str, seed: u64) -> GenRequest {
             logits: true,
         },
         resume: vec![],
+        logit_bias: Default::default(),
     }
 }
 

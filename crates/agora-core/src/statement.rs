@@ -241,6 +241,15 @@ pub struct Receipt {
     pub worker: PeerId,
     /// POSIX seconds.
     pub time: u64,
+    /// How many leading output tokens were handed to this worker on failover (produced by a
+    /// worker that failed) rather than chosen by it. The output digest and the proof cover
+    /// them, but a verifier holds the worker only to the tokens after them. Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A validator's accept/reject on a receipt.
@@ -684,6 +693,7 @@ mod tests {
                 proof: d(9),
                 worker: peer,
                 time: 1_700_000_000,
+                resumed: 0,
             }),
             Statement::Verdict(Verdict {
                 receipt: d(10),

@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use agora_engine::{
-    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, SamplingParams,
-    ScoreRequest, ScoreSink,
+    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, PromptSpec,
+    SamplingParams, ScoreRequest, ScoreSink,
 };
 
 /// (position, hidden state, logits) of each scored row.
@@ -49,13 +49,12 @@ fn main() {
         "What is a CPU?",
     ];
     for (pi, p) in prompts.iter().enumerate() {
-        let text = generator
-            .chat_prompt(&[ChatMessage {
+        let prompt = generator
+            .tokenize(&PromptSpec::Chat(vec![ChatMessage {
                 role: "user".into(),
                 content: p.to_string(),
-            }])
+            }]))
             .unwrap();
-        let prompt = generator.tokenize(&text);
         let req = GenRequest {
             prompt: prompt.clone(),
             params: SamplingParams {
@@ -72,6 +71,7 @@ fn main() {
                 logits: true,
             },
             resume: vec![],
+            logit_bias: Default::default(),
         };
         let mut g = generator.submit(req).unwrap();
         let mut toks = Vec::new();

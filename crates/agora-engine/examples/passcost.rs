@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use agora_engine::{
-    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, SamplingParams,
-    ScoreRequest, ScoreSink,
+    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, PromptSpec,
+    SamplingParams, ScoreRequest, ScoreSink,
 };
 
 struct Nothing;
@@ -28,13 +28,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let text = e
-        .chat_prompt(&[ChatMessage {
+    let prompt = e
+        .tokenize(&PromptSpec::Chat(vec![ChatMessage {
             role: "user".into(),
             content: "Write a long story about the sea.".into(),
-        }])
+        }]))
         .unwrap();
-    let prompt = e.tokenize(&text);
     let (mut tg, mut ts) = (0.0, 0.0);
     for round in 0..6 {
         let req = GenRequest {
@@ -53,6 +52,7 @@ fn main() {
                 logits: false,
             },
             resume: vec![],
+            logit_bias: Default::default(),
         };
         let t0 = Instant::now();
         let mut g = e.submit(req).unwrap();

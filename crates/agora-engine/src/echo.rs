@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::mpsc;
 
 use crate::{
-    ChatMessage, Engine, Event, Finish, FinishReason, GenRequest, Generation, Load, ModelInfo,
-    PromptError, ScoreHandle, ScoreRequest, ScoreSink, SubmitError, TokenEvent, check_fits,
+    Engine, Event, Finish, FinishReason, GenRequest, Generation, Load, ModelInfo, PromptError,
+    PromptSpec, ScoreHandle, ScoreRequest, ScoreSink, SubmitError, TokenEvent, check_prompt_bytes,
+    check_request,
 };
 
 /// Echoes the prompt, one byte per token, up to `max_tokens`.
@@ -29,6 +30,7 @@ impl EchoEngine {
             slots: u32::MAX,
             queue: 0,
             kv_bytes: 0,
+            max_token_bytes: 1,
         };
         Self {
             info,
@@ -42,19 +44,26 @@ impl Engine for EchoEngine {
         &self.info
     }
 
-    fn tokenize(&self, text: &str) -> Vec<u32> {
-        text.bytes().map(u32::from).collect()
+    /// One token per byte: of the last message's content for a chat.
+    fn tokenize(&self, prompt: &PromptSpec) -> Result<Vec<u32>, PromptError> {
+        let text = match prompt {
+            PromptSpec::Chat(m) => m.last().map(|m| m.content.as_str()).unwrap_or_default(),
+            PromptSpec::Text(t) => t.as_str(),
+        };
+        check_prompt_bytes(text.len(), &self.info)?;
+        Ok(text.bytes().map(u32::from).collect())
     }
 
-    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, PromptError> {
-        Ok(messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default())
+    fn token_piece(&self, token: u32) -> Option<Vec<u8>> {
+        u8::try_from(token).ok().map(|b| vec![b])
+    }
+
+    fn is_eog(&self, _token: u32) -> bool {
+        false
     }
 
     fn submit(&self, req: GenRequest) -> Result<Generation, SubmitError> {
-        check_fits(&req, self.info.n_ctx)?;
+        check_request(&req, self.info.n_ctx, self.info.n_vocab)?;
         let n = (req.max_tokens as usize).min(req.prompt.len());
         let tokens = req.prompt[..n].to_vec();
         let (tx, rx) = mpsc::channel(n + 2);

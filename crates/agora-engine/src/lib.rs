@@ -15,7 +15,7 @@ pub mod text;
 pub use agora_sampling::SamplingParams;
 pub use echo::EchoEngine;
 pub use llama::{LlamaConfig, LlamaEngine};
-pub use template::ChatMessage;
+pub use template::{ChatMessage, Segment};
 
 use tokio::sync::mpsc;
 
@@ -35,8 +35,28 @@ pub struct ModelInfo {
     pub slots: u32,
     /// Requests that may wait for a slot before new ones are refused.
     pub queue: u32,
-    /// Size of the KV cache for all slots, in bytes (f16 keys and values).
+    /// Size of the KV cache for all slots, in bytes (bf16 keys and values).
     pub kv_bytes: u64,
+    /// Length of the longest token's text: a text of `n` bytes has at least
+    /// `n / max_token_bytes` tokens.
+    pub max_token_bytes: u32,
+}
+
+/// Refuses a prompt of `bytes` bytes that cannot fit the context window whatever its tokens
+/// (checked before tokenizing, so a megabyte of text costs nothing). Twice the densest
+/// tokenization is allowed, for tokenizers that normalise text.
+pub fn check_prompt_bytes(bytes: usize, info: &ModelInfo) -> Result<(), PromptError> {
+    let max_bytes = (info.n_ctx as usize)
+        .saturating_mul(info.max_token_bytes.max(1) as usize)
+        .saturating_mul(2);
+    if bytes > max_bytes {
+        return Err(PromptError::TooLarge {
+            bytes,
+            max_bytes,
+            ctx: info.n_ctx,
+        });
+    }
+    Ok(())
 }
 
 /// Per-token data the engine hands out on request. Asking for nothing costs nothing.
@@ -69,6 +89,8 @@ pub struct GenRequest {
     /// result is the one an uninterrupted run would have given. They count towards
     /// `max_tokens` and are not sent again.
     pub resume: Vec<u32>,
+    /// Added to the named tokens' logits before sampling (see [`JobSpec::logit_bias`]).
+    pub logit_bias: std::collections::BTreeMap<u32, f32>,
 }
 
 /// Why a generation ended.
@@ -179,12 +201,16 @@ pub enum SubmitError {
     InvalidToken { token: u32, n_vocab: u32 },
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("the logit bias of token {token} must be a number between -100 and 100")]
+    InvalidBias { token: u32 },
     #[error(
         "{resumed} tokens were already generated and max_tokens is {max_tokens}: nothing left to resume"
     )]
     NothingToResume { resumed: u32, max_tokens: u32 },
     #[error("the engine has stopped")]
     Stopped,
+    #[error("llama.cpp failed to decode this sequence: {0}")]
+    Decode(String),
 }
 
 /// Errors from preparing a prompt.
@@ -192,6 +218,16 @@ pub enum SubmitError {
 pub enum PromptError {
     #[error(transparent)]
     Template(#[from] template::TemplateError),
+    /// Refused before tokenizing: even at the longest token of the vocabulary, the text has
+    /// more tokens than the context window holds.
+    #[error(
+        "the prompt is {bytes} bytes: more than the {ctx}-token context window can hold (at most {max_bytes} bytes with this model's vocabulary)"
+    )]
+    TooLarge {
+        bytes: usize,
+        max_bytes: usize,
+        ctx: u32,
+    },
 }
 
 /// A scoring pass: prefill `tokens` and read back every position from `from` on.
@@ -225,10 +261,16 @@ pub struct Load {
 /// A model that generates text. Implementations are shared between request handlers.
 pub trait Engine: Send + Sync + 'static {
     fn info(&self) -> &ModelInfo;
-    /// Tokenizes `text`, adding BOS where the model wants it and parsing special tokens.
-    fn tokenize(&self, text: &str) -> Vec<u32>;
-    /// Renders `messages` with the model's chat template, opening the assistant's turn.
-    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, PromptError>;
+    /// Tokenizes a prompt: chat messages through the model's chat template, the template's
+    /// special-token markers as special tokens and every message's content as plain text (a
+    /// client cannot fake a turn); raw text (`/v1/completions`, the client's own prompt) with
+    /// special tokens parsed. Adds BOS where the model wants it. Refuses, before tokenizing, a
+    /// text too long for the context window. CPU-bound: call it off async threads.
+    fn tokenize(&self, prompt: &PromptSpec) -> Result<Vec<u32>, PromptError>;
+    /// The bytes of one token, or `None` when it is not in the vocabulary.
+    fn token_piece(&self, token: u32) -> Option<Vec<u8>>;
+    /// Whether `token` ends a generation (end-of-turn, end-of-text).
+    fn is_eog(&self, token: u32) -> bool;
     /// Queues a generation, or refuses it at once.
     fn submit(&self, req: GenRequest) -> Result<Generation, SubmitError>;
     /// Queues a scoring pass: one prefill over `req.tokens` that hands `sink` the hidden state
@@ -241,7 +283,42 @@ pub trait Engine: Send + Sync + 'static {
     fn load(&self) -> Load;
 }
 
-/// Checks a request against the context window (shared by every engine).
+/// Checks a request against the context window and the vocabulary (shared by every engine):
+/// the one validation path for prompts, resumed tokens and logit biases, whoever sent them.
+pub fn check_request(req: &GenRequest, n_ctx: u32, n_vocab: u32) -> Result<(), SubmitError> {
+    check_fits(req, n_ctx)?;
+    let resumed = u32::try_from(req.resume.len()).unwrap_or(u32::MAX);
+    if resumed > 0 && resumed >= req.max_tokens {
+        return Err(SubmitError::NothingToResume {
+            resumed,
+            max_tokens: req.max_tokens,
+        });
+    }
+    check_vocab(&req.prompt, n_vocab)?;
+    check_vocab(&req.resume, n_vocab)?;
+    check_vocab(req.logit_bias.keys(), n_vocab)?;
+    if let Some((&token, _)) = req
+        .logit_bias
+        .iter()
+        .find(|(_, b)| !(-100.0..=100.0).contains(*b))
+    {
+        return Err(SubmitError::InvalidBias { token });
+    }
+    Ok(())
+}
+
+/// Every token must be in the vocabulary.
+pub fn check_vocab<'a>(
+    tokens: impl IntoIterator<Item = &'a u32>,
+    n_vocab: u32,
+) -> Result<(), SubmitError> {
+    match tokens.into_iter().find(|&&t| t >= n_vocab) {
+        Some(&token) => Err(SubmitError::InvalidToken { token, n_vocab }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a request against the context window.
 pub fn check_fits(req: &GenRequest, n_ctx: u32) -> Result<(), SubmitError> {
     let prompt = u32::try_from(req.prompt.len()).unwrap_or(u32::MAX);
     if prompt == 0 {
@@ -281,6 +358,11 @@ pub struct JobSpec {
     pub stop: Vec<String>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// OpenAI's `logit_bias`: added to the named tokens' logits before sampling (each in
+    /// -100..=100). Part of what the receipt's request digest covers, so a verifier applies it
+    /// too. Absent from the JSON when empty (digests of requests without it are unchanged).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub logit_bias: std::collections::BTreeMap<u32, f32>,
 }
 
 /// Why a [`JobSpec`] cannot run on an engine.
@@ -299,11 +381,7 @@ pub fn prepare(
     capture: Capture,
     resume: Vec<u32>,
 ) -> Result<GenRequest, PrepareError> {
-    let text = match &job.prompt {
-        PromptSpec::Chat(messages) => engine.chat_prompt(messages)?,
-        PromptSpec::Text(t) => t.clone(),
-    };
-    let prompt = engine.tokenize(&text);
+    let prompt = engine.tokenize(&job.prompt)?;
     let n_ctx = engine.info().n_ctx;
     let room = n_ctx.saturating_sub(u32::try_from(prompt.len()).unwrap_or(u32::MAX));
     let req = GenRequest {
@@ -314,7 +392,8 @@ pub fn prepare(
         ignore_eos: job.ignore_eos,
         capture,
         resume,
+        logit_bias: job.logit_bias.clone(),
     };
-    check_fits(&req, n_ctx)?;
+    check_request(&req, n_ctx, engine.info().n_vocab)?;
     Ok(req)
 }

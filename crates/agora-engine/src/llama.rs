@@ -11,6 +11,7 @@
 //! sequence's numbers do not depend on what else is in the batch: the same seed gives the same
 //! text with 1 slot or 8 under load.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,11 +29,12 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::template::{ChatMessage, ChatTemplate, TemplateError};
+use crate::template::{ChatTemplate, Segment, TemplateError};
 use crate::text::{Step, TextStream};
 use crate::{
     Engine, Event, Finish, FinishReason, GenRequest, Generation, Load, ModelInfo, PromptError,
-    ScoreHandle, ScoreRequest, ScoreSink, SubmitError, TokenEvent, check_fits,
+    PromptSpec, ScoreHandle, ScoreRequest, ScoreSink, SubmitError, TokenEvent, check_request,
+    check_vocab,
 };
 
 /// How to load and run a model.
@@ -173,6 +175,13 @@ impl LlamaEngine {
         };
         let add_bos = vocab.should_add_bos();
         let bos = vocab.bos().0 as u32;
+        // The longest token's text bounds how few tokens a text can be: prompts longer than the
+        // context window at that density are refused before tokenizing.
+        let max_token_bytes = (0..vocab.n_tokens())
+            .map(|t| vocab.token_to_piece(LlamaToken(t), true, None).len())
+            .max()
+            .unwrap_or(1)
+            .max(1) as u32;
 
         let head_dim = u64::from(n_embd) / u64::from(model.n_head().max(1));
         let kv_per_token =
@@ -186,6 +195,7 @@ impl LlamaEngine {
             slots: cfg.slots,
             queue: cfg.queue,
             kv_bytes: kv_per_token * u64::from(cfg.ctx) * u64::from(cfg.slots),
+            max_token_bytes,
         };
         let shared = Arc::new(Shared {
             queued: AtomicU32::new(0),
@@ -237,15 +247,9 @@ impl Drop for LlamaEngine {
 }
 
 impl LlamaEngine {
-    /// Every token must be in the model's vocabulary.
-    fn check_tokens(&self, tokens: &[u32]) -> Result<(), SubmitError> {
-        match tokens.iter().find(|&&t| t >= self.info.n_vocab) {
-            Some(&bad) => Err(SubmitError::InvalidToken {
-                token: bad,
-                n_vocab: self.info.n_vocab,
-            }),
-            None => Ok(()),
-        }
+    fn tokenize_segment(&self, text: &str, special: bool, out: &mut Vec<u32>) {
+        let toks = self.model.vocab().tokenize(text.as_bytes(), false, special);
+        out.extend(toks.into_iter().map(|t| t.0 as u32));
     }
 
     /// Hands `job` to the engine thread, or refuses it when the bounded queue is full.
@@ -270,32 +274,50 @@ impl Engine for LlamaEngine {
         &self.info
     }
 
-    fn tokenize(&self, text: &str) -> Vec<u32> {
-        let vocab = self.model.vocab();
-        let mut toks: Vec<u32> = vocab
-            .tokenize(text.as_bytes(), false, true)
-            .into_iter()
-            .map(|t| t.0 as u32)
-            .collect();
+    fn tokenize(&self, prompt: &PromptSpec) -> Result<Vec<u32>, PromptError> {
+        let segments = match prompt {
+            PromptSpec::Chat(messages) => match &self.template {
+                Ok(t) => t.render_segments(messages)?,
+                Err(e) if e == &TemplateError::Missing.to_string() => {
+                    return Err(TemplateError::Missing.into());
+                }
+                Err(e) => return Err(TemplateError::Compile(e.clone()).into()),
+            },
+            PromptSpec::Text(t) => vec![Segment {
+                text: t.clone(),
+                special: true,
+            }],
+        };
+        let bytes: usize = segments.iter().map(|s| s.text.len()).sum();
+        crate::check_prompt_bytes(bytes, &self.info)?;
+        let mut toks = Vec::new();
+        for s in &segments {
+            self.tokenize_segment(&s.text, s.special, &mut toks);
+        }
         if self.add_bos && toks.first() != Some(&self.bos) {
             toks.insert(0, self.bos);
         }
-        toks
+        Ok(toks)
     }
 
-    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, PromptError> {
-        match &self.template {
-            Ok(t) => Ok(t.render(messages)?),
-            Err(e) if e == &TemplateError::Missing.to_string() => {
-                Err(TemplateError::Missing.into())
-            }
-            Err(e) => Err(TemplateError::Compile(e.clone()).into()),
-        }
+    fn token_piece(&self, token: u32) -> Option<Vec<u8>> {
+        (token < self.info.n_vocab).then(|| {
+            self.model
+                .vocab()
+                .token_to_piece(LlamaToken(token as i32), false, None)
+        })
+    }
+
+    fn is_eog(&self, token: u32) -> bool {
+        token < self.info.n_vocab && self.model.vocab().is_eog(LlamaToken(token as i32))
     }
 
     fn submit(&self, req: GenRequest) -> Result<Generation, SubmitError> {
-        check_fits(&req, self.info.n_ctx)?;
-        self.check_tokens(&req.prompt)?;
+        // Everything llama.cpp will be handed is checked here, whoever sent it: token ids
+        // (prompt, resumed tokens, logit biases) against the vocabulary, lengths against the
+        // context window. A token outside the vocabulary would make llama.cpp abort the
+        // process; a resume past the window would fail the whole batch.
+        check_request(&req, self.info.n_ctx, self.info.n_vocab)?;
         // Room for every event this generation can produce: bounded by the context window.
         let cap = req.max_tokens as usize + 4;
         let (tx, rx) = mpsc::channel(cap);
@@ -318,7 +340,7 @@ impl Engine for LlamaEngine {
                 ctx: self.info.n_ctx,
             });
         }
-        self.check_tokens(&req.tokens)?;
+        check_vocab(&req.tokens, self.info.n_vocab)?;
         let (done, rx) = oneshot::channel();
         self.enqueue(Job::Score { req, sink, done })?;
         Ok(ScoreHandle { done: rx })
@@ -422,6 +444,7 @@ const PREFILL_CHUNK: usize = 512;
 const OUTPUT_ROWS: usize = 48;
 
 /// One token of a batch: whose, where, and whether its row is read back.
+#[derive(Clone, Copy)]
 struct Slot {
     seq: usize,
     pos: usize,
@@ -509,6 +532,7 @@ fn run_engine(
     let mut embeddings_on = false;
     let mut last_prefill = -1i32;
     let mut rotate = 0usize;
+    let mut bias_scratch: Vec<f32> = Vec::new();
 
     loop {
         // 1. Admit.
@@ -698,9 +722,15 @@ fn run_engine(
             passes.push((rows, hidden));
         }
 
-        // 4. Decode and read back.
+        // 4. Decode and read back. A pass that fails is decoded again one sequence at a time,
+        //    so that a failure fails only the sequence that causes it (an output row's numbers
+        //    do not depend on the rest of the pass, so splitting changes none of them).
         let mut finished: Vec<i32> = Vec::new();
-        for (slots, hidden) in passes {
+        let mut passes: VecDeque<(Vec<Slot>, bool)> = passes.into();
+        while let Some((slots, hidden)) = passes.pop_front() {
+            if slots.is_empty() || slots.iter().all(|sl| finished.contains(&seqs[sl.seq].id)) {
+                continue;
+            }
             if hidden != embeddings_on {
                 ctx.set_embeddings(hidden);
                 embeddings_on = hidden;
@@ -719,12 +749,30 @@ fn run_engine(
                 Err("batch overflow".into())
             };
             if let Err(e) = decoded {
-                let msg = format!("llama.cpp decode failed: {e}");
-                for s in seqs.iter_mut() {
-                    s.fail(msg.clone());
-                    finished.push(s.id);
+                let mut owners: Vec<usize> = slots.iter().map(|sl| sl.seq).collect();
+                owners.dedup();
+                // Whatever the failed call left of these positions in the cache goes.
+                for &i in &owners {
+                    let from = slots.iter().filter(|sl| sl.seq == i).map(|sl| sl.pos).min();
+                    let _ = ctx.clear_kv_cache_seq(
+                        Some(seqs[i].id as u32),
+                        from.map(|p| p as u32),
+                        None,
+                    );
                 }
-                break;
+                if owners.len() == 1 {
+                    let s = &mut seqs[owners[0]];
+                    s.fail(SubmitError::Decode(e).to_string());
+                    finished.push(s.id);
+                } else {
+                    for (k, &i) in owners.iter().enumerate() {
+                        let alone: Vec<Slot> =
+                            slots.iter().filter(|sl| sl.seq == i).copied().collect();
+                        let wants = alone.iter().any(|sl| sl.output && seqs[i].wants_hidden());
+                        passes.insert(k, (alone, hidden && wants));
+                    }
+                }
+                continue;
             }
             for (bi, sl) in slots.iter().enumerate() {
                 let s = &mut seqs[sl.seq];
@@ -769,7 +817,9 @@ fn run_engine(
                     Work::Gen(g) => {
                         let logits = ctx.get_logits_ith(bi);
                         let position = g.generated.len() as u64;
-                        let Some(token) = g.sampler.sample(logits, &g.req.params, position) else {
+                        let biased =
+                            agora_sampling::with_bias(logits, &g.req.logit_bias, &mut bias_scratch);
+                        let Some(token) = g.sampler.sample(biased, &g.req.params, position) else {
                             let _ = g.tx.try_send(Event::Error(
                                 "the model produced no finite logit".into(),
                             ));

@@ -199,6 +199,28 @@ impl Sampler {
     }
 }
 
+/// The logits the sampler sees under OpenAI's `logit_bias`: `logit_i + bias_i` (f32
+/// addition) for every biased token, the others unchanged. Without biases, `logits` itself (no
+/// copy); with them, a copy in `scratch`. Biased token ids must be in the vocabulary (checked
+/// before a request is accepted); ids beyond `logits` are ignored here.
+pub fn with_bias<'a>(
+    logits: &'a [f32],
+    bias: &std::collections::BTreeMap<u32, f32>,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if bias.is_empty() {
+        return logits;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(logits);
+    for (&t, &b) in bias {
+        if let Some(l) = scratch.get_mut(t as usize) {
+            *l += b;
+        }
+    }
+    scratch
+}
+
 /// The first index of the largest non-NaN logit, with that logit; `None` when no logit is
 /// finite or `+inf`. Two vectorisable passes: the maximum, then its first position.
 pub fn argmax(logits: &[f32]) -> Option<(u32, f32)> {
@@ -249,6 +271,46 @@ pub fn choice_margin(logits: &[f32], params: &SamplingParams, position: u64) -> 
         .map(|&i| score(i))
         .fold(f64::NEG_INFINITY, f64::max);
     Some((chosen, c - runner))
+}
+
+#[cfg(test)]
+mod bias_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bias_bans_and_forces_tokens() {
+        let logits = [1.0f32, 3.0, 2.0];
+        let mut scratch = Vec::new();
+        let none = std::collections::BTreeMap::new();
+        assert!(std::ptr::eq(
+            with_bias(&logits, &none, &mut scratch),
+            &logits[..]
+        ));
+        let ban: std::collections::BTreeMap<u32, f32> = [(1, -100.0), (9, 5.0)].into();
+        let p = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::new();
+        assert_eq!(s.sample(&logits, &p, 0), Some(1));
+        assert_eq!(
+            s.sample(with_bias(&logits, &ban, &mut scratch), &p, 0),
+            Some(2)
+        );
+        let force: std::collections::BTreeMap<u32, f32> = [(0, 100.0)].into();
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed: 3,
+            ..Default::default()
+        };
+        for pos in 0..50 {
+            assert_eq!(
+                s.sample(with_bias(&logits, &force, &mut scratch), &p, pos),
+                Some(0)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

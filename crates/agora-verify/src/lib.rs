@@ -61,6 +61,13 @@ pub struct Report {
     pub mismatched_tokens: u32,
     /// Index of the first token that failed a check, if any.
     pub first_bad_token: Option<u32>,
+    /// Leading tokens handed to the worker (a resumed generation's prefix, produced by a worker
+    /// that failed): their hidden states are checked, but the worker did not choose them, so
+    /// they are not held against it.
+    pub given: u32,
+    /// Given tokens that are not the seed's choice either (the prefix was not honest; not this
+    /// worker's fault).
+    pub given_mismatches: u32,
 }
 
 /// Checks a generation against its proof, row by row, as the prefill hands them out.
@@ -74,6 +81,9 @@ pub struct Checker {
     output: Vec<u32>,
     tol: Tolerances,
     sampler: agora_sampling::Sampler,
+    bias: std::collections::BTreeMap<u32, f32>,
+    bias_scratch: Vec<f32>,
+    given: usize,
     recompute: Recompute,
     next: usize,
     next_commitment: usize,
@@ -106,6 +116,8 @@ impl Checker {
             near_ties: 0,
             mismatched_tokens: 0,
             first_bad_token: None,
+            given: 0,
+            given_mismatches: 0,
         };
         Ok(Checker {
             proof,
@@ -113,11 +125,27 @@ impl Checker {
             output,
             tol,
             sampler: agora_sampling::Sampler::new(),
+            bias: Default::default(),
+            bias_scratch: Vec::new(),
+            given: 0,
             recompute,
             next: 0,
             next_commitment: 0,
             report,
         })
+    }
+
+    /// Applies OpenAI's `logit_bias` before checking each token's choice, as the worker did.
+    pub fn with_bias(mut self, bias: std::collections::BTreeMap<u32, f32>) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// The first `given` output tokens were handed to the worker, not chosen by it (resume).
+    pub fn with_given(mut self, given: usize) -> Self {
+        self.given = given.min(self.output.len());
+        self.report.given = self.given as u32;
+        self
     }
 
     /// How many rows the checker expects.
@@ -208,7 +236,15 @@ impl Checker {
             self.reject(i, format!("token {i} ({token}) is not in the vocabulary"));
             return;
         }
-        match self.sampler.sample(logits, &self.params, i as u64) {
+        let logits = agora_sampling::with_bias(logits, &self.bias, &mut self.bias_scratch);
+        let choice = self.sampler.sample(logits, &self.params, i as u64);
+        if i < self.given {
+            if choice != Some(token) {
+                self.report.given_mismatches += 1;
+            }
+            return;
+        }
+        match choice {
             Some(c) if c == token => {}
             choice => {
                 let gap = score_gap(logits, &self.params, i as u64, token, choice);
@@ -375,6 +411,58 @@ mod tests {
         let (out, proof) = generate(20, &SamplingParams { seed: 7, ..P });
         let r = check(proof, P, out, |_, _| {});
         assert!(!r.accept && r.mismatched_tokens > 0, "{r:?}");
+    }
+
+    #[test]
+    fn given_tokens_are_not_held_against_the_worker() {
+        let (mut out, proof) = generate(10, &P);
+        out[1] = (out[1] + 1) % 50; // a hostile prefix handed over on resume
+        let mut c = Checker::new(proof, P, out.clone(), Tolerances::default())
+            .unwrap()
+            .with_given(3);
+        for i in 0..out.len() {
+            c.row(&hidden(i), &logits(i));
+        }
+        let r = c.finish();
+        assert!(r.accept, "{r:?}");
+        assert_eq!((r.given, r.given_mismatches), (3, 1));
+        // The same token outside the given prefix is the worker's: rejected.
+        let (mut out, proof) = generate(10, &P);
+        out[4] = (out[4] + 1) % 50;
+        let mut c = Checker::new(proof, P, out.clone(), Tolerances::default())
+            .unwrap()
+            .with_given(3);
+        for i in 0..out.len() {
+            c.row(&hidden(i), &logits(i));
+        }
+        assert_eq!(c.finish().first_bad_token, Some(4));
+    }
+
+    #[test]
+    fn logit_bias_is_applied_as_the_worker_did() {
+        let bias: std::collections::BTreeMap<u32, f32> = [(7, 100.0)].into();
+        let mut s = agora_sampling::Sampler::new();
+        let mut scratch = Vec::new();
+        let mut b = ProofBuilder::new(32, 4, 6);
+        let mut out = Vec::new();
+        for i in 0..8 {
+            b.push(&hidden(i));
+            let l = agora_sampling::with_bias(&logits(i), &bias, &mut scratch).to_vec();
+            out.push(s.sample(&l, &P, i as u64).unwrap());
+        }
+        assert!(out.iter().all(|&t| t == 7));
+        let proof = b.finish().unwrap();
+        let run = |c: Checker| {
+            let mut c = c;
+            for i in 0..8 {
+                c.row(&hidden(i), &logits(i));
+            }
+            c.finish()
+        };
+        let with = Checker::new(proof.clone(), P, out.clone(), Tolerances::default()).unwrap();
+        assert!(run(with.with_bias(bias)).accept);
+        let without = Checker::new(proof, P, out, Tolerances::default()).unwrap();
+        assert!(!run(without).accept);
     }
 
     #[test]
