@@ -10,7 +10,7 @@ use agora_api::tlog::hammer::{self, HammerConfig};
 use agora_api::tlog::{HttpWitnessTransport, LogClient, log_router, witness_router};
 use agora_core::Envelope;
 use agora_core::statement::{Proven, Statement};
-use agora_log::{Log, LogConfig, Witness};
+use agora_log::{Accept, Log, LogConfig, Quota, Quotas, Witness};
 use agora_tlog::Vkey;
 use agora_tlog::checkpoint::SignedCheckpoint;
 use agora_tlog::hash::{Hash, leaf_hash};
@@ -43,6 +43,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is not a duration"));
     }
     Ok(Duration::from_secs_f64(v * mult))
+}
+
+/// Parse a byte count: `1GiB`, `500MiB`, `64KiB`, `1GB`, `10MB`, `2kB` or plain bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024f64.powi(4),
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        _ => return Err(format!("{s:?} is not a size (e.g. 1GiB, 500MiB, 65536)")),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 1GiB, 500MiB, 65536)"))?;
+    let bytes = v * mult;
+    if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes.round() as u64)
 }
 
 const DEFAULT_LOG_URL: &str = "http://127.0.0.1:7700";
@@ -164,6 +193,72 @@ pub struct ServeArgs {
     /// Disable redb quick-repair (faster commits, slow recovery after a crash)
     #[arg(long)]
     pub no_quick_repair: bool,
+    /// Which entries to take: `statements` (DSSE envelopes of a known statement kind whose every
+    /// signature verifies; others get 400) or `any` (any bytes: for tests and benchmarks)
+    #[arg(long, default_value = "statements")]
+    pub accept: Accept,
+    #[command(flatten)]
+    pub limits: LogLimitArgs,
+}
+
+/// Quotas and disk budget of a log.
+#[derive(Args, Debug, Clone)]
+pub struct LogLimitArgs {
+    /// Disk budget: beyond it new entries get 507 (entries already logged stay readable)
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub log_max_bytes: u64,
+    /// Statements per second one signer key may log (0: no limit); beyond, 429 with Retry-After
+    #[arg(long, default_value_t = Quotas::default().signer.rate)]
+    pub signer_rate: f64,
+    /// Bytes per second one signer key may log (0: no limit)
+    #[arg(long, default_value = "128KiB", value_parser = parse_bytes)]
+    pub signer_bytes: u64,
+    /// Entries per second one client address (IPv4, or IPv6 /64) may send, accepted or not
+    /// (0: no limit)
+    #[arg(long, default_value_t = Quotas::default().address.rate)]
+    pub address_rate: f64,
+    /// Bytes per second one client address may send (0: no limit)
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+    pub address_bytes: u64,
+    /// How many seconds of its rate a signer or an address may spend at once (the burst)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub quota_burst: Duration,
+    /// No per-signer or per-address quota at all (for tests and load generators)
+    #[arg(long)]
+    pub no_quotas: bool,
+}
+
+impl LogLimitArgs {
+    /// Set the quotas and the budget of `config`.
+    pub fn apply(&self, config: &mut LogConfig) -> anyhow::Result<()> {
+        for (name, v) in [
+            ("--signer-rate", self.signer_rate),
+            ("--address-rate", self.address_rate),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{name} must be a number of entries per second (0: no limit)");
+            }
+        }
+        let burst_secs = self.quota_burst.as_secs_f64();
+        if burst_secs <= 0.0 {
+            bail!("--quota-burst must be positive");
+        }
+        config.max_bytes = self.log_max_bytes;
+        config.quotas.signer = Quota {
+            rate: self.signer_rate,
+            bytes_rate: self.signer_bytes as f64,
+            burst_secs,
+        };
+        config.quotas.address = Quota {
+            rate: self.address_rate,
+            bytes_rate: self.address_bytes as f64,
+            burst_secs,
+        };
+        if self.no_quotas {
+            config.quotas = Quotas::off();
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -377,6 +472,8 @@ fn serve_log(home: &Path, a: ServeArgs) -> anyhow::Result<()> {
     config.checkpoint_interval = a.interval.max(Duration::from_millis(10));
     config.quick_repair = !a.no_quick_repair;
     config.policy = a.policy.as_deref().map(read_policy).transpose()?;
+    config.accept = a.accept;
+    a.limits.apply(&mut config)?;
     let dir = home.join("log");
     std::fs::create_dir_all(&dir)?;
     let rt = runtime()?;
@@ -388,11 +485,22 @@ fn serve_log(home: &Path, a: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         println!("listening on http://{}", listener.local_addr()?);
         println!("vkey {}", log.vkey());
+        let (used, budget) = log.usage();
+        println!(
+            "accepting {}; {used} of {budget} bytes of disk budget used",
+            match log.config().accept {
+                Accept::Statements => "signed statements",
+                Accept::Any => "any entries",
+            }
+        );
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        axum::serve(listener, log_router(log.clone()))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        axum::serve(
+            listener,
+            log_router(log.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
         tokio::task::spawn_blocking(move || log.shutdown()).await?;
         Ok(())
     })
@@ -604,7 +712,7 @@ pub async fn start_log(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let router = log_router(log.clone());
+    let router = log_router(log.clone()).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async {

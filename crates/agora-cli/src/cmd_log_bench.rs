@@ -52,7 +52,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // 1. Sustained durable appends.
     let dir1 = tempfile::tempdir_in(&a.dir)?;
     let (thr, size, verify_rate, tile_rate) = rt.block_on(async {
-        let (log, addr, stop) = start_log(dir1.path(), LogConfig::new("bench.agora/log")).await?;
+        let (log, addr, stop) = start_log(dir1.path(), LogConfig::new("bench.agora/log").unrestricted()).await?;
         println!(
             "\n[1] sustained appends: {} connections, as fast as possible, {:.0} s",
             a.concurrency,
@@ -162,7 +162,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // 2. Latency at a fixed rate, fresh log.
     let dir2 = tempfile::tempdir_in(&a.dir)?;
     let lat: HammerReport = rt.block_on(async {
-        let (log, addr, stop) = start_log(dir2.path(), LogConfig::new("bench.agora/log")).await?;
+        let (log, addr, stop) = start_log(
+            dir2.path(),
+            LogConfig::new("bench.agora/log").unrestricted(),
+        )
+        .await?;
         println!(
             "\n[2] latency at a fixed {:.0} entries/s for 10 s, 1 s checkpoint interval",
             a.latency_rate

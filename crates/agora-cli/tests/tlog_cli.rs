@@ -75,6 +75,9 @@ fn log_end_to_end() {
             "127.0.0.1:0",
             "--interval",
             "200ms",
+            "--accept",
+            "any",
+            "--no-quotas",
         ],
         &dir.path().join("log.err"),
     );

@@ -65,6 +65,9 @@ fn sigkill_while_appending() {
                 &listen,
                 "--interval",
                 "300ms",
+                "--accept",
+                "any",
+                "--no-quotas",
             ],
             &err,
         )

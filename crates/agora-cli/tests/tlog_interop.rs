@@ -84,6 +84,9 @@ fn go_interop() {
             "127.0.0.1:0",
             "--interval",
             "200ms",
+            "--accept",
+            "any",
+            "--no-quotas",
         ],
         &dir.path().join("log.err"),
     );

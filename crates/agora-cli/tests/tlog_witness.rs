@@ -88,6 +88,20 @@ fn status_codes_and_concurrent_calls() {
         (s, ct.as_str(), body.as_slice()),
         (409, "text/x.tlog.size", &b"3\n"[..])
     );
+    // 409 also for an old size above the stored one (the witness never skips ahead), and for
+    // the stored size with another root; the stored state does not move.
+    let (s, ct, body) = post(&add, &request(&log, &t, 5, 9));
+    assert_eq!(
+        (s, ct.as_str(), body.as_slice()),
+        (409, "text/x.tlog.size", &b"3\n"[..])
+    );
+    let mut fork = MemoryTree::new();
+    for i in 0..10u32 {
+        fork.append(&(i + 1000).to_be_bytes());
+    }
+    let (s, _, body) = post(&add, &request(&log, &fork, 3, 3));
+    assert_eq!((s, body.as_slice()), (409, &b"3\n"[..]));
+    assert_eq!(get(&format!("{}/evidence", w.url)), (200, b"1\n".to_vec()));
     // 422: proof does not verify.
     let mut r = AddCheckpointRequest::parse(&request(&log, &t, 3, 9)).unwrap();
     r.proof[1].0[5] ^= 0x10;
@@ -197,6 +211,8 @@ fn publishes_only_with_a_quorum() {
             "200ms",
             "--policy",
             policy.to_str().unwrap(),
+            "--accept",
+            "any",
         ],
         &dir.path().join("log.err"),
     );
@@ -275,6 +291,8 @@ fn equivocating_log_is_caught() {
                 "150ms",
                 "--policy",
                 policy.to_str().unwrap(),
+                "--accept",
+                "any",
             ],
             &dir.path().join(err),
         )

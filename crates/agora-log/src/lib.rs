@@ -6,12 +6,16 @@
 //!   gathers witness cosignatures through [`log::WitnessTransport`] and publishes only with a
 //!   quorum.
 //! - [`witness`] — the tlog-witness state machine (atomic check-and-save) and the evidence store.
+//! - [`admission`] — what a log accepts (signed statements) and per-signer and per-address
+//!   quotas.
 
+pub mod admission;
 pub mod log;
 pub mod store;
 pub mod witness;
 
-pub use log::{Log, LogConfig, WitnessReply, WitnessTransport};
+pub use admission::{Accept, Quota, Quotas};
+pub use log::{DEFAULT_MAX_BYTES, Log, LogConfig, WitnessReply, WitnessTransport};
 pub use witness::{Witness, WitnessResponse};
 
 /// Every error this crate reports.
@@ -23,6 +27,22 @@ pub enum Error {
     EntryTooLarge { len: usize },
     #[error("the log is overloaded; retry later")]
     Overloaded,
+    /// The entry is not one this log takes (HTTP 400).
+    #[error("{0}")]
+    Rejected(String),
+    /// A quota is spent (HTTP 429 with `Retry-After`).
+    #[error("{who} is over its quota of {quota}; retry in {} s", retry_secs(.retry_after))]
+    Quota {
+        who: String,
+        quota: String,
+        retry_after: std::time::Duration,
+    },
+    /// The disk budget is spent (HTTP 507).
+    #[error(
+        "the log is full: it stores {used} bytes and its budget is {budget} bytes (--log-max-bytes); \
+         entries already logged stay readable and provable"
+    )]
+    Full { used: u64, budget: u64 },
     #[error("the log is shutting down")]
     ShuttingDown,
     #[error("the database belongs to {found}, not {expected}")]
@@ -60,6 +80,11 @@ storage_from!(
     redb::SetDurabilityError,
     std::io::Error
 );
+
+/// Whole seconds to wait, rounded up, at least 1 (for `Retry-After`).
+pub fn retry_secs(d: &std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {

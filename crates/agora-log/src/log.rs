@@ -1,9 +1,15 @@
 //! The log service: a sequencer that batches appends and makes each batch durable before
 //! acknowledging it, and a publisher that signs a checkpoint at a fixed interval, gathers witness
 //! cosignatures and publishes only with a quorum.
+//!
+//! Entries from the network go through [`Log::submit`]: the per-address quota, the entry check
+//! ([`Accept`]), the per-signer quota, then the sequencer, which refuses new entries beyond the
+//! disk budget ([`LogConfig::max_bytes`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -19,8 +25,16 @@ use agora_tlog::witness::{AddCheckpointRequest, parse_response, parse_size_body}
 use tokio::sync::{Notify, oneshot};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::store::LogStore;
+use crate::admission::{self, Accept, AddressKey, Limiter, Quotas, Refusal};
+use crate::store::{LogStore, stored_bytes};
 use crate::{Error, Result};
+
+/// Default disk budget of a log: 1 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+/// How far a witness's cosignature timestamp may be from the log's clock (before the request was
+/// sent, or after the answer came) for the log to keep it.
+pub const COSIGNATURE_SKEW: u64 = 300;
 
 /// How a log reaches a witness's `add-checkpoint` (implemented with HTTP in `agora-api`). Blocking;
 /// the publisher calls it from a blocking task.
@@ -51,6 +65,13 @@ pub struct LogConfig {
     pub quick_repair: bool,
     /// Witnesses (with URLs) and the quorum needed before publishing. `None`: no witnessing.
     pub policy: Option<Policy>,
+    /// Which entries the log takes.
+    pub accept: Accept,
+    /// Per-signer and per-address quotas on entries from the network.
+    pub quotas: Quotas,
+    /// Disk budget in bytes, as [`crate::store::stored_bytes`] counts them; beyond it new entries
+    /// are refused.
+    pub max_bytes: u64,
 }
 
 impl LogConfig {
@@ -63,7 +84,18 @@ impl LogConfig {
             checkpoint_interval: Duration::from_secs(1),
             quick_repair: true,
             policy: None,
+            accept: Accept::Statements,
+            quotas: Quotas::default(),
+            max_bytes: DEFAULT_MAX_BYTES,
         }
+    }
+
+    /// Take any bytes, without quotas or budget (for benchmarks of the storage path).
+    pub fn unrestricted(mut self) -> LogConfig {
+        self.accept = Accept::Any;
+        self.quotas = Quotas::off();
+        self.max_bytes = u64::MAX;
+        self
     }
 }
 
@@ -102,6 +134,9 @@ struct Inner {
     transport: Option<Arc<dyn WitnessTransport>>,
     stop: Notify,
     new_checkpoint: tokio::sync::watch::Sender<u64>,
+    signers: Limiter<[u8; 32]>,
+    addresses: Limiter<AddressKey>,
+    warned_no_peer: AtomicBool,
 }
 
 /// A running log.
@@ -159,6 +194,8 @@ impl Log {
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue.max(1));
         let (new_checkpoint, _) =
             tokio::sync::watch::channel(published.as_ref().map_or(0, |p| p.size));
+        let signers = Limiter::new(config.quotas.signer, config.quotas.max_tracked);
+        let addresses = Limiter::new(config.quotas.address, config.quotas.max_tracked);
         let inner = Arc::new(Inner {
             store,
             tx,
@@ -169,6 +206,9 @@ impl Log {
             transport,
             stop: Notify::new(),
             new_checkpoint,
+            signers,
+            addresses,
+            warned_no_peer: AtomicBool::new(false),
         });
         let seq_inner = inner.clone();
         let seq = std::thread::Builder::new()
@@ -190,12 +230,95 @@ impl Log {
         self.inner.signer.vkey()
     }
 
-    /// Append an entry; resolves to its index once it is durable.
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// Append an entry the node itself vouches for (no quotas): it must be one the log takes
+    /// ([`LogConfig::accept`]) and fit the disk budget. Resolves to its index once it is durable.
     pub async fn add(&self, entry: Vec<u8>) -> Result<u64> {
         if entry.len() > tile::MAX_ENTRY_LEN {
             return Err(Error::EntryTooLarge { len: entry.len() });
         }
+        self.check(&entry)?;
         let leaf = leaf_hash(&entry);
+        self.enqueue(entry, leaf).await
+    }
+
+    /// Append an entry received from the network, from `peer` (`None` when the server does not
+    /// know the client's address: then no address quota applies). In order: the size limit, the
+    /// address's quota, the entry check, the quota of every signer (not charged for an entry
+    /// already logged, which anyone may resend), the disk budget.
+    pub async fn submit(&self, entry: Vec<u8>, peer: Option<IpAddr>) -> Result<u64> {
+        if entry.len() > tile::MAX_ENTRY_LEN {
+            return Err(Error::EntryTooLarge { len: entry.len() });
+        }
+        let now = Instant::now();
+        let inner = &self.inner;
+        match peer {
+            Some(ip) => {
+                let key = AddressKey::of(ip);
+                inner
+                    .addresses
+                    .take(&[key], entry.len(), now)
+                    .map_err(|r| {
+                        quota_error(r, &format!("address {key}"), &inner.config.quotas.address)
+                    })?;
+            }
+            None => {
+                if !inner.addresses.is_off() && !inner.warned_no_peer.swap(true, Ordering::Relaxed)
+                {
+                    warn!(
+                        "the server does not pass client addresses: no per-address quota applies"
+                    );
+                }
+            }
+        }
+        let signers = self.check(&entry)?;
+        let leaf = leaf_hash(&entry);
+        if !signers.is_empty() && !inner.signers.is_off() {
+            if let Some(i) = inner.store.find(&leaf)? {
+                return Ok(i);
+            }
+            inner
+                .signers
+                .take(&signers, entry.len(), now)
+                .map_err(|r| {
+                    let who = match &r {
+                        Refusal::Exhausted { key, .. } => format!(
+                            "signer {}",
+                            signers
+                                .get(*key)
+                                .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(k).ok())
+                                .map(|k| agora_core::PeerId(k).to_string())
+                                .unwrap_or_default()
+                        ),
+                        Refusal::TableFull { .. } => "a new signer".to_string(),
+                    };
+                    quota_error(r, &who, &inner.config.quotas.signer)
+                })?;
+        }
+        self.enqueue(entry, leaf).await
+    }
+
+    /// Check an entry against [`LogConfig::accept`]; returns the signers of a statement.
+    fn check(&self, entry: &[u8]) -> Result<Vec<[u8; 32]>> {
+        match self.inner.config.accept {
+            Accept::Any => Ok(Vec::new()),
+            Accept::Statements => admission::check_statement(entry).map_err(Error::Rejected),
+        }
+    }
+
+    /// Bytes the log is counted as storing, and its budget.
+    pub fn usage(&self) -> (u64, u64) {
+        let size = self.head().size;
+        (
+            stored_bytes(size, self.inner.store.entry_bytes()),
+            self.inner.config.max_bytes,
+        )
+    }
+
+    async fn enqueue(&self, entry: Vec<u8>, leaf: Hash) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
         match self
             .inner
@@ -258,9 +381,34 @@ impl Log {
     }
 }
 
+/// The error for a quota refusal.
+fn quota_error(r: Refusal, who: &str, q: &admission::Quota) -> Error {
+    let mut parts = Vec::new();
+    if q.rate > 0.0 {
+        parts.push(format!("{} entries/s", q.rate));
+    }
+    if q.bytes_rate > 0.0 {
+        parts.push(format!("{} bytes/s", q.bytes_rate));
+    }
+    let quota = format!("{} (bursts of {} s)", parts.join(" and "), q.burst_secs);
+    match r {
+        Refusal::Exhausted { retry_after, .. } => Error::Quota {
+            who: who.to_string(),
+            quota,
+            retry_after,
+        },
+        Refusal::TableFull { retry_after } => Error::Quota {
+            who: who.to_string(),
+            quota: format!("{quota}; too many active clients are tracked"),
+            retry_after,
+        },
+    }
+}
+
 fn sequencer(inner: Arc<Inner>, mut frontier: Frontier, rx: Receiver<Msg>) {
     let cfg = &inner.config;
     let mut stopping = false;
+    let mut warned_full: Option<Instant> = None;
     while !stopping {
         let first = match rx.recv() {
             Ok(Msg::Add(p)) => p,
@@ -297,7 +445,9 @@ fn sequencer(inner: Arc<Inner>, mut frontier: Frontier, rx: Receiver<Msg>) {
         let items: Vec<(&[u8], Hash)> =
             batch.iter().map(|p| (p.entry.as_slice(), p.leaf)).collect();
         let started = Instant::now();
-        let result = inner.store.append(&mut frontier, &items);
+        let result = inner
+            .store
+            .append_within(&mut frontier, &items, cfg.max_bytes);
         match result {
             Ok(indices) => {
                 let head = TreeHead {
@@ -311,8 +461,23 @@ fn sequencer(inner: Arc<Inner>, mut frontier: Frontier, rx: Receiver<Msg>) {
                     ms = started.elapsed().as_secs_f64() * 1e3,
                     "batch committed"
                 );
+                let mut full = false;
                 for (p, i) in batch.into_iter().zip(indices) {
-                    let _ = p.reply.send(Ok(i));
+                    let r = i.ok_or_else(|| {
+                        full = true;
+                        Error::Full {
+                            used: stored_bytes(head.size, inner.store.entry_bytes()),
+                            budget: cfg.max_bytes,
+                        }
+                    });
+                    let _ = p.reply.send(r);
+                }
+                if full && warned_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    warned_full = Some(Instant::now());
+                    warn!(
+                        budget = cfg.max_bytes,
+                        "the log is full (--log-max-bytes): new entries are refused"
+                    );
                 }
             }
             Err(e) => {
@@ -432,6 +597,13 @@ async fn publish(
     Ok(bytes)
 }
 
+/// Whether a cosignature dated `t` was made while the request was in flight, give or take
+/// [`COSIGNATURE_SKEW`] for clocks: not older than the request (a replayed or stale cosignature)
+/// nor in the future (tlog-cosignature lets verifiers refuse those).
+fn is_fresh(t: u64, sent: u64, answered: u64) -> bool {
+    t.saturating_add(COSIGNATURE_SKEW) >= sent && t <= answered.saturating_add(COSIGNATURE_SKEW)
+}
+
 /// Ask one witness to cosign; follows a 409 once or twice to learn its size. Returns the valid
 /// cosignature lines and the size the witness now holds, or an error and the size if learned.
 #[allow(clippy::too_many_arguments)]
@@ -474,25 +646,39 @@ fn cosign_one(
             checkpoint: checkpoint.to_vec(),
         }
         .to_bytes();
+        let sent = crate::unix_now();
         let reply = transport
             .add_checkpoint(url, &body)
             .map_err(|e| (werr(e), learned))?;
         match reply.status {
             200 => {
                 let sigs = parse_response(&reply.body).map_err(|e| (e.into(), learned))?;
-                let mine: Vec<NoteSignature> = sigs
-                    .into_iter()
-                    .filter(|s| {
-                        s.name == vkey.name
-                            && s.key_id == vkey.key_id
-                            && vkey.verify(text.as_bytes(), &s.sig)
-                    })
-                    .collect();
+                let answered = crate::unix_now();
+                let mut stale = None;
+                let mut mine = Vec::new();
+                for s in sigs {
+                    if !(s.name == vkey.name
+                        && s.key_id == vkey.key_id
+                        && vkey.verify(text.as_bytes(), &s.sig))
+                    {
+                        continue;
+                    }
+                    let t = agora_tlog::cosignature::timestamp(&s).unwrap_or(0);
+                    if is_fresh(t, sent, answered) {
+                        mine.push(s);
+                    } else {
+                        stale = Some(t);
+                    }
+                }
                 if mine.is_empty() {
-                    return Err((
-                        werr("no valid cosignature in the response".into()),
-                        Some(size),
-                    ));
+                    let msg = match stale {
+                        Some(t) => format!(
+                            "the cosignature is dated {t}, more than {COSIGNATURE_SKEW} s away from \
+                             the log's clock (request sent at {sent}, answered at {answered})"
+                        ),
+                        None => "no valid cosignature in the response".into(),
+                    };
+                    return Err((werr(msg), Some(size)));
                 }
                 return Ok((mine, size));
             }
@@ -518,4 +704,199 @@ fn cosign_one(
         }
     }
     Err((werr("too many conflicts".into()), learned))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::admission::Quota;
+    use agora_core::statement::{Sha256, Vote};
+
+    fn vote(id: &Identity, n: u64) -> Vec<u8> {
+        agora_core::Statement::Vote(Vote {
+            proposal: Sha256::of(&n.to_be_bytes()),
+            choice: "yes".into(),
+            voter: id.peer_id(),
+            time: n,
+        })
+        .sign(id)
+        .to_json()
+        .into_bytes()
+    }
+
+    fn open(dir: &Path, config: LogConfig) -> Log {
+        let id = Identity::from_seed(&[1; 32]);
+        Log::open(&dir.join("log.redb"), &id, config, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn statements_and_quotas() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = LogConfig::new("example.com/log");
+        cfg.quotas.signer = Quota {
+            rate: 1.0,
+            bytes_rate: 0.0,
+            burst_secs: 3.0,
+        };
+        cfg.quotas.address = Quota {
+            rate: 1.0,
+            bytes_rate: 0.0,
+            burst_secs: 8.0,
+        };
+        let log = open(dir.path(), cfg);
+        let (a, b) = (Identity::from_seed(&[2; 32]), Identity::from_seed(&[3; 32]));
+        let ip1: IpAddr = "192.0.2.1".parse().unwrap();
+        // Not statements: refused, whether trusted or not.
+        assert!(matches!(
+            log.add(b"plain bytes".to_vec()).await,
+            Err(Error::Rejected(_))
+        ));
+        let mut forged = agora_core::Envelope::from_json(&vote(&a, 1)).unwrap();
+        forged.signatures[0].sig[0] ^= 1;
+        let r = log.submit(forged.to_json().into_bytes(), None).await;
+        assert!(
+            matches!(&r, Err(Error::Rejected(m)) if m.contains("does not verify")),
+            "{r:?}"
+        );
+        // Signer a: a burst of 3, then 429 naming it; b still gets in; a duplicate of an entry
+        // already logged is answered without charging a.
+        for n in 0..3 {
+            assert_eq!(log.submit(vote(&a, n), None).await.unwrap(), n);
+        }
+        match log.submit(vote(&a, 3), None).await {
+            Err(Error::Quota {
+                who, retry_after, ..
+            }) => {
+                assert_eq!(who, format!("signer {}", a.peer_id()));
+                assert!(retry_after <= Duration::from_secs(1) && retry_after > Duration::ZERO);
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(log.submit(vote(&b, 0), None).await.unwrap(), 3);
+        assert_eq!(log.submit(vote(&a, 1), None).await.unwrap(), 1);
+        // The node's own appends are not subject to quotas.
+        assert_eq!(log.add(vote(&a, 3)).await.unwrap(), 4);
+        // Address: a burst of 8 (every request counts, refused or not), then 429; another
+        // address is not affected.
+        let mut refused = None;
+        for n in 0..10 {
+            if let Err(e) = log
+                .submit(vote(&Identity::from_seed(&[10 + n; 32]), 0), Some(ip1))
+                .await
+            {
+                refused = Some((n, e));
+                break;
+            }
+        }
+        let (n, e) = refused.unwrap();
+        assert_eq!(n, 8);
+        assert!(
+            e.to_string()
+                .starts_with("address 192.0.2.1 is over its quota"),
+            "{e}"
+        );
+        let ip2: IpAddr = "::ffff:192.0.2.2".parse().unwrap();
+        assert!(log.submit(vote(&b, 1), Some(ip2)).await.is_ok());
+        log.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = LogConfig::new("example.com/log");
+        cfg.max_bytes = stored_bytes(3, 3 * 1000);
+        cfg.accept = Accept::Any;
+        let entries: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000]).collect();
+        {
+            let log = open(dir.path(), cfg.clone());
+            for (i, e) in entries.iter().take(3).enumerate() {
+                assert_eq!(log.submit(e.clone(), None).await.unwrap(), i as u64);
+            }
+            let r = log.submit(entries[3].clone(), None).await;
+            assert_eq!(
+                r,
+                Err(Error::Full {
+                    used: cfg.max_bytes,
+                    budget: cfg.max_bytes
+                })
+            );
+            assert_eq!(log.submit(entries[1].clone(), None).await.unwrap(), 1);
+            assert_eq!(log.usage(), (cfg.max_bytes, cfg.max_bytes));
+            log.shutdown();
+            // Let the publisher task see the stop and drop the database.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Reopened with a larger budget, everything is there and more fits.
+        cfg.max_bytes *= 2;
+        let log = open(dir.path(), cfg);
+        for (i, e) in entries.iter().take(3).enumerate() {
+            assert_eq!(log.store().entry(i as u64).unwrap().as_ref(), Some(e));
+        }
+        assert_eq!(log.submit(entries[3].clone(), None).await.unwrap(), 3);
+        log.shutdown();
+    }
+
+    /// A witness answering with cosignatures dated `offset` seconds from now.
+    struct Skewed {
+        witness: Identity,
+        offset: i64,
+    }
+
+    impl WitnessTransport for Skewed {
+        fn add_checkpoint(
+            &self,
+            _url: &str,
+            body: &[u8],
+        ) -> std::result::Result<WitnessReply, String> {
+            let req = AddCheckpointRequest::parse(body).map_err(|e| e.to_string())?;
+            let sc = SignedCheckpoint::parse(&req.checkpoint).map_err(|e| e.to_string())?;
+            let t = crate::unix_now().saturating_add_signed(self.offset);
+            let sig = self
+                .witness
+                .cosigner("w.example")
+                .unwrap()
+                .cosign(&sc.note.text, t)
+                .unwrap();
+            Ok(WitnessReply {
+                status: 200,
+                body: agora_tlog::witness::format_response(&[sig]).into_bytes(),
+            })
+        }
+    }
+
+    #[test]
+    fn stale_or_future_cosignatures_are_refused() {
+        assert!(is_fresh(1000, 1000, 1001));
+        assert!(is_fresh(1000 - COSIGNATURE_SKEW, 1000, 1000));
+        assert!(!is_fresh(999 - COSIGNATURE_SKEW, 1000, 1000));
+        assert!(is_fresh(1000 + COSIGNATURE_SKEW, 999, 1000));
+        assert!(!is_fresh(1001 + COSIGNATURE_SKEW, 999, 1000));
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = LogStore::open(&dir.path().join("l.redb"), "o", &[0; 32], true).unwrap();
+        let log = Identity::from_seed(&[1; 32]);
+        let signer = log.log_signer("example.com/log").unwrap();
+        let sc = SignedCheckpoint::sign(
+            Checkpoint::new("example.com/log", 0, Hash::empty()),
+            &signer,
+        )
+        .unwrap();
+        let witness = Identity::from_seed(&[5; 32]);
+        let vkey = witness.witness_vkey("w.example").unwrap();
+        for (offset, ok) in [(0, true), (-60, true), (-3600, false), (3600, false)] {
+            let t = Skewed {
+                witness: witness.clone(),
+                offset,
+            };
+            let r = cosign_one(&store, &t, "x", &vkey, 0, 0, &sc.to_bytes(), &sc.note.text);
+            match r {
+                Ok((sigs, 0)) => assert!(ok && sigs.len() == 1, "offset {offset}"),
+                Err((e, _)) => {
+                    assert!(!ok, "offset {offset}: {e}");
+                    assert!(e.to_string().contains("away from the log's clock"), "{e}");
+                }
+                Ok(_) => panic!("size"),
+            }
+        }
+    }
 }

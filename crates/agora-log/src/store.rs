@@ -9,6 +9,12 @@
 //! order, so that each slice's inserts share pages. For each slice the table records up to which
 //! index it is complete (its watermark, committed with the batch); on open, entries above their
 //! slice's watermark are put back in memory from the level-0 tiles.
+//!
+//! Disk budget. What the log stores is counted as [`stored_bytes`]: the entries' bytes, which the
+//! store counts in `meta` in the same transaction as each batch (so the count is exact after any
+//! crash and costs nothing at open), plus a fixed cost per entry for its index and deduplication
+//! records and 32 bytes per stored tile hash, both functions of the tree size alone. An append
+//! that would take the count above the budget is refused; nothing stored is ever removed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -33,6 +39,24 @@ const META_SIZE: &str = "size";
 const META_CHECKPOINT: &str = "checkpoint";
 /// 256 big-endian u64 watermarks: slice `s` of `dedup` holds every entry below `watermark[s]`.
 const META_DEDUP_WATERMARKS: &str = "dedup_watermarks";
+/// Sum of the lengths of all entries (big-endian u64).
+const META_ENTRY_BYTES: &str = "entry_bytes";
+
+/// Bytes counted per entry besides its own: its index key (8) and its deduplication record
+/// (32-byte leaf hash and 8-byte index).
+pub const PER_ENTRY_BYTES: u64 = 8 + 32 + 8;
+
+/// The bytes a log of `size` entries whose entries hold `entry_bytes` bytes is counted as storing:
+/// the entries, [`PER_ENTRY_BYTES`] each, and 32 bytes per tile hash at every level.
+pub fn stored_bytes(size: u64, entry_bytes: u64) -> u64 {
+    let hashes: u64 = (0..=tile::MAX_LEVEL)
+        .map(|l| tile::level_count(l, size))
+        .take_while(|&n| n > 0)
+        .sum();
+    entry_bytes
+        .saturating_add(size.saturating_mul(PER_ENTRY_BYTES))
+        .saturating_add(hashes.saturating_mul(32))
+}
 
 /// Most entries kept in memory for deduplication before extra slices are flushed per batch.
 pub const MAX_RECENT: usize = 1 << 20;
@@ -43,6 +67,8 @@ struct Recent {
     map: BTreeMap<[u8; 32], u64>,
     watermarks: Vec<u64>,
     cursor: u8,
+    /// Sum of the lengths of the committed entries.
+    entry_bytes: u64,
 }
 
 pub struct LogStore {
@@ -67,6 +93,12 @@ fn slice_range(
         }
         None => map.range(lo..),
     }
+}
+
+fn decode_u64(b: &[u8], what: &str) -> Result<u64> {
+    Ok(u64::from_be_bytes(b.try_into().map_err(|_| {
+        Error::Corrupt(format!("{what} is not 8 bytes"))
+    })?))
 }
 
 fn encode_watermarks(w: &[u64]) -> Vec<u8> {
@@ -104,9 +136,10 @@ impl LogStore {
         let size;
         let mut partial = Vec::new();
         let watermarks;
+        let entry_bytes;
         let mut recent = BTreeMap::new();
         {
-            txn.open_table(ENTRIES)?;
+            let entries = txn.open_table(ENTRIES)?;
             txn.open_table(DEDUP)?;
             let tiles = txn.open_table(TILES)?;
             let mut meta = txn.open_table(META)?;
@@ -138,6 +171,22 @@ impl LogStore {
             watermarks = match meta.get(META_DEDUP_WATERMARKS)? {
                 Some(g) => decode_watermarks(g.value())?,
                 None => vec![0; 256],
+            };
+            let counted = meta
+                .get(META_ENTRY_BYTES)?
+                .map(|g| decode_u64(g.value(), "entry byte count"))
+                .transpose()?;
+            entry_bytes = match counted {
+                Some(n) => n,
+                None => {
+                    // A database written before the count existed: count once and keep it.
+                    let mut n = 0u64;
+                    for item in entries.range(0..size)? {
+                        n += item?.1.value().len() as u64;
+                    }
+                    meta.insert(META_ENTRY_BYTES, &n.to_be_bytes()[..])?;
+                    n
+                }
             };
             // Entries above their slice's watermark are only in memory: rebuild them from the
             // level-0 tiles.
@@ -187,6 +236,7 @@ impl LogStore {
             map: recent,
             watermarks,
             cursor: 0,
+            entry_bytes,
         });
         Ok((
             LogStore {
@@ -203,6 +253,22 @@ impl LogStore {
     /// the log (or earlier in the batch) get their existing index. On success `frontier` is the
     /// new right edge; on error it is unchanged and nothing was written.
     pub fn append(&self, frontier: &mut Frontier, batch: &[(&[u8], Hash)]) -> Result<Vec<u64>> {
+        Ok(self
+            .append_within(frontier, batch, u64::MAX)?
+            .into_iter()
+            .map(|i| i.unwrap_or(u64::MAX))
+            .collect())
+    }
+
+    /// Like [`LogStore::append`], but a new entry that would take [`stored_bytes`] above
+    /// `budget` is not written and gets `None` (entries already logged still get their
+    /// index).
+    pub fn append_within(
+        &self,
+        frontier: &mut Frontier,
+        batch: &[(&[u8], Hash)],
+        budget: u64,
+    ) -> Result<Vec<Option<u64>>> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let base = frontier.size();
         let mut txn = self.db.begin_write()?;
@@ -212,6 +278,7 @@ impl LogStore {
         let mut out = Vec::with_capacity(batch.len());
         let mut full = Vec::new();
         let mut fresh: HashMap<Hash, u64> = HashMap::new();
+        let mut entry_bytes = recent.entry_bytes;
         {
             let mut entries = txn.open_table(ENTRIES)?;
             let dedup = txn.open_table(DEDUP)?;
@@ -220,18 +287,24 @@ impl LogStore {
                     return Err(Error::EntryTooLarge { len: data.len() });
                 }
                 if let Some(i) = fresh.get(h).or_else(|| recent.map.get(&h.0)) {
-                    out.push(*i);
+                    out.push(Some(*i));
                     continue;
                 }
                 if let Some(i) = dedup.get(&h.0)?.map(|g| g.value()) {
-                    out.push(i);
+                    out.push(Some(i));
+                    continue;
+                }
+                let bytes = entry_bytes + data.len() as u64;
+                if stored_bytes(f.size() + 1, bytes) > budget {
+                    out.push(None);
                     continue;
                 }
                 let i = f.size();
                 entries.insert(i, *data)?;
                 f.push(*h, &mut full);
                 fresh.insert(*h, i);
-                out.push(i);
+                entry_bytes = bytes;
+                out.push(Some(i));
             }
         }
         if fresh.is_empty() {
@@ -273,6 +346,7 @@ impl LogStore {
                 META_DEDUP_WATERMARKS,
                 encode_watermarks(&watermarks).as_slice(),
             )?;
+            meta.insert(META_ENTRY_BYTES, &entry_bytes.to_be_bytes()[..])?;
         }
         txn.commit()?;
         // Committed: update memory to match.
@@ -285,8 +359,17 @@ impl LogStore {
         recent.map.extend(fresh.into_iter().map(|(h, i)| (h.0, i)));
         recent.watermarks = watermarks;
         recent.cursor = recent.cursor.wrapping_add(slices.len() as u8);
+        recent.entry_bytes = entry_bytes;
         *frontier = f;
         Ok(out)
+    }
+
+    /// Sum of the lengths of the committed entries (see [`stored_bytes`]).
+    pub fn entry_bytes(&self) -> u64 {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry_bytes
     }
 
     /// Entries held in memory for deduplication (not yet in the table).
@@ -449,6 +532,64 @@ mod tests {
         // What memory held before closing is what reopening rebuilds.
         assert_eq!(held[0], held[1]);
         assert!(held[0] > 0);
+    }
+
+    /// The disk budget: entries beyond it are refused, duplicates still get their index, the
+    /// count survives reopening and is rebuilt for a database written before it existed.
+    #[test]
+    fn budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let data: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1000]).collect();
+        // Room for exactly 3 entries of 1000 bytes.
+        let budget = stored_bytes(3, 3000);
+        {
+            let (s, mut f) = LogStore::open(&path, "o", &[1; 32], true).unwrap();
+            let got = s.append_within(&mut f, &batch(&data[..2]), budget).unwrap();
+            assert_eq!(got, vec![Some(0), Some(1)]);
+            let got = s
+                .append_within(
+                    &mut f,
+                    &batch(&[data[2].clone(), data[3].clone(), data[0].clone()]),
+                    budget,
+                )
+                .unwrap();
+            assert_eq!(got, vec![Some(2), None, Some(0)]);
+            // Full: a small entry still does not fit; a duplicate still gets its index.
+            let got = s
+                .append_within(&mut f, &batch(&[vec![1], data[1].clone()]), budget)
+                .unwrap();
+            assert_eq!(got, vec![None, Some(1)]);
+            assert_eq!(s.entry_bytes(), 3000);
+            assert_eq!(stored_bytes(f.size(), s.entry_bytes()), budget);
+        }
+        let (s, mut f) = LogStore::open(&path, "o", &[1; 32], true).unwrap();
+        assert_eq!((f.size(), s.entry_bytes()), (3, 3000));
+        // A larger budget takes more.
+        let got = s
+            .append_within(&mut f, &batch(&data[3..5]), stored_bytes(5, 5000))
+            .unwrap();
+        assert_eq!(got, vec![Some(3), Some(4)]);
+        // Without the stored count (an older database), opening counts the entries.
+        {
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .remove(META_ENTRY_BYTES)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        drop(s);
+        let (s, _) = LogStore::open(&path, "o", &[1; 32], true).unwrap();
+        assert_eq!(s.entry_bytes(), 5000);
+        // The count: tiles are 32 bytes per hash at every level.
+        assert_eq!(stored_bytes(0, 0), 0);
+        assert_eq!(stored_bytes(1, 10), 10 + PER_ENTRY_BYTES + 32);
+        assert_eq!(stored_bytes(256, 0), 256 * PER_ENTRY_BYTES + 257 * 32);
+        assert_eq!(
+            stored_bytes(65_536, 0),
+            65_536 * PER_ENTRY_BYTES + (65_536 + 256 + 1) * 32
+        );
     }
 
     #[test]

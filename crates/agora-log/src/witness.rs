@@ -2,6 +2,10 @@
 //! with the check against the stored state and the save done in one redb write transaction, so
 //! concurrent requests cannot roll a log back. When a log shows a checkpoint that provably
 //! contradicts one the witness cosigned, the witness stores a signed `evidence` statement.
+//!
+//! Freshness: the witness never dates a cosignature of a log earlier than one it already issued
+//! for that log (if its clock went back it answers 503 until the clock has caught up), so a
+//! later cosignature of a log always carries a later-or-equal time and a larger-or-equal tree.
 
 use std::path::Path;
 
@@ -26,6 +30,11 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const EVIDENCE: TableDefinition<u64, &[u8]> = TableDefinition::new("evidence");
 /// SHA-256 of the claim → sequence number, so repeated misbehaviour is stored once.
 const EVIDENCE_KEYS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("evidence_keys");
+/// origin → timestamp of the latest cosignature issued for it.
+const COSIGNED_AT: TableDefinition<&str, u64> = TableDefinition::new("cosigned_at");
+
+/// Longest `Retry-After` the witness asks for when its clock is behind its last cosignature.
+const MAX_CLOCK_WAIT: u64 = 3600;
 
 /// Most evidence statements kept (the store is bounded).
 pub const MAX_EVIDENCE: u64 = 100_000;
@@ -36,6 +45,8 @@ pub struct WitnessResponse {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Seconds for a `Retry-After` header (with 503).
+    pub retry_after: Option<u64>,
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -47,6 +58,7 @@ fn respond(status: u16, msg: impl Into<String>) -> WitnessResponse {
         status,
         content_type: TEXT,
         body,
+        retry_after: None,
     }
 }
 
@@ -55,6 +67,7 @@ fn conflict(size: u64) -> WitnessResponse {
         status: 409,
         content_type: SIZE_CONTENT_TYPE,
         body: format!("{size}\n").into_bytes(),
+        retry_after: None,
     }
 }
 
@@ -107,6 +120,7 @@ impl Witness {
         txn.open_table(STATE)?;
         txn.open_table(EVIDENCE)?;
         txn.open_table(EVIDENCE_KEYS)?;
+        txn.open_table(COSIGNED_AT)?;
         txn.commit()?;
         let cosigner = identity.cosigner(name)?;
         Ok(Witness {
@@ -193,6 +207,8 @@ impl Witness {
                 .map(|g| decode_state(g.value()))
                 .transpose()?;
             let stored_size = stored.as_ref().map_or(0, |s| s.size);
+            let mut cosigned_at = txn.open_table(COSIGNED_AT)?;
+            let last = cosigned_at.get(origin.as_str())?.map(|g| g.value());
             let mut evidence: Option<Vec<String>> = None;
             let decision = if stored
                 .as_ref()
@@ -235,12 +251,29 @@ impl Witness {
                     }
                 }
             };
+            // Never date a cosignature of this log before one already issued.
+            let decision = match (decision, last) {
+                (Decision::Cosign, Some(last)) if now < last => {
+                    warn!(origin = %origin, now, last, "clock behind the last cosignature");
+                    let mut r = respond(
+                        503,
+                        format!(
+                            "the witness's clock reads {now}, earlier than its last cosignature \
+                             for this log ({last}); it will not date a cosignature back"
+                        ),
+                    );
+                    r.retry_after = Some((last - now).clamp(1, MAX_CLOCK_WAIT));
+                    Decision::Respond(r)
+                }
+                (d, _) => d,
+            };
             match (&decision, evidence, stored.as_ref()) {
                 (Decision::Cosign, _, _) => {
                     state.insert(
                         origin.as_str(),
                         encode_state(new.size, &new.root, &clean).as_slice(),
                     )?;
+                    cosigned_at.insert(origin.as_str(), now)?;
                 }
                 (Decision::Respond(_), Some(proof), Some(s)) => {
                     self.record_evidence(&txn, &log_key, &s.checkpoint, &clean, proof, now)?;
@@ -258,6 +291,7 @@ impl Witness {
                     status: 200,
                     content_type: TEXT,
                     body: format_response(&[sig]).into_bytes(),
+                    retry_after: None,
                 })
             }
         }
@@ -454,6 +488,60 @@ mod tests {
         assert_eq!(f.w.add_checkpoint(&req(&f, &t, 8, 8), 1007).status, 200);
         assert_eq!(f.w.latest(&f.origin).unwrap().unwrap().0, 8);
         assert_eq!(f.w.evidence_count().unwrap(), 0);
+    }
+
+    /// Cosignature times of a log never go back: with the clock behind the last cosignature the
+    /// witness answers 503 (with Retry-After) and keeps its state; once the clock has caught up
+    /// it cosigns again.
+    #[test]
+    fn cosignature_times_never_go_back() {
+        let f = fixture();
+        let t = tree(20, None);
+        let ts = |r: &WitnessResponse| {
+            agora_tlog::cosignature::timestamp(
+                &agora_tlog::witness::parse_response(&r.body).unwrap()[0],
+            )
+            .unwrap()
+        };
+        let r = f.w.add_checkpoint(&req(&f, &t, 0, 4), 5000);
+        assert_eq!((r.status, ts(&r)), (200, 5000));
+        let r = f.w.add_checkpoint(&req(&f, &t, 4, 7), 4990);
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.retry_after, Some(10));
+        assert!(String::from_utf8_lossy(&r.body).contains("earlier than its last cosignature"));
+        assert_eq!(f.w.latest(&f.origin).unwrap().unwrap().0, 4);
+        // Refusals that do not cosign are not affected by the clock.
+        assert_eq!(f.w.add_checkpoint(&req(&f, &t, 0, 7), 4990).status, 409);
+        // The same second is fine; so is later.
+        let r = f.w.add_checkpoint(&req(&f, &t, 4, 7), 5000);
+        assert_eq!((r.status, ts(&r)), (200, 5000));
+        let r = f.w.add_checkpoint(&req(&f, &t, 7, 7), 5001);
+        assert_eq!((r.status, ts(&r)), (200, 5001));
+        // Another log's times are its own.
+        let other = Identity::from_seed(&[3; 32]);
+        let o = other.default_log_origin();
+        let dir = tempfile::tempdir().unwrap();
+        let w = Witness::open(
+            &dir.path().join("w.redb"),
+            Identity::from_seed(&[2; 32]),
+            "witness.example/w",
+            vec![f.log.vkey(&f.origin).unwrap(), other.vkey(&o).unwrap()],
+        )
+        .unwrap();
+        assert_eq!(w.add_checkpoint(&req(&f, &t, 0, 3), 100).status, 200);
+        let cp = SignedCheckpoint::sign(
+            Checkpoint::new(&o, 2, t.root_at(2).unwrap()),
+            &other.log_signer(&o).unwrap(),
+        )
+        .unwrap();
+        let body = AddCheckpointRequest {
+            old_size: 0,
+            proof: vec![],
+            checkpoint: cp.to_bytes(),
+        }
+        .to_bytes();
+        assert_eq!(w.add_checkpoint(&body, 50).status, 200);
+        assert_eq!(w.add_checkpoint(&req(&f, &t, 3, 5), 99).status, 503);
     }
 
     #[test]

@@ -1,5 +1,12 @@
 //! Blocking HTTP clients: a log client (add, checkpoint, tiles, proofs from tiles) and the
 //! witness transport the log's publisher uses.
+//!
+//! Every response body is read with the limit of what the specs let it be, no more: a hash tile
+//! of width `W` is `32 × W` bytes, an entry bundle at most `W × (2 + 65,535)` (a full bundle of
+//! maximum-size entries is 16,777,472 bytes), a checkpoint at most the signed-note limit
+//! ([`agora_tlog::note::MAX_NOTE_LEN`]), an index line 21 bytes. A larger body is refused (from
+//! its `Content-Length` before reading, or as soon as reading passes the limit). Error bodies
+//! are read up to 4 KiB and cut there.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,12 +15,34 @@ use std::time::Duration;
 use agora_log::{WitnessReply, WitnessTransport};
 use agora_tlog::hash::Hash;
 use agora_tlog::merkle;
-use agora_tlog::tile::{TileHashSource, TilePath, TileReader, decode_bundle};
+use agora_tlog::tile::{
+    MAX_ENTRY_LEN, TileHashSource, TileKind, TilePath, TileReader, decode_bundle,
+};
 
 use super::{Result, TlogHttpError};
 
-const MAX_BODY: u64 = 16 << 20;
+/// Largest checkpoint: the largest signed note the parser takes.
+pub const MAX_CHECKPOINT_LEN: u64 = agora_tlog::note::MAX_NOTE_LEN as u64;
+/// Largest answer to `POST /add`: a decimal `u64` and a newline.
+pub const MAX_INDEX_LEN: u64 = 21;
+/// Largest witness answer: cosignature lines ([`agora_tlog::witness::parse_response`]'s limit),
+/// or a 409's size line.
+pub const MAX_WITNESS_RESPONSE_LEN: u64 = 1 << 16;
+/// Largest evidence statement (a DSSE envelope).
+pub const MAX_EVIDENCE_LEN: u64 = agora_core::dsse::MAX_ENVELOPE_LEN as u64;
+/// How much of an error body is read (the rest is cut).
+const MAX_ERROR_BODY: u64 = 4096;
 const CACHE_TILES: usize = 16_384;
+
+/// The largest body tile `t` can be: `32 × W` bytes for hashes, `W × (2 + 65,535)` for an entry
+/// bundle of `W` entries.
+pub fn max_tile_len(t: &TilePath) -> u64 {
+    let w = u64::from(t.width);
+    match t.kind {
+        TileKind::Hashes { .. } => w * 32,
+        TileKind::Entries => w * (2 + MAX_ENTRY_LEN as u64),
+    }
+}
 
 fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -23,16 +52,42 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-fn read_body(url: &str, resp: ureq::http::Response<ureq::Body>) -> Result<(u16, Vec<u8>)> {
+/// Read a response: a 200's body must be at most `limit` bytes (else an error); any other
+/// status's body is read up to 4 KiB and cut there.
+fn read_body(
+    url: &str,
+    resp: ureq::http::Response<ureq::Body>,
+    limit: u64,
+) -> Result<(u16, Vec<u8>)> {
     let status = resp.status().as_u16();
+    let too_large = |what: String| TlogHttpError::Response {
+        url: url.to_string(),
+        msg: format!("the body is {what}; at most {limit} bytes are allowed"),
+    };
+    if status != 200 {
+        let mut body = Vec::new();
+        let _ = std::io::Read::read_to_end(
+            &mut std::io::Read::take(resp.into_body().into_reader(), MAX_ERROR_BODY),
+            &mut body,
+        );
+        return Ok((status, body));
+    }
+    if let Some(n) = resp.body().content_length()
+        && n > limit
+    {
+        return Err(too_large(format!("{n} bytes")));
+    }
     let body = resp
         .into_body()
         .with_config()
-        .limit(MAX_BODY)
+        .limit(limit)
         .read_to_vec()
-        .map_err(|e| TlogHttpError::Transport {
-            url: url.to_string(),
-            msg: e.to_string(),
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => too_large("longer".into()),
+            e => TlogHttpError::Transport {
+                url: url.to_string(),
+                msg: e.to_string(),
+            },
         })?;
     Ok((status, body))
 }
@@ -67,7 +122,7 @@ impl LogClient {
         &self.base
     }
 
-    fn get(&self, path: &str) -> Result<(u16, Vec<u8>)> {
+    fn get(&self, path: &str, limit: u64) -> Result<(u16, Vec<u8>)> {
         let url = format!("{}/{path}", self.base);
         let resp = self
             .agent
@@ -78,7 +133,7 @@ impl LogClient {
                 url: url.clone(),
                 msg: e.to_string(),
             })?;
-        read_body(&url, resp)
+        read_body(&url, resp, limit)
     }
 
     /// Append an entry; returns its index (once durable).
@@ -93,7 +148,7 @@ impl LogClient {
                 url: url.clone(),
                 msg: e.to_string(),
             })?;
-        let (status, body) = read_body(&url, resp)?;
+        let (status, body) = read_body(&url, resp, MAX_INDEX_LEN)?;
         if status != 200 {
             return Err(status_err(&url, status, &body));
         }
@@ -108,7 +163,7 @@ impl LogClient {
 
     /// The current checkpoint (unverified bytes).
     pub fn checkpoint(&self) -> Result<Vec<u8>> {
-        let (status, body) = self.get("checkpoint")?;
+        let (status, body) = self.get("checkpoint", MAX_CHECKPOINT_LEN)?;
         if status != 200 {
             return Err(status_err(
                 &format!("{}/checkpoint", self.base),
@@ -120,22 +175,30 @@ impl LogClient {
     }
 
     /// A tile or entry bundle; `None` on 404. A missing partial tile falls back to the full one.
+    /// A hash tile must be exactly `32 × W` bytes.
     pub fn tile(&self, t: &TilePath) -> Result<Option<Vec<u8>>> {
-        let (status, body) = self.get(&t.to_path())?;
-        match status {
-            200 => Ok(Some(body)),
+        let (status, body) = self.get(&t.to_path(), max_tile_len(t))?;
+        let body = match status {
+            200 => body,
             404 if !t.is_full() => {
                 let full = TilePath { width: 256, ..*t };
-                let (status, body) = self.get(&full.to_path())?;
+                let (status, body) = self.get(&full.to_path(), max_tile_len(&full))?;
                 match status {
-                    200 => Ok(Some(truncate(t, body))),
-                    404 => Ok(None),
-                    s => Err(status_err(&full.to_path(), s, &body)),
+                    200 => truncate(t, body),
+                    404 => return Ok(None),
+                    s => return Err(status_err(&full.to_path(), s, &body)),
                 }
             }
-            404 => Ok(None),
-            s => Err(status_err(&t.to_path(), s, &body)),
+            404 => return Ok(None),
+            s => return Err(status_err(&t.to_path(), s, &body)),
+        };
+        if matches!(t.kind, TileKind::Hashes { .. }) && body.len() as u64 != max_tile_len(t) {
+            return Err(TlogHttpError::Response {
+                url: format!("{}/{}", self.base, t.to_path()),
+                msg: format!("the tile is {} bytes, not {}", body.len(), max_tile_len(t)),
+            });
         }
+        Ok(Some(body))
     }
 
     /// The entries of bundle `index`, first `width` of them.
@@ -180,11 +243,11 @@ impl LogClient {
 /// A partial tile is a prefix of the full one (entry bundles: the first `width` entries).
 fn truncate(t: &TilePath, body: Vec<u8>) -> Vec<u8> {
     match t.kind {
-        agora_tlog::tile::TileKind::Hashes { .. } => {
+        TileKind::Hashes { .. } => {
             let n = usize::from(t.width) * 32;
             body.get(..n).map(<[u8]>::to_vec).unwrap_or(body)
         }
-        agora_tlog::tile::TileKind::Entries => {
+        TileKind::Entries => {
             let Ok(entries) = decode_bundle(&body) else {
                 return body;
             };
@@ -241,7 +304,9 @@ impl WitnessTransport for HttpWitnessTransport {
             .header("Content-Type", "text/plain; charset=utf-8")
             .send(body)
             .map_err(|e| format!("{url}: {e}"))?;
-        let (status, body) = read_body(&url, resp).map_err(|e| e.to_string())?;
+        // A 409's size line fits too; any other status's body is cut at 4 KiB.
+        let (status, body) =
+            read_body(&url, resp, MAX_WITNESS_RESPONSE_LEN).map_err(|e| e.to_string())?;
         Ok(WitnessReply { status, body })
     }
 }
@@ -250,15 +315,15 @@ impl WitnessTransport for HttpWitnessTransport {
 pub fn fetch_evidence(witness_url: &str) -> Result<Vec<Vec<u8>>> {
     let base = witness_url.trim_end_matches('/');
     let a = agent(Duration::from_secs(30));
-    let get = |path: String| -> Result<(u16, Vec<u8>)> {
+    let get = |path: String, limit: u64| -> Result<(u16, Vec<u8>)> {
         let resp = a.get(&path).call().map_err(|e| TlogHttpError::Transport {
             url: path.clone(),
             msg: e.to_string(),
         })?;
-        read_body(&path, resp)
+        read_body(&path, resp, limit)
     };
     let url = format!("{base}/evidence");
-    let (status, body) = get(url.clone())?;
+    let (status, body) = get(url.clone(), MAX_INDEX_LEN)?;
     if status != 200 {
         return Err(status_err(&url, status, &body));
     }
@@ -272,7 +337,7 @@ pub fn fetch_evidence(witness_url: &str) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     for i in 0..n.min(10_000) {
         let url = format!("{base}/evidence/{i}");
-        let (status, body) = get(url.clone())?;
+        let (status, body) = get(url.clone(), MAX_EVIDENCE_LEN)?;
         if status != 200 {
             return Err(status_err(&url, status, &body));
         }

@@ -1,13 +1,21 @@
 //! axum routers for the log (`POST /add`, `GET /checkpoint`, `GET /tile/...`) and the witness
 //! (`POST /add-checkpoint`, `GET /evidence`, `GET /evidence/{id}`).
+//!
+//! `POST /add` answers 400 for an entry the log does not take (not a signed statement), 413 above
+//! 65,535 bytes, 429 with `Retry-After` when the client's address or a signer is over its quota,
+//! 503 with `Retry-After` when the append queue is full, and 507 when the disk budget is spent.
+//! The client's address comes from `ConnectInfo<SocketAddr>` when the server provides it
+//! (`into_make_service_with_connect_info`); without it no per-address quota applies.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use agora_log::{Error as LogError, Log, Witness};
 use agora_tlog::tile::{MAX_ENTRY_LEN, TilePath};
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,13 +45,31 @@ pub fn log_router(log: Log) -> Router {
         .with_state(log)
 }
 
-async fn add(State(log): State<Log>, body: Bytes) -> Response {
-    match log.add(body.to_vec()).await {
+fn retry_after(mut r: Response, secs: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+async fn add(
+    State(log): State<Log>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Bytes,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    match log.submit(body.to_vec(), peer).await {
         Ok(i) => text(StatusCode::OK, i.to_string()),
         Err(LogError::EntryTooLarge { len }) => text(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("entry is {len} bytes; the limit is {MAX_ENTRY_LEN}"),
         ),
+        Err(e @ LogError::Rejected(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ LogError::Quota { retry_after: d, .. }) => retry_after(
+            text(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+            agora_log::retry_secs(&d),
+        ),
+        Err(e @ LogError::Full { .. }) => text(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
         Err(e @ (LogError::Overloaded | LogError::ShuttingDown)) => {
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             r.headers_mut()
@@ -121,7 +147,11 @@ async fn add_checkpoint(State(w): State<Arc<Witness>>, body: Bytes) -> Response 
         Ok(r) => {
             let status =
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, [(header::CONTENT_TYPE, r.content_type)], r.body).into_response()
+            let resp = (status, [(header::CONTENT_TYPE, r.content_type)], r.body).into_response();
+            match r.retry_after {
+                Some(s) => retry_after(resp, s),
+                None => resp,
+            }
         }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     }
