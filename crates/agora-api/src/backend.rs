@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use agora_engine::{Capture, Engine, Event, JobSpec, Load, PrepareError, PromptError, SubmitError};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::ApiError;
 
@@ -51,14 +51,79 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// Runs CPU-bound request preparation (chat template rendering and tokenization: a megabyte of
+/// text takes a while) on tokio's blocking threads, so the async threads keep serving
+/// `/health`, streams and accepts; and bounds how many run at once. A request beyond the bound
+/// is refused with 429 and `Retry-After` rather than queued: each waiting one would hold its
+/// body and parsed prompt in memory.
+#[derive(Clone, Debug)]
+pub struct PrepareLimiter {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl PrepareLimiter {
+    /// At most `limit` preparations at once (at least 1).
+    pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// Two per core: enough to keep every core busy while some preparations wait on the
+    /// engine's lock or the allocator, few enough that the blocking pool stays small.
+    pub fn per_core() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(2 * cores)
+    }
+
+    /// How many may run at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Runs `f` on the blocking pool, or refuses at once (429) when the limit is reached. The
+    /// slot is held until `f` returns, even if the caller stops waiting (a client that goes
+    /// away cannot make room for more work than the limit).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            ApiError::overloaded(
+                format!(
+                    "The node is preparing {} prompts already; retry shortly.",
+                    self.limit
+                ),
+                1,
+            )
+        })?;
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("Preparing the request failed: {e}")))
+    }
+}
+
 /// Serves one local engine.
 pub struct LocalBackend {
     engine: Arc<dyn Engine>,
+    prepare: PrepareLimiter,
 }
 
 impl LocalBackend {
+    /// With [`PrepareLimiter::per_core`].
     pub fn new(engine: Arc<dyn Engine>) -> Self {
-        Self { engine }
+        Self::with_limiter(engine, PrepareLimiter::per_core())
+    }
+
+    pub fn with_limiter(engine: Arc<dyn Engine>, prepare: PrepareLimiter) -> Self {
+        Self { engine, prepare }
     }
 
     /// Whether `model` names this engine's model (by name, `sha256:` digest or bare digest).
@@ -86,10 +151,21 @@ impl Backend for LocalBackend {
                 return Err(ApiError::unknown_model(&model));
             }
             let chat = matches!(job.prompt, agora_engine::PromptSpec::Chat(_));
-            let req =
-                agora_engine::prepare(self.engine.as_ref(), &job, Capture::default(), Vec::new())
+            let engine = Arc::clone(&self.engine);
+            // Template, tokens and the checks over them: CPU-bound, off the async threads.
+            let generation = self
+                .prepare
+                .run(move || {
+                    let req = agora_engine::prepare(
+                        engine.as_ref(),
+                        &job,
+                        Capture::default(),
+                        Vec::new(),
+                    )
                     .map_err(|e| prepare_error(e, chat))?;
-            let generation = self.engine.submit(req).map_err(|e| submit_error(e, chat))?;
+                    engine.submit(req).map_err(|e| submit_error(e, chat))
+                })
+                .await??;
             Ok(Started {
                 model: self.engine.info().name.clone(),
                 events: generation.events,
@@ -105,6 +181,11 @@ impl Backend for LocalBackend {
 /// Maps an engine refusal to the status and message OpenAI clients expect.
 pub fn prepare_error(e: PrepareError, chat: bool) -> ApiError {
     match e {
+        PrepareError::Prompt(e @ PromptError::TooLarge { .. }) => ApiError::invalid(
+            e.to_string(),
+            Some(if chat { "messages" } else { "prompt" }),
+        )
+        .with_code("context_length_exceeded"),
         PrepareError::Prompt(PromptError::Template(t)) => ApiError::invalid(
             t.to_string(),
             Some(if chat { "messages" } else { "prompt" }),
@@ -132,8 +213,12 @@ pub fn submit_error(e: SubmitError, chat: bool) -> ApiError {
         )
         .with_code("context_length_exceeded"),
         SubmitError::EmptyPrompt => ApiError::invalid("The prompt is empty.", Some(prompt_param)),
-        SubmitError::InvalidToken { .. } => ApiError::invalid(e.to_string(), Some(prompt_param)),
+        // Prompt tokens come from the tokenizer and resumed ones from workers: a token a client
+        // can name out of the vocabulary is a logit_bias key.
+        SubmitError::InvalidToken { .. } => ApiError::invalid(e.to_string(), Some("logit_bias")),
         SubmitError::NothingToResume { .. } => ApiError::invalid(e.to_string(), Some("max_tokens")),
         SubmitError::Stopped => ApiError::unavailable("The engine is shutting down.", 5),
+        SubmitError::InvalidBias { .. } => ApiError::invalid(e.to_string(), Some("logit_bias")),
+        SubmitError::Decode(_) => ApiError::internal(e.to_string()),
     }
 }

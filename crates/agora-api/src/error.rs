@@ -101,6 +101,29 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
 
+    /// 405: the route exists, not with this method.
+    pub fn method_not_allowed(method: &axum::http::Method, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("Method {method} is not allowed on {path}."),
+        )
+    }
+
+    /// 408: the request body did not arrive in time (the connection is closed after it).
+    pub fn body_timeout(after: std::time::Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body was not received within {} seconds.",
+                after.as_secs_f64()
+            ),
+        );
+        e.code = Some("request_timeout");
+        e
+    }
+
     /// Rebuilds an error that crossed the network (status, message, param, code).
     pub fn from_parts(
         status: u16,
@@ -158,6 +181,15 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        // The body was not read to its end (too large, or stalled): the connection cannot carry
+        // another request.
+        if matches!(
+            self.status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+        ) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

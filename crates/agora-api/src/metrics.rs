@@ -35,6 +35,10 @@ pub struct Metrics {
     pub slots: Gauge,
     pub duration: Family<RouteOnly, Histogram>,
     pub ttft: Histogram,
+    /// HTTP connections open now.
+    pub connections_open: Gauge,
+    /// HTTP connections refused beyond `max_connections`.
+    pub connections_refused: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -64,6 +68,8 @@ impl Metrics {
             Histogram::new(latency_buckets())
         });
         let ttft = Histogram::new(latency_buckets());
+        let connections_open = Gauge::default();
+        let connections_refused = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -105,6 +111,16 @@ impl Metrics {
             "Time from request to the first generated token",
             ttft.clone(),
         );
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open now",
+            connections_open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections refused beyond the connection limit",
+            connections_refused.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -116,6 +132,8 @@ impl Metrics {
             slots,
             duration,
             ttft,
+            connections_open,
+            connections_refused,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -46,20 +47,50 @@ where
         if limit > 0 && declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::too_large(limit));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::invalid(format!("Could not read the request body: {rej}"), None)
+        let timeout = req
+            .extensions()
+            .get::<BodyTimeout>()
+            .map_or(crate::DEFAULT_BODY_TIMEOUT, |t| t.0);
+        // A client that declares a body and stalls gets 408 (and the connection is closed).
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
+        let bytes = match read.await {
+            Err(_elapsed) => return Err(ApiError::body_timeout(timeout)),
+            Ok(Ok(bytes)) => bytes,
+            // The server's own deadline on the body (it may fire a moment before ours).
+            Ok(Err(rej)) if timed_out(&rej) => return Err(ApiError::body_timeout(timeout)),
+            Ok(Err(rej)) if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::too_large(limit));
             }
-        })?;
+            Ok(Err(rej)) => {
+                return Err(ApiError::invalid(
+                    format!("Could not read the request body: {rej}"),
+                    None,
+                ));
+            }
+        };
         parse_json(&bytes).map(OpenAiJson)
     }
+}
+
+/// Whether `err` comes from a body that ran past its deadline ([`crate::BodyTimedOut`]).
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e = Some(err);
+    while let Some(cur) = e {
+        if cur.is::<crate::BodyTimedOut>() {
+            return true;
+        }
+        e = cur.source();
+    }
+    false
 }
 
 /// The body size limit, put in request extensions so errors can name it.
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimit(pub usize);
+
+/// The time a request body has to arrive, put in request extensions ([`crate::ApiConfig`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyTimeout(pub std::time::Duration);
 
 /// Parses a request body, naming the parameter at fault.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -101,6 +132,362 @@ fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     })
 }
 
+/// What the API does with a request field it knows.
+#[derive(Clone, Copy)]
+enum Field {
+    /// Parsed and used.
+    Used,
+    /// Accepted at its neutral value (`ok`) only, since nothing else is supported; any other
+    /// value is refused with `why`.
+    Neutral {
+        ok: fn(&Value) -> bool,
+        why: &'static str,
+    },
+}
+
+use Field::{Neutral, Used};
+
+fn is_null(v: &Value) -> bool {
+    v.is_null()
+}
+fn null_or_false(v: &Value) -> bool {
+    matches!(v, Value::Null | Value::Bool(false))
+}
+fn null_or_bool(v: &Value) -> bool {
+    matches!(v, Value::Null | Value::Bool(_))
+}
+fn null_or_string(v: &Value) -> bool {
+    matches!(v, Value::Null | Value::String(_))
+}
+fn null_or_empty_string(v: &Value) -> bool {
+    v.is_null() || v.as_str() == Some("")
+}
+fn null_or_object(v: &Value) -> bool {
+    matches!(v, Value::Null | Value::Object(_))
+}
+fn null_or_empty_array(v: &Value) -> bool {
+    v.is_null() || v.as_array().is_some_and(Vec::is_empty)
+}
+fn null_or_zero(v: &Value) -> bool {
+    v.is_null() || v.as_f64() == Some(0.0)
+}
+fn null_or_one(v: &Value) -> bool {
+    v.is_null() || v.as_f64() == Some(1.0)
+}
+fn null_or_text_format(v: &Value) -> bool {
+    v.is_null() || *v == json!({"type": "text"})
+}
+fn null_or_text_modality(v: &Value) -> bool {
+    v.is_null() || *v == json!(["text"])
+}
+fn no_tool_choice(v: &Value) -> bool {
+    matches!(v.as_str(), Some("none" | "auto")) || v.is_null()
+}
+fn default_service_tier(v: &Value) -> bool {
+    matches!(v.as_str(), Some("auto" | "default")) || v.is_null()
+}
+
+/// Fields of both endpoints. Besides OpenAI's, two Agora extensions: `top_k`, and
+/// `ignore_eos` (benchmarks: keep generating through end-of-generation tokens).
+///
+/// Accepted at neutral values only: `n` (1), `presence_penalty` and `frequency_penalty` (0).
+/// Accepted and without effect on the answer: `user` (a string: an end-user id for the
+/// operator's abuse monitoring; Agora keeps none).
+const COMMON_FIELDS: &[(&str, Field)] = &[
+    ("model", Used),
+    ("temperature", Used),
+    ("top_p", Used),
+    ("top_k", Used),
+    ("seed", Used),
+    ("max_tokens", Used),
+    ("stop", Used),
+    ("stream", Used),
+    ("stream_options", Used),
+    ("logit_bias", Used),
+    ("ignore_eos", Used),
+    (
+        "user",
+        Neutral {
+            ok: null_or_string,
+            why: "user must be a string.",
+        },
+    ),
+    (
+        "n",
+        Neutral {
+            ok: null_or_one,
+            why: "Only n = 1 is supported (one choice per request).",
+        },
+    ),
+    (
+        "presence_penalty",
+        Neutral {
+            ok: null_or_zero,
+            why: "presence_penalty is not supported (only 0).",
+        },
+    ),
+    (
+        "frequency_penalty",
+        Neutral {
+            ok: null_or_zero,
+            why: "frequency_penalty is not supported (only 0).",
+        },
+    ),
+];
+
+/// Fields of `POST /v1/chat/completions` beyond [`COMMON_FIELDS`]: `messages` and
+/// `max_completion_tokens` are used. Accepted at their neutral values only, as nothing else is
+/// supported: `logprobs` (false), `top_logprobs` (0), `response_format` (`{"type": "text"}`),
+/// `tools` and `functions` (empty), `tool_choice` and `function_call` (`"none"` or `"auto"`,
+/// which with no tools mean the same), `modalities` (`["text"]`), `audio`, `prediction`,
+/// `reasoning_effort`, `verbosity` and `web_search_options` (null), `store` (false: nothing is
+/// stored), `service_tier` (`"auto"` or `"default"`). Accepted and without effect on the answer:
+/// `parallel_tool_calls` (a boolean; no tools are ever called), `metadata` (an object; only
+/// meaningful with `store`), `prompt_cache_key` and `safety_identifier` (strings: hints for
+/// caching and abuse monitoring).
+const CHAT_FIELDS: &[(&str, Field)] = &[
+    ("messages", Used),
+    ("max_completion_tokens", Used),
+    (
+        "logprobs",
+        Neutral {
+            ok: null_or_false,
+            why: "logprobs are not supported.",
+        },
+    ),
+    (
+        "top_logprobs",
+        Neutral {
+            ok: null_or_zero,
+            why: "top_logprobs is not supported (logprobs are not).",
+        },
+    ),
+    (
+        "response_format",
+        Neutral {
+            ok: null_or_text_format,
+            why: "response_format is not supported: only {\"type\": \"text\"} (plain text).",
+        },
+    ),
+    (
+        "tools",
+        Neutral {
+            ok: null_or_empty_array,
+            why: "tools are not supported: function calling is not.",
+        },
+    ),
+    (
+        "tool_choice",
+        Neutral {
+            ok: no_tool_choice,
+            why: "tool_choice is not supported: tools and function calling are not (only \"none\").",
+        },
+    ),
+    (
+        "functions",
+        Neutral {
+            ok: null_or_empty_array,
+            why: "functions are not supported: function calling is not.",
+        },
+    ),
+    (
+        "function_call",
+        Neutral {
+            ok: no_tool_choice,
+            why: "function_call is not supported: function calling is not (only \"none\").",
+        },
+    ),
+    (
+        "parallel_tool_calls",
+        Neutral {
+            ok: null_or_bool,
+            why: "parallel_tool_calls must be a boolean.",
+        },
+    ),
+    (
+        "modalities",
+        Neutral {
+            ok: null_or_text_modality,
+            why: "modalities other than [\"text\"] are not supported.",
+        },
+    ),
+    (
+        "audio",
+        Neutral {
+            ok: is_null,
+            why: "audio output is not supported.",
+        },
+    ),
+    (
+        "prediction",
+        Neutral {
+            ok: is_null,
+            why: "prediction (predicted outputs) is not supported.",
+        },
+    ),
+    (
+        "reasoning_effort",
+        Neutral {
+            ok: is_null,
+            why: "reasoning_effort is not supported.",
+        },
+    ),
+    (
+        "verbosity",
+        Neutral {
+            ok: is_null,
+            why: "verbosity is not supported.",
+        },
+    ),
+    (
+        "web_search_options",
+        Neutral {
+            ok: is_null,
+            why: "web_search_options is not supported: there is no web search.",
+        },
+    ),
+    (
+        "store",
+        Neutral {
+            ok: null_or_false,
+            why: "store is not supported: completions are not stored (only false).",
+        },
+    ),
+    (
+        "service_tier",
+        Neutral {
+            ok: default_service_tier,
+            why: "service_tier is not supported (only \"auto\" or \"default\").",
+        },
+    ),
+    (
+        "metadata",
+        Neutral {
+            ok: null_or_object,
+            why: "metadata must be an object.",
+        },
+    ),
+    (
+        "prompt_cache_key",
+        Neutral {
+            ok: null_or_string,
+            why: "prompt_cache_key must be a string.",
+        },
+    ),
+    (
+        "safety_identifier",
+        Neutral {
+            ok: null_or_string,
+            why: "safety_identifier must be a string.",
+        },
+    ),
+];
+
+/// Fields of `POST /v1/completions` beyond [`COMMON_FIELDS`]: `prompt` is used. Accepted at
+/// their neutral values only: `echo` (false), `suffix` (empty), `best_of` (1), `logprobs`
+/// (null or 0).
+const COMPLETION_FIELDS: &[(&str, Field)] = &[
+    ("prompt", Used),
+    (
+        "echo",
+        Neutral {
+            ok: null_or_false,
+            why: "echo is not supported.",
+        },
+    ),
+    (
+        "suffix",
+        Neutral {
+            ok: null_or_empty_string,
+            why: "suffix is not supported.",
+        },
+    ),
+    (
+        "best_of",
+        Neutral {
+            ok: null_or_one,
+            why: "Only best_of = 1 is supported.",
+        },
+    ),
+    (
+        "logprobs",
+        Neutral {
+            ok: null_or_zero,
+            why: "logprobs are not supported.",
+        },
+    ),
+];
+
+/// Refuses, naming it, any field of `body` that is not in `common` or `own`, or that is there
+/// at a value it does not support. Nothing a client asks for is silently ignored.
+fn check_fields(
+    body: &Value,
+    common: &[(&str, Field)],
+    own: &[(&str, Field)],
+) -> Result<(), ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::invalid(
+            "The request body must be a JSON object.",
+            None,
+        ));
+    };
+    for (name, value) in obj {
+        let field = common
+            .iter()
+            .chain(own)
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| *f);
+        match field {
+            None => return Err(unrecognized(name)),
+            Some(Used) => {}
+            Some(Neutral { ok, why }) => {
+                if !ok(value) {
+                    return Err(ApiError::invalid(why, Some(name)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// OpenAI's answer to a field it does not know.
+fn unrecognized(param: &str) -> ApiError {
+    ApiError::invalid(
+        format!("Unrecognized request argument supplied: {param}"),
+        Some(param),
+    )
+}
+
+/// Keys of a chat message: `role`, `content` used; `tool_call_id` accepted (a string: it only
+/// links a tool result to its call, and the content is what the model sees). Accepted only
+/// when null or empty, since none is supported: `name`, `tool_calls`, `function_call`,
+/// `refusal`, `audio`, `annotations` (what SDKs put in an assistant message they send back).
+fn check_message_fields(i: usize, m: &Value) -> Result<(), ApiError> {
+    let Some(obj) = m.as_object() else {
+        return Err(ApiError::invalid(
+            format!("messages[{i}] must be an object."),
+            Some(&format!("messages[{i}]")),
+        ));
+    };
+    for (key, value) in obj {
+        let param = format!("messages[{i}].{key}");
+        let ok = match key.as_str() {
+            "role" | "content" => true,
+            "tool_call_id" => null_or_string(value),
+            "name" | "function_call" | "refusal" | "audio" => value.is_null(),
+            "tool_calls" | "annotations" => null_or_empty_array(value),
+            _ => return Err(unrecognized(&param)),
+        };
+        if !ok {
+            return Err(ApiError::invalid(
+                format!("{param} is not supported."),
+                Some(&param),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct InMessage {
     role: String,
@@ -108,13 +495,42 @@ struct InMessage {
     content: Option<Value>,
 }
 
+/// `stream_options`: `include_usage` is used; `include_obfuscation` accepted when false (no
+/// obfuscation padding is sent).
 #[derive(Deserialize, Default)]
 struct StreamOptions {
     #[serde(default)]
-    include_usage: bool,
+    include_usage: Option<bool>,
 }
 
-/// Sampling and control fields shared by both endpoints.
+fn check_stream_options(v: &Value) -> Result<(), ApiError> {
+    let obj = match v {
+        Value::Null => return Ok(()),
+        Value::Object(o) => o,
+        _ => {
+            return Err(ApiError::invalid(
+                "stream_options must be an object.",
+                Some("stream_options"),
+            ));
+        }
+    };
+    for (key, value) in obj {
+        match key.as_str() {
+            "include_usage" => {}
+            "include_obfuscation" if null_or_false(value) => {}
+            "include_obfuscation" => {
+                return Err(ApiError::invalid(
+                    "stream_options.include_obfuscation is not supported (only false).",
+                    Some("stream_options.include_obfuscation"),
+                ));
+            }
+            _ => return Err(unrecognized(&format!("stream_options.{key}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Sampling and control fields shared by both endpoints (those [`COMMON_FIELDS`] marks used).
 #[derive(Deserialize)]
 struct Common {
     model: String,
@@ -137,15 +553,7 @@ struct Common {
     #[serde(default)]
     stream_options: Option<StreamOptions>,
     #[serde(default)]
-    n: Option<u32>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    logprobs: Option<Value>,
-    #[serde(default)]
-    tools: Option<Vec<Value>>,
+    logit_bias: Option<Value>,
     /// Agora extension for benchmarks: keep generating through end-of-generation tokens.
     #[serde(default)]
     ignore_eos: Option<bool>,
@@ -161,12 +569,57 @@ struct ChatFields {
 #[derive(Deserialize)]
 struct CompletionFields {
     prompt: Value,
-    #[serde(default)]
-    echo: Option<bool>,
-    #[serde(default)]
-    suffix: Option<String>,
-    #[serde(default)]
-    best_of: Option<u32>,
+}
+
+/// Most entries `logit_bias` may have (OpenAI's limit too).
+pub const LOGIT_BIAS_MAX_ENTRIES: usize = 1024;
+
+/// Parses OpenAI's `logit_bias`: an object whose keys are token ids in decimal and whose values
+/// are numbers in [-100, 100]. Whether each id is in the model's vocabulary is the engine's
+/// check (the API does not know the vocabulary).
+fn parse_logit_bias(v: Option<&Value>) -> Result<BTreeMap<u32, f32>, ApiError> {
+    let bad = |msg: String| ApiError::invalid(msg, Some("logit_bias"));
+    let map = match v {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(bad(
+                "logit_bias must be an object mapping token ids (as strings) to biases between -100 and 100."
+                    .into(),
+            ));
+        }
+    };
+    if map.len() > LOGIT_BIAS_MAX_ENTRIES {
+        return Err(bad(format!(
+            "logit_bias has {} entries; at most {LOGIT_BIAS_MAX_ENTRIES} are allowed.",
+            map.len()
+        )));
+    }
+    let mut out = BTreeMap::new();
+    for (key, value) in map {
+        // Canonical decimal only, so two keys cannot name the same token ("7" and "07").
+        let canonical = !key.is_empty()
+            && key.bytes().all(|b| b.is_ascii_digit())
+            && (key == "0" || !key.starts_with('0'));
+        let id = canonical
+            .then(|| key.parse::<u32>().ok())
+            .flatten()
+            .ok_or_else(|| {
+                bad(format!(
+                    "Invalid key {key:?} in logit_bias: keys must be token ids in decimal (e.g. \"50256\")."
+                ))
+            })?;
+        let bias = value
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                bad(format!(
+                    "Invalid bias {value} for token {key} in logit_bias: biases must be numbers between -100 and 100."
+                ))
+            })?;
+        out.insert(id, bias as f32);
+    }
+    Ok(out)
 }
 
 /// Largest value a seed the node picks may take: 2^53, so any JSON client can repeat it exactly.
@@ -194,32 +647,7 @@ fn validate(c: Common, prompt: PromptSpec) -> Result<Validated, ApiError> {
             Some("top_p"),
         ));
     }
-    if c.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid("Only n = 1 is supported.", Some("n")));
-    }
-    for (name, v) in [
-        ("presence_penalty", c.presence_penalty),
-        ("frequency_penalty", c.frequency_penalty),
-    ] {
-        if v.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::invalid(
-                format!("{name} is not supported (only 0)."),
-                Some(name),
-            ));
-        }
-    }
-    if matches!(c.logprobs, Some(Value::Bool(true)) | Some(Value::Number(_))) {
-        return Err(ApiError::invalid(
-            "logprobs are not supported.",
-            Some("logprobs"),
-        ));
-    }
-    if c.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid(
-            "Tools and function calling are not supported.",
-            Some("tools"),
-        ));
-    }
+    let logit_bias = parse_logit_bias(c.logit_bias.as_ref())?;
     let (max_param, max) = match (c.max_completion_tokens, c.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
@@ -297,9 +725,13 @@ fn validate(c: Common, prompt: PromptSpec) -> Result<Validated, ApiError> {
             max_tokens,
             stop,
             ignore_eos: c.ignore_eos.unwrap_or(false),
+            logit_bias,
         },
         stream: c.stream.unwrap_or(false),
-        include_usage: c.stream_options.unwrap_or_default().include_usage,
+        include_usage: c
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
     })
 }
 
@@ -384,6 +816,13 @@ pub fn parse_completion_request(bytes: &[u8]) -> Result<ParsedRequest, ApiError>
 }
 
 fn chat_request(body: &Value) -> Result<Validated, ApiError> {
+    check_fields(body, COMMON_FIELDS, CHAT_FIELDS)?;
+    check_stream_options(&body["stream_options"])?;
+    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        for (i, m) in messages.iter().enumerate() {
+            check_message_fields(i, m)?;
+        }
+    }
     let fields: ChatFields = from_value(body)?;
     let common: Common = from_value(body)?;
     let messages = chat_messages(fields.messages)?;
@@ -391,23 +830,10 @@ fn chat_request(body: &Value) -> Result<Validated, ApiError> {
 }
 
 fn completion_request(body: &Value) -> Result<Validated, ApiError> {
+    check_fields(body, COMMON_FIELDS, COMPLETION_FIELDS)?;
+    check_stream_options(&body["stream_options"])?;
     let req: CompletionFields = from_value(body)?;
     let common: Common = from_value(body)?;
-    if req.echo == Some(true) {
-        return Err(ApiError::invalid("echo is not supported.", Some("echo")));
-    }
-    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::invalid(
-            "suffix is not supported.",
-            Some("suffix"),
-        ));
-    }
-    if req.best_of.is_some_and(|b| b != 1) {
-        return Err(ApiError::invalid(
-            "Only best_of = 1 is supported.",
-            Some("best_of"),
-        ));
-    }
     let prompt = match req.prompt {
         Value::String(p) => p,
         Value::Array(v) if v.len() == 1 => match v.into_iter().next() {
@@ -857,4 +1283,283 @@ fn attestation_json(a: Option<&agora_engine::Attestation>, tokens: &[u32]) -> Va
         v["log"] = json!({ "url": l.url, "index": l.index });
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn chat_body() -> Value {
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    }
+
+    fn completion_body() -> Value {
+        json!({"model": "m", "prompt": "hi"})
+    }
+
+    fn chat_with(key: &str, value: Value) -> Result<ParsedRequest, ApiError> {
+        let mut b = chat_body();
+        b[key] = value;
+        parse_chat_request(b.to_string().as_bytes())
+    }
+
+    fn completion_with(key: &str, value: Value) -> Result<ParsedRequest, ApiError> {
+        let mut b = completion_body();
+        b[key] = value;
+        parse_completion_request(b.to_string().as_bytes())
+    }
+
+    fn assert_refused(r: Result<ParsedRequest, ApiError>, param: &str) -> ApiError {
+        let e = r.expect_err(param);
+        assert_eq!(e.status.as_u16(), 400, "{e:?}");
+        assert_eq!(e.param.as_deref(), Some(param), "{e:?}");
+        e
+    }
+
+    #[test]
+    fn plain_requests_parse() {
+        let p = parse_chat_request(chat_body().to_string().as_bytes()).unwrap();
+        assert_eq!(p.model, "m");
+        assert!(p.job.logit_bias.is_empty());
+        let p = parse_completion_request(completion_body().to_string().as_bytes()).unwrap();
+        assert!(matches!(p.job.prompt, PromptSpec::Text(ref t) if t == "hi"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_naming_them() {
+        for key in ["foo", "min_p", "repetition_penalty", "Temperature"] {
+            let e = assert_refused(chat_with(key, json!(1)), key);
+            assert_eq!(
+                e.message,
+                format!("Unrecognized request argument supplied: {key}")
+            );
+            assert_refused(completion_with(key, json!(1)), key);
+        }
+        // Each endpoint has its own fields.
+        for key in [
+            "messages",
+            "response_format",
+            "max_completion_tokens",
+            "tools",
+        ] {
+            assert_refused(completion_with(key, json!(null)), key);
+        }
+        for key in ["prompt", "echo", "suffix", "best_of"] {
+            assert_refused(chat_with(key, json!(null)), key);
+        }
+        // Inside stream_options and messages too.
+        assert_refused(
+            chat_with("stream_options", json!({"include_usage": true, "x": 1})),
+            "stream_options.x",
+        );
+        let mut b = chat_body();
+        b["messages"][0]["weight"] = json!(1);
+        assert_refused(
+            parse_chat_request(b.to_string().as_bytes()),
+            "messages[0].weight",
+        );
+    }
+
+    #[test]
+    fn unsupported_parameters_are_refused_naming_them() {
+        let chat: &[(&str, Value)] = &[
+            ("response_format", json!({"type": "json_object"})),
+            (
+                "response_format",
+                json!({"type": "json_schema", "json_schema": {}}),
+            ),
+            (
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+            ),
+            ("tool_choice", json!("required")),
+            (
+                "tool_choice",
+                json!({"type": "function", "function": {"name": "f"}}),
+            ),
+            ("functions", json!([{"name": "f"}])),
+            ("function_call", json!({"name": "f"})),
+            ("parallel_tool_calls", json!("yes")),
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(3)),
+            ("n", json!(2)),
+            ("presence_penalty", json!(0.5)),
+            ("frequency_penalty", json!(-1)),
+            ("modalities", json!(["text", "audio"])),
+            ("audio", json!({"voice": "alloy", "format": "wav"})),
+            ("prediction", json!({"type": "content", "content": "x"})),
+            ("store", json!(true)),
+            ("service_tier", json!("flex")),
+            ("reasoning_effort", json!("low")),
+            ("web_search_options", json!({})),
+            ("user", json!(5)),
+            ("metadata", json!("x")),
+        ];
+        for (key, value) in chat {
+            let e = assert_refused(chat_with(key, value.clone()), key);
+            assert!(
+                e.message.contains(key) || e.message.contains("n = 1"),
+                "{key}: {}",
+                e.message
+            );
+        }
+        let completion: &[(&str, Value)] = &[
+            ("echo", json!(true)),
+            ("suffix", json!("end")),
+            ("best_of", json!(3)),
+            ("logprobs", json!(5)),
+            ("n", json!(4)),
+            ("presence_penalty", json!(1)),
+        ];
+        for (key, value) in completion {
+            assert_refused(completion_with(key, value.clone()), key);
+        }
+        assert_refused(
+            chat_with("stream_options", json!({"include_obfuscation": true})),
+            "stream_options.include_obfuscation",
+        );
+        let mut b = chat_body();
+        b["messages"][0]["tool_calls"] = json!([{"id": "1"}]);
+        assert_refused(
+            parse_chat_request(b.to_string().as_bytes()),
+            "messages[0].tool_calls",
+        );
+        b["messages"][0]["tool_calls"] = json!(null);
+        b["messages"][0]["name"] = json!("bob");
+        assert_refused(
+            parse_chat_request(b.to_string().as_bytes()),
+            "messages[0].name",
+        );
+    }
+
+    #[test]
+    fn neutral_values_are_accepted() {
+        let mut b = chat_body();
+        for (key, value) in [
+            ("user", json!("u-1")),
+            ("store", json!(false)),
+            ("metadata", json!({"k": "v"})),
+            (
+                "stream_options",
+                json!({"include_usage": true, "include_obfuscation": false}),
+            ),
+            ("service_tier", json!("auto")),
+            ("seed", json!(7)),
+            ("n", json!(1)),
+            ("presence_penalty", json!(0)),
+            ("frequency_penalty", json!(0.0)),
+            ("logprobs", json!(false)),
+            ("top_logprobs", json!(0)),
+            ("tools", json!([])),
+            ("tool_choice", json!("none")),
+            ("functions", json!(null)),
+            ("function_call", json!("auto")),
+            ("parallel_tool_calls", json!(true)),
+            ("response_format", json!({"type": "text"})),
+            ("modalities", json!(["text"])),
+            ("audio", json!(null)),
+            ("prediction", json!(null)),
+            ("prompt_cache_key", json!("k")),
+            ("safety_identifier", json!("s")),
+            ("max_completion_tokens", json!(5)),
+            ("logit_bias", json!({})),
+            ("top_k", json!(40)),
+            ("ignore_eos", json!(false)),
+        ] {
+            b[key] = value;
+        }
+        // What an SDK sends back when it replays an assistant message.
+        b["messages"] = json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello", "refusal": null, "tool_calls": null,
+             "function_call": null, "audio": null, "annotations": []},
+            {"role": "user", "content": "again"},
+        ]);
+        let p = parse_chat_request(b.to_string().as_bytes()).unwrap();
+        assert_eq!(p.job.max_tokens, Some(5));
+        assert!(p.include_usage);
+        let mut c = completion_body();
+        for (key, value) in [
+            ("echo", json!(false)),
+            ("suffix", json!("")),
+            ("best_of", json!(1)),
+            ("logprobs", json!(null)),
+            ("user", json!("u")),
+            ("n", json!(1)),
+        ] {
+            c[key] = value;
+        }
+        parse_completion_request(c.to_string().as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn logit_bias_is_parsed() {
+        let p = chat_with(
+            "logit_bias",
+            json!({"50256": -100, "0": 100, "17": 2.5, "4294967295": 0}),
+        )
+        .unwrap();
+        let want: BTreeMap<u32, f32> =
+            [(50256, -100.0), (0, 100.0), (17, 2.5), (u32::MAX, 0.0)].into();
+        assert_eq!(p.job.logit_bias, want);
+        let p = completion_with("logit_bias", json!({"5": 1})).unwrap();
+        assert_eq!(p.job.logit_bias, [(5, 1.0)].into());
+        assert!(
+            chat_with("logit_bias", json!(null))
+                .unwrap()
+                .job
+                .logit_bias
+                .is_empty()
+        );
+        // 1024 entries is the limit, included.
+        let full: serde_json::Map<String, Value> =
+            (0..1024).map(|i| (i.to_string(), json!(1))).collect();
+        let p = chat_with("logit_bias", Value::Object(full)).unwrap();
+        assert_eq!(p.job.logit_bias.len(), 1024);
+    }
+
+    #[test]
+    fn bad_logit_bias_is_refused() {
+        let too_many: serde_json::Map<String, Value> =
+            (0..1025).map(|i| (i.to_string(), json!(1))).collect();
+        for bad in [
+            json!([1, 2]),
+            json!("50256:1"),
+            json!(5),
+            json!({"abc": 1}),
+            json!({"-1": 1}),
+            json!({"+5": 1}),
+            json!({"07": 1}),
+            json!({"1.5": 1}),
+            json!({"": 1}),
+            json!({" 5": 1}),
+            json!({"4294967296": 1}),
+            json!({"5": 100.5}),
+            json!({"5": -101}),
+            json!({"5": "1"}),
+            json!({"5": null}),
+            json!({"5": true}),
+            Value::Object(too_many),
+        ] {
+            let e = assert_refused(chat_with("logit_bias", bad.clone()), "logit_bias");
+            assert!(e.message.contains("logit_bias"), "{bad}: {}", e.message);
+            assert_refused(completion_with("logit_bias", bad), "logit_bias");
+        }
+    }
+
+    #[test]
+    fn wrong_types_still_name_the_parameter() {
+        assert_refused(chat_with("temperature", json!("hot")), "temperature");
+        assert_refused(chat_with("stream", json!(1)), "stream");
+        assert_refused(
+            chat_with("stream_options", json!({"include_usage": "yes"})),
+            "stream_options.include_usage",
+        );
+        assert_refused(chat_with("stream_options", json!(3)), "stream_options");
+        let e = parse_chat_request(br#"{"model":"m"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = parse_chat_request(br#"[1]"#).unwrap_err();
+        assert_eq!(e.status.as_u16(), 400);
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use agora_engine::catalog;
-use agora_engine::store::ModelStore;
+use agora_engine::store::{self, ModelStore};
 use anyhow::Result;
 use clap::Subcommand;
 
@@ -14,7 +14,9 @@ pub enum ModelCommand {
     /// Copy a local GGUF file into the store.
     Add {
         file: PathBuf,
-        /// Name to serve it under (default: the file name without .gguf).
+        /// Name to serve it under (default: the file name without .gguf). At most 128 bytes,
+        /// no control characters, no '/', not a digest, and not a catalog model's name unless
+        /// the file is that model.
         #[arg(long)]
         name: Option<String>,
     },
@@ -42,12 +44,20 @@ pub fn run(home: &Path, cmd: ModelCommand) -> Result<()> {
             } else {
                 println!("{:<24} {:<20} {:>12}  SOURCE", "NAME", "DIGEST", "SIZE");
                 for m in &models {
+                    // The index is a file anyone with access can edit: print nothing from it
+                    // raw (a name with escape sequences would rewrite the terminal).
+                    let shadows = catalog::find(&m.name).is_some_and(|e| e.sha256 != m.sha256);
                     println!(
-                        "{:<24} sha256:{:<13} {:>12}  {}",
-                        m.name,
-                        &m.sha256[..12],
+                        "{:<24} sha256:{:<13} {:>12}  {}{}",
+                        printable(&m.name),
+                        printable(m.sha256.get(..12).unwrap_or(&m.sha256)),
                         m.size,
-                        m.source
+                        printable(&m.source),
+                        if shadows {
+                            "  (NOT the catalog model of this name: agora model rm it)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
@@ -69,4 +79,13 @@ pub fn run(home: &Path, cmd: ModelCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `s` as is, or escaped (`"\u{1b}…"`) when it holds a control or invisible character.
+fn printable(s: &str) -> String {
+    if s.chars().any(store::is_unsafe_char) {
+        format!("{s:?}")
+    } else {
+        s.to_string()
+    }
 }

@@ -39,3 +39,30 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
 pub fn find(name: &str) -> Option<&'static CatalogEntry> {
     CATALOG.iter().find(|e| e.name == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_entries_are_well_formed() {
+        for (i, e) in CATALOG.iter().enumerate() {
+            assert!(crate::store::check_name(e.name).is_ok(), "{}", e.name);
+            assert!(
+                e.sha256.len() == 64
+                    && e.sha256
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{}",
+                e.name
+            );
+            assert!(
+                CATALOG[..i].iter().all(|o| o.name != e.name),
+                "{} twice",
+                e.name
+            );
+        }
+        assert!(find(DEFAULT_MODEL).is_some());
+        assert!(find("no-such-model").is_none());
+    }
+}

@@ -65,6 +65,24 @@ pub enum StoreError {
     BadSource(String),
     #[error("the model index {path} is corrupt: {why}")]
     CorruptIndex { path: PathBuf, why: String },
+    #[error("{name:?} is not a valid model name: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error(
+        "{name:?} is the name of the catalog model sha256:{catalog}, and this file is sha256:{actual}; store it under another name (agora model add FILE --name OTHER)"
+    )]
+    ShadowsCatalog {
+        name: String,
+        catalog: String,
+        actual: String,
+    },
+    #[error(
+        "the stored model {name:?} (sha256:{actual}) is not the catalog model of that name (sha256:{catalog}); remove it with `agora model rm {name}` and pull the catalog model again"
+    )]
+    Shadowing {
+        name: String,
+        catalog: String,
+        actual: String,
+    },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -72,6 +90,66 @@ pub enum StoreError {
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let context = context.into();
     move |source| StoreError::Io { context, source }
+}
+
+/// Longest model name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Checks a name a model is to be stored and served under: what the API's `model` field, the
+/// network's status gossip and `agora model list` show. Refused: empty, longer than
+/// [`MAX_NAME_BYTES`], control characters or invisible formatting (bidirectional overrides,
+/// zero-width characters: they make a name print as another), `/`, a `sha256:` prefix, or only
+/// hex digits from 8 on (each would read as a digest).
+pub fn check_name(name: &str) -> Result<(), StoreError> {
+    let why = if name.is_empty() {
+        Some("a name cannot be empty")
+    } else if name.len() > MAX_NAME_BYTES {
+        Some("a name can be at most 128 bytes long")
+    } else if name.chars().any(is_unsafe_char) {
+        Some("a name cannot contain control or invisible characters")
+    } else if name.contains('/') {
+        Some("a name cannot contain '/'")
+    } else if name.to_ascii_lowercase().starts_with("sha256:") {
+        Some("a name cannot start with \"sha256:\", which marks a digest")
+    } else if name.len() >= 8 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Some("a name of only hex digits would read as a digest")
+    } else if name.trim() != name {
+        Some("a name cannot start or end with white space")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(StoreError::BadName {
+            name: name.into(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `c` must not reach a terminal raw: a control character, or an invisible one.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || is_invisible(c)
+}
+
+/// Characters that print as nothing or reorder what follows (Unicode format characters that
+/// matter in a terminal).
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// Refuses `name` for bytes `sha256` when a catalog model has that name and other bytes.
+fn check_not_shadowing(name: &str, sha256: &str) -> Result<(), StoreError> {
+    match catalog::find(name) {
+        Some(entry) if entry.sha256 != sha256 => Err(StoreError::ShadowsCatalog {
+            name: name.into(),
+            catalog: entry.sha256.into(),
+            actual: sha256.into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// One model in the store.
@@ -195,10 +273,40 @@ impl ModelStore {
     }
 
     /// Finds a stored model by name, by `sha256:` digest, or by a unique digest prefix (≥ 8 hex).
+    /// Never resolves to an entry that carries a catalog model's name with other bytes (one
+    /// stored before names were checked, or written into the index by hand): that is an error.
     pub fn find(&self, spec: &str) -> Result<Option<StoredModel>, StoreError> {
+        let found = self.lookup(spec)?;
+        if let Some(m) = &found
+            && let Some(entry) = catalog::find(&m.name)
+            && entry.sha256 != m.sha256
+        {
+            return Err(StoreError::Shadowing {
+                name: m.name.clone(),
+                catalog: entry.sha256.into(),
+                actual: m.sha256.clone(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// [`ModelStore::find`] without the catalog check (to remove what it refuses).
+    fn lookup(&self, spec: &str) -> Result<Option<StoredModel>, StoreError> {
         let models = self.list()?;
-        if let Some(m) = models.iter().find(|m| m.name == spec) {
-            return Ok(Some(m.clone()));
+        let named: Vec<&StoredModel> = models.iter().filter(|m| m.name == spec).collect();
+        match named.as_slice() {
+            [] => {}
+            [one] => return Ok(Some((*one).clone())),
+            // Only a hand-edited index has two entries of one name: pick neither.
+            many => {
+                return Err(StoreError::Ambiguous(
+                    spec.into(),
+                    many.iter()
+                        .map(|m| m.digest())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ));
+            }
         }
         let hex = spec
             .strip_prefix("sha256:")
@@ -353,6 +461,10 @@ impl ModelStore {
 
     /// Copies a local GGUF into the store under `name` (default: the file's stem).
     pub fn add(&self, path: &Path, name: Option<&str>) -> Result<StoredModel, StoreError> {
+        // A bad name is refused before the copy, not after.
+        if let Some(n) = name {
+            check_name(n)?;
+        }
         let mut f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
         let mut magic = [0u8; 4];
         if f.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
@@ -366,8 +478,12 @@ impl ModelStore {
             Some(n) => n.to_string(),
             None => {
                 // Already stored under some name (e.g. a blob path given back to us): keep it.
-                if let Some(existing) = self.list()?.into_iter().find(|m| m.sha256 == sha256)
-                    && self.blob_path(&sha256).is_file()
+                // (Never one that breaks the naming rules, e.g. a catalog name over other bytes.)
+                if let Some(existing) = self.list()?.into_iter().find(|m| {
+                    m.sha256 == sha256
+                        && check_name(&m.name).is_ok()
+                        && check_not_shadowing(&m.name, &m.sha256).is_ok()
+                }) && self.blob_path(&sha256).is_file()
                 {
                     return Ok(existing);
                 }
@@ -396,7 +512,7 @@ impl ModelStore {
     /// Removes a model's name; its file goes once no name refers to it. Returns what was removed.
     pub fn remove(&self, spec: &str) -> Result<StoredModel, StoreError> {
         let target = self
-            .find(spec)?
+            .lookup(spec)?
             .ok_or_else(|| StoreError::NotFound(spec.into()))?;
         let removed = target.clone();
         let still_used = self.update(move |index| {
@@ -487,6 +603,9 @@ impl ModelStore {
         expected: Option<&str>,
         model: StoredModel,
     ) -> Result<StoredModel, StoreError> {
+        // Every way into the index passes here: names are checked once, for all of them.
+        check_name(&model.name)?;
+        check_not_shadowing(&model.name, sha256)?;
         if let Some(expected) = expected
             && expected != sha256
         {
@@ -697,6 +816,127 @@ mod tests {
         let store = ModelStore::open(home.path(), false).unwrap();
         fs::write(store.root().join("index.json"), b"{nope").unwrap();
         assert!(matches!(store.list(), Err(StoreError::CorruptIndex { .. })));
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_one_sentence() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        let a = fake_gguf(home.path(), "a.gguf", b"one");
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        for bad in [
+            "",
+            "tab\there",
+            "bell\u{7}",
+            "new\nline",
+            "esc\u{1b}[31m",
+            "c1\u{85}",
+            "rtl\u{202E}fdp.exe",
+            "zero\u{200B}width",
+            "a/b",
+            "../up",
+            "sha256:abc",
+            "SHA256:abc",
+            "deadbeef",
+            "0123456789abcdef",
+            " padded",
+            long.as_str(),
+        ] {
+            let err = store.add(&a, Some(bad)).unwrap_err();
+            assert!(matches!(err, StoreError::BadName { .. }), "{bad:?}: {err}");
+            let msg = err.to_string();
+            // One line, and the name is escaped in it.
+            assert!(!msg.contains('\n') && !msg.contains('\u{1b}'), "{msg}");
+            assert!(!msg.contains('\u{202E}'), "{msg}");
+        }
+        assert!(store.list().unwrap().is_empty());
+        // Names at the limits are fine.
+        for good in [
+            "m",
+            "x".repeat(MAX_NAME_BYTES).as_str(),
+            "Llama 3 8B (q4)",
+            "café-7",
+            "abc1234",
+        ] {
+            store.add(&a, Some(good)).unwrap();
+        }
+        // The default name (the file's stem) is checked too.
+        let weird = fake_gguf(home.path(), "bad\u{7}.gguf", b"two");
+        assert!(matches!(
+            store.add(&weird, None),
+            Err(StoreError::BadName { .. })
+        ));
+    }
+
+    #[test]
+    fn a_catalog_name_cannot_be_taken_by_other_bytes() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        let entry = &catalog::CATALOG[0];
+        let other = fake_gguf(home.path(), "other.gguf", b"not the catalog model");
+        let err = store.add(&other, Some(entry.name)).unwrap_err();
+        assert!(matches!(err, StoreError::ShadowsCatalog { .. }), "{err}");
+        assert!(err.to_string().contains(entry.sha256), "{err}");
+        // Nor by its file name.
+        let named = fake_gguf(home.path(), &format!("{}.gguf", entry.name), b"also not");
+        assert!(matches!(
+            store.add(&named, None),
+            Err(StoreError::ShadowsCatalog { .. })
+        ));
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(store.root().join("blobs")).unwrap().count(), 0);
+        // Under another name it is fine.
+        store.add(&other, Some("my-finetune")).unwrap();
+    }
+
+    #[test]
+    fn resolving_never_picks_a_shadowing_entry() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        let entry = &catalog::CATALOG[0];
+        // An index from before names were checked, or edited by hand.
+        let other = fake_gguf(home.path(), "other.gguf", b"impostor");
+        let m = store.add(&other, Some("impostor")).unwrap();
+        let mut index = store.read_index().unwrap();
+        index.models[0].name = entry.name.into();
+        store.write_index(&index).unwrap();
+        for spec in [entry.name, m.digest().as_str(), &m.sha256[..12]] {
+            let err = store.find(spec).unwrap_err();
+            assert!(matches!(err, StoreError::Shadowing { .. }), "{spec}: {err}");
+            assert!(
+                matches!(
+                    store.resolve_or_fetch(spec),
+                    Err(StoreError::Shadowing { .. })
+                ),
+                "{spec}"
+            );
+        }
+        // Pulling the catalog model does not hand back the impostor either.
+        assert!(matches!(
+            store.pull(entry.name),
+            Err(StoreError::Shadowing { .. })
+        ));
+        // Adding the same bytes again does not reuse its name.
+        assert!(store.add(&other, None).unwrap().name == "other");
+        // And what the error says to do works.
+        store.remove(entry.name).unwrap();
+        assert!(store.find(entry.name).unwrap().is_none());
+    }
+
+    #[test]
+    fn two_entries_of_one_name_are_ambiguous() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        store
+            .add(&fake_gguf(home.path(), "a.gguf", b"one"), Some("twin"))
+            .unwrap();
+        store
+            .add(&fake_gguf(home.path(), "b.gguf", b"two"), Some("other"))
+            .unwrap();
+        let mut index = store.read_index().unwrap();
+        index.models[1].name = "twin".into();
+        store.write_index(&index).unwrap();
+        assert!(matches!(store.find("twin"), Err(StoreError::Ambiguous(..))));
     }
 
     #[test]
