@@ -35,6 +35,16 @@ pub struct NodeArgs {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = agora_api::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+    /// HTTP connections served at once; beyond, a newcomer is answered 503 and closed.
+    #[arg(long, default_value_t = agora_api::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also how long an idle connection is
+    /// kept open); then the connection is closed.
+    #[arg(long, default_value_t = agora_api::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
+    pub header_timeout_secs: f64,
+    /// Seconds a client has to send a request's body once its headers are in; then 408.
+    #[arg(long, default_value_t = agora_api::DEFAULT_BODY_TIMEOUT.as_secs_f64())]
+    pub body_timeout_secs: f64,
 
     /// Do not run a model: a pure gateway that routes every request to workers.
     #[arg(long, conflicts_with = "no_gateway")]
@@ -76,6 +86,10 @@ pub struct NodeArgs {
     /// receipt to it.
     #[arg(long)]
     pub serve_log: bool,
+    /// Disk budget of the log run with --serve-log (e.g. 1GiB, 500MiB): beyond it new entries
+    /// are refused with 507; entries already logged stay readable.
+    #[arg(long, default_value = "1GiB", value_parser = crate::cmd_log::parse_bytes)]
+    pub log_max_bytes: u64,
     /// Append receipts to this log (tlog-tiles base URL) instead.
     #[arg(long, value_name = "URL", env = "AGORA_LOG_URL")]
     pub log_url: Option<String>,
@@ -86,14 +100,31 @@ pub struct NodeArgs {
     /// Share of receipts a validator checks.
     #[arg(long, default_value_t = 0.1)]
     pub check_probability: f64,
-    /// Act only on verdicts signed by this validator (its peer id; repeat for several). Without
-    /// it, a gateway acts on every correctly signed verdict it hears, so any key can get a
-    /// worker excluded here. A gateway that is also a validator trusts itself as well.
+    /// Share of receipts a validator checks of workers on probation (keys with fewer than 3
+    /// answers it accepted).
+    #[arg(long, default_value_t = 0.5)]
+    pub probation_probability: f64,
+    /// A validator this gateway trusts (its peer id; repeat for several): its verdicts count
+    /// without a re-check, and it may fetch the transcripts (prompts) of receipts the log
+    /// selected for it. Without any, a rejection counts only once this gateway re-ran the check
+    /// itself on the evidence (it needs the model), and no transcript leaves this gateway. A
+    /// gateway that is also a validator trusts itself.
     #[arg(long, value_name = "PEER_ID")]
     pub trust_validator: Vec<agora_core::PeerId>,
-    /// The log's verifier key, for validators to verify its checkpoints.
+    /// The log's verifier key: validators act only on checkpoints it signed, and a gateway
+    /// releases transcripts only against them. Not needed with --serve-log (the node's own).
     #[arg(long, value_name = "VKEY")]
     pub log_key: Option<String>,
+    /// How long a gateway keeps each answer's transcript (prompt and answer) for validators.
+    #[arg(long, default_value_t = 3600)]
+    pub transcript_retention_secs: u64,
+    /// Share of requests a gateway offers first to a worker on probation (a key that validators
+    /// it trusts have not yet seen answer well), so that new workers can earn their verdicts.
+    #[arg(long, default_value_t = 0.1)]
+    pub probation_share: f64,
+    /// How many transcripts a gateway keeps at most (the oldest go first).
+    #[arg(long, default_value_t = 10_000)]
+    pub transcript_cap: usize,
     /// Cheat, for testing the verifier: swap:FILE, perturb-layer:N, skip-layer:N, system-prompt,
     /// alter-token[:N], unseeded, replay-proof, truncate-proof. Only in builds with the `cheat`
     /// feature.
@@ -119,6 +150,9 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
     if args.stall_timeout <= 0.0 || !args.stall_timeout.is_finite() {
         bail!("--stall-timeout must be a positive number of seconds");
     }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
     let cfg = NodeConfig {
         home: home.to_path_buf(),
         model: args.model.clone(),
@@ -127,7 +161,12 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         slots: args.slots,
         ctx: args.ctx,
         queue: args.queue,
-        body_limit: args.body_limit,
+        api: agora_api::ApiConfig {
+            body_limit: args.body_limit,
+            max_connections: args.max_connections,
+            header_timeout: positive_secs("--header-timeout-secs", args.header_timeout_secs)?,
+            body_timeout: positive_secs("--body-timeout-secs", args.body_timeout_secs)?,
+        },
     };
     let engine: Option<Arc<dyn Engine>> = if args.no_worker {
         None
@@ -143,14 +182,25 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         mdns: !args.no_mdns,
         network_file: args.network_file.clone(),
     };
-    if !(0.0..=1.0).contains(&args.check_probability) {
-        bail!("--check-probability must be between 0 and 1");
+    for (name, p) in [
+        ("--check-probability", args.check_probability),
+        ("--probation-probability", args.probation_probability),
+        ("--probation-share", args.probation_share),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("{name} must be between 0 and 1");
+        }
     }
     if args.validator && (engine.is_none() || args.test_echo_engine) {
         bail!("a validator re-runs answers: it needs the model (drop --no-worker)");
     }
     if args.validator && args.log_url.is_none() && !args.serve_log {
         bail!("a validator follows a log: give --log-url URL (or --serve-log)");
+    }
+    if args.validator && args.log_key.is_none() && !(args.serve_log && args.log_url.is_none()) {
+        bail!(
+            "a validator acts only on checkpoints it can verify: give the log's key with --log-key VKEY"
+        );
     }
     let log_key = args
         .log_key
@@ -210,8 +260,17 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
             drop(stop_rx);
             None
         } else {
+            let mut trusted =
+                agora_node::validator::TrustedValidators::only(args.trust_validator.iter().cloned());
+            if args.validator {
+                trusted.insert(identity.peer_id());
+            }
             let gw = GatewayConfig {
                 stall_timeout: Duration::from_secs_f64(args.stall_timeout),
+                transcript_cap: args.transcript_cap,
+                transcript_retention: Duration::from_secs(args.transcript_retention_secs),
+                trusted: trusted.clone(),
+                probation_share: args.probation_share,
                 ..GatewayConfig::default()
             };
             let log = if args.serve_log {
@@ -219,15 +278,18 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
                     home,
                     &identity,
                     Duration::from_secs(1),
+                    args.log_max_bytes,
                 )?)
             } else {
                 None
             };
-            let log_vkey = log.as_ref().map(|l| l.vkey().to_string());
+            let own_vkey = log.as_ref().map(|l| l.vkey());
+            let own_log = log.clone().filter(|_| args.log_url.is_none());
+            let log_vkey = own_vkey.as_ref().map(|k| k.to_string());
             let gateway = Gateway::new(handle.clone(), engine.clone(), attestor.clone(), gw);
             let server = agora_node::bind_backend(
                 cfg.listen,
-                cfg.body_limit,
+                &cfg.api,
                 Arc::new(gateway.clone()),
                 log,
             )
@@ -237,41 +299,44 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
                 .log_url
                 .clone()
                 .or_else(|| args.serve_log.then(|| format!("{url}/log")));
+            // The key of the log receipts go to: this node's own, or the one given.
+            let receipts_key = match (&args.log_url, &own_vkey) {
+                (None, Some(k)) => Some(k.clone()),
+                _ => log_key.clone(),
+            };
             if let Some(u) = &log_url {
-                gateway.set_log(u);
+                gateway.set_log(u, receipts_key.clone(), own_log);
             }
             tokio::spawn(gateway.clone().serve_transcripts());
-            let trusted = if args.trust_validator.is_empty() {
-                agora_node::validator::TrustedValidators::Any
+            if trusted.is_empty() {
+                println!(
+                    "  verdicts:    rejections count once re-checked here{}; no transcript is released (--trust-validator)",
+                    if engine.is_some() { "" } else { " (no model here: none count)" }
+                );
             } else {
-                let mut set: std::collections::HashSet<_> =
-                    args.trust_validator.iter().cloned().collect();
-                if args.validator {
-                    set.insert(identity.peer_id());
-                }
-                agora_node::validator::TrustedValidators::Only(set)
-            };
-            match &trusted {
-                agora_node::validator::TrustedValidators::Any => println!(
-                    "  verdicts:    acted on from any validator (--trust-validator to restrict)"
-                ),
-                agora_node::validator::TrustedValidators::Only(set) => {
-                    println!(
-                        "  verdicts:    acted on from {} trusted validator(s)",
-                        set.len()
-                    )
-                }
+                println!(
+                    "  verdicts:    acted on from {} trusted validator(s); others' rejections are re-checked{}",
+                    trusted.len(),
+                    if engine.is_some() { "" } else { " (no model here: ignored)" }
+                );
+            }
+            if log_url.is_some() && receipts_key.is_none() {
+                println!(
+                    "  transcripts: not released to validators (give the log's key with --log-key)"
+                );
             }
             tokio::spawn(agora_node::validator::follow_verdicts(
                 handle.clone(),
                 gateway.clone(),
-                trusted,
             ));
-            if let (true, Some(e), Some(log_url)) = (args.validator, &engine, &log_url) {
+            if let (true, Some(e), Some(log_url), Some(key)) =
+                (args.validator, &engine, &log_url, &receipts_key)
+            {
                 let vcfg = agora_node::validator::ValidatorConfig {
                     log_url: log_url.clone(),
-                    log_key: log_key.clone(),
+                    log_key: key.clone(),
                     probability: args.check_probability,
+                    probation_probability: args.probation_probability,
                     tolerances: agora_verify::Tolerances::default(),
                     poll: Duration::from_millis(500),
                 };
@@ -282,6 +347,7 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
                     Arc::clone(&identity),
                     vcfg,
                     stats,
+                    gateway.clone(),
                 ));
                 println!(
                     "  validator:   checks {:.0}% of the receipts in {log_url}",
@@ -381,4 +447,12 @@ fn load(
         }
         None => agora_node::load_engine(cfg, true),
     }
+}
+
+/// A duration from a flag in seconds: positive and finite.
+fn positive_secs(flag: &str, secs: f64) -> Result<Duration> {
+    if !(secs > 0.0 && secs.is_finite() && secs < 1e9) {
+        bail!("{flag} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(secs))
 }

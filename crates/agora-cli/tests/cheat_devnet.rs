@@ -56,8 +56,18 @@ fn ask(gw: &Node, i: usize) -> String {
 
 #[test]
 fn validators_catch_a_cheating_worker_and_the_gateway_routes_around_it() {
+    // The validator's key exists before the gateway starts: the gateway names it as the
+    // validator it trusts (and releases transcripts to).
+    let vhome = common::temp_home();
+    let validator_id = common::peer_id_of(&vhome);
     let gw = Node::start(&args(&[
-        &["--no-worker", "--no-mdns", "--serve-log"],
+        &[
+            "--no-worker",
+            "--no-mdns",
+            "--serve-log",
+            "--trust-validator",
+            &validator_id,
+        ],
         LOOPBACK,
     ]));
     let boot = gw.p2p[0].clone();
@@ -67,19 +77,22 @@ fn validators_catch_a_cheating_worker_and_the_gateway_routes_around_it() {
         .clone()
         .expect("the gateway prints its log's key");
     // An honest worker that is also the validator (it needs the model to re-check answers).
-    let validator = Node::start(&args(&[
-        SMALL,
-        LOOPBACK,
-        &[
-            "--bootstrap",
-            &boot,
-            "--validator",
-            "--log-url",
-            &log,
-            "--log-key",
-            &vkey,
-        ],
-    ]));
+    let validator = Node::start_in(
+        vhome,
+        &args(&[
+            SMALL,
+            LOOPBACK,
+            &[
+                "--bootstrap",
+                &boot,
+                "--validator",
+                "--log-url",
+                &log,
+                "--log-key",
+                &vkey,
+            ],
+        ]),
+    );
     let honest = Node::start(&args(&[
         SMALL,
         LOOPBACK,

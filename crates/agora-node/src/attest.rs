@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 #[derive(Clone)]
 pub struct Attestor {
     identity: Arc<Identity>,
+    /// Prompts being templated and tokenized at once (CPU work, off the async threads).
+    preparing: Arc<tokio::sync::Semaphore>,
     chunk: u16,
     k: u16,
     #[cfg(feature = "cheat")]
@@ -34,8 +36,12 @@ impl std::fmt::Debug for Attestor {
 
 impl Attestor {
     pub fn new(identity: Arc<Identity>) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         Self {
             identity,
+            preparing: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
             chunk: DEFAULT_CHUNK,
             k: DEFAULT_K,
             #[cfg(feature = "cheat")]
@@ -54,6 +60,36 @@ impl Attestor {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// [`Attestor::generate`] on a blocking thread: templating and tokenizing a prompt is CPU
+    /// work that must not hold up the async threads (a megabyte of text must not freeze the
+    /// node). At most twice the cores' worth run at once; beyond, the request is refused as
+    /// overload (429), never queued without bound.
+    pub async fn start(
+        &self,
+        engine: &Arc<dyn Engine>,
+        job: &JobSpec,
+        resume: Vec<u32>,
+    ) -> Result<(Generation, u32), PrepareError> {
+        let overloaded = || {
+            let i = engine.info();
+            PrepareError::Submit(agora_engine::SubmitError::Overloaded {
+                slots: i.slots,
+                queue: i.queue,
+            })
+        };
+        let permit = Arc::clone(&self.preparing)
+            .try_acquire_owned()
+            .map_err(|_| overloaded())?;
+        let (this, engine, job) = (self.clone(), Arc::clone(engine), job.clone());
+        tokio::task::spawn_blocking(move || {
+            let r = this.generate(&engine, &job, resume);
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|_| PrepareError::Submit(agora_engine::SubmitError::Stopped))?
     }
 
     /// Starts `job` on `engine` with hidden states captured; the events come out as the
@@ -77,6 +113,7 @@ impl Attestor {
         )?;
         let cap = req.max_tokens as usize + 4;
         let prompt_len = req.prompt.len() as u32;
+        let resumed = req.resume.len() as u32;
         let mut inner = engine.submit(req)?;
         let (tx, rx) = mpsc::channel(cap);
         let this = self.clone();
@@ -101,7 +138,8 @@ impl Attestor {
                     }
                     Event::Done(mut f) => {
                         this.alter_tokens(&mut f.tokens, info.n_vocab);
-                        match this.attest(&info.sha256, &job, &f.tokens, f.prompt_tokens, builder) {
+                        let counts = (f.prompt_tokens, resumed);
+                        match this.attest(&info.sha256, &job, &f.tokens, counts, builder) {
                             Ok(a) => f.attestation = Some(Box::new(a)),
                             Err(e) => {
                                 let _ = tx
@@ -129,7 +167,7 @@ impl Attestor {
         model_sha256: &str,
         job: &JobSpec,
         tokens: &[u32],
-        prompt_tokens: u32,
+        (prompt_tokens, resumed): (u32, u32),
         builder: ProofBuilder,
     ) -> Result<Attestation, String> {
         if builder.tokens() as usize != tokens.len() {
@@ -158,6 +196,7 @@ impl Attestor {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            resumed,
         };
         let envelope = Statement::Receipt(receipt).sign(&self.identity);
         Ok(Attestation {

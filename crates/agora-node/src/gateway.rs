@@ -8,16 +8,19 @@
 //! would have produced.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_api::backend::{BoxFuture, ModelCard, Started, prepare_error};
 use agora_api::{ApiError, Backend};
+use agora_engine::text::{Step, TextStream};
 use agora_engine::{
-    Attestation, Engine, Event, Finish, FinishReason, Generation, JobSpec, Load, LogRef,
-    PromptSpec, TokenEvent,
+    Attestation, Engine, Event, Finish, FinishReason, Generation, JobSpec, Load, PromptSpec,
+    TokenEvent,
 };
 use agora_net::{FramedStream, NetHandle, PeerId, PeerInfo};
+use agora_tlog::note::Vkey;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -25,7 +28,9 @@ use tracing::{debug, info, warn};
 use crate::attest::Attestor;
 use crate::convert::api_error;
 use crate::proto::{GenerateRequest, WorkerFrame};
+use crate::reputation::{Reputation, Reputations};
 use crate::transcript::{Transcript, TranscriptStore};
+use crate::validator::TrustedValidators;
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -36,6 +41,18 @@ pub struct GatewayConfig {
     pub accept_timeout: Duration,
     /// Workers tried for one request, the first included.
     pub max_attempts: usize,
+    /// Transcripts kept for validators: at most this many…
+    pub transcript_cap: usize,
+    /// …and none older than this.
+    pub transcript_retention: Duration,
+    /// Validators whose verdicts count here without a re-check, and who may fetch transcripts.
+    pub trusted: TrustedValidators,
+    /// Highest selection probability a validator may claim when it fetches a transcript.
+    pub max_check_probability: f64,
+    /// Share of requests offered first to a worker on probation (when one has room).
+    pub probation_share: f64,
+    /// Receipts waiting to be appended to the log; beyond, new ones are not logged (counted).
+    pub log_queue: usize,
 }
 
 impl Default for GatewayConfig {
@@ -44,6 +61,12 @@ impl Default for GatewayConfig {
             stall_timeout: Duration::from_secs(10),
             accept_timeout: Duration::from_secs(60),
             max_attempts: 4,
+            transcript_cap: 10_000,
+            transcript_retention: Duration::from_secs(3600),
+            trusted: TrustedValidators::default(),
+            max_check_probability: 0.5,
+            probation_share: 0.1,
+            log_queue: 1024,
         }
     }
 }
@@ -55,11 +78,26 @@ enum Target {
     Peer(PeerId),
 }
 
-/// What a gateway knows of a worker's honesty, from validators' verdicts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Reputation {
-    pub accepted: u32,
-    pub rejected: u32,
+/// The log this gateway appends receipts to.
+struct LogSink {
+    url: String,
+    /// The log's key, when known: transcripts are released only against its checkpoints.
+    vkey: Option<Vkey>,
+    queue: mpsc::Sender<Vec<u8>>,
+}
+
+/// Counters a soak run or an operator reads (`/agora/v1/nodes`).
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    pub receipts_logged: AtomicU64,
+    pub receipts_not_logged: AtomicU64,
+    pub protocol_violations: AtomicU64,
+    pub transcripts_released: AtomicU64,
+    pub transcripts_refused: AtomicU64,
+    pub verdicts_applied: AtomicU64,
+    pub verdicts_ignored: AtomicU64,
+    pub rechecks_confirmed: AtomicU64,
+    pub rechecks_refuted: AtomicU64,
 }
 
 /// The network-wide backend.
@@ -68,12 +106,14 @@ pub struct Gateway {
     net: NetHandle,
     local: Option<Arc<dyn Engine>>,
     attestor: Attestor,
-    cfg: GatewayConfig,
-    /// Where receipts are appended (`/add` of a tlog-tiles log), if anywhere; set once, seen
-    /// by every clone.
-    log_url: Arc<std::sync::OnceLock<String>>,
+    cfg: Arc<GatewayConfig>,
+    /// Where receipts are appended, if anywhere; set once, seen by every clone.
+    log: Arc<std::sync::OnceLock<LogSink>>,
     transcripts: Arc<TranscriptStore>,
-    reputation: Arc<Mutex<HashMap<String, Reputation>>>,
+    /// Transcripts of answers this node's validator rejected: the evidence anyone may fetch.
+    evidence: Arc<TranscriptStore>,
+    reputation: Arc<Reputations>,
+    stats: Arc<GatewayStats>,
     /// Generations this gateway has running on each worker.
     inflight: Arc<Mutex<HashMap<Target, u32>>>,
     /// Workers that recently refused work (429), until when: skipped while others are free.
@@ -91,19 +131,38 @@ impl Gateway {
             net,
             local,
             attestor,
-            cfg,
-            log_url: Arc::new(std::sync::OnceLock::new()),
-            transcripts: Arc::new(TranscriptStore::new(10_000, Duration::from_secs(3600))),
-            reputation: Arc::new(Mutex::new(HashMap::new())),
+            transcripts: Arc::new(TranscriptStore::new(
+                cfg.transcript_cap,
+                cfg.transcript_retention,
+            )),
+            evidence: Arc::new(TranscriptStore::new(1000, Duration::from_secs(24 * 3600))),
+            cfg: Arc::new(cfg),
+            log: Arc::new(std::sync::OnceLock::new()),
+            reputation: Arc::new(Reputations::default()),
+            stats: Arc::new(GatewayStats::default()),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             cooling: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     /// Appends every receipt to the log at `url` from now on (set once; later calls are
-    /// ignored) and says where in each response.
-    pub fn set_log(&self, url: &str) {
-        let _ = self.log_url.set(url.trim_end_matches('/').to_string());
+    /// ignored), through a bounded queue: a slow log never delays an answer. `vkey` is the
+    /// log's key; without it no transcript is released to validators. `local`: the log itself,
+    /// when this node serves it (appended in-process, outside the quotas for clients).
+    pub fn set_log(&self, url: &str, vkey: Option<Vkey>, local: Option<agora_log::Log>) {
+        let (tx, rx) = mpsc::channel(self.cfg.log_queue.max(1));
+        let url = url.trim_end_matches('/').to_string();
+        if self
+            .log
+            .set(LogSink {
+                url: url.clone(),
+                vkey,
+                queue: tx,
+            })
+            .is_ok()
+        {
+            tokio::spawn(log_receipts(url, local, rx, Arc::clone(&self.stats)));
+        }
     }
 
     /// The transcripts kept for validators.
@@ -111,27 +170,49 @@ impl Gateway {
         Arc::clone(&self.transcripts)
     }
 
-    /// Records a verdict on `worker`; a rejection stops routing to it.
-    pub fn record_verdict(&self, worker: &str, accept: bool) {
-        if let Ok(mut m) = self.reputation.lock() {
-            let r = m.entry(worker.to_string()).or_default();
-            if accept {
-                r.accepted += 1;
-            } else {
-                r.rejected += 1;
-                warn!(
-                    worker,
-                    "a validator rejected this worker's answer: no more requests go to it"
-                );
-            }
+    /// The evidence of rejected answers this node serves to anyone.
+    pub fn evidence(&self) -> Arc<TranscriptStore> {
+        Arc::clone(&self.evidence)
+    }
+
+    pub fn stats(&self) -> Arc<GatewayStats> {
+        Arc::clone(&self.stats)
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    /// The local engine, if this gateway runs one.
+    pub fn local_engine(&self) -> Option<Arc<dyn Engine>> {
+        self.local.clone()
+    }
+
+    pub fn net(&self) -> &NetHandle {
+        &self.net
+    }
+
+    /// Records a verdict that counts here (see [`crate::validator::follow_verdicts`] for
+    /// which do); a rejection stops routing to the worker for good.
+    pub fn record_verdict(&self, worker: &PeerId, accept: bool) {
+        self.reputation.record_verdict(worker, accept);
+        self.stats.verdicts_applied.fetch_add(1, Ordering::Relaxed);
+        if !accept {
+            warn!(%worker, "this worker's cheating is proven: no more requests go to it");
         }
     }
 
-    fn distrusted(&self, worker: &str) -> bool {
-        self.reputation
-            .lock()
-            .map(|m| m.get(worker).is_some_and(|r| r.rejected > 0))
-            .unwrap_or(false)
+    /// Whether `worker` has a proven rejection here.
+    pub fn condemned(&self, worker: &PeerId) -> bool {
+        self.reputation.get(worker).rejected > 0
+    }
+
+    fn violation(&self, worker: PeerId, why: &str) {
+        let d = self.reputation.record_violation(&worker);
+        self.stats
+            .protocol_violations
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(%worker, "worker broke the generation protocol ({why}): cut off for {}s", d.as_secs());
     }
 
     fn local_serves(&self, model: &str) -> bool {
@@ -141,6 +222,15 @@ impl Gateway {
         })
     }
 
+    /// The local engine when it serves the model with `digest` (`sha256:…`): its vocabulary
+    /// checks and detokenizes what remote workers send.
+    fn vocabulary(&self, digest: &str) -> Option<Arc<dyn Engine>> {
+        self.local
+            .as_ref()
+            .filter(|e| digest.strip_prefix("sha256:") == Some(e.info().sha256.as_str()))
+            .cloned()
+    }
+
     fn inflight(&self, t: Target) -> u32 {
         self.inflight
             .lock()
@@ -148,18 +238,22 @@ impl Gateway {
             .unwrap_or(0)
     }
 
-    /// Workers that can serve `model`, best first: most spare capacity (slots minus what is
-    /// busy or queued, counting what this gateway sent since their last status), then a random
-    /// draw weighted by measured speed and nearness, so that equally free workers share the
-    /// load and faster ones get more of it.
+    /// Workers that can serve `model`, best first: not cooling down, then a graduated key
+    /// before one on probation (except for a `probation_share` of requests, so new keys can
+    /// earn their verdicts), then most spare capacity believed (slots minus busy, counting
+    /// what this gateway sent since their last status, capped by what each has delivered),
+    /// then a random draw weighted by believed speed and nearness, so that equally free
+    /// workers share the load and faster ones get more of it.
     fn candidates(&self, model: &str, exclude: &[Target]) -> Vec<Target> {
         let mut rng = rand::thread_rng();
+        let probation_first = rng.r#gen::<f64>() < self.cfg.probation_share;
         let mut draw = |tok_s: f64, rtt_ms: f64| -> f64 {
             let weight = tok_s.max(1.0) / (1.0 + rtt_ms / 10.0);
             // Efraimidis–Spirakis: u^(1/w) sorts like a draw weighted by w.
             rng.r#gen::<f64>().powf(1.0 / weight)
         };
-        let mut scored: Vec<(i64, f64, Target)> = Vec::new();
+        // (probation, spare, draw, target)
+        let mut scored: Vec<(bool, i64, f64, Target)> = Vec::new();
         if self.local_serves(model)
             && !exclude.contains(&Target::Local)
             && let Some(e) = &self.local
@@ -167,6 +261,7 @@ impl Gateway {
             let load = e.load();
             let busy = (load.slots_busy + load.queued).max(self.inflight(Target::Local));
             scored.push((
+                false,
                 i64::from(load.slots) - i64::from(busy),
                 draw(1.0, 0.0),
                 Target::Local,
@@ -179,15 +274,22 @@ impl Gateway {
                 || !s.serves(model)
                 || exclude.contains(&t)
                 || self.net.is_banned(&p.peer_id)
-                || self.distrusted(&p.peer_id.to_string())
+                || !self.reputation.routable(&p.peer_id)
             {
                 continue;
             }
-            let busy = (s.slots - s.free_slots.min(s.slots) + s.queue).max(self.inflight(t));
+            let slots = self.reputation.believed_slots(&p.peer_id, s.slots);
+            let busy = (s.slots.saturating_sub(s.free_slots.min(s.slots)) + s.queue)
+                .min(slots)
+                .max(self.inflight(t));
             let rtt_ms = p.rtt.map(|r| r.as_secs_f64() * 1e3).unwrap_or(50.0);
+            let speed = self
+                .reputation
+                .believed_speed(&p.peer_id, s.tokens_per_second);
             scored.push((
-                i64::from(s.slots) - i64::from(busy),
-                draw(s.tokens_per_second, rtt_ms),
+                self.reputation.get(&p.peer_id).on_probation(),
+                i64::from(slots) - i64::from(busy),
+                draw(speed, rtt_ms),
                 t,
             ));
         }
@@ -199,13 +301,20 @@ impl Gateway {
                 .map(|m| m.get(t).is_some_and(|until| *until > now))
                 .unwrap_or(false)
         };
+        // Probation only orders workers that have room: when every graduated worker is busy,
+        // a free one on probation is better than waiting.
+        let rank = |x: &(bool, i64, f64, Target)| {
+            let has_room = x.1 > 0;
+            let probation_rank = if probation_first { !x.0 } else { x.0 };
+            (cooling(&x.3), !has_room, probation_rank)
+        };
         scored.sort_by(|a, b| {
-            cooling(&a.2)
-                .cmp(&cooling(&b.2))
-                .then(b.0.cmp(&a.0))
-                .then(b.1.total_cmp(&a.1))
+            rank(a)
+                .cmp(&rank(b))
+                .then(b.1.cmp(&a.1))
+                .then(b.2.total_cmp(&a.2))
         });
-        scored.into_iter().map(|s| s.2).collect()
+        scored.into_iter().map(|s| s.3).collect()
     }
 
     /// Notes that `target` refused work: it is tried last for a moment.
@@ -217,20 +326,62 @@ impl Gateway {
         }
     }
 
-    fn known_model(&self, model: &str) -> bool {
-        self.local_serves(model)
-            || self
-                .net
-                .peers()
-                .iter()
-                .any(|p| p.status.as_ref().is_some_and(|s| s.serves(model)))
+    /// The model's digest and context window as the network knows them (local engine first).
+    fn model_facts(&self, model: &str) -> Option<(String, u32)> {
+        if self.local_serves(model)
+            && let Some(e) = &self.local
+        {
+            let i = e.info();
+            return Some((format!("sha256:{}", i.sha256), i.n_ctx));
+        }
+        self.net.live_peers().iter().find_map(|p| {
+            p.status.as_ref().and_then(|s| {
+                s.models
+                    .iter()
+                    .find(|m| {
+                        m.name == model
+                            || m.digest == model
+                            || m.digest.strip_prefix("sha256:") == Some(model)
+                    })
+                    .map(|m| (m.digest.clone(), m.n_ctx))
+            })
+        })
+    }
+}
+
+/// Appends queued receipts to the log, one at a time, off every answer's path.
+async fn log_receipts(
+    url: String,
+    local: Option<agora_log::Log>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    stats: Arc<GatewayStats>,
+) {
+    let client = Arc::new(agora_api::tlog::client::LogClient::new(&url));
+    while let Some(entry) = rx.recv().await {
+        let added = match &local {
+            Some(log) => log.add(entry).await.map_err(|e| e.to_string()),
+            None => {
+                let c = Arc::clone(&client);
+                match tokio::task::spawn_blocking(move || c.add(&entry)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        match added {
+            Ok(_) => stats.receipts_logged.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                warn!("could not log a receipt: {e}");
+                stats.receipts_not_logged.fetch_add(1, Ordering::Relaxed)
+            }
+        };
     }
 }
 
 /// A running attempt: events from the local engine or frames from a remote worker.
 enum Source {
     Local(Generation),
-    Remote(FramedStream),
+    Remote(PeerId, Box<FramedStream>),
 }
 
 /// Why an attempt failed.
@@ -241,16 +392,40 @@ enum AttemptError {
     Worker(String, Option<ApiError>),
 }
 
+/// Why a running attempt ended early.
+struct Failure {
+    why: String,
+    /// The worker broke the protocol (as opposed to failing or going away).
+    violation: bool,
+}
+
+impl Failure {
+    fn failed(why: impl Into<String>) -> Self {
+        Self {
+            why: why.into(),
+            violation: false,
+        }
+    }
+
+    fn violation(why: impl Into<String>) -> Self {
+        Self {
+            why: why.into(),
+            violation: true,
+        }
+    }
+}
+
 impl Source {
-    /// The next event, or an error meaning the worker failed (or stalled past `stall`).
-    async fn next(&mut self, stall: Duration) -> Result<Event, String> {
+    /// The next event, or why the worker failed (or stalled past `stall`). Every error a
+    /// worker sends after accepting means "try elsewhere": the request itself was fine.
+    async fn next(&mut self, stall: Duration) -> Result<Event, Failure> {
         match self {
             Source::Local(g) => g
                 .events
                 .recv()
                 .await
-                .ok_or_else(|| "the local engine stopped".to_string()),
-            Source::Remote(s) => match s.recv_timeout::<WorkerFrame>(stall).await {
+                .ok_or_else(|| Failure::failed("the local engine stopped")),
+            Source::Remote(_, s) => match s.recv_timeout::<WorkerFrame>(stall).await {
                 Ok(Some(WorkerFrame::Token { id, index, text })) => Ok(Event::Token(TokenEvent {
                     id,
                     index,
@@ -273,15 +448,15 @@ impl Source {
                     tokens: Vec::new(),
                     attestation,
                 })),
-                Ok(Some(WorkerFrame::Error(e))) if e.retryable() => {
-                    Err(format!("worker error: {}", e.message))
+                Ok(Some(WorkerFrame::Error(e))) => {
+                    Err(Failure::failed(format!("worker error: {}", e.message)))
                 }
-                Ok(Some(WorkerFrame::Error(e))) => Ok(Event::Error(e.message)),
                 Ok(Some(WorkerFrame::Accepted { .. })) => {
-                    Err("worker sent a second Accepted".into())
+                    Err(Failure::violation("a second Accepted frame"))
                 }
-                Ok(None) => Err("the worker closed the stream".into()),
-                Err(e) => Err(e.to_string()),
+                Ok(None) => Err(Failure::failed("the worker closed the stream")),
+                Err(e) if e.is_violation() => Err(Failure::violation(e.to_string())),
+                Err(e) => Err(Failure::failed(e.to_string())),
             },
         }
     }
@@ -302,7 +477,7 @@ impl Gateway {
                     .local
                     .as_ref()
                     .ok_or_else(|| AttemptError::Worker("no local engine".into(), None))?;
-                match self.attestor.generate(engine, job, resume.to_vec()) {
+                match self.attestor.start(engine, job, resume.to_vec()).await {
                     Ok((g, _)) => Ok(Source::Local(g)),
                     Err(e) => {
                         let api = prepare_error(e, chat);
@@ -329,20 +504,29 @@ impl Gateway {
                 };
                 s.send(&req).await.map_err(|e| fail(e.to_string()))?;
                 match s.recv_timeout::<WorkerFrame>(self.cfg.accept_timeout).await {
-                    Ok(Some(WorkerFrame::Accepted { .. })) => Ok(Source::Remote(s)),
+                    Ok(Some(WorkerFrame::Accepted { .. })) => Ok(Source::Remote(peer, Box::new(s))),
                     Ok(Some(WorkerFrame::Error(e))) if e.retryable() => {
                         Err(AttemptError::Worker(e.message.clone(), Some(api_error(e))))
                     }
                     Ok(Some(WorkerFrame::Error(e))) => Err(AttemptError::Client(api_error(e))),
-                    Ok(Some(_)) => Err(fail("the worker did not accept first".into())),
+                    Ok(Some(_)) => {
+                        self.violation(peer, "did not accept first");
+                        Err(fail("the worker did not accept first".into()))
+                    }
                     Ok(None) => Err(fail("the worker closed the stream".into())),
-                    Err(e) => Err(fail(e.to_string())),
+                    Err(e) => {
+                        if e.is_violation() {
+                            self.violation(peer, &e.to_string());
+                        }
+                        Err(fail(e.to_string()))
+                    }
                 }
             }
         }
     }
 
-    /// Tries candidates in order until one accepts.
+    /// Tries candidates in order until one accepts. On a resume (`resume` not empty) a refusal
+    /// that looks like the client's fault is the handed-over prefix's: the next worker is tried.
     async fn start_on_some(
         &self,
         model: &str,
@@ -358,7 +542,11 @@ impl Gateway {
             tried.push(target);
             match self.attempt(target, model, job, resume).await {
                 Ok(source) => return Ok((target, source)),
-                Err(AttemptError::Client(e)) => return Err(e),
+                Err(AttemptError::Client(e)) if resume.is_empty() => return Err(e),
+                Err(AttemptError::Client(e)) => {
+                    warn!(?target, "worker refused to resume: {}", e.message);
+                    last = Some(e);
+                }
                 Err(AttemptError::Worker(why, api)) => {
                     if api.as_ref().is_some_and(|e| e.status.as_u16() == 429) {
                         debug!(?target, "worker is busy: {why}");
@@ -391,16 +579,22 @@ fn target_name(net: &NetHandle, t: Target) -> String {
 struct InflightGuard {
     map: Arc<Mutex<HashMap<Target, u32>>>,
     target: Target,
+    /// Generations running on the target when this one started, itself included.
+    at_start: u32,
 }
 
 impl InflightGuard {
     fn new(map: &Arc<Mutex<HashMap<Target, u32>>>, target: Target) -> Self {
+        let mut at_start = 1;
         if let Ok(mut m) = map.lock() {
-            *m.entry(target).or_insert(0) += 1;
+            let n = m.entry(target).or_insert(0);
+            *n += 1;
+            at_start = *n;
         }
         Self {
             map: Arc::clone(map),
             target,
+            at_start,
         }
     }
 }
@@ -411,6 +605,9 @@ impl Drop for InflightGuard {
             && let Some(n) = m.get_mut(&self.target)
         {
             *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.target);
+            }
         }
     }
 }
@@ -454,9 +651,9 @@ impl Backend for Gateway {
 
     fn start(&self, model: String, job: JobSpec) -> BoxFuture<'_, Result<Started, ApiError>> {
         Box::pin(async move {
-            if !self.known_model(&model) {
+            let Some((digest, n_ctx)) = self.model_facts(&model) else {
                 return Err(ApiError::unknown_model(&model));
-            }
+            };
             let mut tried = Vec::new();
             let (target, source) = self.start_on_some(&model, &job, &[], &mut tried).await?;
             let served = self
@@ -465,12 +662,22 @@ impl Backend for Gateway {
                 .filter(|_| target == Target::Local)
                 .map(|e| e.info().name.clone());
             let (tx, rx) = mpsc::channel(64);
+            let guard = StreamGuard {
+                vocab: self.vocabulary(&digest),
+                text: TextStream::new(job.stop.clone()),
+                limit: job.max_tokens.unwrap_or(n_ctx).min(n_ctx),
+                ignore_eos: job.ignore_eos,
+                ended: false,
+                stopped: false,
+            };
             let relay = Relay {
                 gateway: self.clone(),
                 model: model.clone(),
+                digest,
                 job,
                 tx,
                 tried,
+                guard,
             };
             tokio::spawn(relay.run(target, source));
             Ok(Started {
@@ -489,9 +696,105 @@ impl Backend for Gateway {
             let (i, l) = (e.info(), e.load());
             serde_json::json!({"model": i.name, "digest": format!("sha256:{}", i.sha256), "slots": l.slots, "slots_in_use": l.slots_busy, "queue": l.queued})
         });
+        let st = &self.stats;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
-            "self": {"peer_id": self.net.peer_id().to_string(), "addrs": self.net.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(), "worker": local},
+            "self": {"peer_id": self.net.peer_id().to_string(), "addrs": self.net.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(), "worker": local, "reputation": self.reputation.get(&self.net.peer_id())},
             "peers": self.with_reputation(describe_peers(&self.net.peers())),
+            "gateway": {
+                "receipts_logged": n(&st.receipts_logged),
+                "receipts_not_logged": n(&st.receipts_not_logged),
+                "protocol_violations": n(&st.protocol_violations),
+                "transcripts_kept": self.transcripts.len(),
+                "transcripts_released": n(&st.transcripts_released),
+                "transcripts_refused": n(&st.transcripts_refused),
+                "verdicts_applied": n(&st.verdicts_applied),
+                "verdicts_ignored": n(&st.verdicts_ignored),
+                "rechecks_confirmed": n(&st.rechecks_confirmed),
+                "rechecks_refuted": n(&st.rechecks_refuted),
+                "reputation_entries": self.reputation.len(),
+            },
+        })
+    }
+}
+
+/// What a gateway enforces on a generation's tokens, whoever produces them: the client sees
+/// text the gateway itself derived from token ids (where it has the model's vocabulary), stop
+/// sequences and `max_tokens` hold, and a worker that sends anything else is cut off.
+struct StreamGuard {
+    /// The local engine when it serves this model: its vocabulary checks and detokenizes.
+    vocab: Option<Arc<dyn Engine>>,
+    text: TextStream,
+    /// Most tokens the generation may have.
+    limit: u32,
+    ignore_eos: bool,
+    /// An end-of-generation token or a stop sequence was seen: only `Done` may follow.
+    ended: bool,
+    /// It was a stop sequence (the held-back text is not released).
+    stopped: bool,
+}
+
+/// Longest text one token may carry when the gateway cannot detokenize it itself.
+const MAX_TOKEN_TEXT: usize = 4096;
+
+impl StreamGuard {
+    /// Checks token `t` (the `count`-th of the generation) and returns the text the client
+    /// gets for it.
+    fn token(&mut self, t: &TokenEvent, count: usize) -> Result<String, String> {
+        if self.ended {
+            return Err("a token after the end of the generation".into());
+        }
+        if t.index as usize != count {
+            return Err(format!("token index {} where {count} was due", t.index));
+        }
+        if count as u64 >= u64::from(self.limit) {
+            return Err(format!("more than the {} tokens asked for", self.limit));
+        }
+        let step = match &self.vocab {
+            Some(e) => {
+                let Some(piece) = e.token_piece(t.id) else {
+                    return Err(format!("token {} is not in the vocabulary", t.id));
+                };
+                if e.is_eog(t.id) && !self.ignore_eos {
+                    self.ended = true;
+                    return Ok(String::new());
+                }
+                self.text.push(&piece)
+            }
+            None => {
+                if t.text.len() > MAX_TOKEN_TEXT {
+                    return Err(format!("{} bytes of text for one token", t.text.len()));
+                }
+                self.text.push(t.text.as_bytes())
+            }
+        };
+        Ok(match step {
+            Step::Text(s) => s,
+            Step::Stop(s) => {
+                self.ended = true;
+                self.stopped = true;
+                s
+            }
+        })
+    }
+
+    /// The text released at the end.
+    fn tail(&mut self, worker_tail: &str) -> Result<String, String> {
+        if self.vocab.is_none() {
+            if worker_tail.len() > MAX_TOKEN_TEXT {
+                return Err(format!("{} bytes of tail text", worker_tail.len()));
+            }
+            if !self.stopped
+                && let Step::Stop(s) = self.text.push(worker_tail.as_bytes())
+            {
+                self.stopped = true;
+                return Ok(s);
+            }
+        }
+        Ok(if self.stopped {
+            String::new()
+        } else {
+            self.text.finish()
         })
     }
 }
@@ -500,17 +803,23 @@ impl Backend for Gateway {
 struct Relay {
     gateway: Gateway,
     model: String,
+    /// `sha256:…` of the model, as the network knows it.
+    digest: String,
     job: JobSpec,
     tx: mpsc::Sender<Event>,
     tried: Vec<Target>,
+    guard: StreamGuard,
 }
 
 impl Relay {
     async fn run(mut self, mut target: Target, mut source: Source) {
         let net = self.gateway.net.clone();
-        let mut _guard = InflightGuard::new(&self.gateway.inflight, target);
+        let mut guard = InflightGuard::new(&self.gateway.inflight, target);
         let mut generated: Vec<u32> = Vec::new();
         let mut text = String::new();
+        // Tokens handed to the current attempt (generated before it started).
+        let mut resumed_at = 0usize;
+        let mut started = Instant::now();
         if self
             .tx
             .send(Event::Worker(target_name(&net, target)))
@@ -520,7 +829,18 @@ impl Relay {
             return;
         }
         loop {
-            match source.next(self.gateway.cfg.stall_timeout).await {
+            let next = match source.next(self.gateway.cfg.stall_timeout).await {
+                Ok(Event::Token(mut t)) => match self.guard.token(&t, generated.len()) {
+                    Ok(shown) => {
+                        t.text = shown;
+                        Ok(Event::Token(t))
+                    }
+                    Err(why) => Err(Failure::violation(why)),
+                },
+                Ok(Event::Done(f)) => self.finish(&source, f, &generated, resumed_at),
+                other => other,
+            };
+            match next {
                 Ok(Event::Token(t)) => {
                     generated.push(t.id);
                     text.push_str(&t.text);
@@ -531,10 +851,17 @@ impl Relay {
                 Ok(Event::Done(mut f)) => {
                     f.tokens = generated;
                     text.push_str(&f.tail);
+                    if let Target::Peer(p) = target {
+                        let produced = f.tokens.len().saturating_sub(resumed_at) as u32;
+                        self.gateway.reputation.record_delivery(
+                            &p,
+                            guard.at_start,
+                            produced,
+                            started.elapsed(),
+                        );
+                    }
                     if let Some(a) = f.attestation.as_mut() {
-                        self.gateway
-                            .keep(&self.model, a, &f.tokens, text, f.reason)
-                            .await;
+                        self.gateway.keep(&self.model, a, &f.tokens, text, f.reason);
                     }
                     let _ = self.tx.send(Event::Done(f)).await;
                     return;
@@ -544,15 +871,26 @@ impl Relay {
                     return;
                 }
                 Ok(_) => {}
-                Err(why) => {
+                Err(Failure { why, violation }) => {
                     warn!(
                         ?target,
                         tokens = generated.len(),
                         "worker failed mid-generation: {why}; resuming elsewhere"
                     );
                     drop(source);
-                    if let Target::Peer(p) = target {
-                        debug!(%p, "excluded from this request");
+                    if let (Target::Peer(p), true) = (target, violation) {
+                        self.gateway.violation(p, &why);
+                    }
+                    if self.guard.ended {
+                        // The end was reached (end token or stop sequence) but no valid receipt
+                        // came: another worker cannot produce one for tokens it did not choose.
+                        let _ = self
+                            .tx
+                            .send(Event::Error(format!(
+                                "the worker failed at the end of the answer ({why}); the answer has no valid receipt"
+                            )))
+                            .await;
+                        return;
                     }
                     match self
                         .gateway
@@ -563,7 +901,9 @@ impl Relay {
                             info!(from = ?target, to = ?t, resumed = generated.len(), "generation resumed");
                             target = t;
                             source = s;
-                            _guard = InflightGuard::new(&self.gateway.inflight, target);
+                            resumed_at = generated.len();
+                            started = Instant::now();
+                            guard = InflightGuard::new(&self.gateway.inflight, target);
                             if self
                                 .tx
                                 .send(Event::Worker(target_name(&net, target)))
@@ -588,6 +928,55 @@ impl Relay {
             }
         }
     }
+
+    /// Checks a `Done` against what was streamed: the token count, and (from a remote worker)
+    /// a receipt signed by that worker over exactly these tokens, this model, this request and
+    /// this resume.
+    fn finish(
+        &mut self,
+        source: &Source,
+        mut f: Finish,
+        generated: &[u32],
+        resumed_at: usize,
+    ) -> Result<Event, Failure> {
+        if f.completion_tokens as usize != generated.len() {
+            return Err(Failure::violation(format!(
+                "Done says {} tokens, {} were streamed",
+                f.completion_tokens,
+                generated.len()
+            )));
+        }
+        f.tail = self.guard.tail(&f.tail).map_err(Failure::violation)?;
+        let Source::Remote(peer, _) = source else {
+            return Ok(Event::Done(f));
+        };
+        let Some(a) = &f.attestation else {
+            return Err(Failure::violation("no receipt"));
+        };
+        let t = Transcript::new(&self.model, a, generated.to_vec(), String::new(), f.reason);
+        let c = t
+            .check()
+            .map_err(|e| Failure::violation(format!("its receipt: {e}")))?;
+        if crate::to_net_id(&c.receipt.worker) != Some(*peer) {
+            return Err(Failure::violation("a receipt signed for another worker"));
+        }
+        if format!("sha256:{}", c.receipt.model) != self.digest {
+            return Err(Failure::violation(format!(
+                "a receipt for model sha256:{}, not {}",
+                c.receipt.model, self.digest
+            )));
+        }
+        if c.receipt.resumed as usize != resumed_at {
+            return Err(Failure::violation(format!(
+                "a receipt claiming {} handed-over tokens, not {resumed_at}",
+                c.receipt.resumed
+            )));
+        }
+        if a.request != self.job {
+            return Err(Failure::violation("a receipt for another request"));
+        }
+        Ok(Event::Done(f))
+    }
 }
 
 /// Peers as `GET /agora/v1/nodes` and `agora nodes` show them.
@@ -611,9 +1000,9 @@ pub fn describe_peers(peers: &[PeerInfo]) -> serde_json::Value {
 }
 
 impl Gateway {
-    /// Logs the receipt (when a log is configured), notes where in the attestation, and keeps
-    /// the transcript for validators.
-    async fn keep(
+    /// Queues the receipt for the log (never waiting for it) and keeps the transcript for
+    /// validators, under the receipt's digest, with the hash of the log entry it becomes.
+    fn keep(
         &self,
         model: &str,
         a: &mut Attestation,
@@ -621,28 +1010,27 @@ impl Gateway {
         text: String,
         reason: FinishReason,
     ) {
-        if let Some(url) = self.log_url.get().cloned() {
-            let entry = a.receipt.clone().into_bytes();
-            let added = tokio::task::spawn_blocking(move || {
-                agora_api::tlog::client::LogClient::new(&url)
-                    .add(&entry)
-                    .map(|i| (url, i))
-            })
-            .await;
-            match added {
-                Ok(Ok((url, index))) => a.log = Some(LogRef { url, index }),
-                Ok(Err(e)) => warn!("could not log the receipt: {e}"),
-                Err(e) => warn!("could not log the receipt: {e}"),
-            }
+        if let Some(sink) = self.log.get()
+            && sink.queue.try_send(a.receipt.clone().into_bytes()).is_err()
+        {
+            self.stats
+                .receipts_not_logged
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(log = %sink.url, "the receipt log queue is full: this receipt is not logged");
         }
         let t = Transcript::new(model, a, tokens.to_vec(), text, reason);
         match t.check() {
-            Ok(c) => self.transcripts.insert(c.receipt_digest, t),
+            Ok(c) => {
+                let leaf = agora_tlog::hash::leaf_hash(a.receipt.as_bytes());
+                self.transcripts.insert(c.receipt_digest, t, leaf.0);
+            }
             Err(e) => warn!("the worker's receipt does not check out: {e}"),
         }
     }
 
-    /// Answers validators asking for transcripts (`/agora/<net>/transcript/1`).
+    /// Answers transcript requests (`/agora/<net>/transcript/1`): evidence of rejected answers
+    /// to anyone; the transcripts this gateway keeps only to a validator it trusts that proves
+    /// the log's randomness selected that receipt ([`crate::disclosure::may_release`]).
     pub async fn serve_transcripts(self) {
         use futures::StreamExt;
         let mut incoming = match self.net.accept(self.net.protocols().transcript.clone()) {
@@ -652,49 +1040,95 @@ impl Gateway {
                 return;
             }
         };
+        let permits = Arc::new(tokio::sync::Semaphore::new(32));
         while let Some((peer, stream)) = incoming.next().await {
             if self.net.is_banned(&peer) {
                 continue;
             }
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                continue; // dropping the stream refuses it
+            };
             let mut s = self.net.framed(stream);
-            let store = Arc::clone(&self.transcripts);
+            let this = self.clone();
             tokio::spawn(async move {
-                let Ok(Some(req)) = s
+                let req = match s
                     .recv_timeout::<crate::proto::TranscriptRequest>(Duration::from_secs(10))
                     .await
-                else {
-                    return;
+                {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return,
+                    Err(e) => {
+                        if e.is_violation() {
+                            this.net.ban(peer, &format!("protocol violation: {e}"));
+                        }
+                        return;
+                    }
                 };
-                let found = req.receipt.parse().ok().and_then(|d| store.get(&d));
+                let found = this.release(&peer, &req);
                 let _ = s.send(&found).await;
                 let _ = s.close().await;
+                drop(permit);
             });
         }
     }
 
-    /// Adds each peer's reputation (verdicts heard about it, and whether this gateway still
-    /// routes to it) to `describe_peers`' list.
+    /// What `peer` gets for `req`: see [`Gateway::serve_transcripts`].
+    fn release(&self, peer: &PeerId, req: &crate::proto::TranscriptRequest) -> Option<Transcript> {
+        let digest: agora_core::Sha256 = req.receipt.parse().ok()?;
+        if let Some((t, _)) = self.evidence.get(&digest) {
+            return Some(t);
+        }
+        let (t, leaf) = self.transcripts.get(&digest)?;
+        let vkey = self.log.get().and_then(|l| l.vkey.as_ref());
+        match crate::disclosure::may_release(
+            peer,
+            req.selection.as_ref(),
+            &leaf,
+            &self.cfg.trusted,
+            vkey,
+            self.cfg.max_check_probability,
+        ) {
+            Ok(()) => {
+                self.stats
+                    .transcripts_released
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(t)
+            }
+            Err(why) => {
+                self.stats
+                    .transcripts_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, "transcript refused: {why}");
+                None
+            }
+        }
+    }
+
+    /// Adds each peer's reputation (verdicts that count here, violations, probation, and
+    /// whether this gateway routes to it) to `describe_peers`' list.
     fn with_reputation(&self, mut peers: serde_json::Value) -> serde_json::Value {
-        let reps = self.reputations();
         if let Some(list) = peers.as_array_mut() {
             for p in list {
-                let id = p["peer_id"].as_str().unwrap_or_default().to_string();
-                let r = reps.get(&id).copied().unwrap_or_default();
+                let Some(id) = p["peer_id"].as_str().and_then(|s| s.parse::<PeerId>().ok()) else {
+                    continue;
+                };
+                let r = self.reputation.get(&id);
                 p["reputation"] = serde_json::json!({
                     "accepted": r.accepted,
                     "rejected": r.rejected,
-                    "routed": r.rejected == 0,
+                    "violations": r.violations,
+                    "probation": r.on_probation(),
+                    "delivered_peak": r.delivered_peak,
+                    "measured_tps": r.measured_tps,
+                    "routed": self.reputation.routable(&id),
                 });
             }
         }
         peers
     }
 
-    /// Reputation of every worker a verdict was heard about.
-    pub fn reputations(&self) -> HashMap<String, Reputation> {
-        self.reputation
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
+    /// Reputation of every worker this gateway keeps a record of.
+    pub fn reputations(&self) -> HashMap<PeerId, Reputation> {
+        self.reputation.all()
     }
 }

@@ -8,9 +8,11 @@ pub mod attest;
 #[cfg(feature = "cheat")]
 pub mod cheat;
 pub mod convert;
+pub mod disclosure;
 pub mod gateway;
 pub mod network;
 pub mod proto;
+pub mod reputation;
 pub mod transcript;
 pub mod validator;
 pub mod verifier;
@@ -30,6 +32,17 @@ pub use attest::Attestor;
 pub use gateway::{Gateway, GatewayConfig};
 pub use worker::{Speed, WorkerLimits};
 
+/// A statement's key (`agora_core::PeerId`) as the network's peer id: the same Ed25519 key,
+/// printed alike (pinned to libp2p's test vector in agora-core).
+pub fn to_net_id(p: &agora_core::PeerId) -> Option<agora_net::PeerId> {
+    p.to_string().parse().ok()
+}
+
+/// A network peer id as a statement key, when it is an Ed25519 key (every Agora node's is).
+pub fn to_core_id(p: &agora_net::PeerId) -> Option<agora_core::PeerId> {
+    p.to_string().parse().ok()
+}
+
 /// Everything `agora node` can be told.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -41,7 +54,8 @@ pub struct NodeConfig {
     pub slots: u32,
     pub ctx: u32,
     pub queue: u32,
-    pub body_limit: usize,
+    /// Limits of the HTTP API: body size, connections, header and body timeouts.
+    pub api: ApiConfig,
 }
 
 /// Why a node could not start.
@@ -89,7 +103,7 @@ pub fn load_engine_with(
 pub async fn bind(cfg: &NodeConfig, engine: Arc<dyn Engine>) -> Result<HttpServer, NodeError> {
     bind_backend(
         cfg.listen,
-        cfg.body_limit,
+        &cfg.api,
         Arc::new(LocalBackend::new(engine)),
         None,
     )
@@ -99,11 +113,11 @@ pub async fn bind(cfg: &NodeConfig, engine: Arc<dyn Engine>) -> Result<HttpServe
 /// Binds the API for any backend, with a log under `/log` when given.
 pub async fn bind_backend(
     listen: SocketAddr,
-    body_limit: usize,
+    api: &ApiConfig,
     backend: Arc<dyn Backend>,
     log: Option<agora_log::Log>,
 ) -> Result<HttpServer, NodeError> {
-    agora_api::bind_with_log(listen, backend, &ApiConfig { body_limit }, log)
+    agora_api::bind_with_log(listen, backend, api, log)
         .await
         .map_err(|source| NodeError::Listen {
             addr: listen,
@@ -192,16 +206,20 @@ pub async fn start_network(
 }
 
 /// Opens this node's own log (`$AGORA_HOME/log/log.redb`), checkpoints every `interval`.
+/// The node's log takes only signed statements, with the default quotas on entries from the
+/// network and a disk budget of `max_bytes`.
 pub fn open_log(
     home: &Path,
     identity: &agora_core::Identity,
     interval: Duration,
+    max_bytes: u64,
 ) -> Result<agora_log::Log, NodeError> {
     let dir = home.join("log");
     std::fs::create_dir_all(&dir)
         .map_err(|e| NodeError::Identity(format!("cannot create {}: {e}", dir.display())))?;
     let mut cfg = agora_log::LogConfig::new(&identity.default_log_origin());
     cfg.checkpoint_interval = interval;
+    cfg.max_bytes = max_bytes;
     agora_log::Log::open(&dir.join("log.redb"), identity, cfg, None)
         .map_err(|e| NodeError::Identity(format!("cannot open the log: {e}")))
 }

@@ -63,9 +63,29 @@ impl RemoteError {
 }
 
 /// A validator asks a gateway for the transcript of a receipt (`/agora/<net>/transcript/1`);
-/// the answer is one frame: the transcript, or `null`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// the answer is one frame: the transcript, or `null`. A gateway releases the transcripts it
+/// keeps only with a [`Selection`] from a validator it trusts; the evidence of a rejected
+/// answer (kept by the validator that rejected it) goes to anyone who asks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct TranscriptRequest {
     /// SHA-256 (hex) of the receipt's DSSE payload.
     pub receipt: String,
+    #[serde(default)]
+    pub selection: Option<Selection>,
+}
+
+/// Proof that the log's own randomness selected a receipt for checking: the receipt's entry is
+/// at `index` under a checkpoint signed by the log, and
+/// `agora_verify::selected_for_check(root, index, probability)` holds for that checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// The signed checkpoint (C2SP signed note text).
+    pub checkpoint: String,
+    pub index: u64,
+    /// The inclusion proof of the entry under the checkpoint, hex hashes.
+    pub proof: Vec<String>,
+    /// The selection probability the validator applies to this worker.
+    pub probability: f64,
 }

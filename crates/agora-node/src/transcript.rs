@@ -198,8 +198,12 @@ fn sha2_digest(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
-/// Transcripts by receipt digest, and the order they came in.
-type Kept = (HashMap<Sha256, Transcript>, VecDeque<(Instant, Sha256)>);
+/// Transcripts (with the hash of the receipt's log entry) by receipt digest, and the order they
+/// came in.
+type Kept = (
+    HashMap<Sha256, (Transcript, [u8; 32])>,
+    VecDeque<(Instant, Sha256)>,
+);
 
 /// Transcripts a gateway keeps for validators: at most `cap`, none older than `retention`.
 #[derive(Debug)]
@@ -218,8 +222,9 @@ impl TranscriptStore {
         }
     }
 
-    /// Keeps `t` under its receipt's digest.
-    pub fn insert(&self, receipt_digest: Sha256, t: Transcript) {
+    /// Keeps `t` under its receipt's digest, with `leaf`: the RFC 6962 leaf hash of the
+    /// receipt's log entry (the exact bytes appended).
+    pub fn insert(&self, receipt_digest: Sha256, t: Transcript, leaf: [u8; 32]) {
         let Ok(mut g) = self.inner.lock() else { return };
         let (map, order) = &mut *g;
         let now = Instant::now();
@@ -230,12 +235,13 @@ impl TranscriptStore {
             order.pop_front();
             map.remove(&d);
         }
-        if map.insert(receipt_digest, t).is_none() {
+        if map.insert(receipt_digest, (t, leaf)).is_none() {
             order.push_back((now, receipt_digest));
         }
     }
 
-    pub fn get(&self, receipt_digest: &Sha256) -> Option<Transcript> {
+    /// The transcript and its receipt's leaf hash.
+    pub fn get(&self, receipt_digest: &Sha256) -> Option<(Transcript, [u8; 32])> {
         let g = self.inner.lock().ok()?;
         g.0.get(receipt_digest).cloned()
     }
@@ -266,6 +272,7 @@ mod tests {
                 max_tokens: None,
                 stop: vec![],
                 ignore_eos: false,
+                logit_bias: Default::default(),
             },
             salt: String::new(),
             output: Output {
@@ -278,7 +285,7 @@ mod tests {
             log: None,
         };
         for i in 0..10u8 {
-            s.insert(Sha256([i; 32]), t.clone());
+            s.insert(Sha256([i; 32]), t.clone(), [i; 32]);
         }
         assert_eq!(s.len(), 3);
         assert!(s.get(&Sha256([9; 32])).is_some());

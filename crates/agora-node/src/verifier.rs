@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use agora_engine::{Engine, PromptSpec, ScoreRequest, ScoreSink};
+use agora_engine::{Engine, ScoreRequest, ScoreSink};
 use agora_verify::{Checker, Proof, ProofError, Report, Tolerances};
 
 use crate::transcript::{Checked, Transcript, TranscriptError};
@@ -23,6 +23,8 @@ pub enum VerifyError {
     Prompt(String),
     #[error("the output is empty: there is nothing to check")]
     EmptyOutput,
+    #[error("output token {index} ({token}) is not in the model's vocabulary")]
+    OutOfVocabulary { index: usize, token: u32 },
     #[error("{0}")]
     Proofless(String),
     #[error("the verifier's engine failed: {0}")]
@@ -70,13 +72,13 @@ pub async fn verify(
         });
     }
     let proof = Proof::decode(&checked.proof_bytes)?;
-    let text = match &t.request.prompt {
-        PromptSpec::Chat(m) => engine
-            .chat_prompt(m)
-            .map_err(|e| VerifyError::Prompt(e.to_string()))?,
-        PromptSpec::Text(s) => s.clone(),
+    let prompt = {
+        let (engine, spec) = (Arc::clone(engine), t.request.prompt.clone());
+        tokio::task::spawn_blocking(move || engine.tokenize(&spec))
+            .await
+            .map_err(|e| VerifyError::Engine(e.to_string()))?
+            .map_err(|e| VerifyError::Prompt(e.to_string()))?
     };
-    let prompt = engine.tokenize(&text);
     if prompt.len() as u32 != checked.receipt.prompt_tokens {
         return Err(VerifyError::PromptLength {
             receipt: checked.receipt.prompt_tokens,
@@ -87,8 +89,13 @@ pub async fn verify(
     if output.is_empty() || prompt.is_empty() {
         return Err(VerifyError::EmptyOutput);
     }
+    if let Some((index, &token)) = output.iter().enumerate().find(|&(_, &t)| t >= info.n_vocab) {
+        return Err(VerifyError::OutOfVocabulary { index, token });
+    }
     let checker = Checker::new(proof, t.request.params, output.clone(), tol)
-        .map_err(VerifyError::Proofless)?;
+        .map_err(VerifyError::Proofless)?
+        .with_bias(t.request.logit_bias.clone())
+        .with_given(checked.receipt.resumed as usize);
     let checker = Arc::new(Mutex::new(Some(checker)));
     let mut tokens = prompt.clone();
     tokens.extend_from_slice(&output[..output.len() - 1]);

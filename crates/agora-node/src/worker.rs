@@ -179,7 +179,7 @@ async fn handle(
     }
     let chat = matches!(req.job.prompt, PromptSpec::Chat(_));
     let (mut generation, prompt_tokens) =
-        match attestor.generate(&engine, &req.job, req.resume.clone()) {
+        match attestor.start(&engine, &req.job, req.resume.clone()).await {
             Ok(g) => g,
             Err(e) => {
                 let err = remote_error(agora_api::backend::prepare_error(e, chat));

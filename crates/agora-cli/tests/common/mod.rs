@@ -63,6 +63,19 @@ pub fn model_path() -> PathBuf {
     .clone()
 }
 
+/// Creates the node key in `home` (`agora init`) and returns its peer id.
+pub fn peer_id_of(home: &tempfile::TempDir) -> String {
+    let out = agora()
+        .env("AGORA_HOME", home.path())
+        .args(["init"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("peer-id").map(|p| p.trim().to_string()))
+        .expect("agora id prints the peer id")
+}
+
 /// A running `agora node`, killed on drop.
 pub struct Node {
     pub child: Child,
