@@ -51,15 +51,19 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// Longest wait for a preparation slot before a request is refused with 429.
+pub const PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs CPU-bound request preparation (chat template rendering and tokenization: a megabyte of
 /// text takes a while) on tokio's blocking threads, so the async threads keep serving
 /// `/health`, streams and accepts; and bounds how many run at once. A request beyond the bound
-/// is refused with 429 and `Retry-After` rather than queued: each waiting one would hold its
-/// body and parsed prompt in memory.
+/// waits for a slot at most [`PREPARE_WAIT`], then is refused with 429 and `Retry-After`; the
+/// waiters are bounded by the connection cap (each holds its parsed body meanwhile).
 #[derive(Clone, Debug)]
 pub struct PrepareLimiter {
     permits: Arc<Semaphore>,
     limit: usize,
+    wait: std::time::Duration,
 }
 
 impl PrepareLimiter {
@@ -69,7 +73,14 @@ impl PrepareLimiter {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
+            wait: PREPARE_WAIT,
         }
+    }
+
+    /// Waits at most `wait` for a slot (default [`PREPARE_WAIT`]).
+    pub fn with_wait(mut self, wait: std::time::Duration) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// Two per core: enough to keep every core busy while some preparations wait on the
@@ -84,14 +95,15 @@ impl PrepareLimiter {
         self.limit
     }
 
-    /// Runs `f` on the blocking pool, or refuses at once (429) when the limit is reached. The
-    /// slot is held until `f` returns, even if the caller stops waiting (a client that goes
-    /// away cannot make room for more work than the limit).
+    /// Runs `f` on the blocking pool once one of the `limit` slots is free; a caller that
+    /// waited its `wait` for one is refused (429). Waiters are bounded by the connection
+    /// cap. The slot is held until `f` returns, even if the caller stops waiting (a client that
+    /// goes away cannot make room for more work than the limit).
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+        let refuse = || {
             ApiError::overloaded(
                 format!(
                     "The node is preparing {} prompts already; retry shortly.",
@@ -99,7 +111,11 @@ impl PrepareLimiter {
                 ),
                 1,
             )
-        })?;
+        };
+        let permit = tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned())
+            .await
+            .map_err(|_| refuse())?
+            .map_err(|_| refuse())?;
         tokio::task::spawn_blocking(move || {
             let out = f();
             drop(permit);

@@ -444,16 +444,22 @@ async fn graceful_shutdown_finishes_streams_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepare_limiter_refuses_beyond_its_limit() {
-    let limiter = PrepareLimiter::new(1);
+    let limiter = PrepareLimiter::new(1).with_wait(Duration::from_millis(200));
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let l = limiter.clone();
     let first = tokio::spawn(async move { l.run(move || go_rx.recv().is_ok()).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
+    // The slot stays taken past the wait: refused.
     let e = limiter.run(|| ()).await.unwrap_err();
     assert_eq!(e.status.as_u16(), 429);
     assert_eq!(e.retry_after, Some(1));
+    // A waiter is served as soon as the slot frees within its wait.
+    let l = limiter.clone();
+    let waiter = tokio::spawn(async move { l.run(|| 7).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     go_tx.send(()).unwrap();
     assert!(first.await.unwrap().unwrap());
+    assert_eq!(waiter.await.unwrap().unwrap(), 7);
     limiter.run(|| ()).await.unwrap();
 }
 

@@ -40,9 +40,10 @@ fn spread(gw: &Node) -> HashMap<String, usize> {
                         .header("content-type", "application/json")
                         .send(b.to_string())
                         .unwrap();
-                    assert_eq!(resp.status().as_u16(), 200);
-                    let v: Value =
-                        serde_json::from_str(&resp.into_body().read_to_string().unwrap()).unwrap();
+                    let status = resp.status().as_u16();
+                    let text = resp.into_body().read_to_string().unwrap();
+                    assert_eq!(status, 200, "{text}");
+                    let v: Value = serde_json::from_str(&text).unwrap();
                     v["agora"]["workers"][0].as_str().unwrap().to_string()
                 })
             })

@@ -64,8 +64,9 @@ impl Attestor {
 
     /// [`Attestor::generate`] on a blocking thread: templating and tokenizing a prompt is CPU
     /// work that must not hold up the async threads (a megabyte of text must not freeze the
-    /// node). At most twice the cores' worth run at once; beyond, the request is refused as
-    /// overload (429), never queued without bound.
+    /// node). At most twice the cores' worth run at once; a request that waited
+    /// [`agora_api::backend::PREPARE_WAIT`] for a slot is refused as overload (429). Waiters
+    /// are bounded by the worker's stream cap and the HTTP connection cap.
     pub async fn start(
         &self,
         engine: &Arc<dyn Engine>,
@@ -79,9 +80,13 @@ impl Attestor {
                 queue: i.queue,
             })
         };
-        let permit = Arc::clone(&self.preparing)
-            .try_acquire_owned()
-            .map_err(|_| overloaded())?;
+        let permit = tokio::time::timeout(
+            agora_api::backend::PREPARE_WAIT,
+            Arc::clone(&self.preparing).acquire_owned(),
+        )
+        .await
+        .map_err(|_| overloaded())?
+        .map_err(|_| overloaded())?;
         let (this, engine, job) = (self.clone(), Arc::clone(engine), job.clone());
         tokio::task::spawn_blocking(move || {
             let r = this.generate(&engine, &job, resume);

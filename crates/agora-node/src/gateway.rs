@@ -326,7 +326,9 @@ impl Gateway {
         }
     }
 
-    /// The model's digest and context window as the network knows them (local engine first).
+    /// The model's digest and context window as the network knows them (local engine first,
+    /// then any peer that served it, even one gone quiet: a model that was served and is not
+    /// now is unavailable, 503, not unknown).
     fn model_facts(&self, model: &str) -> Option<(String, u32)> {
         if self.local_serves(model)
             && let Some(e) = &self.local
@@ -334,7 +336,12 @@ impl Gateway {
             let i = e.info();
             return Some((format!("sha256:{}", i.sha256), i.n_ctx));
         }
-        self.net.live_peers().iter().find_map(|p| {
+        let mut peers = self.net.peers();
+        // Live peers first.
+        let live: std::collections::HashSet<PeerId> =
+            self.net.live_peers().iter().map(|p| p.peer_id).collect();
+        peers.sort_by_key(|p| !live.contains(&p.peer_id));
+        peers.iter().find_map(|p| {
             p.status.as_ref().and_then(|s| {
                 s.models
                     .iter()
