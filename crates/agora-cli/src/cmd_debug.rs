@@ -12,8 +12,9 @@ use serde_json::json;
 
 #[derive(Subcommand, Debug)]
 pub enum DebugCommand {
-    /// Misbehave towards a worker: garbage frames, oversized frames, or a request flood.
-    /// Prints one JSON line saying whether the worker cut this peer off.
+    /// Misbehave towards a worker: garbage frames, oversized frames, a request flood, resumed
+    /// tokens the worker must refuse, or a false verdict gossiped against it. Prints one JSON
+    /// line saying whether the worker cut this peer off.
     Rogue(RogueArgs),
 }
 
@@ -24,6 +25,12 @@ pub enum RogueMode {
     Garbage,
     Oversized,
     Flood,
+    /// Requests whose resumed tokens are out of the vocabulary or as long as the context: the
+    /// worker must answer 400 (and not cut off a peer that sent well-formed frames).
+    BadResume,
+    /// Gossips a rejection verdict, signed by this peer's fresh key, naming the target: a
+    /// gateway must not condemn a worker on an untrusted validator's word.
+    FalseVerdict,
 }
 
 #[derive(Args, Debug)]
@@ -39,6 +46,12 @@ pub struct RogueArgs {
     /// Requests sent by `flood` (at most; it stops once cut off).
     #[arg(long, default_value_t = 50_000)]
     pub count: usize,
+    /// The model the target serves (`bad-resume` asks for it).
+    #[arg(long, default_value = agora_engine::catalog::DEFAULT_MODEL)]
+    pub model: String,
+    /// The target's context window in tokens (`bad-resume` resumes that many tokens).
+    #[arg(long, default_value_t = 2048)]
+    pub ctx: u32,
 }
 
 pub fn run(home: &Path, cmd: DebugCommand) -> Result<()> {
@@ -57,7 +70,9 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
         bail!("--target must end in /p2p/<peer id>");
     };
     let network = agora_node::network::network_id(home, a.network_file.as_deref())?;
-    let mut cfg = NetConfig::new(rand::random(), network);
+    // One fresh key per run: the network key and, for `false-verdict`, the statement signer.
+    let seed: [u8; 32] = rand::random();
+    let mut cfg = NetConfig::new(seed, network);
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     cfg.bootstrap = vec![a.target.clone()];
     cfg.mdns = false;
@@ -66,6 +81,7 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
     wait_connected(&h, target).await?;
     let started = Instant::now();
     let (mut sent, mut refused) = (0usize, 0usize);
+    let mut statuses: Vec<u16> = Vec::new();
     match a.mode {
         RogueMode::Polite => {
             let mut s = h.open(target, h.protocols().generate.clone()).await?;
@@ -121,6 +137,49 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
                 }
             }
         }
+        RogueMode::BadResume => {
+            let ctx = a.ctx.clamp(1, 1 << 20) as usize;
+            for (resume, max_tokens) in [(vec![u32::MAX - 7], Some(16)), (vec![1u32; ctx], None)] {
+                let mut req = probe_request();
+                req.model = a.model.clone();
+                req.job.max_tokens = max_tokens;
+                req.resume = resume;
+                let mut s = h.open(target, h.protocols().generate.clone()).await?;
+                s.send(&req).await?;
+                sent += 1;
+                // 0: no answer, or not an error frame.
+                statuses.push(
+                    match s.recv_timeout::<WorkerFrame>(Duration::from_secs(10)).await {
+                        Ok(Some(WorkerFrame::Error(e))) => e.status,
+                        _ => 0,
+                    },
+                );
+            }
+        }
+        RogueMode::FalseVerdict => {
+            let id = agora_core::Identity::from_seed(&seed);
+            let worker = agora_node::to_core_id(&target)
+                .ok_or_else(|| anyhow::anyhow!("the target is not an Ed25519 key"))?;
+            let verdict = agora_core::statement::Verdict {
+                receipt: agora_core::Sha256::of(&rand::random::<[u8; 32]>()),
+                worker: Some(worker),
+                validator: id.peer_id(),
+                accept: false,
+                stats: Default::default(),
+                reason: Some("token 3 differs".into()),
+                time: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            let envelope = agora_core::Statement::Verdict(verdict).sign(&id);
+            // Gossip needs the peers' subscriptions first (exchanged on connection, meshed at
+            // the next heartbeat, every second).
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            h.publish_verdict(envelope.to_json().into_bytes());
+            sent = 1;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
     // Cut off means: the worker closed the connection and will not take a new stream from us.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -146,7 +205,8 @@ async fn rogue(home: &Path, a: RogueArgs) -> Result<()> {
         "{}",
         json!({
             "mode": format!("{:?}", a.mode).to_lowercase(), "cut_off": cut_off, "sent": sent,
-            "refused_429": refused, "seconds": started.elapsed().as_secs_f64(),
+            "refused_429": refused, "statuses": statuses,
+            "seconds": started.elapsed().as_secs_f64(),
         })
     );
     net.task.abort();
@@ -178,6 +238,7 @@ fn probe_request() -> GenerateRequest {
             max_tokens: Some(1),
             stop: vec![],
             ignore_eos: false,
+            logit_bias: Default::default(),
         },
         resume: vec![],
     }

@@ -2,6 +2,7 @@
 
 mod cmd_bench;
 mod cmd_bench_net;
+mod cmd_bench_soak;
 mod cmd_bench_verify;
 mod cmd_chat;
 mod cmd_debug;
@@ -47,6 +48,9 @@ enum Command {
     Bench(cmd_bench::BenchArgs),
     /// Benchmark the network layer: gateway overhead on time to first token, routing throughput.
     BenchNet(cmd_bench_net::BenchNetArgs),
+    /// Soak a local network (gateway with a log, workers, a validator) under honest load and
+    /// hostile peers for a while: errors, latency, memory, and no honest worker condemned.
+    BenchSoak(cmd_bench_soak::BenchSoakArgs),
     /// The detection matrix (honest and cheating workers, checked by a verifier) and the costs
     /// of verifiability. Cheat modes need a build with the `cheat` feature.
     BenchVerify(cmd_bench_verify::BenchVerifyArgs),
@@ -82,6 +86,7 @@ fn main() {
         Command::Model(cmd) => cmd_model::run(&home, cmd),
         Command::Bench(args) => cmd_bench::run(&home, args),
         Command::BenchNet(args) => cmd_bench_net::run(&home, args),
+        Command::BenchSoak(args) => cmd_bench_soak::run(&home, args),
         Command::BenchVerify(args) => cmd_bench_verify::run(&home, args),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),
