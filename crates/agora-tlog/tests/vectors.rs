@@ -1,4 +1,4 @@
-//! The RFC 6962 conformance vectors of transparency-dev/merkle in `../shared/testdata/merkle/`:
+//! The RFC 6962 conformance vectors of transparency-dev/merkle in `testdata/merkle/` (copied from transparency-dev/merkle, Apache-2.0, with its LICENSE):
 //! every happy path verifies and every malformed case fails.
 
 #![allow(clippy::unwrap_used)]
@@ -13,7 +13,7 @@ fn vectors_dir() -> PathBuf {
     if let Ok(d) = std::env::var("AGORA_MERKLE_VECTORS") {
         return PathBuf::from(d);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/merkle")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/merkle")
 }
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
