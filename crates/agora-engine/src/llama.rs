@@ -27,6 +27,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::vocab::LlamaVocab;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::template::{ChatTemplate, Segment, TemplateError};
@@ -400,6 +401,23 @@ impl Seq {
         }
     }
 
+    /// What the scheduler sees of this sequence.
+    fn plan(&self) -> SeqPlan {
+        SeqPlan {
+            id: self.id,
+            kv: self.kv,
+            prefill_end: self.prefill_end,
+            feed_len: self.feed.len(),
+            kind: match &self.work {
+                Work::Gen(g) => Kind::Gen {
+                    hidden: g.req.capture.hidden,
+                    ready: self.next_input().is_some(),
+                },
+                Work::Score(_) => Kind::Score,
+            },
+        }
+    }
+
     fn wants_hidden(&self) -> bool {
         match &self.work {
             Work::Gen(g) => g.req.capture.hidden,
@@ -443,24 +461,151 @@ const PREFILL_CHUNK: usize = 512;
 /// 64 rows take other kernels.
 const OUTPUT_ROWS: usize = 48;
 
-/// One token of a batch: whose, where, and whether its row is read back.
-#[derive(Clone, Copy)]
+/// One token of a batch: whose (index into the step's sequences), where, and whether its row
+/// is read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
     seq: usize,
     pos: usize,
     output: bool,
 }
 
-fn add_all(
-    batch: &mut LlamaBatch<'_>,
-    seqs: &[Seq],
-    slots: &[Slot],
-    feed_token: impl Fn(&Seq, usize) -> u32,
-) -> bool {
+/// One llama.cpp call: its tokens, and whether hidden states are read back.
+#[derive(Debug, PartialEq, Eq)]
+struct Pass {
+    slots: Vec<Slot>,
+    hidden: bool,
+}
+
+/// What the scheduler needs to know of a sequence.
+#[derive(Clone, Copy, Debug)]
+struct SeqPlan {
+    id: i32,
+    /// Tokens in the KV cache.
+    kv: usize,
+    /// Feed up to here is prefilled (prompt chunks).
+    prefill_end: usize,
+    /// Tokens to put in the cache before generating (prompt, then resumed tokens).
+    feed_len: usize,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// A generation: whether it wants hidden states, and whether it has a token to feed next
+    /// (the last one it sampled) once its feed is in the cache.
+    Gen { hidden: bool, ready: bool },
+    /// A scoring pass: every row from `prefill_end` on is read back, with hidden states.
+    Score,
+}
+
+/// The scheduling rule, a pure function (verification depends on it). Every number llama.cpp
+/// computes for a sequence must depend only on that sequence's tokens, never on what else is
+/// running: that is what makes seeded sampling reproducible under load, a generation
+/// resumable elsewhere, and a proof checkable by one prefill. llama.cpp switches matrix kernels
+/// for micro-batches of 64 rows or more, so:
+/// - prompts are prefilled alone, in chunks aligned to [`PREFILL_CHUNK`] positions, one chunk
+///   of one sequence per step, taking turns (after `last_prefill`'s id, round robin);
+/// - everything else (the last prompt token, resumed tokens, sampled tokens, scored rows) goes
+///   in one output pass of at most [`OUTPUT_ROWS`] rows, where each row's numbers are those of
+///   decoding it alone; which sequences go first rotates with `rotate`.
+///
+/// `seqs` must be sorted by id. Returns the passes (prefill first) and the id whose prompt
+/// chunk is in this step, if any.
+fn plan(seqs: &[SeqPlan], last_prefill: i32, rotate: usize) -> (Vec<Pass>, Option<i32>) {
+    let mut passes = Vec::new();
+    let prefilling: Vec<usize> = (0..seqs.len())
+        .filter(|&i| seqs[i].kv < seqs[i].prefill_end)
+        .collect();
+    let mut prefilled = None;
+    if let Some(&first) = prefilling.first() {
+        let i = prefilling
+            .iter()
+            .copied()
+            .find(|&i| seqs[i].id > last_prefill)
+            .unwrap_or(first);
+        let s = &seqs[i];
+        prefilled = Some(s.id);
+        let chunk_end = ((s.kv / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(s.prefill_end);
+        passes.push(Pass {
+            slots: (s.kv..chunk_end)
+                .map(|pos| Slot {
+                    seq: i,
+                    pos,
+                    output: false,
+                })
+                .collect(),
+            hidden: false,
+        });
+    }
+    let mut rows: Vec<Slot> = Vec::new();
+    let mut budget = OUTPUT_ROWS;
+    let n = seqs.len();
+    for k in 0..n {
+        let i = (k + rotate) % n;
+        let s = &seqs[i];
+        if budget == 0 || s.kv < s.prefill_end {
+            continue;
+        }
+        match s.kind {
+            Kind::Gen { hidden, .. } if s.kv < s.feed_len => {
+                // Last prompt token, then resumed tokens; the last of them is sampled from.
+                // With hidden states, every row is read: it belongs to a resumed token.
+                let end = s.feed_len.min(s.kv + budget);
+                rows.extend((s.kv..end).map(|pos| Slot {
+                    seq: i,
+                    pos,
+                    output: pos + 1 == s.feed_len || hidden,
+                }));
+                budget -= end - s.kv;
+            }
+            Kind::Gen { ready, .. } => {
+                if ready {
+                    rows.push(Slot {
+                        seq: i,
+                        pos: s.kv,
+                        output: true,
+                    });
+                    budget -= 1;
+                }
+            }
+            Kind::Score => {
+                let end = s.feed_len.min(s.kv + budget);
+                rows.extend((s.kv..end).map(|pos| Slot {
+                    seq: i,
+                    pos,
+                    output: true,
+                }));
+                budget -= end - s.kv;
+            }
+        }
+    }
+    if !rows.is_empty() {
+        rows.sort_by_key(|sl| (seqs[sl.seq].id, sl.pos));
+        let hidden = rows.iter().any(|sl| {
+            sl.output
+                && match seqs[sl.seq].kind {
+                    Kind::Gen { hidden, .. } => hidden,
+                    Kind::Score => true,
+                }
+        });
+        passes.push(Pass {
+            slots: rows,
+            hidden,
+        });
+    }
+    (passes, prefilled)
+}
+
+fn add_all(batch: &mut LlamaBatch<'_>, seqs: &[Seq], slots: &[Slot]) -> bool {
     batch.clear();
     for sl in slots {
         let s = &seqs[sl.seq];
-        let tok = feed_token(s, sl.pos);
+        let tok = if sl.pos < s.feed.len() {
+            s.feed[sl.pos]
+        } else {
+            s.next_input().unwrap_or(0)
+        };
         if batch
             .add(LlamaToken(tok as i32), sl.pos as i32, &[s.id], sl.output)
             .is_err()
@@ -471,23 +616,17 @@ fn add_all(
     true
 }
 
-fn run_engine(
-    model: &LlamaModel,
+/// Creates the context on the engine thread and says whether that worked.
+fn open_context<'m>(
+    model: &'m LlamaModel,
     cfg: &LlamaConfig,
-    shared: &Shared,
-    jobs: &Receiver<Job>,
     ready: &SyncSender<Result<(), LoadError>>,
-) {
-    let ctx_err = |why: String| LoadError::Context {
-        ctx: cfg.ctx,
-        slots: cfg.slots,
-        why,
-    };
+) -> Option<(LlamaContext<'m>, usize)> {
     let backend = match backend() {
         Ok(b) => b,
         Err(e) => {
             let _ = ready.send(Err(e));
-            return;
+            return None;
         }
     };
     let n_ctx_total = cfg.ctx.saturating_mul(cfg.slots);
@@ -514,30 +653,149 @@ fn run_engine(
         .with_flash_attention_policy(1) // LLAMA_FLASH_ATTN_TYPE_ENABLED (not re-exported)
         .with_type_k(KvCacheType::BF16)
         .with_type_v(KvCacheType::BF16);
-    let mut ctx = match model.new_context(backend, params) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(ctx_err(e.to_string())));
-            return;
+    match model.new_context(backend, params) {
+        Ok(c) => {
+            let _ = ready.send(Ok(()));
+            Some((c, n_batch))
         }
-    };
-    let _ = ready.send(Ok(()));
-    let mut batch = LlamaBatch::new(n_batch, cfg.slots as i32);
-    let mut seqs: Vec<Seq> = Vec::with_capacity(cfg.slots as usize);
-    let mut free_ids: Vec<i32> = (0..cfg.slots as i32).rev().collect();
-    let vocab = model.vocab();
-    let n_embd = model.n_embd().max(0) as usize;
-    let mut closed = false;
-    let mut piece = Vec::with_capacity(64);
-    let mut embeddings_on = false;
-    let mut last_prefill = -1i32;
-    let mut rotate = 0usize;
-    let mut bias_scratch: Vec<f32> = Vec::new();
+        Err(e) => {
+            let _ = ready.send(Err(LoadError::Context {
+                ctx: cfg.ctx,
+                slots: cfg.slots,
+                why: e.to_string(),
+            }));
+            None
+        }
+    }
+}
 
+/// A job as a sequence in slot `id`, or `None` when its client already went away.
+fn admit(job: Job, id: i32, vocab: &LlamaVocab<'_>, piece: &mut Vec<u8>) -> Option<Seq> {
+    match job {
+        Job::Generate { req, tx } => {
+            if tx.is_closed() {
+                return None;
+            }
+            let mut text = TextStream::new(req.stop.clone());
+            // Replay what an earlier worker already sent, so held-back text and stop sequences
+            // spanning the resume point come out as in one run.
+            for &t in &req.resume {
+                let lt = LlamaToken(t as i32);
+                if !vocab.is_eog(lt) {
+                    piece.clear();
+                    vocab.token_to_piece_into(lt, piece, false, None);
+                    let _ = text.push(piece);
+                }
+            }
+            let mut feed = req.prompt.clone();
+            feed.extend_from_slice(&req.resume);
+            // The last prompt token and any resumed tokens go through output passes, exactly
+            // as they did (or would have) when generated.
+            let prefill_end = req.prompt.len().saturating_sub(1);
+            let generated = req.resume.clone();
+            let resumed = generated.len();
+            Some(Seq {
+                id,
+                feed,
+                kv: 0,
+                prefill_end,
+                work: Work::Gen(Box::new(GenState {
+                    req,
+                    tx,
+                    generated,
+                    resumed,
+                    text,
+                    sampler: Sampler::new(),
+                })),
+            })
+        }
+        Job::Score { req, sink, done } => {
+            if done.is_closed() {
+                return None;
+            }
+            Some(Seq {
+                id,
+                prefill_end: req.from.min(req.tokens.len()),
+                feed: req.tokens,
+                kv: 0,
+                work: Work::Score(ScoreState {
+                    sink,
+                    done: Some(done),
+                }),
+            })
+        }
+    }
+}
+
+/// The engine thread's state between steps.
+struct Loop<'m> {
+    vocab: LlamaVocab<'m>,
+    n_embd: usize,
+    seqs: Vec<Seq>,
+    free_ids: Vec<i32>,
+    closed: bool,
+    piece: Vec<u8>,
+    embeddings_on: bool,
+    last_prefill: i32,
+    rotate: usize,
+    bias_scratch: Vec<f32>,
+}
+
+fn run_engine(
+    model: &LlamaModel,
+    cfg: &LlamaConfig,
+    shared: &Shared,
+    jobs: &Receiver<Job>,
+    ready: &SyncSender<Result<(), LoadError>>,
+) {
+    let Some((mut ctx, n_batch)) = open_context(model, cfg, ready) else {
+        return;
+    };
+    let mut batch = LlamaBatch::new(n_batch, cfg.slots as i32);
+    let mut l = Loop {
+        vocab: model.vocab(),
+        n_embd: model.n_embd().max(0) as usize,
+        seqs: Vec::with_capacity(cfg.slots as usize),
+        free_ids: (0..cfg.slots as i32).rev().collect(),
+        closed: false,
+        piece: Vec::with_capacity(64),
+        embeddings_on: false,
+        last_prefill: -1,
+        rotate: 0,
+        bias_scratch: Vec::new(),
+    };
     loop {
-        // 1. Admit.
-        while !free_ids.is_empty() && !closed {
-            let next = if seqs.is_empty() {
+        l.admit(jobs, shared);
+        if l.seqs.is_empty() {
+            if l.closed {
+                return;
+            }
+            continue;
+        }
+        // Cancel sequences nobody listens to.
+        let Loop { seqs, free_ids, .. } = &mut l;
+        seqs.retain(|s| {
+            if s.closed() {
+                release(&mut ctx, s.id, free_ids);
+                false
+            } else {
+                true
+            }
+        });
+        shared.busy.store(l.seqs.len() as u32, Ordering::SeqCst);
+        if l.seqs.is_empty() {
+            continue;
+        }
+        l.step(&mut ctx, &mut batch);
+        shared.busy.store(l.seqs.len() as u32, Ordering::SeqCst);
+    }
+}
+
+impl Loop<'_> {
+    /// Takes queued jobs into free slots (waiting for one when nothing runs).
+    fn admit(&mut self, jobs: &Receiver<Job>, shared: &Shared) {
+        while !self.free_ids.is_empty() && !self.closed {
+            let next = if self.seqs.is_empty() {
                 jobs.recv().map_err(|_| TryRecvError::Disconnected)
             } else {
                 jobs.try_recv()
@@ -545,363 +803,384 @@ fn run_engine(
             match next {
                 Ok(job) => {
                     shared.queued.fetch_sub(1, Ordering::SeqCst);
-                    free_ids.sort_unstable_by(|a, b| b.cmp(a));
-                    let Some(id) = free_ids.pop() else { break };
-                    let seq = match job {
-                        Job::Generate { req, tx } => {
-                            if tx.is_closed() {
-                                free_ids.push(id);
-                                continue;
-                            }
-                            let mut text = TextStream::new(req.stop.clone());
-                            // Replay what an earlier worker already sent, so held-back text and
-                            // stop sequences spanning the resume point come out as in one run.
-                            for &t in &req.resume {
-                                let lt = LlamaToken(t as i32);
-                                if !vocab.is_eog(lt) {
-                                    piece.clear();
-                                    vocab.token_to_piece_into(lt, &mut piece, false, None);
-                                    let _ = text.push(&piece);
-                                }
-                            }
-                            let mut feed = req.prompt.clone();
-                            feed.extend_from_slice(&req.resume);
-                            // The last prompt token and any resumed tokens go through output
-                            // passes, exactly as they did (or would have) when generated.
-                            let prefill_end = req.prompt.len().saturating_sub(1);
-                            let generated = req.resume.clone();
-                            let resumed = generated.len();
-                            Seq {
-                                id,
-                                feed,
-                                kv: 0,
-                                prefill_end,
-                                work: Work::Gen(Box::new(GenState {
-                                    req,
-                                    tx,
-                                    generated,
-                                    resumed,
-                                    text,
-                                    sampler: Sampler::new(),
-                                })),
-                            }
+                    self.free_ids.sort_unstable_by(|a, b| b.cmp(a));
+                    let Some(id) = self.free_ids.pop() else { break };
+                    match admit(job, id, &self.vocab, &mut self.piece) {
+                        Some(seq) => {
+                            self.seqs.push(seq);
+                            shared.busy.store(self.seqs.len() as u32, Ordering::SeqCst);
                         }
-                        Job::Score { req, sink, done } => {
-                            if done.is_closed() {
-                                free_ids.push(id);
-                                continue;
-                            }
-                            Seq {
-                                id,
-                                prefill_end: req.from.min(req.tokens.len()),
-                                feed: req.tokens,
-                                kv: 0,
-                                work: Work::Score(ScoreState {
-                                    sink,
-                                    done: Some(done),
-                                }),
-                            }
-                        }
-                    };
-                    seqs.push(seq);
-                    shared.busy.store(seqs.len() as u32, Ordering::SeqCst);
+                        None => self.free_ids.push(id),
+                    }
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => closed = true,
+                Err(TryRecvError::Disconnected) => self.closed = true,
             }
         }
-        if seqs.is_empty() {
-            if closed {
-                return;
-            }
-            continue;
-        }
+    }
 
-        // 2. Cancel sequences nobody listens to.
-        seqs.retain(|s| {
-            if s.closed() {
-                release(&mut ctx, s.id, &mut free_ids);
-                false
-            } else {
-                true
-            }
-        });
-        shared.busy.store(seqs.len() as u32, Ordering::SeqCst);
-        if seqs.is_empty() {
-            continue;
+    /// Plans one step ([`plan`]), decodes its passes and hands out what they computed.
+    fn step(&mut self, ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch<'_>) {
+        self.seqs.sort_unstable_by_key(|s| s.id);
+        let view: Vec<SeqPlan> = self.seqs.iter().map(Seq::plan).collect();
+        let (passes, prefilled) = plan(&view, self.last_prefill, self.rotate);
+        if let Some(id) = prefilled {
+            self.last_prefill = id;
         }
-
-        // 3. Plan the step. Every number llama.cpp computes for a sequence must depend only on
-        //    that sequence's tokens, never on what else is running (that is what makes seeded
-        //    sampling reproducible under load, a generation resumable elsewhere, and a proof
-        //    checkable by one prefill). llama.cpp switches matrix kernels for micro-batches of
-        //    64 rows or more, so:
-        //    - prompts are prefilled alone, in chunks aligned to PREFILL_CHUNK positions, one
-        //      chunk of one sequence per step, taking turns;
-        //    - everything else (the last prompt token, resumed tokens, sampled tokens, scored
-        //      rows) goes in output passes of at most OUTPUT_ROWS rows, where each row's numbers
-        //      are those of decoding it alone.
-        seqs.sort_unstable_by_key(|s| s.id);
-        let mut passes: Vec<(Vec<Slot>, bool)> = Vec::new();
-        let prefilling: Vec<usize> = (0..seqs.len())
-            .filter(|&i| seqs[i].kv < seqs[i].prefill_end)
-            .collect();
-        if !prefilling.is_empty() {
-            let i = prefilling
-                .iter()
-                .copied()
-                .find(|&i| seqs[i].id > last_prefill)
-                .unwrap_or(prefilling[0]);
-            last_prefill = seqs[i].id;
-            let s = &seqs[i];
-            let chunk_end = ((s.kv / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(s.prefill_end);
-            passes.push((
-                (s.kv..chunk_end)
-                    .map(|pos| Slot {
-                        seq: i,
-                        pos,
-                        output: false,
-                    })
-                    .collect(),
-                false,
-            ));
-        }
-        let mut rows: Vec<Slot> = Vec::new();
-        let mut budget = OUTPUT_ROWS;
-        let n = seqs.len();
-        for k in 0..n {
-            let i = (k + rotate) % n;
-            let s = &seqs[i];
-            if budget == 0 || s.kv < s.prefill_end {
-                continue;
-            }
-            match &s.work {
-                Work::Gen(g) if s.kv < s.feed.len() => {
-                    // Last prompt token, then resumed tokens; the last of them is sampled from.
-                    // With hidden states, every row is read: it belongs to a resumed token.
-                    let end = s.feed.len().min(s.kv + budget);
-                    for pos in s.kv..end {
-                        let output = pos + 1 == s.feed.len() || g.req.capture.hidden;
-                        rows.push(Slot {
-                            seq: i,
-                            pos,
-                            output,
-                        });
-                    }
-                    budget -= end - s.kv;
-                }
-                Work::Gen(_) => {
-                    if s.next_input().is_some() {
-                        rows.push(Slot {
-                            seq: i,
-                            pos: s.kv,
-                            output: true,
-                        });
-                        budget -= 1;
-                    }
-                }
-                Work::Score(_) => {
-                    let end = s.feed.len().min(s.kv + budget);
-                    for pos in s.kv..end {
-                        rows.push(Slot {
-                            seq: i,
-                            pos,
-                            output: true,
-                        });
-                    }
-                    budget -= end - s.kv;
-                }
-            }
-        }
-        rotate = rotate.wrapping_add(1);
-        if !rows.is_empty() {
-            rows.sort_by_key(|sl| (seqs[sl.seq].id, sl.pos));
-            let hidden = rows
-                .iter()
-                .any(|sl| sl.output && seqs[sl.seq].wants_hidden());
-            passes.push((rows, hidden));
-        }
-
-        // 4. Decode and read back. A pass that fails is decoded again one sequence at a time,
-        //    so that a failure fails only the sequence that causes it (an output row's numbers
-        //    do not depend on the rest of the pass, so splitting changes none of them).
+        self.rotate = self.rotate.wrapping_add(1);
+        // A pass that fails is decoded again one sequence at a time, so that a failure fails
+        // only the sequence that causes it (an output row's numbers do not depend on the rest
+        // of the pass, so splitting changes none of them).
         let mut finished: Vec<i32> = Vec::new();
-        let mut passes: VecDeque<(Vec<Slot>, bool)> = passes.into();
-        while let Some((slots, hidden)) = passes.pop_front() {
-            if slots.is_empty() || slots.iter().all(|sl| finished.contains(&seqs[sl.seq].id)) {
+        let mut passes: VecDeque<Pass> = passes.into();
+        while let Some(pass) = passes.pop_front() {
+            if pass.slots.is_empty()
+                || pass
+                    .slots
+                    .iter()
+                    .all(|sl| finished.contains(&self.seqs[sl.seq].id))
+            {
                 continue;
             }
-            if hidden != embeddings_on {
-                ctx.set_embeddings(hidden);
-                embeddings_on = hidden;
+            if pass.hidden != self.embeddings_on {
+                ctx.set_embeddings(pass.hidden);
+                self.embeddings_on = pass.hidden;
             }
-            let feed_token = |s: &Seq, pos: usize| -> u32 {
-                if pos < s.feed.len() {
-                    s.feed[pos]
-                } else {
-                    s.next_input().unwrap_or(0)
-                }
-            };
-            let added = add_all(&mut batch, &seqs, &slots, feed_token);
-            let decoded = if added {
-                ctx.decode(&mut batch).map_err(|e| e.to_string())
+            let decoded = if add_all(batch, &self.seqs, &pass.slots) {
+                ctx.decode(batch).map_err(|e| e.to_string())
             } else {
                 Err("batch overflow".into())
             };
-            if let Err(e) = decoded {
-                let mut owners: Vec<usize> = slots.iter().map(|sl| sl.seq).collect();
-                owners.dedup();
-                // Whatever the failed call left of these positions in the cache goes.
-                for &i in &owners {
-                    let from = slots.iter().filter(|sl| sl.seq == i).map(|sl| sl.pos).min();
-                    let _ = ctx.clear_kv_cache_seq(
-                        Some(seqs[i].id as u32),
-                        from.map(|p| p as u32),
-                        None,
-                    );
-                }
-                if owners.len() == 1 {
-                    let s = &mut seqs[owners[0]];
-                    s.fail(SubmitError::Decode(e).to_string());
-                    finished.push(s.id);
-                } else {
-                    for (k, &i) in owners.iter().enumerate() {
-                        let alone: Vec<Slot> =
-                            slots.iter().filter(|sl| sl.seq == i).copied().collect();
-                        let wants = alone.iter().any(|sl| sl.output && seqs[i].wants_hidden());
-                        passes.insert(k, (alone, hidden && wants));
+            match decoded {
+                Ok(()) => {
+                    for (bi, sl) in pass.slots.iter().enumerate() {
+                        self.read_back(ctx, bi as i32, *sl, &mut finished);
                     }
                 }
-                continue;
-            }
-            for (bi, sl) in slots.iter().enumerate() {
-                let s = &mut seqs[sl.seq];
-                s.kv = s.kv.max(sl.pos + 1);
-                if !sl.output || finished.contains(&s.id) {
-                    continue;
-                }
-                let bi = bi as i32;
-                match &mut s.work {
-                    Work::Score(st) => {
-                        let logits = ctx.get_logits_ith(bi);
-                        let hidden = ctx
-                            .embeddings_ith(bi)
-                            .map(|h| &h[..n_embd.min(h.len())])
-                            .unwrap_or(&[]);
-                        st.sink.row(sl.pos, hidden, logits);
-                        if s.kv == s.feed.len() {
-                            if let Some(d) = st.done.take() {
-                                let _ = d.send(Ok(()));
-                            }
-                            finished.push(s.id);
-                        }
-                    }
-                    Work::Gen(g) if sl.pos + 1 < s.feed.len() => {
-                        // A resumed token's row: hand out its hidden state, sample nothing.
-                        let index = sl.pos + 1 - g.req.prompt.len();
-                        let hidden = ctx
-                            .embeddings_ith(bi)
-                            .ok()
-                            .map(|h| h[..n_embd.min(h.len())].to_vec());
-                        let ev = TokenEvent {
-                            id: g.generated[index],
-                            index: index as u32,
-                            text: String::new(),
-                            hidden,
-                            logits: None,
-                        };
-                        if g.tx.try_send(Event::Replayed(ev)).is_err() {
-                            finished.push(s.id);
-                        }
-                    }
-                    Work::Gen(g) => {
-                        let logits = ctx.get_logits_ith(bi);
-                        let position = g.generated.len() as u64;
-                        let biased =
-                            agora_sampling::with_bias(logits, &g.req.logit_bias, &mut bias_scratch);
-                        let Some(token) = g.sampler.sample(biased, &g.req.params, position) else {
-                            let _ = g.tx.try_send(Event::Error(
-                                "the model produced no finite logit".into(),
-                            ));
-                            finished.push(s.id);
-                            continue;
-                        };
-                        let hidden = if g.req.capture.hidden {
-                            ctx.embeddings_ith(bi)
-                                .ok()
-                                .map(|h| h[..n_embd.min(h.len())].to_vec())
-                        } else {
-                            None
-                        };
-                        let logits_out = g.req.capture.logits.then(|| logits.to_vec());
-                        g.generated.push(token);
-                        let lt = LlamaToken(token as i32);
-                        let eog = vocab.is_eog(lt) && !g.req.ignore_eos;
-                        let mut stop_hit = false;
-                        let text = if eog {
-                            String::new()
-                        } else {
-                            piece.clear();
-                            vocab.token_to_piece_into(lt, &mut piece, false, None);
-                            match g.text.push(&piece) {
-                                Step::Text(t) => t,
-                                Step::Stop(t) => {
-                                    stop_hit = true;
-                                    t
-                                }
-                            }
-                        };
-                        let index = g.generated.len() as u32 - 1;
-                        let ev = Event::Token(TokenEvent {
-                            id: token,
-                            index,
-                            text,
-                            hidden,
-                            logits: logits_out,
-                        });
-                        if g.tx.try_send(ev).is_err() {
-                            finished.push(s.id);
-                            continue;
-                        }
-                        let reason = if eog || stop_hit {
-                            Some(FinishReason::Stop)
-                        } else if g.generated.len() as u32 >= g.req.max_tokens {
-                            Some(FinishReason::Length)
-                        } else {
-                            None
-                        };
-                        if let Some(reason) = reason {
-                            let tail = if stop_hit {
-                                String::new()
-                            } else {
-                                g.text.finish()
-                            };
-                            let _ = g.tx.try_send(Event::Done(Finish {
-                                reason,
-                                prompt_tokens: g.req.prompt.len() as u32,
-                                completion_tokens: g.generated.len() as u32,
-                                tail,
-                                tokens: g.generated.clone(),
-                                attestation: None,
-                            }));
-                            finished.push(s.id);
-                        }
-                    }
-                }
+                Err(e) => self.isolate(ctx, pass, e, &mut passes, &mut finished),
             }
         }
         if !finished.is_empty() {
-            seqs.retain(|s| !finished.contains(&s.id));
+            self.seqs.retain(|s| !finished.contains(&s.id));
             for id in finished {
-                release(&mut ctx, id, &mut free_ids);
+                release(ctx, id, &mut self.free_ids);
             }
-            shared.busy.store(seqs.len() as u32, Ordering::SeqCst);
         }
     }
+
+    /// After a failed pass: its positions leave the cache; a single sequence's pass fails that
+    /// sequence, a shared one is queued again as one pass per sequence.
+    fn isolate(
+        &mut self,
+        ctx: &mut LlamaContext<'_>,
+        pass: Pass,
+        e: String,
+        passes: &mut VecDeque<Pass>,
+        finished: &mut Vec<i32>,
+    ) {
+        let mut owners: Vec<usize> = pass.slots.iter().map(|sl| sl.seq).collect();
+        owners.dedup();
+        for &i in &owners {
+            let from = pass
+                .slots
+                .iter()
+                .filter(|sl| sl.seq == i)
+                .map(|sl| sl.pos)
+                .min();
+            let _ =
+                ctx.clear_kv_cache_seq(Some(self.seqs[i].id as u32), from.map(|p| p as u32), None);
+        }
+        if let [only] = owners[..] {
+            let s = &mut self.seqs[only];
+            s.fail(SubmitError::Decode(e).to_string());
+            finished.push(s.id);
+            return;
+        }
+        for (k, &i) in owners.iter().enumerate() {
+            let alone: Vec<Slot> = pass
+                .slots
+                .iter()
+                .filter(|sl| sl.seq == i)
+                .copied()
+                .collect();
+            let wants = alone
+                .iter()
+                .any(|sl| sl.output && self.seqs[i].wants_hidden());
+            passes.insert(
+                k,
+                Pass {
+                    slots: alone,
+                    hidden: pass.hidden && wants,
+                },
+            );
+        }
+    }
+
+    /// Hands out the row `bi` of the last decode, which belongs to `sl`.
+    fn read_back(
+        &mut self,
+        ctx: &mut LlamaContext<'_>,
+        bi: i32,
+        sl: Slot,
+        finished: &mut Vec<i32>,
+    ) {
+        let n_embd = self.n_embd;
+        let s = &mut self.seqs[sl.seq];
+        s.kv = s.kv.max(sl.pos + 1);
+        if !sl.output || finished.contains(&s.id) {
+            return;
+        }
+        let hidden_row = |ctx: &LlamaContext<'_>| {
+            ctx.embeddings_ith(bi)
+                .ok()
+                .map(|h| h[..n_embd.min(h.len())].to_vec())
+        };
+        match &mut s.work {
+            Work::Score(st) => {
+                let logits = ctx.get_logits_ith(bi);
+                let hidden = ctx
+                    .embeddings_ith(bi)
+                    .map(|h| &h[..n_embd.min(h.len())])
+                    .unwrap_or(&[]);
+                st.sink.row(sl.pos, hidden, logits);
+                if s.kv == s.feed.len() {
+                    if let Some(d) = st.done.take() {
+                        let _ = d.send(Ok(()));
+                    }
+                    finished.push(s.id);
+                }
+            }
+            Work::Gen(g) if sl.pos + 1 < s.feed.len() => {
+                // A resumed token's row: hand out its hidden state, sample nothing.
+                let index = sl.pos + 1 - g.req.prompt.len();
+                let ev = TokenEvent {
+                    id: g.generated[index],
+                    index: index as u32,
+                    text: String::new(),
+                    hidden: hidden_row(ctx),
+                    logits: None,
+                };
+                if g.tx.try_send(Event::Replayed(ev)).is_err() {
+                    finished.push(s.id);
+                }
+            }
+            Work::Gen(g) => {
+                let hidden = if g.req.capture.hidden {
+                    hidden_row(ctx)
+                } else {
+                    None
+                };
+                let logits = ctx.get_logits_ith(bi);
+                let done = sample(
+                    g,
+                    logits,
+                    hidden,
+                    &self.vocab,
+                    &mut self.piece,
+                    &mut self.bias_scratch,
+                );
+                if done {
+                    finished.push(s.id);
+                }
+            }
+        }
+    }
+}
+
+/// Samples a generation's next token from `logits` and sends its event (and `Done` when it
+/// ends). Returns whether the generation is over.
+fn sample(
+    g: &mut GenState,
+    logits: &[f32],
+    hidden: Option<Vec<f32>>,
+    vocab: &LlamaVocab<'_>,
+    piece: &mut Vec<u8>,
+    bias_scratch: &mut Vec<f32>,
+) -> bool {
+    let position = g.generated.len() as u64;
+    let biased = agora_sampling::with_bias(logits, &g.req.logit_bias, bias_scratch);
+    let Some(token) = g.sampler.sample(biased, &g.req.params, position) else {
+        let _ =
+            g.tx.try_send(Event::Error("the model produced no finite logit".into()));
+        return true;
+    };
+    let logits_out = g.req.capture.logits.then(|| logits.to_vec());
+    g.generated.push(token);
+    let lt = LlamaToken(token as i32);
+    let eog = vocab.is_eog(lt) && !g.req.ignore_eos;
+    let mut stop_hit = false;
+    let text = if eog {
+        String::new()
+    } else {
+        piece.clear();
+        vocab.token_to_piece_into(lt, piece, false, None);
+        match g.text.push(piece) {
+            Step::Text(t) => t,
+            Step::Stop(t) => {
+                stop_hit = true;
+                t
+            }
+        }
+    };
+    let ev = Event::Token(TokenEvent {
+        id: token,
+        index: g.generated.len() as u32 - 1,
+        text,
+        hidden,
+        logits: logits_out,
+    });
+    if g.tx.try_send(ev).is_err() {
+        return true;
+    }
+    let reason = if eog || stop_hit {
+        FinishReason::Stop
+    } else if g.generated.len() as u32 >= g.req.max_tokens {
+        FinishReason::Length
+    } else {
+        return false;
+    };
+    let tail = if stop_hit {
+        String::new()
+    } else {
+        g.text.finish()
+    };
+    let _ = g.tx.try_send(Event::Done(Finish {
+        reason,
+        prompt_tokens: g.req.prompt.len() as u32,
+        completion_tokens: g.generated.len() as u32,
+        tail,
+        tokens: g.generated.clone(),
+        attestation: None,
+    }));
+    true
 }
 
 /// Frees a sequence's KV cells and its slot id.
 fn release(ctx: &mut LlamaContext<'_>, id: i32, free_ids: &mut Vec<i32>) {
     let _ = ctx.clear_kv_cache_seq(Some(id as u32), None, None);
     free_ids.push(id);
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn generating(id: i32, kv: usize, prompt: usize, resumed: usize, hidden: bool) -> SeqPlan {
+        SeqPlan {
+            id,
+            kv,
+            prefill_end: prompt - 1,
+            feed_len: prompt + resumed,
+            kind: Kind::Gen {
+                hidden,
+                ready: kv >= prompt + resumed,
+            },
+        }
+    }
+
+    fn score(id: i32, kv: usize, from: usize, len: usize) -> SeqPlan {
+        SeqPlan {
+            id,
+            kv,
+            prefill_end: from,
+            feed_len: len,
+            kind: Kind::Score,
+        }
+    }
+
+    /// Each pass's sequences (by id).
+    fn owners(p: &Pass, seqs: &[SeqPlan]) -> Vec<i32> {
+        let mut v: Vec<i32> = p.slots.iter().map(|s| seqs[s.seq].id).collect();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn a_prompt_is_prefilled_alone_in_aligned_chunks() {
+        // Two prompts waiting, one generation decoding.
+        let seqs = [
+            generating(0, 700, 1300, 0, true),
+            generating(1, 0, 40, 0, false),
+            generating(2, 90, 50, 0, false),
+        ];
+        let (passes, prefilled) = plan(&seqs, -1, 0);
+        // The prefill pass holds one sequence's tokens only, from its cache up to the next
+        // multiple of 512 (sequence 0: 700..1024), and reads nothing back.
+        let p = &passes[0];
+        assert_eq!(owners(p, &seqs), vec![0]);
+        assert_eq!(p.slots.first().map(|s| s.pos), Some(700));
+        assert_eq!(p.slots.last().map(|s| s.pos), Some(1023));
+        assert!(p.slots.iter().all(|s| !s.output) && !p.hidden);
+        assert_eq!(prefilled, Some(0));
+        // The output pass has only the decoding sequence, not a prompt being prefilled.
+        assert_eq!(owners(&passes[1], &seqs), vec![2]);
+        // Turns: next step, the other prompt.
+        let (passes, prefilled) = plan(&seqs, 0, 1);
+        assert_eq!(owners(&passes[0], &seqs), vec![1]);
+        assert_eq!(passes[0].slots.len(), 39);
+        assert_eq!(prefilled, Some(1));
+        // And back to the first.
+        let (_, prefilled) = plan(&seqs, 1, 2);
+        assert_eq!(prefilled, Some(0));
+    }
+
+    #[test]
+    fn output_passes_never_exceed_48_rows() {
+        // 8 generations each resuming 30 tokens (hidden states on: every row read), and a
+        // scoring pass of 500 rows: 8 × 31 + 500 rows would be wanted.
+        let mut seqs: Vec<SeqPlan> = (0..8).map(|i| generating(i, 9, 10, 30, true)).collect();
+        seqs.push(score(8, 0, 0, 500));
+        for rotate in 0..20 {
+            let (passes, _) = plan(&seqs, -1, rotate);
+            assert_eq!(passes.len(), 1, "no prompt to prefill: one output pass");
+            let p = &passes[0];
+            assert!(p.slots.len() <= OUTPUT_ROWS, "{} rows", p.slots.len());
+            assert_eq!(p.slots.len(), OUTPUT_ROWS, "the budget is used");
+            // Rows are in (id, position) order, positions consecutive per sequence from its
+            // cache.
+            let mut by_seq: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for s in &p.slots {
+                by_seq.entry(s.seq).or_default().push(s.pos);
+            }
+            for (i, pos) in by_seq {
+                assert_eq!(pos[0], seqs[i].kv);
+                assert!(pos.windows(2).all(|w| w[1] == w[0] + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn rows_read_back_are_the_ones_sampled_or_captured() {
+        // No hidden states: of the last prompt token and resumed tokens, only the last row is
+        // read (it is sampled from); decoding sequences have one row each.
+        let seqs = [
+            generating(0, 9, 10, 3, false),
+            generating(1, 20, 10, 0, false),
+        ];
+        let (passes, _) = plan(&seqs, -1, 0);
+        let p = &passes[0];
+        let read: Vec<(i32, usize)> = p
+            .slots
+            .iter()
+            .filter(|s| s.output)
+            .map(|s| (seqs[s.seq].id, s.pos))
+            .collect();
+        assert_eq!(read, vec![(0, 12), (1, 20)]);
+        assert!(!p.hidden);
+        // With hidden states every resumed row is read, and the pass asks for them.
+        let seqs = [generating(0, 9, 10, 3, true)];
+        let (passes, _) = plan(&seqs, -1, 0);
+        assert!(passes[0].slots.iter().all(|s| s.output) && passes[0].hidden);
+        // A generation with nothing to feed yet (waiting for its first sample) gets no row.
+        let idle = SeqPlan {
+            kind: Kind::Gen {
+                hidden: false,
+                ready: false,
+            },
+            ..generating(0, 10, 10, 0, false)
+        };
+        assert!(plan(&[idle], -1, 0).0.is_empty());
+    }
 }
