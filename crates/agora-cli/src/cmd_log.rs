@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_api::tlog::hammer::{self, HammerConfig};
-use agora_api::tlog::{HttpWitnessTransport, LogClient, log_router, witness_router};
+use agora_api::tlog::{HttpWitnessTransport, LogClient};
 use agora_core::Envelope;
 use agora_core::statement::{Proven, Statement};
 use agora_log::{Accept, Log, LogConfig, Quota, Quotas, Witness};
@@ -22,28 +22,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::cmd_identity::load_identity;
-
-/// Parse `1s`, `250ms`, `2m` or plain seconds (`0.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 250ms)"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(v * mult))
-}
+use crate::parse_duration;
 
 /// Parse a byte count: `1GiB`, `500MiB`, `64KiB`, `1GB`, `10MB`, `2kB` or plain bytes.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -119,7 +98,7 @@ pub enum LogCommand {
     /// Load generator: append entries at a rate and report throughput and latency
     Hammer(HammerArgs),
     /// Benchmark the log on this machine and print the figures with their conditions
-    Bench(BenchArgs),
+    Bench(crate::cmd_log_bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,22 +298,6 @@ pub struct HammerArgs {
     pub checkpoint_latency: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Seconds of sustained appends
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Concurrent connections of the load generator
-    #[arg(long, default_value_t = 512)]
-    pub concurrency: usize,
-    /// Rate of the latency run (entries/s)
-    #[arg(long, default_value_t = 10_000.0)]
-    pub latency_rate: f64,
-    /// Directory for the temporary database
-    #[arg(long, default_value = "/var/tmp")]
-    pub dir: PathBuf,
-}
-
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -495,11 +458,12 @@ fn serve_log(home: &Path, a: ServeArgs) -> anyhow::Result<()> {
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        axum::serve(
+        agora_api::serve_log(
             listener,
-            log_router(log.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+            log.clone(),
+            &agora_api::ApiConfig::default(),
+            shutdown_signal(),
         )
-        .with_graceful_shutdown(shutdown_signal())
         .await?;
         tokio::task::spawn_blocking(move || log.shutdown()).await?;
         Ok(())
@@ -532,9 +496,13 @@ fn serve_witness(home: &Path, a: WitnessServeArgs) -> anyhow::Result<()> {
         println!("vkey {}", witness.vkey());
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        axum::serve(listener, witness_router(witness))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        agora_api::serve_witness(
+            listener,
+            witness,
+            &agora_api::ApiConfig::default(),
+            shutdown_signal(),
+        )
+        .await?;
         Ok(())
     })
 }
@@ -698,27 +666,6 @@ fn check_pair(client: &LogClient, a: (u64, Hash), b: (u64, Hash)) -> anyhow::Res
         .map_err(|e| anyhow::anyhow!("INCONSISTENT: size {} and size {}: {e}", old.0, new.0))
 }
 
-fn bench(a: BenchArgs) -> anyhow::Result<()> {
+fn bench(a: crate::cmd_log_bench::BenchArgs) -> anyhow::Result<()> {
     crate::cmd_log_bench::run(a)
-}
-
-/// Start a log in-process on a free loopback port (used by the benchmark).
-pub async fn start_log(
-    dir: &Path,
-    config: LogConfig,
-) -> anyhow::Result<(Log, SocketAddr, tokio::sync::oneshot::Sender<()>)> {
-    let id = agora_core::Identity::generate(&mut rand::rngs::OsRng);
-    let log = Log::open(&dir.join("log.redb"), &id, config, None)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let router = log_router(log.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    Ok((log, addr, tx))
 }

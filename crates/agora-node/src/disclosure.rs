@@ -20,7 +20,43 @@ use agora_tlog::checkpoint::SignedCheckpoint;
 use agora_tlog::note::Vkey;
 
 use crate::proto::Selection;
-use crate::validator::TrustedValidators;
+
+use std::collections::HashSet;
+
+use agora_core::PeerId;
+
+/// Validators whose verdicts a gateway acts on without re-checking, and to whom it releases
+/// transcripts (`agora node --trust-validator`). Empty by default: then only rejections this
+/// gateway re-checked itself count.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedValidators(HashSet<PeerId>);
+
+impl TrustedValidators {
+    pub fn only(keys: impl IntoIterator<Item = PeerId>) -> Self {
+        Self(keys.into_iter().collect())
+    }
+
+    pub fn trusts(&self, validator: &PeerId) -> bool {
+        self.0.contains(validator)
+    }
+
+    /// Whether the network peer `peer` is one of these validators.
+    pub fn trusts_peer(&self, peer: &agora_net::PeerId) -> bool {
+        crate::to_core_id(peer).is_some_and(|p| self.trusts(&p))
+    }
+
+    pub fn insert(&mut self, validator: PeerId) {
+        self.0.insert(validator);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// Most hashes an inclusion proof can have (a tree of 2^64 leaves).
 const MAX_PROOF: usize = 64;

@@ -27,10 +27,10 @@ use tracing::{debug, info, warn};
 
 use crate::attest::Attestor;
 use crate::convert::api_error;
+use crate::disclosure::TrustedValidators;
 use crate::proto::{GenerateRequest, WorkerFrame};
 use crate::reputation::{Reputation, Reputations};
 use crate::transcript::{Transcript, TranscriptStore};
-use crate::validator::TrustedValidators;
 
 /// Gateway settings.
 #[derive(Clone, Debug)]

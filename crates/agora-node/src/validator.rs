@@ -27,6 +27,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+pub use crate::disclosure::TrustedValidators;
 use crate::gateway::Gateway;
 use crate::proto::{Selection, TranscriptRequest};
 use crate::reputation::PROBATION_VERDICTS;
@@ -359,39 +360,6 @@ async fn ask_transcript(
 fn sha2_digest(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
-}
-
-/// Validators whose verdicts a gateway acts on without re-checking, and to whom it releases
-/// transcripts (`agora node --trust-validator`). Empty by default: then only rejections this
-/// gateway re-checked itself count.
-#[derive(Clone, Debug, Default)]
-pub struct TrustedValidators(HashSet<PeerId>);
-
-impl TrustedValidators {
-    pub fn only(keys: impl IntoIterator<Item = PeerId>) -> Self {
-        Self(keys.into_iter().collect())
-    }
-
-    pub fn trusts(&self, validator: &PeerId) -> bool {
-        self.0.contains(validator)
-    }
-
-    /// Whether the network peer `peer` is one of these validators.
-    pub fn trusts_peer(&self, peer: &agora_net::PeerId) -> bool {
-        crate::to_core_id(peer).is_some_and(|p| self.trusts(&p))
-    }
-
-    pub fn insert(&mut self, validator: PeerId) {
-        self.0.insert(validator);
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// A gossiped verdict that could be acted upon: a verdict statement signed by the validator it

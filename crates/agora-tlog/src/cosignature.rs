@@ -1,38 +1,12 @@
 //! c2sp.org/tlog-cosignature: `cosignature/v1`, timestamped Ed25519 witness cosignatures.
 
-use ed25519_dalek::{Signature as EdSignature, Signer as _, SigningKey};
+use ed25519_dalek::{Signer as _, SigningKey};
 use std::fmt;
 
 use crate::note::{KeyType, NoteSignature, Vkey, is_valid_key_name, key_id};
 use crate::{Error, Result};
 
-/// The fixed header line of the signed message.
-pub const HEADER: &str = "cosignature/v1";
-
-/// The message a cosigner signs: `cosignature/v1\ntime <t>\n` followed by the checkpoint text.
-pub fn signed_message(checkpoint_text: &[u8], timestamp: u64) -> Vec<u8> {
-    let mut m = format!("{HEADER}\ntime {timestamp}\n").into_bytes();
-    m.extend_from_slice(checkpoint_text);
-    m
-}
-
-/// Split a 72-byte `timestamped_signature` into its timestamp and Ed25519 signature.
-pub fn split_timestamped(sig: &[u8]) -> Result<(u64, EdSignature)> {
-    if sig.len() != 72 {
-        return Err(Error::MalformedCosignature(
-            "timestamped signature must be 72 bytes",
-        ));
-    }
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&sig[..8]);
-    let ts = u64::from_be_bytes(ts);
-    if ts > i64::MAX as u64 {
-        return Err(Error::MalformedCosignature("timestamp exceeds 2^63 - 1"));
-    }
-    let s = EdSignature::from_slice(&sig[8..])
-        .map_err(|_| Error::MalformedCosignature("bad Ed25519 signature"))?;
-    Ok((ts, s))
-}
+pub use crate::note::{HEADER, signed_message, split_timestamped};
 
 /// The timestamp of a cosignature line.
 pub fn timestamp(sig: &NoteSignature) -> Result<u64> {

@@ -146,10 +146,10 @@ impl Vkey {
                 self.key.verify_strict(text, &sig).is_ok()
             }
             KeyType::CosignatureV1 => {
-                let Ok((ts, sig)) = crate::cosignature::split_timestamped(sig) else {
+                let Ok((ts, sig)) = split_timestamped(sig) else {
                     return false;
                 };
-                let msg = crate::cosignature::signed_message(text, ts);
+                let msg = signed_message(text, ts);
                 self.key.verify_strict(&msg, &sig).is_ok()
             }
         }
@@ -416,6 +416,37 @@ impl Note {
         }
         Ok(verified)
     }
+}
+
+// The cosignature/v1 message format (c2sp.org/tlog-cosignature), here because verifying a
+// cosignature is part of verifying a note; `cosignature` re-exports it.
+
+/// The fixed header line of the signed message.
+pub const HEADER: &str = "cosignature/v1";
+
+/// The message a cosigner signs: `cosignature/v1\ntime <t>\n` followed by the checkpoint text.
+pub fn signed_message(checkpoint_text: &[u8], timestamp: u64) -> Vec<u8> {
+    let mut m = format!("{HEADER}\ntime {timestamp}\n").into_bytes();
+    m.extend_from_slice(checkpoint_text);
+    m
+}
+
+/// Split a 72-byte `timestamped_signature` into its timestamp and Ed25519 signature.
+pub fn split_timestamped(sig: &[u8]) -> Result<(u64, EdSignature)> {
+    if sig.len() != 72 {
+        return Err(Error::MalformedCosignature(
+            "timestamped signature must be 72 bytes",
+        ));
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&sig[..8]);
+    let ts = u64::from_be_bytes(ts);
+    if ts > i64::MAX as u64 {
+        return Err(Error::MalformedCosignature("timestamp exceeds 2^63 - 1"));
+    }
+    let s = EdSignature::from_slice(&sig[8..])
+        .map_err(|_| Error::MalformedCosignature("bad Ed25519 signature"))?;
+    Ok((ts, s))
 }
 
 #[cfg(test)]
