@@ -173,7 +173,9 @@ pub struct HttpServer {
     listener: TcpListener,
     router: Router,
     cfg: ApiConfig,
-    state: Arc<AppState>,
+    /// Connections refused beyond the cap, and open now.
+    refused: prometheus_client::metrics::counter::Counter,
+    open: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Binds the API for `backend` on `addr` (port 0 picks a free port; see [`HttpServer::addr`]).
@@ -210,11 +212,53 @@ pub async fn bind_with_log(
         listener,
         router,
         cfg: cfg.clone(),
-        state,
+        refused: state.metrics.connections_refused.clone(),
+        open: state.metrics.connections_open.clone(),
     })
 }
 
+/// Serves a transparency log's routes alone (`agora log serve`) on `listener`, with the same
+/// connection cap and timeouts as the API, until `shutdown` resolves.
+pub async fn serve_log(
+    listener: TcpListener,
+    log: agora_log::Log,
+    cfg: &ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    HttpServer::from_router(listener, tlog::log_router(log), cfg)?
+        .serve(shutdown)
+        .await
+}
+
+/// Serves a witness's routes alone (`agora witness serve`), like [`serve_log`].
+pub async fn serve_witness(
+    listener: TcpListener,
+    witness: Arc<agora_log::Witness>,
+    cfg: &ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    HttpServer::from_router(listener, tlog::witness_router(witness), cfg)?
+        .serve(shutdown)
+        .await
+}
+
 impl HttpServer {
+    /// A server for any `router` on an already bound `listener` (its own connection metrics).
+    fn from_router(
+        listener: TcpListener,
+        router: Router,
+        cfg: &ApiConfig,
+    ) -> std::io::Result<Self> {
+        Ok(HttpServer {
+            addr: listener.local_addr()?,
+            listener,
+            router,
+            cfg: cfg.clone(),
+            refused: Default::default(),
+            open: Default::default(),
+        })
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, lets the responses in flight
     /// (streams included) finish, closes idle connections, and returns once every connection
     /// is closed.
@@ -234,10 +278,10 @@ impl HttpServer {
             listener,
             router,
             cfg,
-            state,
+            refused,
+            open: open_gauge,
             ..
         } = self;
-        let metrics = &state.metrics;
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(cfg.header_timeout)
@@ -267,7 +311,7 @@ impl HttpServer {
                 },
             };
             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                metrics.connections_refused.inc();
+                refused.inc();
                 refuse(stream, &refusals, refusal.clone());
                 continue;
             };
@@ -283,7 +327,7 @@ impl HttpServer {
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
             let mut stop = stop_rx.clone();
-            let open = metrics.connections_open.clone();
+            let open = open_gauge.clone();
             open.inc();
             tokio::spawn(async move {
                 let mut conn = std::pin::pin!(conn);
