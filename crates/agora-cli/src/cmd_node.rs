@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use agora_engine::{EchoEngine, Engine, catalog};
 use agora_net::Multiaddr;
-use agora_node::{Gateway, GatewayConfig, NodeConfig, P2pOptions, Speed, WorkerLimits};
+use agora_node::daemon::{Daemon, DaemonConfig, GatewayRole, ValidatorRole};
+use agora_node::{GatewayConfig, NodeConfig, P2pOptions, WorkerLimits};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
@@ -217,187 +218,54 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         }
         attestor.with_cheat(args.cheat.clone())
     };
+    let mut trusted =
+        agora_node::validator::TrustedValidators::only(args.trust_validator.iter().cloned());
+    if args.validator {
+        trusted.insert(identity.peer_id());
+    }
+    let gateway = (!args.no_gateway).then(|| GatewayRole {
+        config: GatewayConfig {
+            stall_timeout: Duration::from_secs_f64(args.stall_timeout),
+            transcript_cap: args.transcript_cap,
+            transcript_retention: Duration::from_secs(args.transcript_retention_secs),
+            trusted,
+            probation_share: args.probation_share,
+            ..GatewayConfig::default()
+        },
+        serve_log: args.serve_log.then_some(args.log_max_bytes),
+        log_url: args.log_url.clone(),
+        log_key,
+        validator: args.validator.then_some(ValidatorRole {
+            probability: args.check_probability,
+            probation_probability: args.probation_probability,
+        }),
+    });
+    let daemon = DaemonConfig {
+        node: cfg,
+        p2p,
+        worker_limits: WorkerLimits {
+            rate: args.peer_rate,
+            burst: 2.0 * args.peer_rate,
+            ..WorkerLimits::default()
+        },
+        gateway,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("agora-rt")
         .build()?;
     rt.block_on(async move {
-        let net = agora_node::start_network(home, &identity, &p2p).await?;
-        let handle = net.handle.clone();
-        println!("peer id: {}", handle.peer_id());
-        for a in handle.listen_addrs() {
-            println!("p2p: {a}");
+        let node = Daemon::start(daemon, identity, engine, attestor).await?;
+        for line in &node.lines {
+            println!("{line}");
         }
-        let speed = Arc::new(Speed::default());
-        if let Some(e) = &engine {
-            let limits = WorkerLimits {
-                rate: args.peer_rate,
-                burst: 2.0 * args.peer_rate,
-                ..WorkerLimits::default()
-            };
-            tokio::spawn(agora_node::worker::serve(
-                handle.clone(),
-                Arc::clone(e),
-                attestor.clone(),
-                limits,
-                Arc::clone(&speed),
-            ));
-        }
-        tokio::spawn(agora_node::publish_status(
-            handle.clone(),
-            engine.clone(),
-            !args.no_gateway,
-            Arc::clone(&speed),
-            Duration::from_secs(2),
-        ));
-
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = if args.no_gateway {
-            println!("agora node: worker only (no HTTP API); gateways reach it over the network");
-            if let Some(e) = &engine {
-                print_model(e.as_ref(), threads);
-            }
-            drop(stop_rx);
-            None
-        } else {
-            let mut trusted =
-                agora_node::validator::TrustedValidators::only(args.trust_validator.iter().cloned());
-            if args.validator {
-                trusted.insert(identity.peer_id());
-            }
-            let gw = GatewayConfig {
-                stall_timeout: Duration::from_secs_f64(args.stall_timeout),
-                transcript_cap: args.transcript_cap,
-                transcript_retention: Duration::from_secs(args.transcript_retention_secs),
-                trusted: trusted.clone(),
-                probation_share: args.probation_share,
-                ..GatewayConfig::default()
-            };
-            let log = if args.serve_log {
-                Some(agora_node::open_log(
-                    home,
-                    &identity,
-                    Duration::from_secs(1),
-                    args.log_max_bytes,
-                )?)
-            } else {
-                None
-            };
-            let own_vkey = log.as_ref().map(|l| l.vkey());
-            let own_log = log.clone().filter(|_| args.log_url.is_none());
-            let log_vkey = own_vkey.as_ref().map(|k| k.to_string());
-            let gateway = Gateway::new(handle.clone(), engine.clone(), attestor.clone(), gw);
-            let server = agora_node::bind_backend(
-                cfg.listen,
-                &cfg.api,
-                Arc::new(gateway.clone()),
-                log,
-            )
-            .await?;
-            let url = format!("http://{}", server.addr);
-            let log_url = args
-                .log_url
-                .clone()
-                .or_else(|| args.serve_log.then(|| format!("{url}/log")));
-            // The key of the log receipts go to: this node's own, or the one given.
-            let receipts_key = match (&args.log_url, &own_vkey) {
-                (None, Some(k)) => Some(k.clone()),
-                _ => log_key.clone(),
-            };
-            if let Some(u) = &log_url {
-                gateway.set_log(u, receipts_key.clone(), own_log);
-            }
-            tokio::spawn(gateway.clone().serve_transcripts());
-            if trusted.is_empty() {
-                println!(
-                    "  verdicts:    rejections count once re-checked here{}; no transcript is released (--trust-validator)",
-                    if engine.is_some() { "" } else { " (no model here: none count)" }
-                );
-            } else {
-                println!(
-                    "  verdicts:    acted on from {} trusted validator(s); others' rejections are re-checked{}",
-                    trusted.len(),
-                    if engine.is_some() { "" } else { " (no model here: ignored)" }
-                );
-            }
-            if log_url.is_some() && receipts_key.is_none() {
-                println!(
-                    "  transcripts: not released to validators (give the log's key with --log-key)"
-                );
-            }
-            tokio::spawn(agora_node::validator::follow_verdicts(
-                handle.clone(),
-                gateway.clone(),
-            ));
-            if let (true, Some(e), Some(log_url), Some(key)) =
-                (args.validator, &engine, &log_url, &receipts_key)
-            {
-                let vcfg = agora_node::validator::ValidatorConfig {
-                    log_url: log_url.clone(),
-                    log_key: key.clone(),
-                    probability: args.check_probability,
-                    probation_probability: args.probation_probability,
-                    tolerances: agora_verify::Tolerances::default(),
-                    poll: Duration::from_millis(500),
-                };
-                let stats = Arc::new(agora_node::validator::ValidatorStats::default());
-                tokio::spawn(agora_node::validator::run(
-                    handle.clone(),
-                    Arc::clone(e),
-                    Arc::clone(&identity),
-                    vcfg,
-                    stats,
-                    gateway.clone(),
-                ));
-                println!(
-                    "  validator:   checks {:.0}% of the receipts in {log_url}",
-                    args.check_probability * 100.0
-                );
-            }
-            if let Some(v) = &log_vkey {
-                println!("  log:         {url}/log   (vkey {v})");
-            }
-            match &engine {
-                Some(e) => print_model(e.as_ref(), threads),
-                None => println!("agora node: gateway only; requests go to workers on the network"),
-            }
-            println!("listening on {url}");
-            println!("  OpenAI API:  {url}/v1");
-            println!("  try:         agora chat --url {url} \"Hello\"");
-            println!("  peers:       agora nodes --url {url}");
-            println!("  metrics:     {url}/metrics");
-            Some(tokio::spawn(server.serve(async move {
-                let _ = stop_rx.await;
-            })))
-        };
         println!("Ctrl-C stops the node.");
-        shutdown_signal().await;
-        eprintln!("stopping: finishing requests in flight (at most 10 s)…");
-        let _ = stop_tx.send(());
-        if let Some(serve) = serve {
-            match tokio::time::timeout(Duration::from_secs(10), serve).await {
-                Ok(Ok(r)) => r.context("the HTTP server failed")?,
-                Ok(Err(e)) => return Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
-                Err(_) => eprintln!("stopping now: some requests did not finish in time"),
-            }
-        }
-        net.task.abort();
+        node.run_until(shutdown_signal()).await?;
         Ok::<(), anyhow::Error>(())
     })?;
     // Dropping the runtime first cancels any stream still open, so the engine thread can end.
     drop(rt);
     Ok(())
-}
-
-fn print_model(e: &dyn Engine, threads: u32) {
-    let info = e.info();
-    println!(
-        "agora node: serving {} (sha256:{}…) with {} slots × {} tokens on {threads} threads",
-        info.name,
-        &info.sha256[..12.min(info.sha256.len())],
-        info.slots.min(1 << 20),
-        info.n_ctx
-    );
 }
 
 async fn shutdown_signal() {

@@ -8,6 +8,7 @@ pub mod attest;
 #[cfg(feature = "cheat")]
 pub mod cheat;
 pub mod convert;
+pub mod daemon;
 pub mod disclosure;
 pub mod gateway;
 pub mod network;
@@ -74,6 +75,16 @@ pub enum NodeError {
     Net(#[from] agora_net::NetError),
     #[error("{0}")]
     Identity(String),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the log: {0}")]
+    Log(#[source] agora_log::Error),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
 }
 
 /// Resolves (fetching if needed) and loads the model. Blocking: call before or outside async code.
@@ -215,11 +226,12 @@ pub fn open_log(
     max_bytes: u64,
 ) -> Result<agora_log::Log, NodeError> {
     let dir = home.join("log");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| NodeError::Identity(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|source| NodeError::Dir {
+        path: dir.clone(),
+        source,
+    })?;
     let mut cfg = agora_log::LogConfig::new(&identity.default_log_origin());
     cfg.checkpoint_interval = interval;
     cfg.max_bytes = max_bytes;
-    agora_log::Log::open(&dir.join("log.redb"), identity, cfg, None)
-        .map_err(|e| NodeError::Identity(format!("cannot open the log: {e}")))
+    agora_log::Log::open(&dir.join("log.redb"), identity, cfg, None).map_err(NodeError::Log)
 }
