@@ -23,6 +23,9 @@ fi
 step "format"
 cargo fmt --all --check
 
+step "code health: no function over 150 lines outside tests, no module import circles"
+python3 scripts/code-health.py
+
 step "build"
 cargo build --release --workspace --all-targets
 

@@ -332,22 +332,12 @@ async fn connections_beyond_the_cap_get_503_and_room_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_see_the_peer_address() {
-    let state = Arc::new(AppState {
-        backend: echo(),
-        metrics: Metrics::new(),
-    });
     let router = Router::new().route(
         "/peer",
         get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = HttpServer {
-        addr: listener.local_addr().unwrap(),
-        listener,
-        router,
-        cfg: cfg(),
-        state,
-    };
+    let server = HttpServer::from_router(listener, router, &cfg()).unwrap();
     let addr = server.addr;
     tokio::spawn(server.serve(std::future::pending()));
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -467,10 +457,6 @@ async fn prepare_limiter_refuses_beyond_its_limit() {
 async fn the_servers_body_deadline_is_a_408_too() {
     // The handler's own timeout is far away: the 408 comes from the connection's deadline on
     // the body, recognised through the extractor's error.
-    let state = Arc::new(AppState {
-        backend: echo(),
-        metrics: Metrics::new(),
-    });
     let router = Router::new()
         .route(
             "/echo",
@@ -487,13 +473,7 @@ async fn the_servers_body_deadline_is_a_408_too() {
             60,
         ))));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = HttpServer {
-        addr: listener.local_addr().unwrap(),
-        listener,
-        router,
-        cfg: cfg(),
-        state,
-    };
+    let server = HttpServer::from_router(listener, router, &cfg()).unwrap();
     let addr = server.addr;
     tokio::spawn(server.serve(std::future::pending()));
     let mut s = TcpStream::connect(addr).await.unwrap();

@@ -76,140 +76,233 @@ pub fn run(home: &Path, args: BenchArgs) -> Result<()> {
 
     // Both servers are started, then every measurement alternates between them (never at the
     // same time), so slow drifts of this machine's speed hit both alike.
+    let servers = start_servers(
+        home,
+        &llama_server,
+        &model.name,
+        &model.path,
+        threads,
+        &args,
+    )?;
+    let agora_kv_mb = servers[1].client.get_json("/health")?["kv_cache_bytes"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e6;
+    let samples = calibrate(&servers, &args)?;
+    let results = measure(&servers, &args, samples)?;
+    drop(servers);
+    let [llama, agora] = results;
+    let summary = Summary {
+        args: &args,
+        model: &model.name,
+        model_mb,
+        threads,
+        cpu: cpu_name(),
+        agora_kv_mb,
+        llama,
+        agora,
+    };
+    summary.print();
+    if let Some(path) = &args.json {
+        summary.write_json(path)?;
+    }
+    Ok(())
+}
+
+/// One server under test: which it is, its process, a client, and the model name it serves.
+struct Running {
+    which: Peer,
+    server: Server,
+    client: Client,
+    served: String,
+}
+
+/// Starts llama-server, then the Agora node, each on a free port, and waits until both are
+/// ready.
+fn start_servers(
+    home: &Path,
+    llama_server: &Path,
+    model_name: &str,
+    model_path: &Path,
+    threads: u32,
+    args: &BenchArgs,
+) -> Result<Vec<Running>> {
     let mut servers = Vec::new();
     for which in [Peer::LlamaServer, Peer::Agora] {
         let port = free_port()?;
         let mut server = match which {
-            Peer::LlamaServer => {
-                start_llama_server(&llama_server, &model.path, port, threads, &args)?
-            }
-            Peer::Agora => start_agora(home, &model.path, port, threads, &args)?,
+            Peer::LlamaServer => start_llama_server(llama_server, model_path, port, threads, args)?,
+            Peer::Agora => start_agora(home, model_path, port, threads, args)?,
         };
         let client = Client::new(&format!("http://127.0.0.1:{port}"));
         wait_ready(&client, &mut server.child)?;
-        let served = served_model(&client, &model.name)?;
+        let served = served_model(&client, model_name)?;
         eprintln!("{} ready on port {port}", which.name());
-        servers.push((which, server, client, served));
+        servers.push(Running {
+            which,
+            server,
+            client,
+            served,
+        });
     }
-    let agora_kv_mb = servers[1].2.get_json("/health")?["kv_cache_bytes"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e6;
+    Ok(servers)
+}
+
+/// Warms each server up and finds how many words make a prompt of `--prompt-tokens` tokens.
+fn calibrate(servers: &[Running], args: &BenchArgs) -> Result<[Samples; 2]> {
     let mut samples = [Samples::default(), Samples::default()];
-    for (i, (which, _, client, served)) in servers.iter().enumerate() {
+    for (i, s) in servers.iter().enumerate() {
         let salt = 1000 * i;
         timed_stream(
-            client,
-            &completion_body(served, &prompt(salt + 999, 20), 16),
+            &s.client,
+            &completion_body(&s.served, &prompt(salt + 999, 20), 16),
         )?; // warm-up
-        samples[i].words = calibrate_words(client, served, args.prompt_tokens)?;
+        samples[i].words = calibrate_words(&s.client, &s.served, args.prompt_tokens)?;
         eprintln!(
             "{}: {} words make a {}-token prompt",
-            which.name(),
+            s.which.name(),
             samples[i].words,
             args.prompt_tokens
         );
     }
+    Ok(samples)
+}
+
+/// The interleaved runs (TTFT, single-stream decode, aggregate decode on each server in
+/// turn), then each server's medians and peak RSS.
+fn measure(
+    servers: &[Running],
+    args: &BenchArgs,
+    mut samples: [Samples; 2],
+) -> Result<[Figures; 2]> {
     for r in 0..args.runs as usize {
-        for (i, (which, _, client, served)) in servers.iter().enumerate() {
+        for (i, s) in servers.iter().enumerate() {
+            let (client, served, samples) = (&s.client, &s.served, &mut samples[i]);
             let salt = 1000 * i + 10 * r;
             let (first, _, _) = timed_stream(
                 client,
-                &completion_body(served, &prompt(salt, samples[i].words), 1),
+                &completion_body(served, &prompt(salt, samples.words), 1),
             )?;
-            samples[i].ttft.push(first.as_secs_f64() * 1e3);
+            samples.ttft.push(first.as_secs_f64() * 1e3);
             let (first, last, tokens) = timed_stream(
                 client,
                 &completion_body(served, &prompt(salt + 1, 8), args.tokens),
             )?;
             let span = (last - first).as_secs_f64();
             if tokens > 1 && span > 0.0 {
-                samples[i].decode.push(f64::from(tokens - 1) / span);
+                samples.decode.push(f64::from(tokens - 1) / span);
             }
-            samples[i]
+            samples
                 .aggregate
-                .push(aggregate(client, served, &args, salt + 2)?);
+                .push(aggregate(client, served, args, salt + 2)?);
             eprintln!(
                 "  run {}/{} {:<12} TTFT {:7.1} ms  decode {:6.1} tok/s  aggregate {:6.1} tok/s",
                 r + 1,
                 args.runs,
-                which.name(),
-                samples[i].ttft[r],
-                samples[i].decode.last().copied().unwrap_or(f64::NAN),
-                samples[i].aggregate[r]
+                s.which.name(),
+                samples.ttft[r],
+                samples.decode.last().copied().unwrap_or(f64::NAN),
+                samples.aggregate[r]
             );
         }
     }
-    let results: Vec<Figures> = servers
-        .iter()
-        .zip(samples)
-        .map(|((_, server, _, _), s)| Figures {
-            decode_tps: median(s.decode),
-            ttft_ms: median(s.ttft),
-            aggregate_tps: median(s.aggregate),
-            peak_rss_mb: peak_rss_mb(server.child.id()),
-        })
-        .collect();
-    drop(servers);
-    let (l, a) = (&results[0], &results[1]);
-    let cpu = cpu_name();
-    println!();
-    println!(
-        "agora bench: {} ({:.0} MB), {threads} threads, {} slots × {} ctx, {} tokens per stream, {}-token prompt for TTFT, median of {} interleaved runs",
-        model.name, model_mb, args.streams, args.ctx, args.tokens, args.prompt_tokens, args.runs
-    );
-    println!(
-        "machine: {cpu}, {} cores; greedy decoding, ignore_eos; llama-server started with the same threads, slots and context{}; agora's KV cache is bf16",
-        num_cores(),
-        if args.llama_server_arg.is_empty() {
-            " (its default f16 KV cache)".to_string()
-        } else {
-            format!(" and {}", args.llama_server_arg.join(" "))
-        }
-    );
-    println!();
-    println!("| metric | llama-server | agora | agora / llama-server | target |");
-    println!("|---|---:|---:|---:|---|");
-    println!(
-        "| decode, 1 stream (tok/s) | {:.1} | {:.1} | {:.2}× | ≥ 1.0× |",
-        l.decode_tps,
-        a.decode_tps,
-        a.decode_tps / l.decode_tps
-    );
-    println!(
-        "| time to first token, {}-token prompt (ms) | {:.1} | {:.1} | {:.2}× | ≤ 1.1× |",
-        args.prompt_tokens,
-        l.ttft_ms,
-        a.ttft_ms,
-        a.ttft_ms / l.ttft_ms
-    );
-    println!(
-        "| aggregate decode, {} streams (tok/s) | {:.1} | {:.1} | {:.2}× | ≥ 1.0× |",
-        args.streams,
-        l.aggregate_tps,
-        a.aggregate_tps,
-        a.aggregate_tps / l.aggregate_tps
-    );
-    let budget = model_mb + agora_kv_mb + 150.0;
-    println!(
-        "| peak RSS (MB) | {:.0} | {:.0} | {:.2}× | ≤ {:.0} (model {:.0} + KV {:.0} + 150) |",
-        l.peak_rss_mb,
-        a.peak_rss_mb,
-        a.peak_rss_mb / l.peak_rss_mb,
-        budget,
-        model_mb,
-        agora_kv_mb
-    );
-    if let Some(path) = &args.json {
+    let figures = |s: &Running, samples: Samples| Figures {
+        decode_tps: median(samples.decode),
+        ttft_ms: median(samples.ttft),
+        aggregate_tps: median(samples.aggregate),
+        peak_rss_mb: peak_rss_mb(s.server.child.id()),
+    };
+    let [l, a] = samples;
+    Ok([figures(&servers[0], l), figures(&servers[1], a)])
+}
+
+/// The run's setting and both servers' figures, for the table and the JSON file.
+struct Summary<'a> {
+    args: &'a BenchArgs,
+    model: &'a str,
+    model_mb: f64,
+    threads: u32,
+    cpu: String,
+    agora_kv_mb: f64,
+    llama: Figures,
+    agora: Figures,
+}
+
+impl Summary<'_> {
+    /// The RSS target for the node: model, KV cache and 150 MB.
+    fn rss_budget_mb(&self) -> f64 {
+        self.model_mb + self.agora_kv_mb + 150.0
+    }
+
+    fn print(&self) {
+        let (args, l, a) = (self.args, &self.llama, &self.agora);
+        let (model_mb, threads) = (self.model_mb, self.threads);
+        println!();
+        println!(
+            "agora bench: {} ({:.0} MB), {threads} threads, {} slots × {} ctx, {} tokens per stream, {}-token prompt for TTFT, median of {} interleaved runs",
+            self.model,
+            model_mb,
+            args.streams,
+            args.ctx,
+            args.tokens,
+            args.prompt_tokens,
+            args.runs
+        );
+        println!(
+            "machine: {}, {} cores; greedy decoding, ignore_eos; llama-server started with the same threads, slots and context{}; agora's KV cache is bf16",
+            self.cpu,
+            num_cores(),
+            if args.llama_server_arg.is_empty() {
+                " (its default f16 KV cache)".to_string()
+            } else {
+                format!(" and {}", args.llama_server_arg.join(" "))
+            }
+        );
+        println!();
+        println!("| metric | llama-server | agora | agora / llama-server | target |");
+        println!("|---|---:|---:|---:|---|");
+        println!(
+            "| decode, 1 stream (tok/s) | {:.1} | {:.1} | {:.2}× | ≥ 1.0× |",
+            l.decode_tps,
+            a.decode_tps,
+            a.decode_tps / l.decode_tps
+        );
+        println!(
+            "| time to first token, {}-token prompt (ms) | {:.1} | {:.1} | {:.2}× | ≤ 1.1× |",
+            args.prompt_tokens,
+            l.ttft_ms,
+            a.ttft_ms,
+            a.ttft_ms / l.ttft_ms
+        );
+        println!(
+            "| aggregate decode, {} streams (tok/s) | {:.1} | {:.1} | {:.2}× | ≥ 1.0× |",
+            args.streams,
+            l.aggregate_tps,
+            a.aggregate_tps,
+            a.aggregate_tps / l.aggregate_tps
+        );
+        println!(
+            "| peak RSS (MB) | {:.0} | {:.0} | {:.2}× | ≤ {:.0} (model {:.0} + KV {:.0} + 150) |",
+            l.peak_rss_mb,
+            a.peak_rss_mb,
+            a.peak_rss_mb / l.peak_rss_mb,
+            self.rss_budget_mb(),
+            model_mb,
+            self.agora_kv_mb
+        );
+    }
+
+    fn write_json(&self, path: &Path) -> Result<()> {
+        let args = self.args;
         let fig = |f: &Figures| json!({"decode_tps": f.decode_tps, "ttft_ms": f.ttft_ms, "aggregate_tps": f.aggregate_tps, "peak_rss_mb": f.peak_rss_mb});
         let v = json!({
-            "model": model.name, "threads": threads, "streams": args.streams, "ctx": args.ctx,
-            "tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "runs": args.runs, "cpu": cpu,
-            "llama_server": fig(l), "agora": fig(a), "rss_budget_mb": budget,
+            "model": self.model, "threads": self.threads, "streams": args.streams, "ctx": args.ctx,
+            "tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "runs": args.runs, "cpu": self.cpu,
+            "llama_server": fig(&self.llama), "agora": fig(&self.agora), "rss_budget_mb": self.rss_budget_mb(),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

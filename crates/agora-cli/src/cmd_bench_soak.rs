@@ -224,181 +224,319 @@ pub fn run(home: &Path, a: BenchSoakArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
     let dir = tempfile::Builder::new().prefix("agora-soak-").tempdir()?;
 
-    eprintln!(
-        "agora bench-soak: starting a gateway (log), {WORKERS} workers and a validator on loopback…"
-    );
-    let mut fleet = Fleet::default();
-    // The validator's key exists before the gateway starts: the gateway trusts it.
-    let vhome = node_home(dir.path(), "validator", &models)?;
-    let out = child_command(&exe, &vhome).arg("init").output()?;
-    let validator_id = String::from_utf8_lossy(&out.stdout)
+    let mut net = Devnet::start(&exe, dir.path(), &models, &model.name)?;
+    let load = net.load(&a, &exe, dir.path(), &model.name, duration)?;
+    let rep = net.reputation();
+    let memory = memory_report(&net.fleet, &load.rss, warmup);
+    let report = json!({
+        "conditions": {
+            "cpu": crate::cmd_bench::cpu_name(), "cores": crate::cmd_bench::num_cores(),
+            "model": model.name, "workers": WORKERS, "validators": 1, "threads": THREADS,
+            "slots": SLOTS, "ctx": CTX, "minutes": a.minutes, "seconds": load.elapsed.as_secs_f64(),
+            "warmup_seconds": warmup.as_secs_f64(), "clients": a.clients,
+            "slowloris_connections": SLOW_HEADERS, "stalled_bodies": STALLED_BODIES,
+        },
+        "honest": load.clients.to_json(load.elapsed),
+        "hostile_peers": load.rogues.to_json(),
+        "slowloris": load.slow.to_json(),
+        "memory": memory,
+        "reputation": {
+            "honest_condemned": rep.condemned,
+            "workers": rep.workers,
+            "gateway": rep.gw_view.get("gateway").cloned().unwrap_or(Value::Null),
+            "validator_gateway": rep.v_view.get("gateway").cloned().unwrap_or(Value::Null),
+        },
+        "died": load.died,
+        "pass": rep.condemned == 0 && load.died.is_empty(),
+    });
+    print_report(&report);
+    if let Some(path) = &a.out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let died = load.died;
+    for n in &net.fleet.nodes {
+        if died.iter().any(|d| d.starts_with(&n.name)) {
+            eprintln!("--- the end of {}'s log:\n{}", n.name, tail(&n.stderr));
+        }
+    }
+    drop(net);
+    if !died.is_empty() {
+        bail!("{} process(es) died: {}", died.len(), died.join("; "));
+    }
+    if rep.condemned > 0 {
+        bail!("{} honest worker(s) condemned", rep.condemned);
+    }
+    Ok(())
+}
+
+/// The running devnet: a gateway serving the log, a validator and the workers.
+struct Devnet {
+    fleet: Fleet,
+    gw_addr: SocketAddr,
+    validator_id: String,
+    validator_url: Option<String>,
+    /// (name, peer id, p2p address) of every node but the gateway.
+    honest: Vec<(String, String, String)>,
+}
+
+/// What the load phase saw.
+struct Load {
+    clients: Honest,
+    rogues: Rogues,
+    slow: Slow,
+    /// Every process's resident memory, sampled every `RSS_EVERY` and once at the end.
+    rss: Vec<(Duration, Vec<u64>)>,
+    /// The processes that died, as "name: status".
+    died: Vec<String>,
+    elapsed: Duration,
+}
+
+/// How the gateways (the gateway, and the validator's own) see the honest workers.
+struct Reputation {
+    gw_view: Value,
+    v_view: Value,
+    workers: Vec<Value>,
+    condemned: usize,
+}
+
+/// `agora init` in `home`: the new node's peer id.
+fn init_key(exe: &Path, home: &Path) -> Result<String> {
+    let out = child_command(exe, home).arg("init").output()?;
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("peer-id").map(|p| p.trim().to_string()))
-        .context("`agora init` printed no peer-id")?;
-    let gw_home = node_home(dir.path(), "gateway", &models)?;
-    let gw = fleet.spawn(
-        &exe,
-        "gateway",
-        &gw_home,
-        &strings(&[
-            "--no-worker",
-            "--serve-log",
-            "--trust-validator",
-            &validator_id,
-        ]),
-    )?;
-    let (gw_url, gw_p2p) = (
-        fleet.nodes[gw]
-            .url
-            .clone()
-            .context("the gateway printed no URL")?,
-        fleet.nodes[gw].p2p.clone(),
-    );
-    let vkey = fleet.nodes[gw]
-        .log_vkey
-        .clone()
-        .context("the gateway printed no log key")?;
-    let (threads, slots, ctx) = (THREADS.to_string(), SLOTS.to_string(), CTX.to_string());
-    let engine = [
-        "--model",
-        &model.name,
-        "--threads",
-        &threads,
-        "--slots",
-        &slots,
-        "--ctx",
-        &ctx,
-        "--bootstrap",
-        &gw_p2p,
-    ];
-    let log_url = format!("{gw_url}/log");
-    let validator = fleet.spawn(
-        &exe,
-        "validator",
-        &vhome,
-        &strings(
-            &[
-                &engine[..],
-                &["--validator", "--log-url", &log_url, "--log-key", &vkey],
-            ]
-            .concat(),
-        ),
-    )?;
-    if fleet.nodes[validator].peer_id != validator_id {
-        bail!("the validator started with another key than `agora init` made");
-    }
-    for i in 1..=WORKERS {
-        let name = format!("worker-{i}");
-        let h = node_home(dir.path(), &name, &models)?;
-        fleet.spawn(
-            &exe,
-            &name,
-            &h,
-            &strings(&[&engine[..], &["--no-gateway"]].concat()),
+        .context("`agora init` printed no peer-id")
+}
+
+/// Every process's resident memory now.
+fn sample_rss(fleet: &Fleet) -> Vec<u64> {
+    fleet.nodes.iter().map(|n| vm_rss(&n.child)).collect()
+}
+
+impl Devnet {
+    /// Starts the gateway (log), the validator and the workers, and waits until the gateway
+    /// lists every worker.
+    fn start(exe: &Path, dir: &Path, models: &Path, model: &str) -> Result<Devnet> {
+        eprintln!(
+            "agora bench-soak: starting a gateway (log), {WORKERS} workers and a validator on loopback…"
+        );
+        let mut fleet = Fleet::default();
+        // The validator's key exists before the gateway starts: the gateway trusts it.
+        let vhome = node_home(dir, "validator", models)?;
+        let validator_id = init_key(exe, &vhome)?;
+        let gw_home = node_home(dir, "gateway", models)?;
+        let gw = fleet.spawn(
+            exe,
+            "gateway",
+            &gw_home,
+            &strings(&[
+                "--no-worker",
+                "--serve-log",
+                "--trust-validator",
+                &validator_id,
+            ]),
         )?;
-    }
-    let gw_addr = socket_addr(&gw_url)?;
-    wait_workers(gw_addr, &model.name, WORKERS as u64 + 1)?;
-    let honest: Vec<(String, String, String)> = fleet.nodes[1..]
-        .iter()
-        .map(|n| (n.name.clone(), n.peer_id.clone(), n.p2p.clone()))
-        .collect();
-    let validator_url = fleet.nodes[validator].url.clone();
-
-    eprintln!(
-        "soak: {:.1} min of load: {} honest clients, hostile peers, slowloris…",
-        a.minutes, a.clients
-    );
-    let stop = AtomicBool::new(false);
-    let t0 = Instant::now();
-    let deadline = t0 + duration;
-    let rogue_home = dir.path().join("rogue");
-    std::fs::create_dir_all(&rogue_home)?;
-    let mut rss: Vec<(Duration, Vec<u64>)> = Vec::new();
-    let mut died: Vec<String> = Vec::new();
-    let (clients, rogues, slow) = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..a.clients)
-            .map(|c| {
-                let (stop, name) = (&stop, &model.name);
-                s.spawn(move || honest_client(c, gw_addr, name, deadline, stop))
-            })
+        let (gw_url, gw_p2p) = (
+            fleet.nodes[gw]
+                .url
+                .clone()
+                .context("the gateway printed no URL")?,
+            fleet.nodes[gw].p2p.clone(),
+        );
+        let vkey = fleet.nodes[gw]
+            .log_vkey
+            .clone()
+            .context("the gateway printed no log key")?;
+        let (threads, slots, ctx) = (THREADS.to_string(), SLOTS.to_string(), CTX.to_string());
+        let engine = [
+            "--model",
+            model,
+            "--threads",
+            &threads,
+            "--slots",
+            &slots,
+            "--ctx",
+            &ctx,
+            "--bootstrap",
+            &gw_p2p,
+        ];
+        let log_url = format!("{gw_url}/log");
+        let validator = fleet.spawn(
+            exe,
+            "validator",
+            &vhome,
+            &strings(
+                &[
+                    &engine[..],
+                    &["--validator", "--log-url", &log_url, "--log-key", &vkey],
+                ]
+                .concat(),
+            ),
+        )?;
+        if fleet.nodes[validator].peer_id != validator_id {
+            bail!("the validator started with another key than `agora init` made");
+        }
+        for i in 1..=WORKERS {
+            let name = format!("worker-{i}");
+            let h = node_home(dir, &name, models)?;
+            fleet.spawn(
+                exe,
+                &name,
+                &h,
+                &strings(&[&engine[..], &["--no-gateway"]].concat()),
+            )?;
+        }
+        let gw_addr = socket_addr(&gw_url)?;
+        wait_workers(gw_addr, model, WORKERS as u64 + 1)?;
+        let honest = fleet.nodes[1..]
+            .iter()
+            .map(|n| (n.name.clone(), n.peer_id.clone(), n.p2p.clone()))
             .collect();
-        let rogue = {
-            let (stop, exe, rogue_home, honest, name) =
-                (&stop, &exe, &rogue_home, &honest, &model.name);
-            s.spawn(move || hostile_peers(exe, rogue_home, honest, name, deadline, stop))
-        };
-        let slow = {
-            let stop = &stop;
-            s.spawn(move || slowloris(gw_addr, deadline, stop))
-        };
-        // This thread samples memory and watches for deaths.
-        let mut next_report = t0 + Duration::from_secs(60);
-        while Instant::now() < deadline && died.is_empty() {
-            rss.push((
-                t0.elapsed(),
-                fleet.nodes.iter().map(|n| vm_rss(&n.child)).collect(),
-            ));
-            died = deaths(&mut fleet);
-            if Instant::now() >= next_report {
-                eprintln!(
-                    "soak: {:.0} of {:.0} s",
-                    t0.elapsed().as_secs_f64(),
-                    duration.as_secs_f64()
-                );
-                next_report += Duration::from_secs(60);
-            }
-            let next = Instant::now() + RSS_EVERY;
-            while Instant::now() < next.min(deadline) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        stop.store(true, Ordering::Relaxed);
-        let mut merged = Honest::default();
-        for c in clients {
-            merged.merge(c.join().unwrap_or_default());
-        }
-        (
-            merged,
-            rogue.join().unwrap_or_default(),
-            slow.join().unwrap_or_default(),
-        )
-    });
-    let elapsed = t0.elapsed();
-    rss.push((
-        elapsed,
-        fleet.nodes.iter().map(|n| vm_rss(&n.child)).collect(),
-    ));
-    if died.is_empty() {
-        died = deaths(&mut fleet);
+        let validator_url = fleet.nodes[validator].url.clone();
+        Ok(Devnet {
+            fleet,
+            gw_addr,
+            validator_id,
+            validator_url,
+            honest,
+        })
     }
 
-    // Reputation, as the gateways see it.
-    let gw_view = http_get(gw_addr, "/agora/v1/nodes").unwrap_or(Value::Null);
-    let v_view = validator_url
-        .as_deref()
-        .and_then(|u| socket_addr(u).ok())
-        .and_then(|addr| http_get(addr, "/agora/v1/nodes").ok())
-        .unwrap_or(Value::Null);
-    let mut workers = Vec::new();
-    let mut condemned = 0;
-    for (name, peer, _) in &honest {
-        let at_gw = reputation_of(&gw_view, peer);
-        // The validator's own gateway: its view of the others (itself it does not list).
-        let at_v = (peer != &validator_id).then(|| reputation_of(&v_view, peer));
-        let bad = |r: &Option<Value>| {
-            r.as_ref().is_some_and(|r| {
-                r["rejected"].as_u64().unwrap_or(0) > 0 || r["routed"] == json!(false)
-            })
-        };
-        let is_condemned = bad(&at_gw) || at_v.as_ref().is_some_and(bad);
-        condemned += usize::from(is_condemned);
-        workers.push(json!({
-            "name": name, "peer_id": peer, "condemned": is_condemned,
-            "gateway": at_gw, "validator_gateway": at_v.flatten(),
-        }));
+    /// Honest clients, hostile peers and slowloris at once for `duration` (or until a process
+    /// dies), while this thread samples memory and watches for deaths.
+    fn load(
+        &mut self,
+        a: &BenchSoakArgs,
+        exe: &Path,
+        dir: &Path,
+        model: &str,
+        duration: Duration,
+    ) -> Result<Load> {
+        eprintln!(
+            "soak: {:.1} min of load: {} honest clients, hostile peers, slowloris…",
+            a.minutes, a.clients
+        );
+        let stop = AtomicBool::new(false);
+        let t0 = Instant::now();
+        let deadline = t0 + duration;
+        let rogue_home = dir.join("rogue");
+        std::fs::create_dir_all(&rogue_home)?;
+        let mut rss: Vec<(Duration, Vec<u64>)> = Vec::new();
+        let mut died: Vec<String> = Vec::new();
+        let gw_addr = self.gw_addr;
+        let (clients, rogues, slow) = std::thread::scope(|s| {
+            let clients: Vec<_> = (0..a.clients)
+                .map(|c| {
+                    let stop = &stop;
+                    s.spawn(move || honest_client(c, gw_addr, model, deadline, stop))
+                })
+                .collect();
+            let rogue = {
+                let (stop, rogue_home, honest) = (&stop, &rogue_home, &self.honest);
+                s.spawn(move || hostile_peers(exe, rogue_home, honest, model, deadline, stop))
+            };
+            let slow = {
+                let stop = &stop;
+                s.spawn(move || slowloris(gw_addr, deadline, stop))
+            };
+            died = watch(&mut self.fleet, t0, duration, &mut rss);
+            stop.store(true, Ordering::Relaxed);
+            let mut merged = Honest::default();
+            for c in clients {
+                merged.merge(c.join().unwrap_or_default());
+            }
+            (
+                merged,
+                rogue.join().unwrap_or_default(),
+                slow.join().unwrap_or_default(),
+            )
+        });
+        let elapsed = t0.elapsed();
+        rss.push((elapsed, sample_rss(&self.fleet)));
+        if died.is_empty() {
+            died = deaths(&mut self.fleet);
+        }
+        Ok(Load {
+            clients,
+            rogues,
+            slow,
+            rss,
+            died,
+            elapsed,
+        })
     }
-    let memory: Vec<Value> = fleet
+
+    /// Reputation, as the gateways see it: an honest worker is condemned when either gateway
+    /// rejected one of its answers or stopped routing to it.
+    fn reputation(&self) -> Reputation {
+        let gw_view = http_get(self.gw_addr, "/agora/v1/nodes").unwrap_or(Value::Null);
+        let v_view = self
+            .validator_url
+            .as_deref()
+            .and_then(|u| socket_addr(u).ok())
+            .and_then(|addr| http_get(addr, "/agora/v1/nodes").ok())
+            .unwrap_or(Value::Null);
+        let mut workers = Vec::new();
+        let mut condemned = 0;
+        for (name, peer, _) in &self.honest {
+            let at_gw = reputation_of(&gw_view, peer);
+            // The validator's own gateway: its view of the others (itself it does not list).
+            let at_v = (peer != &self.validator_id).then(|| reputation_of(&v_view, peer));
+            let bad = |r: &Option<Value>| {
+                r.as_ref().is_some_and(|r| {
+                    r["rejected"].as_u64().unwrap_or(0) > 0 || r["routed"] == json!(false)
+                })
+            };
+            let is_condemned = bad(&at_gw) || at_v.as_ref().is_some_and(bad);
+            condemned += usize::from(is_condemned);
+            workers.push(json!({
+                "name": name, "peer_id": peer, "condemned": is_condemned,
+                "gateway": at_gw, "validator_gateway": at_v.flatten(),
+            }));
+        }
+        Reputation {
+            gw_view,
+            v_view,
+            workers,
+            condemned,
+        }
+    }
+}
+
+/// Samples every process's memory every `RSS_EVERY` into `rss` and watches for deaths, until
+/// `t0 + duration` or the first death (returned); prints the progress every minute.
+fn watch(
+    fleet: &mut Fleet,
+    t0: Instant,
+    duration: Duration,
+    rss: &mut Vec<(Duration, Vec<u64>)>,
+) -> Vec<String> {
+    let deadline = t0 + duration;
+    let mut died = Vec::new();
+    let mut next_report = t0 + Duration::from_secs(60);
+    while Instant::now() < deadline && died.is_empty() {
+        rss.push((t0.elapsed(), sample_rss(fleet)));
+        died = deaths(fleet);
+        if Instant::now() >= next_report {
+            eprintln!(
+                "soak: {:.0} of {:.0} s",
+                t0.elapsed().as_secs_f64(),
+                duration.as_secs_f64()
+            );
+            next_report += Duration::from_secs(60);
+        }
+        let next = Instant::now() + RSS_EVERY;
+        while Instant::now() < next.min(deadline) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    died
+}
+
+/// Each process's resident memory after the warm-up, at its peak and at the end.
+fn memory_report(fleet: &Fleet, rss: &[(Duration, Vec<u64>)], warmup: Duration) -> Vec<Value> {
+    fleet
         .nodes
         .iter()
         .enumerate()
@@ -419,56 +557,7 @@ pub fn run(home: &Path, a: BenchSoakArgs) -> Result<()> {
                 "flat": after > 0 && end as f64 <= 1.2 * after as f64,
             })
         })
-        .collect();
-    let lat = Percentiles::of(clients.latencies.clone());
-    let report = json!({
-        "conditions": {
-            "cpu": crate::cmd_bench::cpu_name(), "cores": crate::cmd_bench::num_cores(),
-            "model": model.name, "workers": WORKERS, "validators": 1, "threads": THREADS,
-            "slots": SLOTS, "ctx": CTX, "minutes": a.minutes, "seconds": elapsed.as_secs_f64(),
-            "warmup_seconds": warmup.as_secs_f64(), "clients": a.clients,
-            "slowloris_connections": SLOW_HEADERS, "stalled_bodies": STALLED_BODIES,
-        },
-        "honest": {
-            "requests": clients.requests, "ok": clients.ok, "too_many_requests_429": clients.r429,
-            "unavailable_503": clients.r503, "other_4xx": clients.other_4xx,
-            "other_5xx": clients.other_5xx, "broken": clients.broken,
-            "transport_errors": clients.transport, "streamed": clients.streamed,
-            "seeded": clients.seeded,
-            "ok_per_minute": clients.ok as f64 / elapsed.as_secs_f64() * 60.0,
-            "latency_ms": {"p50": ms(lat.p50), "p90": ms(lat.p90), "p99": ms(lat.p99), "max": ms(lat.max)},
-            "first_errors": clients.errors,
-        },
-        "hostile_peers": rogues.to_json(),
-        "slowloris": slow.to_json(),
-        "memory": memory,
-        "reputation": {
-            "honest_condemned": condemned,
-            "workers": workers,
-            "gateway": gw_view.get("gateway").cloned().unwrap_or(Value::Null),
-            "validator_gateway": v_view.get("gateway").cloned().unwrap_or(Value::Null),
-        },
-        "died": died,
-        "pass": condemned == 0 && died.is_empty(),
-    });
-    print_report(&report);
-    if let Some(path) = &a.out {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    for n in &fleet.nodes {
-        if died.iter().any(|d| d.starts_with(&n.name)) {
-            eprintln!("--- the end of {}'s log:\n{}", n.name, tail(&n.stderr));
-        }
-    }
-    drop(fleet);
-    if !died.is_empty() {
-        bail!("{} process(es) died: {}", died.len(), died.join("; "));
-    }
-    if condemned > 0 {
-        bail!("{condemned} honest worker(s) condemned");
-    }
-    Ok(())
+        .collect()
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -674,6 +763,21 @@ impl Honest {
                 self.errors.push(e);
             }
         }
+    }
+
+    /// The figures for the report (`elapsed`: how long the load lasted).
+    fn to_json(&self, elapsed: Duration) -> Value {
+        let lat = Percentiles::of(self.latencies.clone());
+        json!({
+            "requests": self.requests, "ok": self.ok, "too_many_requests_429": self.r429,
+            "unavailable_503": self.r503, "other_4xx": self.other_4xx,
+            "other_5xx": self.other_5xx, "broken": self.broken,
+            "transport_errors": self.transport, "streamed": self.streamed,
+            "seeded": self.seeded,
+            "ok_per_minute": self.ok as f64 / elapsed.as_secs_f64() * 60.0,
+            "latency_ms": {"p50": ms(lat.p50), "p90": ms(lat.p90), "p99": ms(lat.p99), "max": ms(lat.max)},
+            "first_errors": self.errors,
+        })
     }
 
     fn error(&mut self, what: String) {
@@ -1087,13 +1191,35 @@ fn slowloris(gw: SocketAddr, deadline: Instant, stop: &AtomicBool) -> Slow {
 // ---- the report ----
 
 fn print_report(r: &Value) {
-    let c = &r["conditions"];
-    let h = &r["honest"];
-    let f = |v: &Value| match v {
+    print_conditions(&r["conditions"]);
+    print_honest(&r["honest"]);
+    print_hostile(&r["hostile_peers"]);
+    print_slowloris(&r["slowloris"]);
+    print_memory(&r["memory"]);
+    print_reputation(&r["reputation"]);
+    println!();
+    println!(
+        "honest workers condemned: {} (target 0); processes died: {}; {}",
+        r["reputation"]["honest_condemned"],
+        r["died"].as_array().map(Vec::len).unwrap_or(0),
+        if r["pass"] == json!(true) {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+}
+
+/// A report value as a table cell: floats with one decimal, null as a dash.
+fn cell(v: &Value) -> String {
+    match v {
         Value::Number(n) if n.is_f64() => format!("{:.1}", n.as_f64().unwrap_or(0.0)),
         Value::Null => "–".into(),
         other => other.to_string(),
-    };
+    }
+}
+
+fn print_conditions(c: &Value) {
     println!();
     println!(
         "agora bench-soak: {} ({} cores); a gateway serving the log, {} workers and a validator on loopback, each {} with {} thread, {} slots, ctx {}; {} min ({:.0} s), {} honest clients, warm-up {:.0} s",
@@ -1109,6 +1235,10 @@ fn print_report(r: &Value) {
         c["clients"],
         c["warmup_seconds"].as_f64().unwrap_or(0.0),
     );
+}
+
+fn print_honest(h: &Value) {
+    let f = cell;
     println!();
     println!("| honest requests | count |");
     println!("|---|---:|");
@@ -1138,16 +1268,15 @@ fn print_report(r: &Value) {
     for e in h["first_errors"].as_array().into_iter().flatten() {
         println!("  e.g. {}", e.as_str().unwrap_or("").replace('\n', " "));
     }
+}
+
+fn print_hostile(hp: &Value) {
     println!();
     println!(
         "| hostile peer (fresh key each run) | runs | cut off | should be | no report | answered 400 | mean s |"
     );
     println!("|---|---:|---:|---|---:|---:|---:|");
-    for (m, v) in r["hostile_peers"]["modes"]
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
+    for (m, v) in hp["modes"].as_object().into_iter().flatten() {
         let a400 = if v.get("sent").is_some() {
             format!("{} of {}", v["answered_400"], v["sent"])
         } else {
@@ -1163,17 +1292,15 @@ fn print_report(r: &Value) {
                 "no"
             },
             v["failed"],
-            f(&v["mean_seconds"])
+            cell(&v["mean_seconds"])
         );
     }
-    for e in r["hostile_peers"]["first_errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for e in hp["first_errors"].as_array().into_iter().flatten() {
         println!("  e.g. {}", e.as_str().unwrap_or(""));
     }
-    let s = &r["slowloris"];
+}
+
+fn print_slowloris(s: &Value) {
     println!();
     println!(
         "slowloris: {} connections opened ({} could not connect), {} still open at the end; answered before closing: {}",
@@ -1191,22 +1318,25 @@ fn print_report(r: &Value) {
         println!(
             "| {label} | {} | {} | {} |",
             v["cut_off"],
-            f(&v["mean_lifetime_s"]),
-            f(&v["max_lifetime_s"])
+            cell(&v["mean_lifetime_s"]),
+            cell(&v["max_lifetime_s"])
         );
     }
+}
+
+fn print_memory(memory: &Value) {
     println!();
     println!(
         "| process | RSS after warm-up (MiB) | peak (MiB) | end (MiB) | flat (end ≤ 1.2 × after warm-up) |"
     );
     println!("|---|---:|---:|---:|---|");
-    for m in r["memory"].as_array().into_iter().flatten() {
+    for m in memory.as_array().into_iter().flatten() {
         println!(
             "| {} | {} | {} | {} | {} |",
             m["name"].as_str().unwrap_or("?"),
-            f(&m["after_warmup_mib"]),
-            f(&m["peak_mib"]),
-            f(&m["end_mib"]),
+            cell(&m["after_warmup_mib"]),
+            cell(&m["peak_mib"]),
+            cell(&m["end_mib"]),
             if m["flat"] == json!(true) {
                 "yes"
             } else {
@@ -1214,7 +1344,11 @@ fn print_report(r: &Value) {
             }
         );
     }
-    let rep = &r["reputation"];
+}
+
+/// The honest workers' standing at the gateway, and both gateways' reputation counters.
+fn print_reputation(rep: &Value) {
+    let f = cell;
     println!();
     println!("| honest worker | accepted | rejected | violations | routed | condemned |");
     println!("|---|---:|---:|---:|---|---|");
@@ -1253,15 +1387,4 @@ fn print_report(r: &Value) {
     ] {
         println!("| {k} | {} | {} |", f(&g[k]), f(&vg[k]));
     }
-    println!();
-    println!(
-        "honest workers condemned: {} (target 0); processes died: {}; {}",
-        rep["honest_condemned"],
-        r["died"].as_array().map(Vec::len).unwrap_or(0),
-        if r["pass"] == json!(true) {
-            "PASS"
-        } else {
-            "FAIL"
-        }
-    );
 }

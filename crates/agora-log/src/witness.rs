@@ -11,7 +11,7 @@ use std::path::Path;
 
 use agora_core::statement::{Claim, Evidence, Statement};
 use agora_core::{Identity, Sha256};
-use agora_tlog::checkpoint::SignedCheckpoint;
+use agora_tlog::checkpoint::{Checkpoint, SignedCheckpoint};
 use agora_tlog::cosignature::Cosigner;
 use agora_tlog::hash::Hash;
 use agora_tlog::merkle;
@@ -111,6 +111,78 @@ enum Decision {
     Respond(WitnessResponse),
 }
 
+/// A request that passed the checks needing no stored state.
+struct Checked {
+    req: AddCheckpointRequest,
+    sc: SignedCheckpoint,
+    origin: String,
+    /// The trusted key that signed the checkpoint.
+    log_key: Vkey,
+    /// The checkpoint note with only the log's own signatures.
+    clean: Vec<u8>,
+}
+
+/// The request against the stored state: cosign, or the answer to give. The second value is
+/// `Some(proof)` when the request proves a split view (the proof, base64, may be empty).
+fn judge(
+    req: &AddCheckpointRequest,
+    stored: Option<&Stored>,
+    new: &Checkpoint,
+) -> Result<(Decision, Option<Vec<String>>)> {
+    let stored_size = stored.map_or(0, |s| s.size);
+    if stored.is_some_and(|s| s.size == new.size && s.root != new.root) {
+        // Same size, different root: a split view whatever old size was claimed.
+        return Ok((Decision::Respond(conflict(stored_size)), Some(Vec::new())));
+    }
+    if req.old_size != stored_size {
+        return Ok((Decision::Respond(conflict(stored_size)), None));
+    }
+    if req.old_size == 0 || req.old_size == new.size {
+        let decision = if !req.proof.is_empty() {
+            Decision::Respond(respond(422, "the consistency proof must be empty"))
+        } else {
+            Decision::Cosign
+        };
+        return Ok((decision, None));
+    }
+    let Some(s) = stored else {
+        return Err(Error::Corrupt("missing witness state".into()));
+    };
+    match merkle::verify_consistency(req.old_size, new.size, &req.proof, &s.root, &new.root) {
+        Ok(()) => Ok((Decision::Cosign, None)),
+        Err(e) => {
+            let mut evidence = None;
+            if let Ok(h) = merkle::implied_old_root(req.old_size, new.size, &req.proof, &new.root)
+                && h != s.root
+            {
+                evidence = Some(req.proof.iter().map(|h| h.to_base64()).collect());
+            }
+            let r = respond(422, format!("consistency proof does not verify: {e}"));
+            Ok((Decision::Respond(r), evidence))
+        }
+    }
+}
+
+/// Never date a cosignature of this log before one already issued (`last`): while the clock
+/// is behind, a cosign becomes a 503 with `Retry-After`.
+fn hold_for_clock(decision: Decision, origin: &str, last: Option<u64>, now: u64) -> Decision {
+    match (decision, last) {
+        (Decision::Cosign, Some(last)) if now < last => {
+            warn!(origin = %origin, now, last, "clock behind the last cosignature");
+            let mut r = respond(
+                503,
+                format!(
+                    "the witness's clock reads {now}, earlier than its last cosignature \
+                     for this log ({last}); it will not date a cosignature back"
+                ),
+            );
+            r.retry_after = Some((last - now).clamp(1, MAX_CLOCK_WAIT));
+            Decision::Respond(r)
+        }
+        (d, _) => d,
+    }
+}
+
 impl Witness {
     /// Open (or create) the witness database. `logs` are the log keys it trusts (key name =
     /// origin).
@@ -148,14 +220,31 @@ impl Witness {
     }
 
     fn try_add(&self, body: &[u8], now: u64) -> Result<WitnessResponse> {
-        let req = match AddCheckpointRequest::parse(body) {
-            Ok(r) => r,
-            Err(e) => return Ok(respond(400, e.to_string())),
-        };
-        let sc = match SignedCheckpoint::parse(&req.checkpoint) {
+        let checked = match self.check_request(body) {
             Ok(c) => c,
-            Err(e) => return Ok(respond(400, e.to_string())),
+            Err(r) => return Ok(r),
         };
+        match self.decide_and_save(&checked, now)? {
+            Decision::Respond(r) => Ok(r),
+            Decision::Cosign => {
+                let sig = self.cosigner.cosign(&checked.sc.note.text, now)?;
+                Ok(WitnessResponse {
+                    status: 200,
+                    content_type: TEXT,
+                    body: format_response(&[sig]).into_bytes(),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+
+    /// The checks that need no stored state: the request and checkpoint parse, the origin is a
+    /// trusted log that signed the checkpoint, and the old size is not past the new one. `Err`
+    /// is the answer to give.
+    fn check_request(&self, body: &[u8]) -> std::result::Result<Checked, WitnessResponse> {
+        let req = AddCheckpointRequest::parse(body).map_err(|e| respond(400, e.to_string()))?;
+        let sc =
+            SignedCheckpoint::parse(&req.checkpoint).map_err(|e| respond(400, e.to_string()))?;
         let origin = sc.checkpoint.origin.clone();
         let keys: Vec<Vkey> = self
             .logs
@@ -164,15 +253,15 @@ impl Witness {
             .cloned()
             .collect();
         if keys.is_empty() {
-            return Ok(respond(404, format!("unknown log origin {origin:?}")));
+            return Err(respond(404, format!("unknown log origin {origin:?}")));
         }
-        let verified = match sc.note.verify(&keys) {
-            Ok(v) => v,
-            Err(e) => return Ok(respond(403, e.to_string())),
-        };
+        let verified = sc
+            .note
+            .verify(&keys)
+            .map_err(|e| respond(403, e.to_string()))?;
         let log_key = keys[verified[0]].clone();
         if req.old_size > sc.checkpoint.size {
-            return Ok(respond(
+            return Err(respond(
                 400,
                 format!(
                     "old size {} is larger than the checkpoint size {}",
@@ -195,9 +284,26 @@ impl Witness {
                 .collect(),
         }
         .to_bytes();
-        let new = &sc.checkpoint;
+        Ok(Checked {
+            req,
+            sc,
+            origin,
+            log_key,
+            clean,
+        })
+    }
 
-        // Check and save atomically: one write transaction.
+    /// Check the request against the stored state and save the outcome (the new state, or
+    /// evidence of a split view) atomically: one write transaction.
+    fn decide_and_save(&self, checked: &Checked, now: u64) -> Result<Decision> {
+        let Checked {
+            req,
+            sc,
+            origin,
+            log_key,
+            clean,
+        } = checked;
+        let new = &sc.checkpoint;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let decision = {
@@ -206,95 +312,27 @@ impl Witness {
                 .get(origin.as_str())?
                 .map(|g| decode_state(g.value()))
                 .transpose()?;
-            let stored_size = stored.as_ref().map_or(0, |s| s.size);
             let mut cosigned_at = txn.open_table(COSIGNED_AT)?;
             let last = cosigned_at.get(origin.as_str())?.map(|g| g.value());
-            let mut evidence: Option<Vec<String>> = None;
-            let decision = if stored
-                .as_ref()
-                .is_some_and(|s| s.size == new.size && s.root != new.root)
-            {
-                // Same size, different root: a split view whatever old size was claimed.
-                evidence = Some(Vec::new());
-                Decision::Respond(conflict(stored_size))
-            } else if req.old_size != stored_size {
-                Decision::Respond(conflict(stored_size))
-            } else if req.old_size == 0 || req.old_size == new.size {
-                if !req.proof.is_empty() {
-                    Decision::Respond(respond(422, "the consistency proof must be empty"))
-                } else {
-                    Decision::Cosign
-                }
-            } else {
-                let Some(s) = stored.as_ref() else {
-                    return Err(Error::Corrupt("missing witness state".into()));
-                };
-                match merkle::verify_consistency(
-                    req.old_size,
-                    new.size,
-                    &req.proof,
-                    &s.root,
-                    &new.root,
-                ) {
-                    Ok(()) => Decision::Cosign,
-                    Err(e) => {
-                        if let Ok(h) =
-                            merkle::implied_old_root(req.old_size, new.size, &req.proof, &new.root)
-                            && h != s.root
-                        {
-                            evidence = Some(req.proof.iter().map(|h| h.to_base64()).collect());
-                        }
-                        Decision::Respond(respond(
-                            422,
-                            format!("consistency proof does not verify: {e}"),
-                        ))
-                    }
-                }
-            };
-            // Never date a cosignature of this log before one already issued.
-            let decision = match (decision, last) {
-                (Decision::Cosign, Some(last)) if now < last => {
-                    warn!(origin = %origin, now, last, "clock behind the last cosignature");
-                    let mut r = respond(
-                        503,
-                        format!(
-                            "the witness's clock reads {now}, earlier than its last cosignature \
-                             for this log ({last}); it will not date a cosignature back"
-                        ),
-                    );
-                    r.retry_after = Some((last - now).clamp(1, MAX_CLOCK_WAIT));
-                    Decision::Respond(r)
-                }
-                (d, _) => d,
-            };
+            let (decision, evidence) = judge(req, stored.as_ref(), new)?;
+            let decision = hold_for_clock(decision, origin, last, now);
             match (&decision, evidence, stored.as_ref()) {
                 (Decision::Cosign, _, _) => {
                     state.insert(
                         origin.as_str(),
-                        encode_state(new.size, &new.root, &clean).as_slice(),
+                        encode_state(new.size, &new.root, clean).as_slice(),
                     )?;
                     cosigned_at.insert(origin.as_str(), now)?;
                 }
                 (Decision::Respond(_), Some(proof), Some(s)) => {
-                    self.record_evidence(&txn, &log_key, &s.checkpoint, &clean, proof, now)?;
+                    self.record_evidence(&txn, log_key, &s.checkpoint, clean, proof, now)?;
                 }
                 _ => {}
             }
             decision
         };
         txn.commit()?;
-        match decision {
-            Decision::Respond(r) => Ok(r),
-            Decision::Cosign => {
-                let sig = self.cosigner.cosign(&sc.note.text, now)?;
-                Ok(WitnessResponse {
-                    status: 200,
-                    content_type: TEXT,
-                    body: format_response(&[sig]).into_bytes(),
-                    retry_after: None,
-                })
-            }
-        }
+        Ok(decision)
     }
 
     fn record_evidence(

@@ -337,9 +337,56 @@ pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
     let protocols = Protocols::new(&cfg.network)?;
     let topic = gossipsub::IdentTopic::new(protocols.topic.clone());
 
-    let proto_cfg = protocols.clone();
-    let mdns_on = cfg.mdns;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    let mut swarm = build_swarm(keypair, &cfg, &protocols)?;
+    let verdict_topic = gossipsub::IdentTopic::new(protocols.verdict_topic.clone());
+    join_network(&mut swarm, &cfg, [&topic, &verdict_topic])?;
+
+    let (verdict_tx, verdict_rx) = mpsc::channel(1024);
+    let shared = Arc::new(Shared {
+        peers: RwLock::new(status::PeerTable::new(cfg.max_peers)),
+        own_status: RwLock::new(None),
+        listen_addrs: RwLock::new(Vec::new()),
+        banned: RwLock::new(HashSet::new()),
+        verdicts: std::sync::Mutex::new(Some(verdict_rx)),
+    });
+    let control = swarm.behaviour().stream.new_control();
+    let (commands, command_rx) = mpsc::channel(256);
+    let handle = NetHandle {
+        peer_id,
+        protocols: protocols.clone(),
+        max_frame: cfg.max_frame,
+        status_max_age: cfg.status_interval * 5,
+        commands,
+        control,
+        shared: Arc::clone(&shared),
+    };
+
+    // Wait for the listeners so callers can print real addresses.
+    let pending_events = wait_for_listeners(&mut swarm, &shared, cfg.listen.len()).await;
+
+    // Serve our status to peers who ask.
+    let status_incoming = handle.accept(protocols.status.clone())?;
+    tokio::spawn(serve_status(handle.clone(), status_incoming));
+
+    let driver = Driver {
+        swarm,
+        handle: handle.clone(),
+        topic,
+        verdict_topic,
+        verdict_tx,
+        status_interval: cfg.status_interval,
+    };
+    let task = tokio::spawn(driver.run(command_rx, pending_events));
+    Ok(Net { handle, task })
+}
+
+/// The swarm: TCP, QUIC and relayed transports with every behaviour of the network layer.
+fn build_swarm(
+    keypair: Keypair,
+    cfg: &NetConfig,
+    protocols: &Protocols,
+) -> Result<Swarm<Behaviour>, NetError> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
@@ -350,64 +397,78 @@ pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NetError::Setup(e.to_string()))?
-        .with_behaviour(|key, relay| {
-            let id = key.public().to_peer_id();
-            let identify = identify::Behaviour::new(
-                identify::Config::new(proto_cfg.identify.clone(), key.public())
-                    .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION"))),
-            );
-            let mut kad_cfg = kad::Config::new(
-                StreamProtocol::try_from_owned(format!("/agora/{}/kad/1.0.0", cfg.network.short()))
-                    .map_err(|e| e.to_string())?,
-            );
-            kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
-            let mut kad = kad::Behaviour::with_config(id, MemoryStore::new(id), kad_cfg);
-            kad.set_mode(Some(kad::Mode::Server));
-            let gossip_cfg = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_secs(1))
-                .max_transmit_size(64 << 10)
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gossip_cfg,
-            )?;
-            let mdns = if mdns_on {
-                Toggle::from(Some(mdns::tokio::Behaviour::new(
-                    mdns::Config::default(),
-                    id,
-                )?))
-            } else {
-                Toggle::from(None)
-            };
-            Ok(Behaviour {
-                blocked: allow_block_list::Behaviour::default(),
-                limits: connection_limits::Behaviour::new(
-                    ConnectionLimits::default()
-                        .with_max_established(Some(cfg.max_connections))
-                        .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
-                        .with_max_pending_incoming(Some(64)),
-                ),
-                identify,
-                ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(10)),
-                ),
-                kad,
-                gossipsub,
-                mdns,
-                autonat: autonat::Behaviour::new(id, autonat::Config::default()),
-                relay,
-                dcutr: dcutr::Behaviour::new(id),
-                stream: libp2p_stream::Behaviour::new(),
-            })
-        })
+        .with_behaviour(|key, relay| new_behaviour(key, relay, cfg, protocols))
         .map_err(|e| NetError::Setup(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-        .build();
+        .build())
+}
 
-    let verdict_topic = gossipsub::IdentTopic::new(protocols.verdict_topic.clone());
-    for t in [&topic, &verdict_topic] {
+/// The behaviours: identify, Kademlia, gossipsub, mDNS (if enabled), AutoNAT, relay client,
+/// DCUtR, streams, with the connection limits and block list.
+fn new_behaviour(
+    key: &Keypair,
+    relay: relay::client::Behaviour,
+    cfg: &NetConfig,
+    protocols: &Protocols,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let id = key.public().to_peer_id();
+    let identify = identify::Behaviour::new(
+        identify::Config::new(protocols.identify.clone(), key.public())
+            .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let mut kad_cfg = kad::Config::new(
+        StreamProtocol::try_from_owned(format!("/agora/{}/kad/1.0.0", cfg.network.short()))
+            .map_err(|e| e.to_string())?,
+    );
+    kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+    let mut kad = kad::Behaviour::with_config(id, MemoryStore::new(id), kad_cfg);
+    kad.set_mode(Some(kad::Mode::Server));
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_secs(1))
+        .max_transmit_size(64 << 10)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_cfg,
+    )?;
+    let mdns = if cfg.mdns {
+        Toggle::from(Some(mdns::tokio::Behaviour::new(
+            mdns::Config::default(),
+            id,
+        )?))
+    } else {
+        Toggle::from(None)
+    };
+    Ok(Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
+        limits: connection_limits::Behaviour::new(
+            ConnectionLimits::default()
+                .with_max_established(Some(cfg.max_connections))
+                .with_max_established_per_peer(Some(cfg.max_connections_per_peer))
+                .with_max_pending_incoming(Some(64)),
+        ),
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(10))),
+        kad,
+        gossipsub,
+        mdns,
+        autonat: autonat::Behaviour::new(id, autonat::Config::default()),
+        relay,
+        dcutr: dcutr::Behaviour::new(id),
+        stream: libp2p_stream::Behaviour::new(),
+    })
+}
+
+/// Subscribes to the gossip topics, starts the listeners (direct and through relays) and
+/// dials the bootstrap peers.
+fn join_network(
+    swarm: &mut Swarm<Behaviour>,
+    cfg: &NetConfig,
+    topics: [&gossipsub::IdentTopic; 2],
+) -> Result<(), NetError> {
+    for t in topics {
         swarm
             .behaviour_mut()
             .gossipsub
@@ -436,29 +497,16 @@ pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
             warn!(%addr, "cannot dial bootstrap peer: {e}");
         }
     }
+    Ok(())
+}
 
-    let (verdict_tx, verdict_rx) = mpsc::channel(1024);
-    let shared = Arc::new(Shared {
-        peers: RwLock::new(status::PeerTable::new(cfg.max_peers)),
-        own_status: RwLock::new(None),
-        listen_addrs: RwLock::new(Vec::new()),
-        banned: RwLock::new(HashSet::new()),
-        verdicts: std::sync::Mutex::new(Some(verdict_rx)),
-    });
-    let control = swarm.behaviour().stream.new_control();
-    let (commands, command_rx) = mpsc::channel(256);
-    let handle = NetHandle {
-        peer_id,
-        protocols: protocols.clone(),
-        max_frame: cfg.max_frame,
-        status_max_age: cfg.status_interval * 5,
-        commands,
-        control,
-        shared: Arc::clone(&shared),
-    };
-
-    // Wait for the listeners so callers can print real addresses.
-    let expected = cfg.listen.len();
+/// Drives the swarm until `expected` listen addresses are up (at most 5 s), recording them in
+/// `shared`; returns the other events seen meanwhile, for the driver to handle.
+async fn wait_for_listeners(
+    swarm: &mut Swarm<Behaviour>,
+    shared: &Shared,
+    expected: usize,
+) -> Vec<SwarmEvent<BehaviourEvent>> {
     let mut pending_events = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while shared.listen_addrs.read().map(|a| a.len()).unwrap_or(0) < expected {
@@ -472,21 +520,7 @@ pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
             Err(_) => break,
         }
     }
-
-    // Serve our status to peers who ask.
-    let status_incoming = handle.accept(protocols.status.clone())?;
-    tokio::spawn(serve_status(handle.clone(), status_incoming));
-
-    let driver = Driver {
-        swarm,
-        handle: handle.clone(),
-        topic,
-        verdict_topic,
-        verdict_tx,
-        status_interval: cfg.status_interval,
-    };
-    let task = tokio::spawn(driver.run(command_rx, pending_events));
-    Ok(Net { handle, task })
+    pending_events
 }
 
 /// Answers status requests: one frame with our current status.

@@ -65,36 +65,231 @@ fn utf8<'a>(b: &'a [u8], line: usize, what: &str) -> Result<&'a str> {
     })
 }
 
+/// A policy error on `line` (0: the file as a whole).
+fn err(line: usize, msg: &str) -> Error {
+    Error::Policy {
+        line,
+        msg: msg.to_string(),
+    }
+}
+
+/// The whole-file checks done before any line is parsed: size, control characters and the
+/// final newline.
+fn check_bytes(data: &[u8]) -> Result<()> {
+    if data.len() > MAX_POLICY_LEN {
+        return Err(err(0, "policy file too large"));
+    }
+    if let Some(pos) = data
+        .iter()
+        .position(|&b| b != b'\t' && b != b'\n' && (b < 0x20 || b == 0x7f))
+    {
+        let line = data[..pos].iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(err(
+            line,
+            "control character (only tab and newline are allowed)",
+        ));
+    }
+    if !data.is_empty() && !data.ends_with(b"\n") {
+        let line = data.iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(err(line, "the last line is not terminated by a newline"));
+    }
+    Ok(())
+}
+
+/// Parse a vkey field, mapping its error to a policy error on `line`.
+fn parse_vkey(vkey: &[u8], line: usize) -> Result<Vkey> {
+    Vkey::parse(utf8(vkey, line, "vkey")?).map_err(|e| Error::Policy {
+        line,
+        msg: e.to_string(),
+    })
+}
+
+/// An optional URL field as a string.
+fn parse_url(url: Option<&&[u8]>, line: usize) -> Result<Option<String>> {
+    url.map(|u| utf8(u, line, "URL").map(str::to_string))
+        .transpose()
+}
+
+/// A group's threshold: `all`, `any`, or a decimal `k` with 1 <= k <= n.
+fn parse_threshold(threshold: &[u8], n: usize, line: usize) -> Result<usize> {
+    Ok(match threshold {
+        b"all" => n,
+        b"any" => 1,
+        t => std::str::from_utf8(t)
+            .ok()
+            .and_then(crate::parse_decimal)
+            .and_then(|k| usize::try_from(k).ok())
+            .filter(|k| (1..=n).contains(k))
+            .ok_or_else(|| {
+                err(
+                    line,
+                    "threshold must be all, any, or a decimal k with 1 <= k <= n",
+                )
+            })?,
+    })
+}
+
+/// The state of a policy being parsed, one directive at a time.
+#[derive(Default)]
+struct PolicyParser {
+    logs: Vec<PolicyLog>,
+    witnesses: Vec<PolicyWitness>,
+    groups: Vec<Group>,
+    names: HashMap<Vec<u8>, Member>,
+    used_as_member: HashSet<Vec<u8>>,
+    quorum: Option<Quorum>,
+}
+
+impl PolicyParser {
+    /// One non-empty, non-comment line: `kw` followed by `args`.
+    fn directive(&mut self, line: usize, kw: &[u8], args: &[&[u8]]) -> Result<()> {
+        match kw {
+            b"log" => self.log(line, args),
+            b"witness" => self.witness(line, args),
+            b"group" => self.group(line, args),
+            b"quorum" => self.quorum(line, args),
+            _ => Err(err(line, "unknown keyword")),
+        }
+    }
+
+    /// `log <vkey> [<url>]`
+    fn log(&mut self, line: usize, args: &[&[u8]]) -> Result<()> {
+        let (vkey, url) = match args {
+            [v] => (v, None),
+            [v, u] => (v, Some(u)),
+            _ => return Err(err(line, "expected: log <vkey> [<url>]")),
+        };
+        let vkey = parse_vkey(vkey, line)?;
+        if vkey.kind != KeyType::Ed25519 {
+            return Err(err(line, "a log key must be an Ed25519 (0x01) vkey"));
+        }
+        if self.logs.iter().any(|l| l.vkey.key == vkey.key) {
+            return Err(err(line, "duplicate log key"));
+        }
+        if self.logs.len() == MAX_LOGS {
+            return Err(err(line, "too many logs"));
+        }
+        let url = parse_url(url, line)?;
+        self.logs.push(PolicyLog { vkey, url });
+        Ok(())
+    }
+
+    /// `witness <name> <vkey> [<url>]`
+    fn witness(&mut self, line: usize, args: &[&[u8]]) -> Result<()> {
+        let (name, vkey, url) = match args {
+            [n, v] => (n, v, None),
+            [n, v, u] => (n, v, Some(u)),
+            _ => return Err(err(line, "expected: witness <name> <vkey> [<url>]")),
+        };
+        if *name == b"none" || self.names.contains_key(*name) {
+            return Err(err(line, "name already defined"));
+        }
+        let vkey = parse_vkey(vkey, line)?;
+        if vkey.kind != KeyType::CosignatureV1 {
+            return Err(err(
+                line,
+                "a witness key must be a cosignature/v1 (0x04) vkey",
+            ));
+        }
+        if self.witnesses.iter().any(|w| w.vkey.key == vkey.key) {
+            return Err(err(line, "duplicate witness key"));
+        }
+        if self.witnesses.len() == MAX_WITNESSES {
+            return Err(err(line, "too many witnesses"));
+        }
+        let url = parse_url(url, line)?;
+        self.names
+            .insert(name.to_vec(), Member::Witness(self.witnesses.len()));
+        self.witnesses.push(PolicyWitness {
+            name: name.to_vec(),
+            vkey,
+            url,
+        });
+        Ok(())
+    }
+
+    /// `group <name> <all|any|k> <name>...`
+    fn group(&mut self, line: usize, args: &[&[u8]]) -> Result<()> {
+        let [name, threshold, members @ ..] = args else {
+            return Err(err(line, "expected: group <name> <all|any|k> <name>..."));
+        };
+        if members.is_empty() {
+            return Err(err(line, "a group needs at least one member"));
+        }
+        if *name == b"none" || self.names.contains_key(*name) {
+            return Err(err(line, "name already defined"));
+        }
+        if self.groups.len() == MAX_GROUPS {
+            return Err(err(line, "too many groups"));
+        }
+        let n = members.len();
+        let k = parse_threshold(threshold, n, line)?;
+        let mut ms = Vec::with_capacity(n);
+        for m in members {
+            if *m == b"none" {
+                return Err(err(line, "none cannot be a group member"));
+            }
+            let member = *self
+                .names
+                .get(*m)
+                .ok_or_else(|| err(line, "member is not defined on a preceding line"))?;
+            if !self.used_as_member.insert(m.to_vec()) {
+                return Err(err(
+                    line,
+                    "a name can be listed as a group member only once",
+                ));
+            }
+            ms.push(member);
+        }
+        self.names
+            .insert(name.to_vec(), Member::Group(self.groups.len()));
+        self.groups.push(Group {
+            name: name.to_vec(),
+            threshold: k,
+            members: ms,
+        });
+        Ok(())
+    }
+
+    /// `quorum <name>`
+    fn quorum(&mut self, line: usize, args: &[&[u8]]) -> Result<()> {
+        let [name] = args else {
+            return Err(err(line, "expected: quorum <name>"));
+        };
+        if self.quorum.is_some() {
+            return Err(err(line, "more than one quorum line"));
+        }
+        self.quorum = Some(if *name == b"none" {
+            Quorum::None
+        } else {
+            Quorum::Member(
+                *self
+                    .names
+                    .get(*name)
+                    .ok_or_else(|| err(line, "quorum name is not defined on a preceding line"))?,
+            )
+        });
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Policy> {
+        let quorum = self
+            .quorum
+            .ok_or_else(|| err(0, "the policy has no quorum line"))?;
+        Ok(Policy {
+            logs: self.logs,
+            witnesses: self.witnesses,
+            groups: self.groups,
+            quorum,
+        })
+    }
+}
+
 impl Policy {
     /// Parse a policy file.
     pub fn parse(data: &[u8]) -> Result<Policy> {
-        let err = |line: usize, msg: &str| Error::Policy {
-            line,
-            msg: msg.to_string(),
-        };
-        if data.len() > MAX_POLICY_LEN {
-            return Err(err(0, "policy file too large"));
-        }
-        if let Some(pos) = data
-            .iter()
-            .position(|&b| b != b'\t' && b != b'\n' && (b < 0x20 || b == 0x7f))
-        {
-            let line = data[..pos].iter().filter(|&&b| b == b'\n').count() + 1;
-            return Err(err(
-                line,
-                "control character (only tab and newline are allowed)",
-            ));
-        }
-        if !data.is_empty() && !data.ends_with(b"\n") {
-            let line = data.iter().filter(|&&b| b == b'\n').count() + 1;
-            return Err(err(line, "the last line is not terminated by a newline"));
-        }
-        let mut logs: Vec<PolicyLog> = Vec::new();
-        let mut witnesses: Vec<PolicyWitness> = Vec::new();
-        let mut groups: Vec<Group> = Vec::new();
-        let mut names: HashMap<Vec<u8>, Member> = HashMap::new();
-        let mut used_as_member: HashSet<Vec<u8>> = HashSet::new();
-        let mut quorum: Option<Quorum> = None;
+        check_bytes(data)?;
+        let mut parser = PolicyParser::default();
         let body = data.strip_suffix(b"\n").unwrap_or(data);
         for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
             if data.is_empty() {
@@ -108,145 +303,9 @@ impl Policy {
             if kw.starts_with(b"#") {
                 continue;
             }
-            match kw {
-                b"log" => {
-                    let (vkey, url) = match args {
-                        [v] => (v, None),
-                        [v, u] => (v, Some(u)),
-                        _ => return Err(err(line, "expected: log <vkey> [<url>]")),
-                    };
-                    let vkey =
-                        Vkey::parse(utf8(vkey, line, "vkey")?).map_err(|e| Error::Policy {
-                            line,
-                            msg: e.to_string(),
-                        })?;
-                    if vkey.kind != KeyType::Ed25519 {
-                        return Err(err(line, "a log key must be an Ed25519 (0x01) vkey"));
-                    }
-                    if logs.iter().any(|l| l.vkey.key == vkey.key) {
-                        return Err(err(line, "duplicate log key"));
-                    }
-                    if logs.len() == MAX_LOGS {
-                        return Err(err(line, "too many logs"));
-                    }
-                    let url = url
-                        .map(|u| utf8(u, line, "URL").map(str::to_string))
-                        .transpose()?;
-                    logs.push(PolicyLog { vkey, url });
-                }
-                b"witness" => {
-                    let (name, vkey, url) = match args {
-                        [n, v] => (n, v, None),
-                        [n, v, u] => (n, v, Some(u)),
-                        _ => return Err(err(line, "expected: witness <name> <vkey> [<url>]")),
-                    };
-                    if *name == b"none" || names.contains_key(*name) {
-                        return Err(err(line, "name already defined"));
-                    }
-                    let vkey =
-                        Vkey::parse(utf8(vkey, line, "vkey")?).map_err(|e| Error::Policy {
-                            line,
-                            msg: e.to_string(),
-                        })?;
-                    if vkey.kind != KeyType::CosignatureV1 {
-                        return Err(err(
-                            line,
-                            "a witness key must be a cosignature/v1 (0x04) vkey",
-                        ));
-                    }
-                    if witnesses.iter().any(|w| w.vkey.key == vkey.key) {
-                        return Err(err(line, "duplicate witness key"));
-                    }
-                    if witnesses.len() == MAX_WITNESSES {
-                        return Err(err(line, "too many witnesses"));
-                    }
-                    let url = url
-                        .map(|u| utf8(u, line, "URL").map(str::to_string))
-                        .transpose()?;
-                    names.insert(name.to_vec(), Member::Witness(witnesses.len()));
-                    witnesses.push(PolicyWitness {
-                        name: name.to_vec(),
-                        vkey,
-                        url,
-                    });
-                }
-                b"group" => {
-                    let [name, threshold, members @ ..] = args else {
-                        return Err(err(line, "expected: group <name> <all|any|k> <name>..."));
-                    };
-                    if members.is_empty() {
-                        return Err(err(line, "a group needs at least one member"));
-                    }
-                    if *name == b"none" || names.contains_key(*name) {
-                        return Err(err(line, "name already defined"));
-                    }
-                    if groups.len() == MAX_GROUPS {
-                        return Err(err(line, "too many groups"));
-                    }
-                    let n = members.len();
-                    let k = match *threshold {
-                        b"all" => n,
-                        b"any" => 1,
-                        t => std::str::from_utf8(t)
-                            .ok()
-                            .and_then(crate::parse_decimal)
-                            .and_then(|k| usize::try_from(k).ok())
-                            .filter(|k| (1..=n).contains(k))
-                            .ok_or_else(|| {
-                                err(
-                                    line,
-                                    "threshold must be all, any, or a decimal k with 1 <= k <= n",
-                                )
-                            })?,
-                    };
-                    let mut ms = Vec::with_capacity(n);
-                    for m in members {
-                        if *m == b"none" {
-                            return Err(err(line, "none cannot be a group member"));
-                        }
-                        let member = *names.get(*m).ok_or_else(|| {
-                            err(line, "member is not defined on a preceding line")
-                        })?;
-                        if !used_as_member.insert(m.to_vec()) {
-                            return Err(err(
-                                line,
-                                "a name can be listed as a group member only once",
-                            ));
-                        }
-                        ms.push(member);
-                    }
-                    names.insert(name.to_vec(), Member::Group(groups.len()));
-                    groups.push(Group {
-                        name: name.to_vec(),
-                        threshold: k,
-                        members: ms,
-                    });
-                }
-                b"quorum" => {
-                    let [name] = args else {
-                        return Err(err(line, "expected: quorum <name>"));
-                    };
-                    if quorum.is_some() {
-                        return Err(err(line, "more than one quorum line"));
-                    }
-                    quorum = Some(if *name == b"none" {
-                        Quorum::None
-                    } else {
-                        Quorum::Member(*names.get(*name).ok_or_else(|| {
-                            err(line, "quorum name is not defined on a preceding line")
-                        })?)
-                    });
-                }
-                _ => return Err(err(line, "unknown keyword")),
-            }
+            parser.directive(line, kw, args)?;
         }
-        let quorum = quorum.ok_or_else(|| err(0, "the policy has no quorum line"))?;
-        Ok(Policy {
-            logs,
-            witnesses,
-            groups,
-            quorum,
-        })
+        parser.finish()
     }
 
     /// Whether a set of witnesses (indices into `witnesses`) satisfies the quorum.

@@ -262,6 +262,142 @@ struct WorkerResult {
     last_error: Option<String>,
 }
 
+/// The tree size in a `/checkpoint` response body (its second line).
+fn checkpoint_size(body: &[u8]) -> Option<u64> {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(|s| s.lines().nth(1))
+        .and_then(|l| l.parse::<u64>().ok())
+}
+
+/// Polls `/checkpoint` every 10 ms until `stop` is notified; returns when (since `start`) each
+/// larger tree size was first seen.
+fn spawn_poller(
+    host: String,
+    path: String,
+    start: Instant,
+    stop: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<Vec<(Duration, u64)>> {
+    tokio::spawn(async move {
+        let mut conn = Conn::new(&host);
+        let mut seen: Vec<(Duration, u64)> = Vec::new();
+        let stop_wait = stop.notified();
+        tokio::pin!(stop_wait);
+        loop {
+            if let Ok((200, body)) = conn.request("GET", &path, Bytes::new()).await {
+                let size = checkpoint_size(&body);
+                if let Some(size) = size
+                    && seen.last().is_none_or(|l| l.1 < size)
+                {
+                    seen.push((start.elapsed(), size));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = &mut stop_wait => break,
+            }
+        }
+        seen
+    })
+}
+
+/// One connection posting entries to `/add`, taking sequence numbers from a shared counter.
+struct Worker {
+    host: String,
+    path: String,
+    next: Arc<AtomicU64>,
+    cfg: HammerConfig,
+    start: Instant,
+    deadline: Option<Instant>,
+    interval: Option<Duration>,
+}
+
+impl Worker {
+    async fn run(self) -> WorkerResult {
+        let mut r = WorkerResult::default();
+        let mut conn = Conn::new(&self.host);
+        let mut ticker = self.interval.map(|d| {
+            let mut t = tokio::time::interval(d);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            let seq = self.next.fetch_add(1, Ordering::Relaxed);
+            if self.cfg.count > 0 && seq >= self.cfg.count {
+                break;
+            }
+            if let Some(t) = ticker.as_mut() {
+                t.tick().await;
+            }
+            let e = entry(self.cfg.seed, seq, self.cfg.size);
+            let digest: [u8; 32] = Sha256::digest(&e).into();
+            let sent_at = self.start.elapsed();
+            r.sent += 1;
+            let result = conn.request("POST", &self.path, Bytes::from(e)).await;
+            let latency = self.start.elapsed() - sent_at;
+            r.record(result, sent_at, latency, digest).await;
+        }
+        r
+    }
+}
+
+impl WorkerResult {
+    /// Count the answer to one `/add`, backing off after a 503 or a transport error.
+    async fn record(
+        &mut self,
+        result: std::result::Result<(u16, Bytes), String>,
+        sent_at: Duration,
+        latency: Duration,
+        digest: [u8; 32],
+    ) {
+        match result {
+            Ok((200, body)) => {
+                match std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|s| s.trim_end().parse().ok())
+                {
+                    Some(index) => self.acks.push(Ack {
+                        index,
+                        sent_at,
+                        latency,
+                        digest,
+                    }),
+                    None => {
+                        self.errors += 1;
+                        self.last_error = Some("bad /add response body".into());
+                    }
+                }
+            }
+            Ok((503, _)) => {
+                self.overloaded += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok((status, body)) => {
+                self.errors += 1;
+                self.last_error = Some(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ));
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.last_error = Some(e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn join_error(url: &str, e: tokio::task::JoinError) -> TlogHttpError {
+    TlogHttpError::Transport {
+        url: url.to_string(),
+        msg: e.to_string(),
+    }
+}
+
 /// Run the load generator.
 pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
     let (host, prefix) = split_url(&cfg.url)?;
@@ -275,115 +411,31 @@ pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
     // Checkpoint poller.
     let poll_stop = Arc::new(tokio::sync::Notify::new());
     let poller = cfg.checkpoint_latency.then(|| {
-        let (host, path, stop) = (
+        spawn_poller(
             host.clone(),
             format!("{prefix}/checkpoint"),
+            start,
             poll_stop.clone(),
-        );
-        tokio::spawn(async move {
-            let mut conn = Conn::new(&host);
-            let mut seen: Vec<(Duration, u64)> = Vec::new();
-            let stop_wait = stop.notified();
-            tokio::pin!(stop_wait);
-            loop {
-                if let Ok((200, body)) = conn.request("GET", &path, Bytes::new()).await {
-                    let size = std::str::from_utf8(&body)
-                        .ok()
-                        .and_then(|s| s.lines().nth(1))
-                        .and_then(|l| l.parse::<u64>().ok());
-                    if let Some(size) = size
-                        && seen.last().is_none_or(|l| l.1 < size)
-                    {
-                        seen.push((start.elapsed(), size));
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                    _ = &mut stop_wait => break,
-                }
-            }
-            seen
-        })
+        )
     });
 
     let mut workers = Vec::new();
     for _ in 0..conc {
-        let (host, path, next, cfg) = (
-            host.clone(),
-            format!("{prefix}/add"),
-            next.clone(),
-            cfg.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut r = WorkerResult::default();
-            let mut conn = Conn::new(&host);
-            let mut ticker = per_worker_interval.map(|d| {
-                let mut t = tokio::time::interval(d);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            loop {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if cfg.count > 0 && seq >= cfg.count {
-                    break;
-                }
-                if let Some(t) = ticker.as_mut() {
-                    t.tick().await;
-                }
-                let e = entry(cfg.seed, seq, cfg.size);
-                let digest: [u8; 32] = Sha256::digest(&e).into();
-                let sent_at = start.elapsed();
-                r.sent += 1;
-                match conn.request("POST", &path, Bytes::from(e)).await {
-                    Ok((200, body)) => {
-                        let latency = start.elapsed() - sent_at;
-                        match std::str::from_utf8(&body)
-                            .ok()
-                            .and_then(|s| s.trim_end().parse().ok())
-                        {
-                            Some(index) => r.acks.push(Ack {
-                                index,
-                                sent_at,
-                                latency,
-                                digest,
-                            }),
-                            None => {
-                                r.errors += 1;
-                                r.last_error = Some("bad /add response body".into());
-                            }
-                        }
-                    }
-                    Ok((503, _)) => {
-                        r.overloaded += 1;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Ok((status, body)) => {
-                        r.errors += 1;
-                        r.last_error = Some(format!(
-                            "HTTP {status}: {}",
-                            String::from_utf8_lossy(&body).trim()
-                        ));
-                    }
-                    Err(e) => {
-                        r.errors += 1;
-                        r.last_error = Some(e);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            r
-        }));
+        let worker = Worker {
+            host: host.clone(),
+            path: format!("{prefix}/add"),
+            next: next.clone(),
+            cfg: cfg.clone(),
+            start,
+            deadline,
+            interval: per_worker_interval,
+        };
+        workers.push(tokio::spawn(worker.run()));
     }
     let mut acks = Vec::new();
     let mut report = HammerReport::default();
     for w in workers {
-        let r = w.await.map_err(|e| TlogHttpError::Transport {
-            url: cfg.url.clone(),
-            msg: e.to_string(),
-        })?;
+        let r = w.await.map_err(|e| join_error(&cfg.url, e))?;
         report.sent += r.sent;
         report.overloaded += r.overloaded;
         report.errors += r.errors;
@@ -397,58 +449,66 @@ pub async fn run(cfg: HammerConfig) -> Result<HammerReport> {
     report.ack_latency = Percentiles::of(acks.iter().map(|a| a.latency).collect());
 
     if let Some(poller) = poller {
-        // Wait (bounded) for a checkpoint that covers every acknowledged entry.
-        let need = acks.iter().map(|a| a.index + 1).max().unwrap_or(0);
-        let mut conn = Conn::new(&host);
-        let wait_until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < wait_until {
-            if let Ok((200, body)) = conn
-                .request("GET", &format!("{prefix}/checkpoint"), Bytes::new())
-                .await
-                && std::str::from_utf8(&body)
-                    .ok()
-                    .and_then(|s| s.lines().nth(1))
-                    .and_then(|l| l.parse::<u64>().ok())
-                    .is_some_and(|s| s >= need)
-            {
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for_inclusion(&host, &prefix, &acks).await;
         poll_stop.notify_one();
-        let seen = poller.await.map_err(|e| TlogHttpError::Transport {
-            url: cfg.url.clone(),
-            msg: e.to_string(),
-        })?;
-        let mut lat = Vec::with_capacity(acks.len());
-        let mut missing = 0;
-        for a in &acks {
-            let i = seen.partition_point(|(_, s)| *s <= a.index);
-            match seen.get(i) {
-                Some((t, _)) => lat.push(t.saturating_sub(a.sent_at)),
-                None => missing += 1,
-            }
-        }
+        let seen = poller.await.map_err(|e| join_error(&cfg.url, e))?;
+        let (lat, missing) = inclusion_latencies(&acks, &seen);
         report.not_included = missing;
         report.inclusion_latency = Some(Percentiles::of(lat));
     }
 
     if let Some(path) = &cfg.record {
-        let f = std::fs::File::create(path).map_err(|e| TlogHttpError::Transport {
-            url: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
-        let mut w = std::io::BufWriter::new(f);
-        for a in &acks {
-            let _ = writeln!(w, "{} {}", a.index, hex::encode(a.digest));
-        }
-        w.flush().map_err(|e| TlogHttpError::Transport {
-            url: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
+        write_record(path, &acks)?;
     }
     Ok(report)
+}
+
+/// Wait (bounded: 10 s) for a checkpoint that covers every acknowledged entry.
+async fn wait_for_inclusion(host: &str, prefix: &str, acks: &[Ack]) {
+    let need = acks.iter().map(|a| a.index + 1).max().unwrap_or(0);
+    let mut conn = Conn::new(host);
+    let wait_until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < wait_until {
+        if let Ok((200, body)) = conn
+            .request("GET", &format!("{prefix}/checkpoint"), Bytes::new())
+            .await
+            && checkpoint_size(&body).is_some_and(|s| s >= need)
+        {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// For each acknowledged entry, the time from sending it to the first checkpoint seen that
+/// covers it; and how many no checkpoint seen covers.
+fn inclusion_latencies(acks: &[Ack], seen: &[(Duration, u64)]) -> (Vec<Duration>, u64) {
+    let mut lat = Vec::with_capacity(acks.len());
+    let mut missing = 0;
+    for a in acks {
+        let i = seen.partition_point(|(_, s)| *s <= a.index);
+        match seen.get(i) {
+            Some((t, _)) => lat.push(t.saturating_sub(a.sent_at)),
+            None => missing += 1,
+        }
+    }
+    (lat, missing)
+}
+
+/// Write `index sha256(entry)` for every acknowledged entry to `path`.
+fn write_record(path: &std::path::Path, acks: &[Ack]) -> Result<()> {
+    let io_error = |e: std::io::Error| TlogHttpError::Transport {
+        url: path.display().to_string(),
+        msg: e.to_string(),
+    };
+    let f = std::fs::File::create(path).map_err(io_error)?;
+    let mut w = std::io::BufWriter::new(f);
+    for a in acks {
+        let _ = writeln!(w, "{} {}", a.index, hex::encode(a.digest));
+    }
+    w.flush().map_err(io_error)?;
+    Ok(())
 }
 
 #[cfg(test)]
