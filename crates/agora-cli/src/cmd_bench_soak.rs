@@ -42,6 +42,10 @@ pub struct BenchSoakArgs {
     /// Also write the conditions and results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// The gateway's `--transcript-cap` (transcripts kept for validators; they are most of its
+    /// memory): a small one shows the gateway's memory reaching its plateau within a short run.
+    #[arg(long, default_value_t = 10_000)]
+    pub transcript_cap: usize,
 }
 
 /// Each worker's engine: one thread, two slots, a 512-token context (five processes share
@@ -224,7 +228,7 @@ pub fn run(home: &Path, a: BenchSoakArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
     let dir = tempfile::Builder::new().prefix("agora-soak-").tempdir()?;
 
-    let mut net = Devnet::start(&exe, dir.path(), &models, &model.name)?;
+    let mut net = Devnet::start(&exe, dir.path(), &models, &model.name, a.transcript_cap)?;
     let load = net.load(&a, &exe, dir.path(), &model.name, duration)?;
     let rep = net.reputation();
     let memory = memory_report(&net.fleet, &load.rss, warmup);
@@ -235,6 +239,7 @@ pub fn run(home: &Path, a: BenchSoakArgs) -> Result<()> {
             "slots": SLOTS, "ctx": CTX, "minutes": a.minutes, "seconds": load.elapsed.as_secs_f64(),
             "warmup_seconds": warmup.as_secs_f64(), "clients": a.clients,
             "slowloris_connections": SLOW_HEADERS, "stalled_bodies": STALLED_BODIES,
+            "transcript_cap": a.transcript_cap,
         },
         "honest": load.clients.to_json(load.elapsed),
         "hostile_peers": load.rogues.to_json(),
@@ -317,7 +322,13 @@ fn sample_rss(fleet: &Fleet) -> Vec<u64> {
 impl Devnet {
     /// Starts the gateway (log), the validator and the workers, and waits until the gateway
     /// lists every worker.
-    fn start(exe: &Path, dir: &Path, models: &Path, model: &str) -> Result<Devnet> {
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        models: &Path,
+        model: &str,
+        transcript_cap: usize,
+    ) -> Result<Devnet> {
         eprintln!(
             "agora bench-soak: starting a gateway (log), {WORKERS} workers and a validator on loopback…"
         );
@@ -335,6 +346,8 @@ impl Devnet {
                 "--serve-log",
                 "--trust-validator",
                 &validator_id,
+                "--transcript-cap",
+                &transcript_cap.to_string(),
             ]),
         )?;
         let (gw_url, gw_p2p) = (
@@ -1222,9 +1235,10 @@ fn cell(v: &Value) -> String {
 fn print_conditions(c: &Value) {
     println!();
     println!(
-        "agora bench-soak: {} ({} cores); a gateway serving the log, {} workers and a validator on loopback, each {} with {} thread, {} slots, ctx {}; {} min ({:.0} s), {} honest clients, warm-up {:.0} s",
+        "agora bench-soak: {} ({} cores); a gateway serving the log (keeping at most {} transcripts), {} workers and a validator on loopback, each {} with {} thread, {} slots, ctx {}; {} min ({:.0} s), {} honest clients, warm-up {:.0} s",
         c["cpu"].as_str().unwrap_or("?"),
         c["cores"],
+        c["transcript_cap"],
         c["workers"],
         c["model"].as_str().unwrap_or("?"),
         c["threads"],
