@@ -53,7 +53,7 @@ agora_check_python() {
 # Build dependencies: cmake and clang/libclang for llama.cpp and its bindings.
 agora_build_deps() {
     agora_check_rust
-    agora_install_debs cmake clang libclang-dev
+    agora_install_debs cmake clang libclang-dev patch
     agora_check_python
 }
 
