@@ -33,11 +33,23 @@ pub struct NodeStatus {
     pub time_ms: u64,
 }
 
+impl ServedModel {
+    /// Whether `model` (a name, a `sha256:` digest or a bare digest) names this model.
+    pub fn is(&self, model: &str) -> bool {
+        self.name == model
+            || self.digest == model
+            || self.digest.strip_prefix("sha256:") == Some(model)
+    }
+}
+
 impl NodeStatus {
     pub fn serves(&self, model: &str) -> bool {
-        self.models.iter().any(|m| {
-            m.name == model || m.digest == model || m.digest.strip_prefix("sha256:") == Some(model)
-        })
+        self.models.iter().any(|m| m.is(model))
+    }
+
+    /// The served model that `model` names, if any.
+    pub fn model(&self, model: &str) -> Option<&ServedModel> {
+        self.models.iter().find(|m| m.is(model))
     }
 }
 

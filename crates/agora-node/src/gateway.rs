@@ -342,16 +342,9 @@ impl Gateway {
             self.net.live_peers().iter().map(|p| p.peer_id).collect();
         peers.sort_by_key(|p| !live.contains(&p.peer_id));
         peers.iter().find_map(|p| {
-            p.status.as_ref().and_then(|s| {
-                s.models
-                    .iter()
-                    .find(|m| {
-                        m.name == model
-                            || m.digest == model
-                            || m.digest.strip_prefix("sha256:") == Some(model)
-                    })
-                    .map(|m| (m.digest.clone(), m.n_ctx))
-            })
+            p.status
+                .as_ref()
+                .and_then(|s| s.model(model).map(|m| (m.digest.clone(), m.n_ctx)))
         })
     }
 }
