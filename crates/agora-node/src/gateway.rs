@@ -527,21 +527,26 @@ impl Gateway {
 
     /// Tries candidates in order until one accepts. On a resume (`resume` not empty) a refusal
     /// that looks like the client's fault is the handed-over prefix's: the next worker is tried.
+    ///
+    /// The chosen worker is counted in flight from the moment it is chosen, not from its first
+    /// token: requests that arrive together must see each other's choices, or they all pick the
+    /// same "free" worker and one never measured is never tried.
     async fn start_on_some(
         &self,
         model: &str,
         job: &JobSpec,
         resume: &[u32],
         tried: &mut Vec<Target>,
-    ) -> Result<(Target, Source), ApiError> {
+    ) -> Result<(Target, Source, InflightGuard), ApiError> {
         let mut last: Option<ApiError> = None;
         while tried.len() < self.cfg.max_attempts {
             let Some(target) = self.candidates(model, tried).into_iter().next() else {
                 break;
             };
+            let guard = InflightGuard::new(&self.inflight, target);
             tried.push(target);
             match self.attempt(target, model, job, resume).await {
-                Ok(source) => return Ok((target, source)),
+                Ok(source) => return Ok((target, source, guard)),
                 Err(AttemptError::Client(e)) if resume.is_empty() => return Err(e),
                 Err(AttemptError::Client(e)) => {
                     warn!(?target, "worker refused to resume: {}", e.message);
@@ -655,7 +660,8 @@ impl Backend for Gateway {
                 return Err(ApiError::unknown_model(&model));
             };
             let mut tried = Vec::new();
-            let (target, source) = self.start_on_some(&model, &job, &[], &mut tried).await?;
+            let (target, source, inflight) =
+                self.start_on_some(&model, &job, &[], &mut tried).await?;
             let served = self
                 .local
                 .as_ref()
@@ -679,7 +685,7 @@ impl Backend for Gateway {
                 tried,
                 guard,
             };
-            tokio::spawn(relay.run(target, source));
+            tokio::spawn(relay.run(target, source, inflight));
             Ok(Started {
                 model: served.unwrap_or(model),
                 events: rx,
@@ -812,9 +818,8 @@ struct Relay {
 }
 
 impl Relay {
-    async fn run(mut self, mut target: Target, mut source: Source) {
+    async fn run(mut self, mut target: Target, mut source: Source, mut guard: InflightGuard) {
         let net = self.gateway.net.clone();
-        let mut guard = InflightGuard::new(&self.gateway.inflight, target);
         let mut generated: Vec<u32> = Vec::new();
         let mut text = String::new();
         // Tokens handed to the current attempt (generated before it started).
@@ -897,13 +902,13 @@ impl Relay {
                         .start_on_some(&self.model, &self.job, &generated, &mut self.tried)
                         .await
                     {
-                        Ok((t, s)) => {
+                        Ok((t, s, g)) => {
                             info!(from = ?target, to = ?t, resumed = generated.len(), "generation resumed");
                             target = t;
                             source = s;
+                            guard = g;
                             resumed_at = generated.len();
                             started = Instant::now();
-                            guard = InflightGuard::new(&self.gateway.inflight, target);
                             if self
                                 .tx
                                 .send(Event::Worker(target_name(&net, target)))

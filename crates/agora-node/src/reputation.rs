@@ -174,19 +174,28 @@ impl Reputations {
         slots.min(peak.saturating_mul(2).max(1))
     }
 
-    /// Speed believed of a worker that advertises `tps`.
+    /// Speed believed of a worker that advertises `tps`: the claim, capped by what this gateway
+    /// measured (or by [`UNMEASURED_SPEED`] before any delivery). A worker that has not served
+    /// yet advertises 0, meaning "not known": it is believed the measurement, or the prior, so
+    /// that a newcomer is tried instead of being ranked below everyone forever.
     pub fn believed_speed(&self, worker: &PeerId, tps: f64) -> f64 {
         let measured = self.get(worker).measured_tps;
+        if !tps.is_finite() {
+            return 0.0;
+        }
+        if tps <= 0.0 {
+            return if measured > 0.0 {
+                measured
+            } else {
+                UNMEASURED_SPEED
+            };
+        }
         let cap = if measured > 0.0 {
             1.5 * measured
         } else {
             UNMEASURED_SPEED
         };
-        if tps.is_finite() {
-            tps.clamp(0.0, cap)
-        } else {
-            0.0
-        }
+        tps.min(cap)
     }
 
     /// Every record, for `/agora/v1/nodes`.
@@ -232,7 +241,18 @@ mod tests {
         assert_eq!(r.believed_slots(&w, 1_000_000), 1);
         assert_eq!(r.believed_speed(&w, 1e12), UNMEASURED_SPEED);
         assert_eq!(r.believed_speed(&w, f64::NAN), 0.0);
+        assert_eq!(
+            r.believed_speed(&w, 0.0),
+            UNMEASURED_SPEED,
+            "not known is the prior"
+        );
+        assert_eq!(r.believed_speed(&w, 5.0), 5.0);
         r.record_delivery(&w, 3, 100, Duration::from_secs(1));
+        assert_eq!(
+            r.believed_speed(&w, 0.0),
+            100.0,
+            "not known is the measurement"
+        );
         assert_eq!(r.believed_slots(&w, 1_000_000), 6);
         assert_eq!(r.believed_slots(&w, 4), 4);
         assert_eq!(r.believed_speed(&w, 1e12), 150.0);
