@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agora_api::client::Client;
-use agora_engine::catalog;
-use agora_engine::store::ModelStore;
+use agora_models::catalog;
+use agora_models::store::ModelStore;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};

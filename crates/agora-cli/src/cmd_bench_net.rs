@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use agora_api::client::Client;
 use agora_api::tlog::hammer::{Conn, Percentiles};
-use agora_engine::catalog;
+use agora_models::catalog;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
@@ -125,7 +125,7 @@ fn ttft(client: &Client, model: &str, i: usize) -> Result<Duration> {
 }
 
 pub fn run(home: &Path, a: BenchNetArgs) -> Result<()> {
-    let store = agora_engine::store::ModelStore::open(home, true)?;
+    let store = agora_models::store::ModelStore::open(home, true)?;
     let model = store.resolve_or_fetch(&a.model)?;
     let models = store.root().to_path_buf();
     let cores = std::thread::available_parallelism()

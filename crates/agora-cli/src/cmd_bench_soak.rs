@@ -21,8 +21,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use agora_api::tlog::hammer::Percentiles;
-use agora_engine::catalog;
-use agora_engine::store::ModelStore;
+use agora_models::catalog;
+use agora_models::store::ModelStore;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use rand::Rng;

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_core::Identity;
-use agora_engine::store::ModelStore;
 use agora_engine::{
-    Capture, ChatMessage, Engine, Event, GenRequest, JobSpec, LlamaConfig, LlamaEngine, PromptSpec,
-    SamplingParams,
+    Capture, ChatMessage, Engine, Event, GenRequest, JobSpec, PromptSpec, SamplingParams,
 };
+use agora_llama::{LlamaConfig, LlamaEngine};
+use agora_models::store::ModelStore;
 use agora_node::Attestor;
 use agora_node::transcript::Transcript;
 use agora_verify::Tolerances;
@@ -301,7 +301,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
     let store = ModelStore::open(home, true)?;
-    let model = store.resolve_or_fetch(agora_engine::catalog::DEFAULT_MODEL)?;
+    let model = store.resolve_or_fetch(agora_models::catalog::DEFAULT_MODEL)?;
     let (name, sha) = (model.name.clone(), model.sha256.clone());
     let identity = Arc::new(Identity::generate(&mut rand::rngs::OsRng));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -47,7 +47,7 @@ pub struct RogueArgs {
     #[arg(long, default_value_t = 50_000)]
     pub count: usize,
     /// The model the target serves (`bad-resume` asks for it).
-    #[arg(long, default_value = agora_engine::catalog::DEFAULT_MODEL)]
+    #[arg(long, default_value = agora_models::catalog::DEFAULT_MODEL)]
     pub model: String,
     /// The target's context window in tokens (`bad-resume` resumes that many tokens).
     #[arg(long, default_value_t = 2048)]

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use agora_engine::catalog;
-use agora_engine::store::{self, ModelStore};
+use agora_models::catalog;
+use agora_models::store::{self, ModelStore};
 use anyhow::Result;
 use clap::Subcommand;
 

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_engine::{EchoEngine, Engine, catalog};
+use agora_engine::{EchoEngine, Engine};
+use agora_llama::{LlamaConfig, LlamaEngine};
+use agora_models::{ModelStore, catalog};
 use agora_net::Multiaddr;
 use agora_node::daemon::{Daemon, DaemonConfig, GatewayRole, ValidatorRole};
 use agora_node::{GatewayConfig, NodeConfig, P2pOptions, WorkerLimits};
@@ -290,31 +292,35 @@ async fn shutdown_signal() {
     }
 }
 
+/// Resolves (fetching if needed) and loads the model `cfg` names. Blocking: call before async
+/// work starts. A cheating worker (`--features cheat`) may swap the weights it loads while its
+/// engine still claims the resolved model.
+fn load(cfg: &NodeConfig, args: &NodeArgs, home: &Path) -> Result<Arc<LlamaEngine>> {
+    let store = ModelStore::open(&cfg.home, true)?;
+    let model = store.resolve_or_fetch(&cfg.model)?;
+    let path = weights(&model.path, args, home)?;
+    let mut lc = LlamaConfig::new(path, model.name, model.sha256);
+    lc.threads = cfg.threads;
+    lc.slots = cfg.slots;
+    lc.ctx = cfg.ctx;
+    lc.queue = cfg.queue;
+    Ok(Arc::new(LlamaEngine::load(lc)?))
+}
+
 #[cfg(not(feature = "cheat"))]
-fn load(
-    cfg: &NodeConfig,
-    _args: &NodeArgs,
-    _home: &Path,
-) -> Result<Arc<agora_engine::LlamaEngine>, agora_node::NodeError> {
-    agora_node::load_engine(cfg, true)
+fn weights(honest: &Path, _args: &NodeArgs, _home: &Path) -> Result<PathBuf> {
+    Ok(honest.to_path_buf())
 }
 
 #[cfg(feature = "cheat")]
-fn load(
-    cfg: &NodeConfig,
-    args: &NodeArgs,
-    home: &Path,
-) -> Result<Arc<agora_engine::LlamaEngine>, agora_node::NodeError> {
-    match &args.cheat {
-        Some(c) => {
-            let dir = home.join("cheat");
-            agora_node::load_engine_with(cfg, true, |honest| {
-                Ok(c.weights(honest, &dir)?
-                    .unwrap_or_else(|| honest.to_path_buf()))
-            })
-        }
-        None => agora_node::load_engine(cfg, true),
-    }
+fn weights(honest: &Path, args: &NodeArgs, home: &Path) -> Result<PathBuf> {
+    Ok(match &args.cheat {
+        Some(c) => c
+            .weights(honest, &home.join("cheat"))
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_else(|| honest.to_path_buf()),
+        None => honest.to_path_buf(),
+    })
 }
 
 /// A duration from a flag in seconds: positive and finite.

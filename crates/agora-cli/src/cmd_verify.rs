@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agora_engine::store::ModelStore;
-use agora_engine::{Engine, LlamaConfig, LlamaEngine};
+use agora_engine::Engine;
+use agora_llama::{LlamaConfig, LlamaEngine};
+use agora_models::store::ModelStore;
 use agora_node::transcript::Transcript;
 use agora_verify::Tolerances;
 use anyhow::{Context, Result, bail};

@@ -4,8 +4,10 @@
 //! - The pure crates (`agora-core`, `agora-tlog`, `agora-sampling`, `agora-verify`) do no I/O:
 //!   none of them, nor any workspace crate they depend on, depends on an async runtime, a
 //!   network, HTTP or storage library, or llama.cpp.
-//! - Only `agora-net` knows libp2p; only `agora-api` knows axum and hyper; only `agora-engine`
+//! - Only `agora-net` knows libp2p; only `agora-api` knows axum and hyper; only `agora-llama`
 //!   knows llama.cpp; only `agora-log` knows redb.
+//! - No library but `agora-llama` reaches llama.cpp, even through another crate: the engine
+//!   trait, the API, the node, the model store and the verifier build without compiling C++.
 //!
 //! The checker is a pure function over the metadata; the tests at the end show that it catches
 //! a forbidden dependency added to a copy of the real metadata.
@@ -35,6 +37,9 @@ const IO: &[&str] = &[
     "zip",
 ];
 
+/// The crates that may reach llama.cpp: its backend, and the binary that links everything.
+const BUILDS_LLAMA: &[&str] = &["agora-llama", "agora-cli"];
+
 /// Libraries only one crate may depend on.
 const OWNED: &[(&str, &str)] = &[
     ("libp2p", "agora-net"),
@@ -42,8 +47,8 @@ const OWNED: &[(&str, &str)] = &[
     ("axum", "agora-api"),
     ("hyper", "agora-api"),
     ("hyper-util", "agora-api"),
-    ("llama-cpp-2", "agora-engine"),
-    ("llama-cpp-sys-2", "agora-engine"),
+    ("llama-cpp-2", "agora-llama"),
+    ("llama-cpp-sys-2", "agora-llama"),
     ("redb", "agora-log"),
 ];
 
@@ -73,27 +78,44 @@ fn dependencies(meta: &Value) -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
+/// Every library `krate` reaches, with the workspace crate that depends on it directly.
+fn reach(deps: &BTreeMap<String, BTreeSet<String>>, krate: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![krate.to_string()];
+    while let Some(c) = todo.pop() {
+        if !seen.insert(c.clone()) {
+            continue;
+        }
+        for d in deps.get(&c).into_iter().flatten() {
+            out.push((d.clone(), c.clone()));
+            if deps.contains_key(d) {
+                todo.push(d.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Every broken rule, as a sentence.
 fn violations(meta: &Value) -> Vec<String> {
     let deps = dependencies(meta);
     let mut out = Vec::new();
     for &pure in PURE {
-        // The crate and every workspace crate it reaches.
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![pure.to_string()];
-        while let Some(c) = todo.pop() {
-            if !seen.insert(c.clone()) {
-                continue;
+        for (d, c) in reach(&deps, pure) {
+            if IO.contains(&d.as_str()) {
+                out.push(format!(
+                    "pure crate {pure} reaches {d} (through {c}): pure crates do no I/O"
+                ));
             }
-            for d in deps.get(&c).into_iter().flatten() {
-                if IO.contains(&d.as_str()) {
-                    out.push(format!(
-                        "pure crate {pure} reaches {d} (through {c}): pure crates do no I/O"
-                    ));
-                }
-                if deps.contains_key(d) {
-                    todo.push(d.clone());
-                }
+        }
+    }
+    for krate in deps.keys().filter(|k| !BUILDS_LLAMA.contains(&k.as_str())) {
+        for (d, c) in reach(&deps, krate) {
+            if d == "agora-llama" || d.starts_with("llama-cpp") {
+                out.push(format!(
+                    "{krate} reaches {d} (through {c}): only agora-llama and the binary build llama.cpp"
+                ));
             }
         }
     }
@@ -133,10 +155,16 @@ fn metadata() -> Value {
 fn the_workspace_keeps_its_architecture_invariants() {
     let meta = metadata();
     let deps = dependencies(&meta);
-    for krate in PURE
-        .iter()
-        .chain(["agora-net", "agora-api", "agora-engine"].iter())
-    {
+    for krate in PURE.iter().chain(
+        [
+            "agora-net",
+            "agora-api",
+            "agora-engine",
+            "agora-llama",
+            "agora-models",
+        ]
+        .iter(),
+    ) {
         assert!(
             deps.contains_key(*krate),
             "no crate {krate} in the workspace"
@@ -184,7 +212,13 @@ fn the_checker_catches_forbidden_dependencies() {
         (
             "agora-api",
             "llama-cpp-2",
-            "agora-api depends on llama-cpp-2: only agora-engine may",
+            "agora-api depends on llama-cpp-2: only agora-llama may",
+        ),
+        // Through another workspace crate: agora-node depends on agora-api.
+        (
+            "agora-api",
+            "agora-llama",
+            "agora-node reaches agora-llama (through agora-api)",
         ),
     ];
     for (krate, dep, expected) in cases {

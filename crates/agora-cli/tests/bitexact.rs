@@ -10,9 +10,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use agora_engine::{
-    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, PromptSpec,
-    SamplingParams, ScoreRequest, ScoreSink,
+    Capture, ChatMessage, Engine, Event, GenRequest, PromptSpec, SamplingParams, ScoreRequest,
+    ScoreSink,
 };
+use agora_llama::{LlamaConfig, LlamaEngine};
 
 type Rows = Arc<Mutex<Vec<(Vec<f32>, Vec<f32>)>>>;
 struct Collect(Rows);

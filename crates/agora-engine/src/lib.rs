@@ -1,20 +1,18 @@
-//! Inference for Agora: the [`Engine`] trait, the llama.cpp backend with continuous batching
-//! ([`LlamaEngine`]), chat templates, and the content-addressed model store.
+//! Inference for Agora, as the rest of the system sees it: the [`Engine`] trait with its request
+//! and event types, the one validation path for requests ([`check_request`]), chat templates,
+//! streamed text with stop sequences, and [`EchoEngine`] (a test-only stand-in, named as such).
 //!
-//! Only this crate knows llama.cpp (DESIGN.md invariant). Sampling is not llama.cpp's: every
-//! token is chosen in Rust by [`agora_sampling`] from the logits, so that anyone holding the
-//! logits can recompute the choice.
+//! No llama.cpp here: the llama.cpp backend is `agora-llama`, the model store `agora-models`, so
+//! the HTTP API, the verifier and the fuzz targets build without compiling C++. Sampling is not
+//! llama.cpp's either: every token is chosen in Rust by [`agora_sampling`] from the logits, so
+//! that anyone holding the logits can recompute the choice.
 
-pub mod catalog;
 pub mod echo;
-pub mod llama;
-pub mod store;
 pub mod template;
 pub mod text;
 
 pub use agora_sampling::SamplingParams;
 pub use echo::EchoEngine;
-pub use llama::{LlamaConfig, LlamaEngine};
 pub use template::{ChatMessage, Segment};
 
 use tokio::sync::mpsc;

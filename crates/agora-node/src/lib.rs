@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agora_api::{ApiConfig, Backend, HttpServer, LocalBackend};
-use agora_engine::store::{ModelStore, StoreError};
-use agora_engine::{Engine, LlamaConfig, LlamaEngine, llama::LoadError};
+use agora_engine::Engine;
 use agora_net::{Multiaddr, NetConfig, NetHandle, NodeStatus, ServedModel};
 
 pub use attest::Attestor;
@@ -62,10 +61,6 @@ pub struct NodeConfig {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Load(#[from] LoadError),
     #[error("could not listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -85,29 +80,6 @@ pub enum NodeError {
     Log(#[source] agora_log::Error),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
-}
-
-/// Resolves (fetching if needed) and loads the model. Blocking: call before or outside async code.
-pub fn load_engine(cfg: &NodeConfig, progress: bool) -> Result<Arc<LlamaEngine>, NodeError> {
-    load_engine_with(cfg, progress, |p| Ok(p.to_path_buf()))
-}
-
-/// Like [`load_engine`], loading the weights `weights` picks from the resolved model's file
-/// (a cheating worker's swap; the engine still claims the resolved model).
-pub fn load_engine_with(
-    cfg: &NodeConfig,
-    progress: bool,
-    weights: impl FnOnce(&Path) -> Result<PathBuf, String>,
-) -> Result<Arc<LlamaEngine>, NodeError> {
-    let store = ModelStore::open(&cfg.home, progress)?;
-    let model = store.resolve_or_fetch(&cfg.model)?;
-    let path = weights(&model.path).map_err(NodeError::Identity)?;
-    let mut lc = LlamaConfig::new(path, model.name, model.sha256);
-    lc.threads = cfg.threads;
-    lc.slots = cfg.slots;
-    lc.ctx = cfg.ctx;
-    lc.queue = cfg.queue;
-    Ok(Arc::new(LlamaEngine::load(lc)?))
 }
 
 /// Binds the API serving `engine` locally (a node of one, no network).

@@ -2,15 +2,16 @@
 //! (hidden states captured, as an attested worker does), then scores prompt + output on the
 //! same engine with a sink that does nothing, and prints both times.
 //!
-//! cargo run --release -p agora-engine --example passcost -- MODEL.gguf [THREADS]
+//! cargo run --release -p agora-llama --example passcost -- MODEL.gguf [THREADS]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
 
 use agora_engine::{
-    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, PromptSpec,
-    SamplingParams, ScoreRequest, ScoreSink,
+    Capture, ChatMessage, Engine, Event, GenRequest, PromptSpec, SamplingParams, ScoreRequest,
+    ScoreSink,
 };
+use agora_llama::{LlamaConfig, LlamaEngine};
 
 struct Nothing;
 impl ScoreSink for Nothing {

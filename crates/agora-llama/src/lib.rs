@@ -30,9 +30,9 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::vocab::LlamaVocab;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::template::{ChatTemplate, Segment, TemplateError};
-use crate::text::{Step, TextStream};
-use crate::{
+use agora_engine::template::{ChatTemplate, Segment, TemplateError};
+use agora_engine::text::{Step, TextStream};
+use agora_engine::{
     Engine, Event, Finish, FinishReason, GenRequest, Generation, Load, ModelInfo, PromptError,
     PromptSpec, ScoreHandle, ScoreRequest, ScoreSink, SubmitError, TokenEvent, check_request,
     check_vocab,
@@ -290,7 +290,7 @@ impl Engine for LlamaEngine {
             }],
         };
         let bytes: usize = segments.iter().map(|s| s.text.len()).sum();
-        crate::check_prompt_bytes(bytes, &self.info)?;
+        agora_engine::check_prompt_bytes(bytes, &self.info)?;
         let mut toks = Vec::new();
         for s in &segments {
             self.tokenize_segment(&s.text, s.special, &mut toks);

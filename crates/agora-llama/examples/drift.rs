@@ -1,15 +1,16 @@
 //! How far apart are the numbers of incremental decoding and of one scoring prefill over the
 //! same tokens? Prints per-prompt maxima; used to calibrate the verifier's tolerances.
 //!
-//! cargo run --release -p agora-engine --example drift -- MODEL.gguf [THREADS_GEN] [THREADS_SCORE] [TOKENS]
+//! cargo run --release -p agora-llama --example drift -- MODEL.gguf [THREADS_GEN] [THREADS_SCORE] [TOKENS]
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 
 use agora_engine::{
-    Capture, ChatMessage, Engine, Event, GenRequest, LlamaConfig, LlamaEngine, PromptSpec,
-    SamplingParams, ScoreRequest, ScoreSink,
+    Capture, ChatMessage, Engine, Event, GenRequest, PromptSpec, SamplingParams, ScoreRequest,
+    ScoreSink,
 };
+use agora_llama::{LlamaConfig, LlamaEngine};
 
 /// (position, hidden state, logits) of each scored row.
 type Row = (usize, Vec<f32>, Vec<f32>);
