@@ -29,16 +29,23 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One signature of an envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvelopeSignature {
+    /// The signer's PeerId (empty when absent from the JSON).
     pub keyid: String,
+    /// The Ed25519 signature over [`pae`] of the payload type and payload (64 bytes when valid).
     pub sig: Vec<u8>,
 }
 
+/// A DSSE envelope, its payload decoded from base64.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
+    /// How to interpret the payload (`payloadType`), e.g. a statement's media type.
     pub payload_type: String,
+    /// The exact signed bytes.
     pub payload: Vec<u8>,
+    /// The signatures, in order.
     pub signatures: Vec<EnvelopeSignature>,
 }
 
@@ -79,6 +86,7 @@ impl Envelope {
         e
     }
 
+    /// Append a signature by `id`, its keyid being `id`'s PeerId.
     pub fn add_signature(&mut self, id: &Identity) {
         let sig = id
             .signing_key()
@@ -89,6 +97,7 @@ impl Envelope {
         });
     }
 
+    /// The JSON envelope, with standard base64 payload and signatures.
     pub fn to_json(&self) -> String {
         let w = WireEnvelope {
             payload_type: self.payload_type.clone(),
@@ -105,6 +114,9 @@ impl Envelope {
         serde_json::to_string(&w).unwrap_or_default()
     }
 
+    /// Parse a JSON envelope (standard or URL-safe base64, no unknown fields) without verifying
+    /// it; [`Error::MalformedEnvelope`] when it is larger than [`MAX_ENVELOPE_LEN`], has an empty
+    /// payload type, more than [`MAX_SIGNATURES`] signatures, or is otherwise invalid.
     pub fn from_json(bytes: &[u8]) -> Result<Envelope> {
         if bytes.len() > MAX_ENVELOPE_LEN {
             return Err(Error::MalformedEnvelope("larger than 4 MiB".into()));

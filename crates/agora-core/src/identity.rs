@@ -26,26 +26,31 @@ impl fmt::Debug for Identity {
 }
 
 impl Identity {
+    /// A new random identity.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Identity {
         Identity {
             key: SigningKey::generate(rng),
         }
     }
 
+    /// The identity whose Ed25519 secret key is `seed`.
     pub fn from_seed(seed: &[u8; 32]) -> Identity {
         Identity {
             key: SigningKey::from_bytes(seed),
         }
     }
 
+    /// The Ed25519 signing key.
     pub fn signing_key(&self) -> &SigningKey {
         &self.key
     }
 
+    /// The Ed25519 public key.
     pub fn public_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }
 
+    /// The libp2p PeerId of the public key.
     pub fn peer_id(&self) -> PeerId {
         PeerId(self.public_key())
     }
@@ -59,6 +64,8 @@ impl Identity {
         )
     }
 
+    /// Parse a key file written by [`Identity::to_key_file`] (surrounding whitespace on the key
+    /// line is ignored); [`Error::MalformedKeyFile`] otherwise.
     pub fn from_key_file(s: &str) -> Result<Identity> {
         use base64::Engine;
         let mut lines = s.lines();
@@ -122,6 +129,8 @@ pub struct PeerId(pub VerifyingKey);
 const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
 
 impl PeerId {
+    /// The binary PeerId: the identity multihash header `0x00 0x24`, then the 36-byte
+    /// protobuf-encoded key.
     pub fn to_bytes(&self) -> [u8; 38] {
         let mut b = [0u8; 38];
         b[..6].copy_from_slice(&PEER_ID_PREFIX);
@@ -129,6 +138,7 @@ impl PeerId {
         b
     }
 
+    /// The Ed25519 public key it embeds.
     pub fn public_key(&self) -> VerifyingKey {
         self.0
     }

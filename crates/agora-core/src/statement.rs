@@ -17,10 +17,14 @@ use crate::dsse::Envelope;
 use crate::identity::{Identity, PeerId};
 use crate::{Error, Result};
 
+/// DSSE payload type of the in-toto kinds (`model`, `dataset`).
 pub const INTOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+/// DSSE payload type of every other kind.
 pub const AGORA_PAYLOAD_TYPE: &str = "application/vnd.agora.statement+json";
+/// `_type` of an in-toto Statement v1, the only in-toto version read.
 pub const INTOTO_STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
 const INTOTO_STATEMENT_PREFIX: &str = "https://in-toto.io/Statement/";
+/// Start of every Agora type URI, `https://agora.network/<kind>/<version>`.
 pub const TYPE_PREFIX: &str = "https://agora.network/";
 /// The version of every statement kind this build writes and reads.
 pub const VERSION: &str = "v1";
@@ -30,6 +34,7 @@ pub const VERSION: &str = "v1";
 pub struct Sha256(pub [u8; 32]);
 
 impl Sha256 {
+    /// The SHA-256 of `data`.
     pub fn of(data: &[u8]) -> Sha256 {
         Sha256(sha2::Sha256::digest(data).into())
     }
@@ -88,17 +93,26 @@ impl<'de> Deserialize<'de> for PeerId {
 /// The statement kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// Model weights and what they were trained on (in-toto).
     Model,
+    /// A dataset's records and shards (in-toto).
     Dataset,
+    /// One inference, by digests.
     Receipt,
+    /// A validator's accept/reject on a receipt.
     Verdict,
+    /// A governance proposal.
     Proposal,
+    /// A vote on a proposal.
     Vote,
+    /// The outcome of a proposal.
     Decision,
+    /// A self-contained proof of misbehaviour.
     Evidence,
 }
 
 impl Kind {
+    /// Every kind.
     pub const ALL: [Kind; 8] = [
         Kind::Model,
         Kind::Dataset,
@@ -110,6 +124,7 @@ impl Kind {
         Kind::Evidence,
     ];
 
+    /// The kind's name in its type URI, e.g. `receipt`.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Model => "model",
@@ -128,10 +143,12 @@ impl Kind {
         format!("{TYPE_PREFIX}{}/{VERSION}", self.name())
     }
 
+    /// Whether the kind is an in-toto Statement v1 predicate (`model` and `dataset`).
     pub fn is_intoto(self) -> bool {
         matches!(self, Kind::Model | Kind::Dataset)
     }
 
+    /// The DSSE payload type it is carried as.
     pub fn payload_type(self) -> &'static str {
         if self.is_intoto() {
             INTOTO_PAYLOAD_TYPE
@@ -166,6 +183,7 @@ impl Kind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DigestSet {
+    /// The subject's SHA-256.
     pub sha256: Sha256,
 }
 
@@ -173,7 +191,9 @@ pub struct DigestSet {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subject {
+    /// The artifact's name (e.g. a file name).
     pub name: String,
+    /// Its digests.
     pub digest: DigestSet,
 }
 
@@ -195,14 +215,18 @@ pub struct MixEntry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPredicate {
+    /// The model's name.
     pub name: String,
+    /// Its architecture name, e.g. `llama`.
     pub architecture: String,
     /// SHA-256 of the tokenizer (vocabulary and merges as stored in the model).
     pub tokenizer: Sha256,
     /// SPDX license expression.
     pub license: String,
+    /// Digest of the model it was derived from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<Sha256>,
+    /// The datasets it was trained on (may be empty).
     #[serde(default)]
     pub data_mix: Vec<MixEntry>,
 }
@@ -211,6 +235,7 @@ pub struct ModelPredicate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetPredicate {
+    /// The dataset's name.
     pub name: String,
     /// SPDX license expression.
     pub license: String,
@@ -218,6 +243,7 @@ pub struct DatasetPredicate {
     pub source: String,
     /// RFC 6962 Merkle root over the records, so one record's membership can be proven.
     pub records_root: Sha256,
+    /// Number of records under `records_root`.
     pub records: u64,
     /// Total size in bytes.
     pub size: u64,
@@ -233,11 +259,15 @@ pub struct Receipt {
     pub request: Sha256,
     /// SHA-256 of the output.
     pub output: Sha256,
+    /// The sampling seed (keys the sampler's noise).
     pub seed: u64,
+    /// Prompt length in tokens.
     pub prompt_tokens: u32,
+    /// Output length in tokens (the tokens `output` digests).
     pub completion_tokens: u32,
     /// SHA-256 of the activation proof.
     pub proof: Sha256,
+    /// The worker that generated the output and signs the receipt.
     pub worker: PeerId,
     /// POSIX seconds.
     pub time: u64,
@@ -261,47 +291,65 @@ pub struct Verdict {
     /// The worker that signed the receipt (so that anyone can keep its reputation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<PeerId>,
+    /// The validator that checked the receipt and signs the verdict.
     pub validator: PeerId,
+    /// Whether the receipt passed verification.
     pub accept: bool,
     /// Measured statistics (e.g. maximum logit deviation, mismatched tokens).
     #[serde(default)]
     pub stats: BTreeMap<String, f64>,
+    /// Why, in words (typically given on a rejection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// POSIX seconds.
     pub time: u64,
 }
 
+/// A question put to a community's vote.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Proposal {
+    /// One-line summary.
     pub title: String,
+    /// The full text.
     pub body: String,
     /// What the proposal is about (e.g. the digest of a model's data mix).
     pub subject: String,
+    /// The choices a vote may make.
     pub options: Vec<String>,
     /// POSIX seconds after which votes no longer count.
     pub closes: u64,
+    /// POSIX seconds.
     pub time: u64,
 }
 
+/// One voter's choice on a proposal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vote {
     /// SHA-256 of the proposal statement's DSSE payload.
     pub proposal: Sha256,
+    /// The chosen option (one of the proposal's `options`).
     pub choice: String,
+    /// The voter, who signs the vote.
     pub voter: PeerId,
+    /// POSIX seconds.
     pub time: u64,
 }
 
+/// The outcome of a proposal, with the votes it counted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
+    /// SHA-256 of the proposal statement's DSSE payload.
     pub proposal: Sha256,
+    /// The winning option.
     pub outcome: String,
+    /// Counted votes per option.
     pub tally: BTreeMap<String, u64>,
     /// SHA-256 of each counted vote's DSSE payload.
     pub votes: Vec<Sha256>,
+    /// POSIX seconds.
     pub time: u64,
 }
 
@@ -320,26 +368,50 @@ pub enum Claim {
         proof: Vec<String>,
     },
     /// One voter signed two different votes on one proposal (both DSSE envelopes, as JSON).
-    DoubleVote { votes: [String; 2] },
+    DoubleVote {
+        /// The two vote envelopes.
+        votes: [String; 2],
+    },
     /// A validator rejected a worker's receipt (both DSSE envelopes, as JSON).
-    RejectedProof { receipt: String, verdict: String },
+    RejectedProof {
+        /// The receipt envelope, signed by its worker.
+        receipt: String,
+        /// The verdict envelope rejecting it, signed by its validator.
+        verdict: String,
+    },
 }
 
+/// A self-contained proof of misbehaviour: anyone can check it with [`Evidence::verify`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Evidence {
     /// Who observed the misbehaviour (the signer of the statement).
     pub observer: PeerId,
+    /// POSIX seconds.
     pub time: u64,
+    /// What is claimed, with everything needed to check it.
     pub claim: Claim,
 }
 
 /// What [`Evidence::verify`] established.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Proven {
+    /// The log showed two histories, in this way.
     SplitView(agora_tlog::witness::SplitView),
-    DoubleVote { voter: PeerId, proposal: Sha256 },
-    RejectedProof { worker: PeerId, validator: PeerId },
+    /// A voter signed two different choices on one proposal.
+    DoubleVote {
+        /// The voter.
+        voter: PeerId,
+        /// SHA-256 of the proposal statement's DSSE payload.
+        proposal: Sha256,
+    },
+    /// A validator signed a rejection of a worker's signed receipt.
+    RejectedProof {
+        /// The worker that signed the receipt.
+        worker: PeerId,
+        /// The validator that rejected it.
+        validator: PeerId,
+    },
 }
 
 impl Evidence {
@@ -440,19 +512,31 @@ impl Evidence {
 /// Every statement kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Statement {
+    /// An in-toto statement about model weights.
     Model {
+        /// The GGUF file and its sha256 (at least one subject).
         subject: Vec<Subject>,
+        /// What the model is and was trained on.
         predicate: ModelPredicate,
     },
+    /// An in-toto statement about a dataset.
     Dataset {
+        /// Its shards with their sha256 (at least one subject).
         subject: Vec<Subject>,
+        /// What the dataset is.
         predicate: DatasetPredicate,
     },
+    /// One inference.
     Receipt(Receipt),
+    /// A validator's verdict on a receipt.
     Verdict(Verdict),
+    /// A governance proposal.
     Proposal(Proposal),
+    /// A vote on a proposal.
     Vote(Vote),
+    /// The outcome of a proposal.
     Decision(Decision),
+    /// Proof of misbehaviour.
     Evidence(Evidence),
 }
 
@@ -468,6 +552,7 @@ fn typed<T: serde::de::DeserializeOwned>(kind: Kind, v: serde_json::Value) -> Re
 }
 
 impl Statement {
+    /// The statement's kind.
     pub fn kind(&self) -> Kind {
         match self {
             Statement::Model { .. } => Kind::Model,

@@ -22,6 +22,8 @@
 //! be chosen: step 3 only drops tokens that could not win anyway, and keeps the work per token
 //! small. A plain implementation of the rule in the tests checks the fast one.
 
+#![warn(missing_docs)]
+
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};

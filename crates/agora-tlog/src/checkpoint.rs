@@ -7,14 +7,18 @@ use crate::{Error, Result};
 /// A checkpoint body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The log's unique identity (first line); also the name of its signing key.
     pub origin: String,
+    /// Number of leaves in the tree.
     pub size: u64,
+    /// Root hash of the tree of `size` leaves.
     pub root: Hash,
     /// Opaque, non-empty extension lines (not recommended; kept verbatim).
     pub extensions: Vec<String>,
 }
 
 impl Checkpoint {
+    /// A checkpoint without extension lines.
     pub fn new(origin: &str, size: u64, root: Hash) -> Checkpoint {
         Checkpoint {
             origin: origin.to_string(),
@@ -87,7 +91,9 @@ impl Checkpoint {
 /// A checkpoint together with the note that carries it (log signature and any cosignatures).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedCheckpoint {
+    /// The body, parsed from `note.text`.
     pub checkpoint: Checkpoint,
+    /// The note carrying it, with every signature line.
     pub note: Note,
 }
 
@@ -106,6 +112,8 @@ impl SignedCheckpoint {
         Ok(c)
     }
 
+    /// Check that `log` signed the note and that its key name is the origin
+    /// ([`Error::OriginMismatch`] otherwise). Other signatures are ignored.
     pub fn verify_log(&self, log: &Vkey) -> Result<()> {
         if self.checkpoint.origin != log.name {
             return Err(Error::OriginMismatch {
@@ -117,11 +125,13 @@ impl SignedCheckpoint {
         Ok(())
     }
 
+    /// Sign `checkpoint` as the log. Does not check that the signer's name is the origin.
     pub fn sign(checkpoint: Checkpoint, signer: &dyn Signer) -> Result<SignedCheckpoint> {
         let note = Note::sign(&checkpoint.to_text(), &[signer])?;
         Ok(SignedCheckpoint { checkpoint, note })
     }
 
+    /// The serialised note.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.note.to_bytes()
     }

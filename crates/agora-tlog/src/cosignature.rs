@@ -28,6 +28,7 @@ impl fmt::Debug for Cosigner {
 }
 
 impl Cosigner {
+    /// A cosigner for `key` under `name`; [`Error::InvalidKeyName`] if the name is not valid.
     pub fn new(name: &str, key: SigningKey) -> Result<Cosigner> {
         if !is_valid_key_name(name) {
             return Err(Error::InvalidKeyName(name.to_string()));
@@ -40,10 +41,12 @@ impl Cosigner {
         })
     }
 
+    /// The witness's key name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The key ID (computed for signature type 0x04).
     pub fn key_id(&self) -> u32 {
         self.key_id
     }

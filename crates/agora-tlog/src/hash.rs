@@ -10,6 +10,7 @@ use crate::{Error, Result};
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {
+    /// Length of a hash in bytes.
     pub const LEN: usize = 32;
 
     /// The root of the empty tree, `SHA-256("")`.
@@ -17,6 +18,7 @@ impl Hash {
         Hash(Sha256::digest([]).into())
     }
 
+    /// The hash held in exactly 32 bytes; otherwise [`Error::HashLength`] naming `what`.
     pub fn from_slice(b: &[u8], what: &'static str) -> Result<Hash> {
         let arr: [u8; 32] = b
             .try_into()
@@ -30,10 +32,12 @@ impl Hash {
         Hash::from_slice(&b, what)
     }
 
+    /// Standard (padded) base64, as in checkpoints and proofs.
     pub fn to_base64(&self) -> String {
         crate::b64_encode(&self.0)
     }
 
+    /// The 32 raw bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -13,6 +13,7 @@ pub const MAX_PROOF_LEN: usize = 64;
 /// Anything that can give the hash of a complete subtree: the subtree of `2^level` leaves that
 /// starts at leaf `index << level`.
 pub trait HashSource {
+    /// The hash of that subtree, or [`Error::MissingHash`] when it is not available.
     fn subtree(&self, level: u8, index: u64) -> Result<Hash>;
 }
 
@@ -320,14 +321,17 @@ pub struct MemoryTree {
 }
 
 impl MemoryTree {
+    /// An empty tree.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Number of leaves.
     pub fn size(&self) -> u64 {
         self.levels.first().map_or(0, |l| l.len() as u64)
     }
 
+    /// Append an entry (hashed with [`crate::hash::leaf_hash`]); returns its index.
     pub fn append(&mut self, entry: &[u8]) -> u64 {
         self.push_leaf_hash(crate::hash::leaf_hash(entry))
     }
@@ -352,10 +356,13 @@ impl MemoryTree {
         index
     }
 
+    /// The root hash at the current size.
     pub fn root(&self) -> Hash {
         self.root_at(self.size()).unwrap_or_else(|_| Hash::empty())
     }
 
+    /// The root hash of the first `size` leaves; [`Error::IndexOutOfRange`] if `size` exceeds
+    /// the tree.
     pub fn root_at(&self, size: u64) -> Result<Hash> {
         if size > self.size() {
             return Err(Error::IndexOutOfRange {
@@ -366,6 +373,7 @@ impl MemoryTree {
         root(self, size)
     }
 
+    /// [`inclusion_proof`] for leaf `index` in the tree of its first `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
         if size > self.size() {
             return Err(Error::IndexOutOfRange {
@@ -376,6 +384,7 @@ impl MemoryTree {
         inclusion_proof(self, index, size)
     }
 
+    /// [`consistency_proof`] between the trees of its first `old` and `new` leaves.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
         if new > self.size() {
             return Err(Error::IndexOutOfRange {
@@ -386,6 +395,7 @@ impl MemoryTree {
         consistency_proof(self, old, new)
     }
 
+    /// The leaf hash at `index`, if the tree has that many leaves.
     pub fn leaf_hash(&self, index: u64) -> Option<Hash> {
         self.levels
             .first()?

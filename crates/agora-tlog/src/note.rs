@@ -24,6 +24,7 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// The signature type byte.
     pub fn byte(self) -> u8 {
         match self {
             KeyType::Ed25519 => 0x01,
@@ -31,6 +32,7 @@ impl KeyType {
         }
     }
 
+    /// The key type for a signature type byte; [`Error::UnsupportedKeyType`] for any other byte.
     pub fn from_byte(b: u8) -> Result<KeyType> {
         match b {
             0x01 => Ok(KeyType::Ed25519),
@@ -60,9 +62,13 @@ pub fn is_valid_key_name(name: &str) -> bool {
 /// A verifier key: `<name>+<hex key id>+<base64(type || public key)>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Vkey {
+    /// The key name (for a log, its origin), valid per [`is_valid_key_name`].
     pub name: String,
+    /// [`key_id`] of the name, type and key.
     pub key_id: u32,
+    /// The signature type.
     pub kind: KeyType,
+    /// The Ed25519 public key.
     pub key: VerifyingKey,
 }
 
@@ -87,6 +93,8 @@ impl fmt::Display for Vkey {
 }
 
 impl Vkey {
+    /// The verifier key for `key` under `name`, with its key ID computed;
+    /// [`Error::InvalidKeyName`] if the name is not valid.
     pub fn new(name: &str, kind: KeyType, key: VerifyingKey) -> Result<Vkey> {
         if !is_valid_key_name(name) {
             return Err(Error::InvalidKeyName(name.to_string()));
@@ -158,7 +166,9 @@ impl Vkey {
 
 /// Something that signs note texts.
 pub trait Signer {
+    /// The key name written on signature lines.
     fn name(&self) -> &str;
+    /// The key ID written before each signature.
     fn key_id(&self) -> u32;
     /// The signature bytes (without the key ID) over `text`.
     fn sign(&self, text: &[u8]) -> Vec<u8>;
@@ -179,6 +189,7 @@ impl fmt::Debug for Ed25519Signer {
 }
 
 impl Ed25519Signer {
+    /// A signer for `key` under `name`; [`Error::InvalidKeyName`] if the name is not valid.
     pub fn new(name: &str, key: SigningKey) -> Result<Self> {
         if !is_valid_key_name(name) {
             return Err(Error::InvalidKeyName(name.to_string()));
@@ -191,6 +202,7 @@ impl Ed25519Signer {
         })
     }
 
+    /// The verifier key (signature type 0x01).
     pub fn vkey(&self) -> Vkey {
         Vkey {
             name: self.name.clone(),
@@ -213,6 +225,9 @@ impl Ed25519Signer {
         )
     }
 
+    /// Parse the encoding written by [`Ed25519Signer::to_skey`]; the key ID must match the name
+    /// and key. Errors are [`Error::MalformedVkey`], [`Error::Base64`],
+    /// [`Error::UnsupportedKeyType`] and [`Error::InvalidKeyName`].
     pub fn from_skey(s: &str) -> Result<Self> {
         let rest = s.strip_prefix("PRIVATE+KEY+").ok_or(Error::MalformedVkey(
             "private key must start with PRIVATE+KEY+",
@@ -255,7 +270,9 @@ impl Signer for Ed25519Signer {
 /// One signature line of a note.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NoteSignature {
+    /// The signer's key name.
     pub name: String,
+    /// The signer's key ID (the first 4 bytes of the decoded signature, big-endian).
     pub key_id: u32,
     /// The signature bytes after the 4-byte key ID.
     pub sig: Vec<u8>,
@@ -296,7 +313,9 @@ impl NoteSignature {
 /// A signed note: text (ending in a newline) and one or more signatures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
+    /// The signed text, including its final newline.
     pub text: String,
+    /// The signature lines, in order.
     pub sigs: Vec<NoteSignature>,
 }
 

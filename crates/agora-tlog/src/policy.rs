@@ -6,51 +6,75 @@ use crate::checkpoint::SignedCheckpoint;
 use crate::note::{KeyType, Vkey};
 use crate::{Error, Result};
 
-/// Implementation limits (the spec recommends supporting at least 32 of each).
+/// Most `log` lines a policy may have. This and the two below are implementation limits; the
+/// spec recommends supporting at least 32 of each.
 pub const MAX_LOGS: usize = 256;
+/// Most `witness` lines.
 pub const MAX_WITNESSES: usize = 256;
+/// Most `group` lines.
 pub const MAX_GROUPS: usize = 256;
+/// Largest policy file accepted, in bytes.
 pub const MAX_POLICY_LEN: usize = 1 << 20;
 
+/// A trusted log: `log <vkey> [<url>]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyLog {
+    /// Its Ed25519 (0x01) key; the key name is the origin of its checkpoints.
     pub vkey: Vkey,
+    /// Where to reach it, if given (unchecked).
     pub url: Option<String>,
 }
 
+/// A witness: `witness <name> <vkey> [<url>]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyWitness {
     /// Opaque octets; only meaningful inside the policy.
     pub name: Vec<u8>,
+    /// Its cosignature/v1 (0x04) key.
     pub vkey: Vkey,
+    /// Where to reach it, if given (unchecked).
     pub url: Option<String>,
 }
 
 /// A member of a group or the quorum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Member {
+    /// Index into [`Policy::witnesses`].
     Witness(usize),
+    /// Index into [`Policy::groups`] (in a group's members, always an earlier group).
     Group(usize),
 }
 
+/// A group: `group <name> <all|any|k> <name>...`, satisfied when `threshold` members are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
+    /// Opaque octets; only meaningful inside the policy.
     pub name: Vec<u8>,
+    /// Members that must be satisfied, `1..=members.len()` (`all` and `any` resolved).
     pub threshold: usize,
+    /// The members, each defined on an earlier line and listed in at most one group.
     pub members: Vec<Member>,
 }
 
+/// The `quorum` line: what must cosign a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quorum {
+    /// `quorum none`: no cosignatures are required.
     None,
+    /// This witness or group must be satisfied.
     Member(Member),
 }
 
+/// A parsed tlog-policy file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
+    /// The trusted logs, in file order.
     pub logs: Vec<PolicyLog>,
+    /// The witnesses, in file order (indexed by [`Member::Witness`]).
     pub witnesses: Vec<PolicyWitness>,
+    /// The groups, in file order (indexed by [`Member::Group`]).
     pub groups: Vec<Group>,
+    /// The quorum a checkpoint's cosignatures must satisfy.
     pub quorum: Quorum,
 }
 

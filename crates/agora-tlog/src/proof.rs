@@ -7,21 +7,27 @@ use crate::merkle;
 use crate::policy::Policy;
 use crate::{Error, Result, b64_decode, b64_encode};
 
+/// The first line of every tlog-proof.
 pub const HEADER: &str = "c2sp.org/tlog-proof@v1";
 /// Most inclusion proof lines accepted (a tree of 2^63 leaves needs 63).
 pub const MAX_PATH: usize = 63;
 
+/// A tlog-proof: an entry's index, its inclusion proof and the checkpoint it is proven under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlogProof {
     /// Opaque, unauthenticated extra data.
     pub extra: Option<Vec<u8>>,
+    /// Index of the entry's leaf in the log.
     pub index: u64,
     /// The inclusion proof, from the leaf's sibling up.
     pub path: Vec<Hash>,
+    /// The checkpoint whose root `path` leads to, with its signatures and cosignatures.
     pub checkpoint: SignedCheckpoint,
 }
 
 impl TlogProof {
+    /// Parse a tlog-proof without verifying it (see [`TlogProof::verify`]). Errors are
+    /// [`Error::MalformedProof`], or the note and checkpoint errors of its checkpoint.
     pub fn parse(bytes: &[u8]) -> Result<TlogProof> {
         if bytes.len() > crate::note::MAX_NOTE_LEN + 8192 {
             return Err(Error::MalformedProof("too large"));
@@ -79,6 +85,7 @@ impl TlogProof {
         })
     }
 
+    /// The serialised proof, as [`TlogProof::parse`] reads it.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut s = format!("{HEADER}\n");
         if let Some(e) = &self.extra {

@@ -7,6 +7,7 @@ use crate::{Error, Result};
 
 /// Tiles are subtrees of height 8: 256 hashes wide when full.
 pub const TILE_HEIGHT: u32 = 8;
+/// Hashes (or entries) in a full tile: `2^TILE_HEIGHT`.
 pub const TILE_WIDTH: u64 = 256;
 /// The largest tile level allowed in a path.
 pub const MAX_LEVEL: u8 = 63;
@@ -17,7 +18,11 @@ pub const MAX_ENTRY_LEN: usize = u16::MAX as usize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TileKind {
     /// Merkle tree hashes at tile level `level`.
-    Hashes { level: u8 },
+    Hashes {
+        /// Tile level, 0..=[`MAX_LEVEL`]; a level-`L` tile holds hashes of subtrees of `256^L`
+        /// leaves.
+        level: u8,
+    },
     /// An entry bundle.
     Entries,
 }
@@ -25,13 +30,16 @@ pub enum TileKind {
 /// A tile resource: `tile/<L>/<N>[.p/<W>]` or `tile/entries/<N>[.p/<W>]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TilePath {
+    /// Hash tile (and its level) or entry bundle.
     pub kind: TileKind,
+    /// Position of the tile within its level, `N` in the path.
     pub index: u64,
     /// 1..=256; 256 means a full tile (no `.p/` suffix).
     pub width: u16,
 }
 
 impl TilePath {
+    /// The hash tile `index` at `level` (`width` as in [`TilePath::width`]).
     pub fn hashes(level: u8, index: u64, width: u16) -> TilePath {
         TilePath {
             kind: TileKind::Hashes { level },
@@ -40,6 +48,7 @@ impl TilePath {
         }
     }
 
+    /// The entry bundle `index` (`width` as in [`TilePath::width`]).
     pub fn entries(index: u64, width: u16) -> TilePath {
         TilePath {
             kind: TileKind::Entries,
@@ -48,6 +57,7 @@ impl TilePath {
         }
     }
 
+    /// Whether the tile is full (width 256).
     pub fn is_full(&self) -> bool {
         u64::from(self.width) == TILE_WIDTH
     }
@@ -228,8 +238,11 @@ pub fn decode_bundle(data: &[u8]) -> Result<Vec<&[u8]>> {
 /// A tile that became full while appending.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FullTile {
+    /// Tile level.
     pub level: u8,
+    /// Tile index within the level.
     pub index: u64,
+    /// Its 256 hashes, left to right.
     pub hashes: Vec<Hash>,
 }
 
@@ -243,6 +256,7 @@ pub struct Frontier {
 }
 
 impl Frontier {
+    /// The frontier of the empty tree.
     pub fn new() -> Self {
         Self::default()
     }
@@ -270,6 +284,7 @@ impl Frontier {
         Ok(Frontier { size, partial })
     }
 
+    /// Number of leaves in the tree.
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -279,6 +294,7 @@ impl Frontier {
         self.partial.get(usize::from(level)).map_or(&[], |v| v)
     }
 
+    /// Number of tile levels held: one above the highest non-empty partial tile (0 when empty).
     pub fn levels(&self) -> u8 {
         self.partial.len() as u8
     }
@@ -330,6 +346,7 @@ impl Frontier {
 
 /// Anything that can read tiles: returns the first `width` hashes of tile `(level, index)`.
 pub trait TileReader {
+    /// The first `width` hashes of tile `(level, index)`, concatenated (`32 * width` bytes).
     fn read_tile(&self, level: u8, index: u64, width: u16) -> Result<Vec<u8>>;
 }
 
@@ -342,7 +359,9 @@ impl<T: TileReader + ?Sized> TileReader for &T {
 /// Complete-subtree hashes of a tree of a given size, computed from its tiles, so that proofs can
 /// be generated (and tiles checked) with [`crate::merkle`].
 pub struct TileHashSource<R> {
+    /// Where the tiles come from.
     pub reader: R,
+    /// The tree size: it fixes the width of every tile read.
     pub size: u64,
 }
 

@@ -15,7 +15,10 @@ pub const SIZE_CONTENT_TYPE: &str = "text/x.tlog.size";
 /// The body of `POST <prefix>/add-checkpoint`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddCheckpointRequest {
+    /// The tree size of the latest checkpoint the client believes the witness cosigned.
     pub old_size: u64,
+    /// Consistency proof from `old_size` to the checkpoint's size (at most
+    /// [`MAX_PROOF_LINES`] hashes).
     pub proof: Vec<Hash>,
     /// The checkpoint note, verbatim (parsed by the witness so that it can answer with the
     /// status codes the spec assigns).
@@ -23,6 +26,8 @@ pub struct AddCheckpointRequest {
 }
 
 impl AddCheckpointRequest {
+    /// Parse a request body (the checkpoint is kept unparsed); [`Error::WitnessRequest`] if
+    /// malformed.
     pub fn parse(body: &[u8]) -> Result<AddCheckpointRequest> {
         if body.len() > crate::note::MAX_NOTE_LEN + 8192 {
             return Err(Error::WitnessRequest("too large"));
@@ -70,6 +75,7 @@ impl AddCheckpointRequest {
         })
     }
 
+    /// The request body, as [`AddCheckpointRequest::parse`] reads it.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut s = format!("old {}\n", self.old_size);
         for h in &self.proof {
@@ -106,6 +112,7 @@ pub fn parse_response(body: &[u8]) -> Result<Vec<NoteSignature>> {
     Ok(sigs)
 }
 
+/// Format a 200 response body: one signature line per cosignature.
 pub fn format_response(sigs: &[NoteSignature]) -> String {
     sigs.iter().map(NoteSignature::to_line).collect()
 }
@@ -124,12 +131,18 @@ pub fn parse_size_body(body: &[u8]) -> Result<u64> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SplitView {
     /// Two different roots for the same tree size.
-    SameSize { size: u64 },
+    SameSize {
+        /// The tree size both checkpoints claim.
+        size: u64,
+    },
     /// A consistency proof that leads to the larger checkpoint's root commits it to an old root
     /// different from the one the log signed at the smaller size.
     Inconsistent {
+        /// Size of the smaller checkpoint.
         old_size: u64,
+        /// Size of the larger checkpoint.
         new_size: u64,
+        /// The root at `old_size` the proof commits the larger checkpoint to.
         implied_old_root: Hash,
     },
 }

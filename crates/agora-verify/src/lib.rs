@@ -6,6 +6,8 @@
 //!
 //! Tolerances and how they were measured: `docs/verification.md`.
 
+#![warn(missing_docs)]
+
 pub mod proof;
 
 use agora_sampling::{SamplingParams, gumbel};
@@ -48,12 +50,19 @@ impl Default for Tolerances {
 /// A verifier's conclusion with its statistics.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
+    /// Whether every check passed.
     pub accept: bool,
     /// Why it was rejected (the first failing check).
     pub reason: Option<String>,
+    /// Output tokens checked, given ones included.
     pub tokens: u32,
+    /// Commitments compared with a recomputation.
     pub commitments_checked: u32,
+    /// Lowest top-k overlap over the checked commitments (1 when none was checked); see
+    /// [`Tolerances::min_overlap`].
     pub min_overlap: f32,
+    /// Largest relative value error over the checked commitments (0 when none was checked); see
+    /// [`Tolerances::max_value_error`].
     pub max_value_error: f32,
     /// Tokens that were not the seed's choice but within the tie margin.
     pub near_ties: u32,

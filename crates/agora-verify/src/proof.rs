@@ -32,8 +32,11 @@
 use half::f16;
 use sha2::{Digest, Sha256};
 
+/// The first four bytes of every proof.
 pub const MAGIC: [u8; 4] = *b"AGPF";
+/// The format version this build writes and reads.
 pub const VERSION: u8 = 1;
+/// Length of the header in bytes; the commitments follow it.
 pub const HEADER_LEN: usize = 15;
 /// Default tokens per chunk commitment.
 pub const DEFAULT_CHUNK: u16 = 16;
@@ -47,19 +50,32 @@ pub const MAX_CHUNK: u16 = 4096;
 /// Why bytes are not a proof.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProofError {
+    /// Fewer bytes than the header; the length is attached.
     #[error("the proof is {0} bytes, shorter than its {HEADER_LEN}-byte header")]
     Short(usize),
+    /// The bytes do not start with [`MAGIC`].
     #[error("the proof does not start with the magic \"AGPF\"")]
     Magic,
+    /// A version other than [`VERSION`]; the version byte is attached.
     #[error("unknown proof version {0} (this build reads version {VERSION})")]
     Version(u8),
+    /// A header field out of its range; which rule is attached.
     #[error("invalid proof header: {0}")]
     Header(&'static str),
+    /// The length is not what the header implies (missing or trailing bytes).
     #[error("the proof should be {expected} bytes for its header, but is {actual}")]
-    Length { expected: usize, actual: usize },
+    Length {
+        /// Length the header implies, in bytes.
+        expected: usize,
+        /// Actual length in bytes.
+        actual: usize,
+    },
+    /// A commitment entry breaks the format.
     #[error("commitment {commitment}: {what}")]
     Entry {
+        /// Position of the commitment (0 is the prompt commitment).
         commitment: usize,
+        /// Which rule it breaks.
         what: &'static str,
     },
 }
@@ -93,6 +109,7 @@ impl Commitment {
         }
     }
 
+    /// The value of entry `i` as `f32`. Panics if `i` is not below `entries.len()`.
     pub fn value(&self, i: usize) -> f32 {
         f16::from_bits(self.entries[i].1).to_f32()
     }
@@ -101,9 +118,13 @@ impl Commitment {
 /// An activation proof (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proof {
+    /// Tokens per chunk commitment, 1..=[`MAX_CHUNK`].
     pub chunk: u16,
+    /// Entries per commitment, 1..=min([`MAX_K`], `n_embd`).
     pub k: u16,
+    /// Width of the hidden state, at least 1.
     pub n_embd: u16,
+    /// Generated tokens covered, at least 1.
     pub n_tokens: u32,
     /// The prompt commitment, then one per chunk.
     pub commitments: Vec<Commitment>,
@@ -231,6 +252,8 @@ pub struct ProofBuilder {
 }
 
 impl ProofBuilder {
+    /// A builder for hidden states of width `n_embd`; `chunk` is clamped to 1..=[`MAX_CHUNK`]
+    /// and `k` to 1..=min([`MAX_K`], `n_embd`).
     pub fn new(n_embd: usize, chunk: u16, k: u16) -> Self {
         let chunk = chunk.clamp(1, MAX_CHUNK);
         let k = k
@@ -272,6 +295,7 @@ impl ProofBuilder {
         self.in_chunk = 0;
     }
 
+    /// Tokens pushed so far.
     pub fn tokens(&self) -> u32 {
         self.n_tokens
     }
