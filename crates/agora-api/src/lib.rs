@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod client;
 pub mod error;
+pub mod keepalive;
 pub mod metrics;
 pub mod openai;
 pub mod tlog;

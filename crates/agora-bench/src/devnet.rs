@@ -1,11 +1,7 @@
 //! `agora devnet` and `agora demo`: a whole network on this machine, in one command.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use agora_api::client::Client;
@@ -14,6 +10,8 @@ use agora_models::store::ModelStore;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
+
+use crate::proc::{Node, start_node};
 
 #[derive(Args, Debug, Clone)]
 pub struct DevnetArgs {
@@ -37,101 +35,26 @@ pub struct DevnetArgs {
     pub ctx: u32,
 }
 
-/// A child process, stopped (SIGTERM, then SIGKILL) on drop.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) with a pid we own; a failure (already gone) is harmless.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What a started node printed about itself.
-struct Started {
-    proc: Proc,
-    peer_id: String,
-    p2p: Vec<String>,
-    url: Option<String>,
-}
-
 /// A running local network.
 pub struct Devnet {
-    workers: Vec<Started>,
-    gateway: Started,
+    workers: Vec<Node>,
+    gateway: Node,
     pub dir: PathBuf,
 }
 
 impl Devnet {
     pub fn url(&self) -> String {
-        self.gateway.url.clone().unwrap_or_default()
+        self.gateway.ready.url.clone().unwrap_or_default()
     }
 }
 
-fn spawn_node(name: &str, home: &Path, log: &Path, args: &[String]) -> Result<Started> {
-    let exe = std::env::current_exe()?;
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.env("AGORA_HOME", home)
-        .arg("node")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(log_file);
-    // SAFETY: prctl in the child before exec; it only asks the kernel to end the child when
-    // this process dies, so no node outlives a killed devnet.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("starting a node")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut peer, mut p2p, mut url) = (String::new(), Vec::new(), None);
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(p) = line.strip_prefix("peer id: ") {
-                peer = p.trim().to_string();
-            } else if let Some(a) = line.strip_prefix("p2p: ") {
-                p2p.push(a.trim().to_string());
-            } else if let Some(u) = line.strip_prefix("listening on ") {
-                url = Some(u.trim().to_string());
-            } else if line.starts_with("Ctrl-C stops the node.")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send((peer.clone(), p2p.clone(), url.clone()));
-            }
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        // Every node is asked to stop at once; each then gets its grace time as it drops.
+        self.gateway.proc.terminate();
+        for w in &self.workers {
+            w.proc.terminate();
         }
-    });
-    let proc = Proc {
-        name: name.to_string(),
-        child,
-    };
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok((peer_id, p2p, url)) => Ok(Started {
-            proc,
-            peer_id,
-            p2p,
-            url,
-        }),
-        Err(_) => bail!("{name} did not start; see {}", log.display()),
     }
 }
 
@@ -194,55 +117,40 @@ pub fn start(home: &Path, a: &DevnetArgs) -> Result<Devnet> {
         }
         v
     };
-    let mut workers = Vec::new();
+    let mut workers: Vec<Node> = Vec::new();
     for i in 0..a.workers {
         let name = format!("worker-{}", i + 1);
         let h = node_home(&name)?;
-        let boot = workers.first().map(|w: &Started| w.p2p[0].clone());
-        let w = spawn_node(
+        let boot = match workers.first() {
+            Some(w) => Some(w.ready.p2p_addr()?.to_string()),
+            None => None,
+        };
+        let w = start_node(
             &name,
             &h,
-            &dir.join(format!("{name}.log")),
             &worker_args(boot.as_deref()),
+            Some(&dir.join(format!("{name}.log"))),
         )?;
-        eprintln!("  {name}: {}", w.peer_id);
+        eprintln!("  {name}: {}", w.ready.peer_id);
         workers.push(w);
     }
-    let boot = workers[0].p2p[0].clone();
+    let boot = workers[0].ready.p2p_addr()?.to_string();
     let listen = a.listen.to_string();
-    let gateway = spawn_node(
+    let gateway = start_node(
         "gateway",
         &node_home("gateway")?,
-        &dir.join("gateway.log"),
         &common(&["--no-worker", "--listen", &listen, "--bootstrap", &boot]),
+        Some(&dir.join("gateway.log")),
     )?;
-    eprintln!("  gateway:  {}", gateway.peer_id);
+    eprintln!("  gateway:  {}", gateway.ready.peer_id);
     let net = Devnet {
         workers,
         gateway,
         dir,
     };
     // Wait until the gateway sees every worker.
-    let client = Client::new(&net.url());
-    let t0 = Instant::now();
-    loop {
-        let seen = client
-            .get_json("/v1/models")
-            .ok()
-            .and_then(|v| v.pointer("/data/0/agora/workers").and_then(Value::as_u64))
-            .unwrap_or(0);
-        if seen >= u64::from(a.workers) {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "the gateway saw only {seen} of {} workers after 30 s; logs are in {}",
-                a.workers,
-                net.dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    crate::proc::wait_workers(&net.url(), a.workers as u64, Duration::from_secs(30))
+        .with_context(|| format!("logs are in {}", net.dir.display()))?;
     Ok(net)
 }
 
@@ -281,7 +189,7 @@ pub fn demo(home: &Path, a: DevnetArgs) -> Result<()> {
     let names: std::collections::HashMap<String, String> = net
         .workers
         .iter()
-        .map(|w| (w.peer_id.clone(), w.proc.name.clone()))
+        .map(|w| (w.ready.peer_id.clone(), w.proc.name().to_string()))
         .collect();
     let client = Client::new(&url);
     let model = client

@@ -9,33 +9,41 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agora_api::keepalive::{Conn, split_url};
+use agora_api::tlog::{Result, TlogHttpError};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 
-use super::{Result, TlogHttpError};
+pub use crate::stats::Percentiles;
 
-#[derive(Clone, Debug)]
+/// What to send to a log, how fast, and what to measure (also `agora log hammer`'s flags).
+#[derive(clap::Args, Clone, Debug)]
 pub struct HammerConfig {
-    /// Log URL prefix (`http://host:port[/prefix]`).
+    /// Log URL prefix (`http://host:port[/prefix]`)
     pub url: String,
-    /// Entries to send in total (0: until `duration`).
+    /// Entries to send in total (0: until --duration)
+    #[arg(long, default_value_t = 10_000)]
     pub count: u64,
-    /// Target entries per second over all connections (0: as fast as possible).
+    /// Target entries per second over all connections (0: as fast as possible)
+    #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Concurrent connections, each with one request in flight.
+    /// Concurrent connections, each with one request in flight
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Entry size in bytes.
+    /// Entry size in bytes
+    #[arg(long, default_value_t = 512)]
     pub size: usize,
+    /// Stop after this long (e.g. 30s)
+    #[arg(long, value_parser = crate::parse_duration)]
     pub duration: Option<Duration>,
-    /// Entries are a function of (seed, sequence number), so runs with different seeds differ.
+    /// Entries are a function of (seed, sequence number), so runs with different seeds differ
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Write `index sha256(entry)` for every acknowledged entry.
+    /// Write `index sha256(entry)` of every acknowledged entry to this file
+    #[arg(long)]
     pub record: Option<PathBuf>,
-    /// Poll `/checkpoint` to measure the latency from append to a published checkpoint.
+    /// Also measure append -> published checkpoint latency
+    #[arg(long)]
     pub checkpoint_latency: bool,
 }
 
@@ -52,48 +60,6 @@ impl Default for HammerConfig {
             record: None,
             checkpoint_latency: false,
         }
-    }
-}
-
-/// Latency percentiles.
-#[derive(Clone, Debug, Default)]
-pub struct Percentiles {
-    pub count: usize,
-    pub p50: Duration,
-    pub p90: Duration,
-    pub p99: Duration,
-    pub max: Duration,
-}
-
-impl Percentiles {
-    pub fn of(mut v: Vec<Duration>) -> Percentiles {
-        if v.is_empty() {
-            return Percentiles::default();
-        }
-        v.sort_unstable();
-        let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-        Percentiles {
-            count: v.len(),
-            p50: at(0.50),
-            p90: at(0.90),
-            p99: at(0.99),
-            max: v[v.len() - 1],
-        }
-    }
-}
-
-impl fmt::Display for Percentiles {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        write!(
-            f,
-            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
-            ms(self.p50),
-            ms(self.p90),
-            ms(self.p99),
-            ms(self.max),
-            self.count
-        )
     }
 }
 
@@ -161,89 +127,6 @@ pub fn entry(seed: u64, seq: u64, size: usize) -> Vec<u8> {
     }
     v.truncate(size);
     v
-}
-
-/// `host:port` and path prefix of an `http://` URL.
-pub fn split_url(url: &str) -> Result<(String, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| TlogHttpError::Transport {
-            url: url.to_string(),
-            msg: "only http:// URLs are supported by the load generator".into(),
-        })?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    Ok((host.to_string(), path.to_string()))
-}
-
-/// One keep-alive HTTP/1.1 connection.
-pub struct Conn {
-    host: String,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-impl Conn {
-    pub fn new(host: &str) -> Conn {
-        Conn {
-            host: host.to_string(),
-            sender: None,
-        }
-    }
-
-    async fn sender(&mut self) -> std::result::Result<&mut SendRequest<Full<Bytes>>, String> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let tcp = tokio::net::TcpStream::connect(&self.host)
-                .await
-                .map_err(|e| format!("connect {}: {e}", self.host))?;
-            let _ = tcp.set_nodelay(true);
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        self.sender
-            .as_mut()
-            .ok_or_else(|| "no connection".to_string())
-    }
-
-    /// Send a request; returns status and body.
-    pub async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Bytes,
-    ) -> std::result::Result<(u16, Bytes), String> {
-        let host = self.host.clone();
-        let s = self.sender().await?;
-        s.ready().await.map_err(|e| e.to_string())?;
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, host)
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        let result = s.send_request(req).await;
-        let resp = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.sender = None;
-                return Err(e.to_string());
-            }
-        };
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
-    }
 }
 
 struct Ack {
@@ -522,22 +405,5 @@ mod tests {
         assert_ne!(entry(1, 2, 512), entry(1, 3, 512));
         assert_ne!(entry(1, 2, 512), entry(2, 2, 512));
         assert_eq!(entry(1, 2, 5).len(), 5);
-    }
-
-    #[test]
-    fn percentiles() {
-        let p = Percentiles::of((1..=100).map(Duration::from_millis).collect());
-        assert_eq!(p.p50, Duration::from_millis(50));
-        assert_eq!(p.p99, Duration::from_millis(99));
-        assert_eq!(p.max, Duration::from_millis(100));
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            split_url("http://127.0.0.1:80/log/").unwrap(),
-            ("127.0.0.1:80".into(), "/log".into())
-        );
-        assert!(split_url("https://x").is_err());
     }
 }

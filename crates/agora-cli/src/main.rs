@@ -1,22 +1,17 @@
-//! `agora`: one binary for every role. Each command family lives in its own `cmd_*` module.
+//! `agora`: one binary for every role. Each command family lives in its own `cmd_*` module;
+//! benchmarks, load generators and local networks are `agora-bench`'s (parse here, run there).
 
-mod cmd_bench;
-mod cmd_bench_net;
-mod cmd_bench_soak;
-mod cmd_bench_verify;
 mod cmd_chat;
 mod cmd_debug;
-mod cmd_devnet;
 mod cmd_identity;
 mod cmd_log;
-mod cmd_log_bench;
 mod cmd_model;
 mod cmd_node;
 mod cmd_verify;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use agora_bench as bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -46,15 +41,15 @@ enum Command {
     #[command(subcommand)]
     Model(cmd_model::ModelCommand),
     /// Benchmark the node against llama.cpp's own llama-server on the same model.
-    Bench(cmd_bench::BenchArgs),
+    Bench(bench::server::BenchArgs),
     /// Benchmark the network layer: gateway overhead on time to first token, routing throughput.
-    BenchNet(cmd_bench_net::BenchNetArgs),
+    BenchNet(bench::net::BenchNetArgs),
     /// Soak a local network (gateway with a log, workers, a validator) under honest load and
     /// hostile peers for a while: errors, latency, memory, and no honest worker condemned.
-    BenchSoak(cmd_bench_soak::BenchSoakArgs),
+    BenchSoak(bench::soak::BenchSoakArgs),
     /// The detection matrix (honest and cheating workers, checked by a verifier) and the costs
     /// of verifiability. Cheat modes need a build with the `cheat` feature.
-    BenchVerify(cmd_bench_verify::BenchVerifyArgs),
+    BenchVerify(bench::verify::BenchVerifyArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -70,9 +65,9 @@ enum Command {
     /// Show the peers a node knows, with their models and status.
     Nodes(cmd_chat::NodesArgs),
     /// Start a local network (N workers and a gateway on loopback) until Ctrl-C.
-    Devnet(cmd_devnet::DevnetArgs),
+    Devnet(bench::devnet::DevnetArgs),
     /// Start a local network, send it a few questions, and show which worker answered each.
-    Demo(cmd_devnet::DevnetArgs),
+    Demo(bench::devnet::DevnetArgs),
     /// Testing tools (misbehaving peers).
     #[command(subcommand, hide = true)]
     Debug(cmd_debug::DebugCommand),
@@ -85,10 +80,10 @@ fn main() {
         Command::Node(args) => cmd_node::run(&home, args),
         Command::Chat(args) => cmd_chat::run(args),
         Command::Model(cmd) => cmd_model::run(&home, cmd),
-        Command::Bench(args) => cmd_bench::run(&home, args),
-        Command::BenchNet(args) => cmd_bench_net::run(&home, args),
-        Command::BenchSoak(args) => cmd_bench_soak::run(&home, args),
-        Command::BenchVerify(args) => cmd_bench_verify::run(&home, args),
+        Command::Bench(args) => bench::server::run(&home, args),
+        Command::BenchNet(args) => bench::net::run(&home, args),
+        Command::BenchSoak(args) => bench::soak::run(&home, args),
+        Command::BenchVerify(args) => bench::verify::run(&home, args),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),
         Command::Log(cmd) => cmd_log::run_log(&home, cmd),
@@ -96,19 +91,38 @@ fn main() {
         Command::Verify(args) => match cmd_verify::run(&home, args) {
             Ok(code) => std::process::exit(code),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", explain(&e));
                 std::process::exit(2);
             }
         },
         Command::Nodes(args) => cmd_chat::nodes(args),
-        Command::Devnet(args) => cmd_devnet::devnet(&home, args),
-        Command::Demo(args) => cmd_devnet::demo(&home, args),
+        Command::Devnet(args) => bench::devnet::devnet(&home, args),
+        Command::Demo(args) => bench::devnet::demo(&home, args),
         Command::Debug(cmd) => cmd_debug::run(&home, cmd),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", explain(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes, outermost first, joined by ": ". A cause whose text the message
+/// before it already contains is not repeated (library errors print their source in their
+/// own message and keep it as `source()` too).
+fn explain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        last = text;
+    }
+    out
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level.
@@ -121,24 +135,34 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-/// Parse `1s`, `250ms`, `2m` or plain seconds (`0.5`).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 250ms)"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("{s:?} is not a duration"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library error that prints its source and keeps it.
+    #[derive(Debug)]
+    struct Read {
+        source: std::io::Error,
     }
-    Ok(Duration::from_secs_f64(v * mult))
+
+    impl std::fmt::Display for Read {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read /x: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Read {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn causes_are_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Read { source: io }).context("could not start");
+        assert_eq!(explain(&e), "could not start: cannot read /x: no such file");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(explain(&plain), "outer: inner");
+    }
 }

@@ -37,8 +37,9 @@ const IO: &[&str] = &[
     "zip",
 ];
 
-/// The crates that may reach llama.cpp: its backend, and the binary that links everything.
-const BUILDS_LLAMA: &[&str] = &["agora-llama", "agora-cli"];
+/// The crates that may reach llama.cpp: its backend, the benchmarks (which load engines
+/// themselves) and the binary that links everything.
+const BUILDS_LLAMA: &[&str] = &["agora-llama", "agora-bench", "agora-cli"];
 
 /// Libraries only one crate may depend on.
 const OWNED: &[(&str, &str)] = &[

@@ -1,9 +1,8 @@
 //! HTTP for the transparency-log roles: the log's write and tlog-tiles read API, the witness's
-//! tlog-witness API and evidence reads, and the clients the CLI uses (blocking `ureq` for tools,
-//! async `hyper` for the load generator).
+//! tlog-witness API and evidence reads, and the blocking clients the CLI uses (`ureq`); load
+//! generators use [`crate::keepalive::Conn`].
 
 pub mod client;
-pub mod hammer;
 pub mod server;
 
 pub use client::{HttpWitnessTransport, LogClient};
