@@ -109,6 +109,28 @@ fn three_workers_found_through_one_bootstrap_address_without_mdns() {
     }
 }
 
+/// The short variant of `agora bench-net` (the benchmark itself is a command): the gateway adds
+/// little to time to first token and routes every request to echo workers, which attest their
+/// answers like any worker (a run where a routed request fails is an error, not a figure).
+#[test]
+fn bench_net_short_variant_routes_every_request() {
+    let home = temp_home();
+    let out = common::agora()
+        .env("AGORA_HOME", home.path())
+        .args(["bench-net", "--samples", "3", "--seconds", "1"])
+        .args(["--workers", "2", "--connections", "8"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("extra through the gateway"), "{text}");
+    assert!(text.contains("; 0 errors;"), "{text}");
+}
+
 /// Streams a chat request through the raw socket, calling `on_chunk` with each JSON chunk.
 fn stream_chunks(url: &str, body: &Value, mut on_chunk: impl FnMut(&Value)) {
     let addr = url.trim_start_matches("http://");

@@ -12,6 +12,10 @@ use crate::{
     check_request,
 };
 
+/// Width of the stand-in "hidden state" the echo engine hands out when asked (so that a worker
+/// running it attests its answers like any other; the numbers mean nothing).
+const ECHO_EMBD: u32 = 8;
+
 /// Echoes the prompt, one byte per token, up to `max_tokens`.
 #[derive(Debug)]
 pub struct EchoEngine {
@@ -26,7 +30,7 @@ impl EchoEngine {
             sha256: "0".repeat(64),
             n_ctx,
             n_vocab: 256,
-            n_embd: 0,
+            n_embd: ECHO_EMBD,
             slots: u32::MAX,
             queue: 0,
             kv_bytes: 0,
@@ -74,8 +78,11 @@ impl Engine for EchoEngine {
                 id: t,
                 index: i as u32,
                 text,
-                hidden: None,
-                logits: None,
+                hidden: req
+                    .capture
+                    .hidden
+                    .then(|| vec![f32::from(t as u8) / 255.0; ECHO_EMBD as usize]),
+                logits: req.capture.logits.then(|| vec![0.0; 256]),
             }));
         }
         let reason = if n as u32 >= req.max_tokens {
