@@ -77,28 +77,46 @@ impl LlamaConfig {
 /// Errors from loading a model.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The engine could not start, with no underlying error.
     #[error("llama.cpp could not start: {0}")]
     Backend(String),
-    #[error("llama.cpp could not load {path}: {why}")]
-    Model { path: PathBuf, why: String },
-    #[error("llama.cpp could not create a context of {ctx} tokens × {slots} slots: {why}")]
-    Context { ctx: u32, slots: u32, why: String },
+    /// llama.cpp's backend failed to initialize (once per process: every later load shares the
+    /// same error).
+    #[error("llama.cpp could not start: {0}")]
+    Init(#[source] Arc<llama_cpp_2::LlamaCppError>),
+    /// The engine thread could not be spawned.
+    #[error("llama.cpp could not start: cannot spawn the engine thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("llama.cpp could not load {path}: {source}")]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: llama_cpp_2::LlamaModelLoadError,
+    },
+    #[error("llama.cpp could not create a context of {ctx} tokens × {slots} slots: {source}")]
+    Context {
+        ctx: u32,
+        slots: u32,
+        #[source]
+        source: llama_cpp_2::LlamaContextLoadError,
+    },
     #[error("invalid engine configuration: {0}")]
     Config(String),
 }
 
 fn backend() -> Result<&'static LlamaBackend, LoadError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    static BACKEND: OnceLock<Result<LlamaBackend, Arc<llama_cpp_2::LlamaCppError>>> =
+        OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            let mut b = LlamaBackend::init().map_err(|e| e.to_string())?;
+            let mut b = LlamaBackend::init().map_err(Arc::new)?;
             if std::env::var_os("AGORA_LLAMA_LOG").is_none() {
                 b.void_logs();
             }
             Ok(b)
         })
         .as_ref()
-        .map_err(|e| LoadError::Backend(e.clone()))
+        .map_err(|e| LoadError::Init(Arc::clone(e)))
 }
 
 enum Job {
@@ -158,9 +176,9 @@ impl LlamaEngine {
         }
         let backend = backend()?;
         let model = LlamaModel::load_from_file(backend, &cfg.path, &LlamaModelParams::default())
-            .map_err(|e| LoadError::Model {
+            .map_err(|source| LoadError::Model {
                 path: cfg.path.clone(),
-                why: e.to_string(),
+                source,
             })?;
         let model = Arc::new(model);
         let vocab = model.vocab();
@@ -213,7 +231,7 @@ impl LlamaEngine {
             std::thread::Builder::new()
                 .name("agora-engine".into())
                 .spawn(move || run_engine(&model, &cfg, &shared, &jobs_rx, &ready_tx))
-                .map_err(|e| LoadError::Backend(e.to_string()))?
+                .map_err(LoadError::Thread)?
         };
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -662,7 +680,7 @@ fn open_context<'m>(
             let _ = ready.send(Err(LoadError::Context {
                 ctx: cfg.ctx,
                 slots: cfg.slots,
-                why: e.to_string(),
+                source: e,
             }));
             None
         }

@@ -18,11 +18,21 @@ pub use admission::{Accept, Quota, Quotas};
 pub use log::{DEFAULT_MAX_BYTES, Log, LogConfig, WitnessReply, WitnessTransport};
 pub use witness::{Witness, WitnessResponse};
 
-/// Every error this crate reports.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+use std::sync::Arc;
+
+/// Every error this crate reports. Cloneable (one failed batch answers every entry in it), so
+/// underlying errors are shared behind an [`Arc`].
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
+    /// The database failed.
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<redb::Error>),
+    /// A file operation failed.
+    #[error("storage error: {0}")]
+    Io(#[source] Arc<std::io::Error>),
+    /// A blocking storage task failed (it panicked or was cancelled).
+    #[error("storage error: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
     #[error("entry is {len} bytes; entries are at most 65535 bytes")]
     EntryTooLarge { len: usize },
     #[error("the log is overloaded; retry later")]
@@ -65,7 +75,7 @@ macro_rules! storage_from {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
             fn from(e: $t) -> Error {
-                Error::Storage(e.to_string())
+                Error::Storage(Arc::new(redb::Error::from(e)))
             }
         }
     )*};
@@ -77,9 +87,14 @@ storage_from!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError,
-    std::io::Error
+    redb::SetDurabilityError
 );
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(Arc::new(e))
+    }
+}
 
 /// Whole seconds to wait, rounded up, at least 1 (for `Retry-After`).
 pub fn retry_secs(d: &std::time::Duration) -> u64 {

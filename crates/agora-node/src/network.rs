@@ -27,11 +27,9 @@ pub fn genesis_path(home: &Path) -> PathBuf {
 pub fn load_identity(home: &Path) -> Result<Identity, NodeError> {
     use std::os::unix::fs::PermissionsExt;
     let path = key_path(home);
-    let meta = std::fs::metadata(&path).map_err(|e| {
-        NodeError::Identity(format!(
-            "no key at {} ({e}); run `agora init`",
-            path.display()
-        ))
+    let meta = std::fs::metadata(&path).map_err(|source| NodeError::NoKey {
+        path: path.clone(),
+        source,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -41,11 +39,11 @@ pub fn load_identity(home: &Path) -> Result<Identity, NodeError> {
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| NodeError::Identity(format!("cannot read {}: {e}", path.display())))?;
-    Identity::from_key_file(&text).map_err(|e| {
-        NodeError::Identity(format!("the key file {} is unusable: {e}", path.display()))
-    })
+    let text = std::fs::read_to_string(&path).map_err(|source| NodeError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Identity::from_key_file(&text).map_err(|source| NodeError::BadKey { path, source })
 }
 
 /// Reads the node's key; creates one (mode 0600) if there is none yet.
@@ -73,23 +71,29 @@ pub fn write_new_key(path: &Path, identity: &Identity) -> Result<(), NodeError> 
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| NodeError::Identity(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|source| NodeError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => NodeError::Identity(format!(
-                "{} already exists; refusing to overwrite a key",
-                path.display()
-            )),
-            _ => NodeError::Identity(format!("cannot create {}: {e}", path.display())),
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => NodeError::KeyExists { path: path.into() },
+            _ => NodeError::Create {
+                path: path.into(),
+                source,
+            },
         })?;
     f.write_all(identity.to_key_file().as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| NodeError::Identity(format!("cannot write {}: {e}", path.display())))
+        .map_err(|source| NodeError::Write {
+            path: path.into(),
+            source,
+        })
 }
 
 /// The network id: of `file` if given, else of `$AGORA_HOME/genesis.toml` if present, else of
@@ -101,8 +105,9 @@ pub fn network_id(home: &Path, file: Option<&Path>) -> Result<NetworkId, NodeErr
     };
     match path {
         Some(p) => {
-            let bytes = std::fs::read(&p).map_err(|e| {
-                NodeError::Identity(format!("cannot read the genesis file {}: {e}", p.display()))
+            let bytes = std::fs::read(&p).map_err(|source| NodeError::Genesis {
+                path: p.clone(),
+                source,
             })?;
             Ok(NetworkId::from_genesis(&bytes))
         }
@@ -119,16 +124,19 @@ pub fn create_genesis(home: &Path, name: &str) -> Result<(PathBuf, NetworkId), N
         .write(true)
         .create_new(true)
         .open(&path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => NodeError::Identity(format!(
-                "{} already exists; refusing to replace this node's network",
-                path.display()
-            )),
-            _ => NodeError::Identity(format!("cannot create {}: {e}", path.display())),
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => NodeError::GenesisExists { path: path.clone() },
+            _ => NodeError::Create {
+                path: path.clone(),
+                source,
+            },
         })?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| NodeError::Identity(format!("cannot write {}: {e}", path.display())))?;
+        .map_err(|source| NodeError::Write {
+            path: path.clone(),
+            source,
+        })?;
     Ok((path, NetworkId::from_genesis(text.as_bytes())))
 }
 
@@ -166,6 +174,36 @@ mod tests {
         let b = load_or_create_identity(home.path()).unwrap();
         assert_eq!(a.public_key(), b.public_key());
         assert!(write_new_key(&key_path(home.path()), &a).is_err());
+    }
+
+    #[test]
+    fn key_file_errors_keep_their_causes() {
+        use std::error::Error as _;
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let e = load_identity(home.path()).unwrap_err();
+        assert!(matches!(e, NodeError::NoKey { .. }), "{e}");
+        assert!(e.to_string().contains("no key at"), "{e}");
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+
+        let path = key_path(home.path());
+        std::fs::write(&path, "not a key\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load_identity(home.path()).unwrap_err();
+        assert!(e.to_string().contains("is unusable"), "{e}");
+        assert!(
+            e.source()
+                .is_some_and(|s| s.downcast_ref::<agora_core::Error>().is_some()),
+            "{e:?}"
+        );
+
+        let e = create_identity(home.path()).unwrap_err();
+        assert!(matches!(e, NodeError::KeyExists { .. }), "{e}");
+        assert!(e.to_string().contains("refusing to overwrite"), "{e}");
     }
 
     #[test]

@@ -43,14 +43,14 @@ pub struct Output {
 }
 
 /// Why a transcript is unusable, before any model is run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum TranscriptError {
     #[error("not a transcript: {0}")]
-    Malformed(String),
+    Malformed(#[source] serde_json::Error),
     #[error("unknown transcript version {0} (this build reads version {TRANSCRIPT_VERSION})")]
     Version(u32),
     #[error("the receipt is not a valid signed statement: {0}")]
-    Receipt(String),
+    Receipt(#[source] agora_core::Error),
     #[error("the envelope holds a {0} statement, not a receipt")]
     NotAReceipt(String),
     #[error("the receipt is signed by {signer}, not by the worker it names ({worker})")]
@@ -112,23 +112,20 @@ impl Transcript {
     /// Parses untrusted bytes.
     pub fn parse(bytes: &[u8]) -> Result<Transcript, TranscriptError> {
         let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| TranscriptError::Malformed(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(TranscriptError::Malformed)?;
         if let Some(ver) = v.get("version").and_then(serde_json::Value::as_u64)
             && ver != u64::from(TRANSCRIPT_VERSION)
         {
             return Err(TranscriptError::Version(ver.min(u64::from(u32::MAX)) as u32));
         }
-        serde_json::from_value(v).map_err(|e| TranscriptError::Malformed(e.to_string()))
+        serde_json::from_value(v).map_err(TranscriptError::Malformed)
     }
 
     /// Checks the receipt's signature and that every digest in it matches this transcript.
     pub fn check(&self) -> Result<Checked, TranscriptError> {
-        let env_bytes = serde_json::to_vec(&self.receipt)
-            .map_err(|e| TranscriptError::Malformed(e.to_string()))?;
-        let env =
-            Envelope::from_json(&env_bytes).map_err(|e| TranscriptError::Receipt(e.to_string()))?;
-        let (signers, statement) =
-            Statement::open(&env).map_err(|e| TranscriptError::Receipt(e.to_string()))?;
+        let env_bytes = serde_json::to_vec(&self.receipt).map_err(TranscriptError::Malformed)?;
+        let env = Envelope::from_json(&env_bytes).map_err(TranscriptError::Receipt)?;
+        let (signers, statement) = Statement::open(&env).map_err(TranscriptError::Receipt)?;
         let Statement::Receipt(r) = statement else {
             return Err(TranscriptError::NotAReceipt(
                 statement.kind().name().to_string(),
@@ -144,8 +141,7 @@ impl Transcript {
             .decode(&self.proof)
             .map_err(|_| TranscriptError::ProofEncoding)?;
         let salt = hex::decode(&self.salt).map_err(|_| TranscriptError::SaltEncoding)?;
-        let request_json = serde_json::to_vec(&self.request)
-            .map_err(|e| TranscriptError::Malformed(e.to_string()))?;
+        let request_json = serde_json::to_vec(&self.request).map_err(TranscriptError::Malformed)?;
         let digest = |what: &'static str,
                       expected: &Sha256,
                       actual: [u8; 32]|
@@ -294,10 +290,14 @@ mod tests {
 
     #[test]
     fn malformed_and_versions() {
-        assert!(matches!(
-            Transcript::parse(b"{"),
-            Err(TranscriptError::Malformed(_))
-        ));
+        let e = Transcript::parse(b"{").unwrap_err();
+        assert!(matches!(e, TranscriptError::Malformed(_)), "{e}");
+        assert!(e.to_string().starts_with("not a transcript: "), "{e}");
+        let cause = std::error::Error::source(&e);
+        assert!(
+            cause.is_some_and(|c| c.downcast_ref::<serde_json::Error>().is_some()),
+            "{e:?}"
+        );
         assert!(matches!(
             Transcript::parse(br#"{"version": 9}"#),
             Err(TranscriptError::Version(9))

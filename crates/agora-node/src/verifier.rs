@@ -20,15 +20,23 @@ pub enum VerifyError {
     #[error("the prompt is {actual} tokens with this model, but the receipt says {receipt}")]
     PromptLength { receipt: u32, actual: u32 },
     #[error("the model could not format the prompt: {0}")]
-    Prompt(String),
+    Prompt(#[source] agora_engine::PromptError),
     #[error("the output is empty: there is nothing to check")]
     EmptyOutput,
     #[error("output token {index} ({token}) is not in the model's vocabulary")]
     OutOfVocabulary { index: usize, token: u32 },
     #[error("{0}")]
     Proofless(String),
+    /// The verifier's engine failed, with no underlying error (it stopped, or reported only a
+    /// message).
     #[error("the verifier's engine failed: {0}")]
     Engine(String),
+    /// The verifier's engine refused the scoring pass.
+    #[error("the verifier's engine failed: {0}")]
+    Refused(#[source] agora_engine::SubmitError),
+    /// The blocking task that tokenized the prompt failed (panicked or was cancelled).
+    #[error("the verifier's engine failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl VerifyError {
@@ -39,6 +47,8 @@ impl VerifyError {
             self,
             VerifyError::WrongModel { .. }
                 | VerifyError::Engine(_)
+                | VerifyError::Refused(_)
+                | VerifyError::Task(_)
                 | VerifyError::Transcript(TranscriptError::Malformed(_))
         )
     }
@@ -76,8 +86,8 @@ pub async fn verify(
         let (engine, spec) = (Arc::clone(engine), t.request.prompt.clone());
         tokio::task::spawn_blocking(move || engine.tokenize(&spec))
             .await
-            .map_err(|e| VerifyError::Engine(e.to_string()))?
-            .map_err(|e| VerifyError::Prompt(e.to_string()))?
+            .map_err(VerifyError::Task)?
+            .map_err(VerifyError::Prompt)?
     };
     if prompt.len() as u32 != checked.receipt.prompt_tokens {
         return Err(VerifyError::PromptLength {
@@ -107,7 +117,7 @@ pub async fn verify(
             },
             Box::new(Sink(Arc::clone(&checker))),
         )
-        .map_err(|e| VerifyError::Engine(e.to_string()))?;
+        .map_err(VerifyError::Refused)?;
     handle
         .done
         .await
