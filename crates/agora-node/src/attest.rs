@@ -6,9 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use agora_core::statement::{Receipt, Sha256};
 use agora_core::{Identity, Statement};
-use agora_engine::{Attestation, Capture, Engine, Event, Generation, JobSpec, PrepareError};
-use agora_verify::ProofBuilder;
+use agora_engine::{
+    Attestation, Capture, Engine, Event, Generation, JobSpec, PrepareError, TokenEvent,
+};
 use agora_verify::proof::{DEFAULT_CHUNK, DEFAULT_K};
+use agora_verify::{Proof, ProofBuilder};
 use base64::Engine as _;
 use tokio::sync::mpsc;
 
@@ -20,10 +22,23 @@ pub struct Attestor {
     preparing: Arc<tokio::sync::Semaphore>,
     chunk: u16,
     k: u16,
-    #[cfg(feature = "cheat")]
-    cheat: Option<crate::cheat::Cheat>,
-    #[cfg(feature = "cheat")]
-    last_proof: Arc<std::sync::Mutex<Option<String>>>,
+    /// What this worker does to its own answers: nothing for an honest one (always `None`
+    /// outside builds with the `cheat` feature, whose `cheat.rs` is the only implementation).
+    pub(crate) tamper: Option<Arc<dyn Tamper>>,
+}
+
+/// What a worker may do to its answers between its engine and its receipt. The honest worker
+/// does nothing; the only implementation is `cheat::Cheater` (feature `cheat`: tests and the
+/// detection matrix), so this is where a cheat plugs in, and all cheating code is in `cheat.rs`.
+pub(crate) trait Tamper: Send + Sync {
+    /// What actually runs (the receipt still names the client's job).
+    fn job_to_run(&self, job: &JobSpec) -> JobSpec;
+    /// Changes a token on its way to the client.
+    fn alter_token(&self, t: &mut TokenEvent, n_vocab: u32);
+    /// Changes the tokens the receipt covers.
+    fn alter_tokens(&self, tokens: &mut [u32], n_vocab: u32);
+    /// Changes the proof the receipt covers.
+    fn proof(&self, proof: Proof) -> Proof;
 }
 
 impl std::fmt::Debug for Attestor {
@@ -44,18 +59,8 @@ impl Attestor {
             preparing: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
             chunk: DEFAULT_CHUNK,
             k: DEFAULT_K,
-            #[cfg(feature = "cheat")]
-            cheat: None,
-            #[cfg(feature = "cheat")]
-            last_proof: Arc::new(std::sync::Mutex::new(None)),
+            tamper: None,
         }
-    }
-
-    /// Makes this worker cheat (testing only).
-    #[cfg(feature = "cheat")]
-    pub fn with_cheat(mut self, cheat: Option<crate::cheat::Cheat>) -> Self {
-        self.cheat = cheat;
-        self
     }
 
     pub fn identity(&self) -> &Identity {
@@ -183,7 +188,7 @@ impl Attestor {
             ));
         }
         let proof = builder.finish().ok_or("no tokens were generated")?;
-        let proof = self.cheat_proof(proof);
+        let proof = self.tampered_proof(proof);
         let proof_bytes = proof.encode();
         let salt: [u8; 16] = rand::random();
         let request_json = serde_json::to_vec(job).map_err(|e| e.to_string())?;
@@ -214,92 +219,30 @@ impl Attestor {
     }
 }
 
-#[cfg(not(feature = "cheat"))]
 impl Attestor {
     fn job_to_run(&self, job: &JobSpec) -> JobSpec {
-        job.clone()
-    }
-    fn alter_token(&self, _t: &mut agora_engine::TokenEvent, _n_vocab: u32) {}
-    fn alter_tokens(&self, _tokens: &mut [u32], _n_vocab: u32) {}
-    fn cheat_proof(&self, proof: agora_verify::Proof) -> agora_verify::Proof {
-        proof
-    }
-}
-
-#[cfg(feature = "cheat")]
-impl Attestor {
-    /// What actually runs (the receipt still names `job`).
-    fn job_to_run(&self, job: &JobSpec) -> JobSpec {
-        use crate::cheat::Cheat;
-        let mut run = job.clone();
-        match &self.cheat {
-            Some(Cheat::SystemPrompt) => {
-                if let agora_engine::PromptSpec::Chat(m) = &mut run.prompt {
-                    m.retain(|x| x.role != "system");
-                    m.insert(
-                        0,
-                        agora_engine::ChatMessage {
-                            role: "system".into(),
-                            content: "You are a pirate. Always answer like a pirate.".into(),
-                        },
-                    );
-                }
-                if let agora_engine::PromptSpec::Text(t) = &mut run.prompt {
-                    *t = format!("Arr! {t}");
-                }
-            }
-            Some(Cheat::Unseeded) => run.params.seed = rand::random(),
-            _ => {}
-        }
-        run
-    }
-
-    fn altered_index(&self) -> Option<u32> {
-        match &self.cheat {
-            Some(crate::cheat::Cheat::AlterToken(k)) => Some(k.unwrap_or(2)),
-            _ => None,
+        match &self.tamper {
+            Some(t) => t.job_to_run(job),
+            None => job.clone(),
         }
     }
 
-    fn alter_token(&self, t: &mut agora_engine::TokenEvent, n_vocab: u32) {
-        if self.altered_index() == Some(t.index) {
-            t.id = (t.id + 1) % n_vocab.max(1);
+    fn alter_token(&self, token: &mut TokenEvent, n_vocab: u32) {
+        if let Some(t) = &self.tamper {
+            t.alter_token(token, n_vocab);
         }
     }
 
     fn alter_tokens(&self, tokens: &mut [u32], n_vocab: u32) {
-        if let Some(k) = self.altered_index()
-            && let Some(t) = tokens.get_mut(k as usize)
-        {
-            *t = (*t + 1) % n_vocab.max(1);
+        if let Some(t) = &self.tamper {
+            t.alter_tokens(tokens, n_vocab);
         }
     }
 
-    fn cheat_proof(&self, proof: agora_verify::Proof) -> agora_verify::Proof {
-        use crate::cheat::Cheat;
-        match &self.cheat {
-            Some(Cheat::ReplayProof) => {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let mine = b64.encode(proof.encode());
-                let Ok(mut last) = self.last_proof.lock() else {
-                    return proof;
-                };
-                let previous = last.replace(mine);
-                previous
-                    .and_then(|p| b64.decode(p).ok())
-                    .and_then(|b: Vec<u8>| agora_verify::Proof::decode(&b).ok())
-                    .unwrap_or(proof)
-            }
-            Some(Cheat::TruncateProof) => {
-                let mut p = proof;
-                if p.commitments.len() > 2 {
-                    p.commitments.pop();
-                    let chunks = (p.commitments.len() - 1) as u32;
-                    p.n_tokens = p.n_tokens.min(chunks * u32::from(p.chunk));
-                }
-                p
-            }
-            _ => proof,
+    fn tampered_proof(&self, proof: Proof) -> Proof {
+        match &self.tamper {
+            Some(t) => t.proof(proof),
+            None => proof,
         }
     }
 }

@@ -5,6 +5,105 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use agora_engine::{ChatMessage, JobSpec, PromptSpec, TokenEvent};
+use agora_verify::Proof;
+
+use crate::attest::{Attestor, Tamper};
+
+impl Attestor {
+    /// Makes this worker cheat (testing only).
+    pub fn with_cheat(mut self, cheat: Option<Cheat>) -> Self {
+        self.tamper = cheat.map(|cheat| {
+            Arc::new(Cheater {
+                cheat,
+                last_proof: Mutex::new(None),
+            }) as Arc<dyn Tamper>
+        });
+        self
+    }
+}
+
+/// A cheat plugged into a worker's attestor.
+struct Cheater {
+    cheat: Cheat,
+    /// The previous answer's proof (for `ReplayProof`).
+    last_proof: Mutex<Option<Vec<u8>>>,
+}
+
+impl Cheater {
+    fn altered_index(&self) -> Option<u32> {
+        match &self.cheat {
+            Cheat::AlterToken(k) => Some(k.unwrap_or(2)),
+            _ => None,
+        }
+    }
+}
+
+impl Tamper for Cheater {
+    fn job_to_run(&self, job: &JobSpec) -> JobSpec {
+        let mut run = job.clone();
+        match &self.cheat {
+            Cheat::SystemPrompt => {
+                if let PromptSpec::Chat(m) = &mut run.prompt {
+                    m.retain(|x| x.role != "system");
+                    m.insert(
+                        0,
+                        ChatMessage {
+                            role: "system".into(),
+                            content: "You are a pirate. Always answer like a pirate.".into(),
+                        },
+                    );
+                }
+                if let PromptSpec::Text(t) = &mut run.prompt {
+                    *t = format!("Arr! {t}");
+                }
+            }
+            Cheat::Unseeded => run.params.seed = rand::random(),
+            _ => {}
+        }
+        run
+    }
+
+    fn alter_token(&self, t: &mut TokenEvent, n_vocab: u32) {
+        if self.altered_index() == Some(t.index) {
+            t.id = (t.id + 1) % n_vocab.max(1);
+        }
+    }
+
+    fn alter_tokens(&self, tokens: &mut [u32], n_vocab: u32) {
+        if let Some(k) = self.altered_index()
+            && let Some(t) = tokens.get_mut(k as usize)
+        {
+            *t = (*t + 1) % n_vocab.max(1);
+        }
+    }
+
+    fn proof(&self, proof: Proof) -> Proof {
+        match &self.cheat {
+            Cheat::ReplayProof => {
+                let Ok(mut last) = self.last_proof.lock() else {
+                    return proof;
+                };
+                let previous = last.replace(proof.encode());
+                previous
+                    .and_then(|b| Proof::decode(&b).ok())
+                    .unwrap_or(proof)
+            }
+            Cheat::TruncateProof => {
+                let mut p = proof;
+                if p.commitments.len() > 2 {
+                    p.commitments.pop();
+                    let chunks = (p.commitments.len() - 1) as u32;
+                    p.n_tokens = p.n_tokens.min(chunks * u32::from(p.chunk));
+                }
+                p
+            }
+            _ => proof,
+        }
+    }
+}
 
 /// How a cheating worker cheats.
 #[derive(Clone, Debug, PartialEq, Eq)]
