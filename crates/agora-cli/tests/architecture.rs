@@ -1,7 +1,8 @@
 //! The architecture invariants of ARCHITECTURE.md, enforced: reads `cargo metadata` and fails
 //! when a crate depends on what it must not.
 //!
-//! - The pure crates (`agora-core`, `agora-tlog`, `agora-sampling`, `agora-verify`) do no I/O:
+//! - The pure crates (`agora-core`, `agora-tlog`, `agora-sampling`, `agora-verify`, `agora-data`)
+//!   do no I/O:
 //!   none of them, nor any workspace crate they depend on, depends on an async runtime, a
 //!   network, HTTP or storage library, or llama.cpp.
 //! - Only `agora-net` knows libp2p; only `agora-api` knows axum and hyper; only `agora-llama`
@@ -18,7 +19,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const PURE: &[&str] = &["agora-core", "agora-tlog", "agora-sampling", "agora-verify"];
+const PURE: &[&str] = &[
+    "agora-core",
+    "agora-tlog",
+    "agora-sampling",
+    "agora-verify",
+    "agora-data",
+];
 
 /// Libraries that do I/O (runtimes, networks, HTTP, storage, llama.cpp): never in a pure crate.
 const IO: &[&str] = &[
