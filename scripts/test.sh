@@ -29,8 +29,9 @@ python3 scripts/code-health.py
 step "build"
 cargo build --release --workspace --all-targets
 
-step "llama.cpp patch: the vendored tree is the published crate plus agora/patches, exactly"
+step "llama.cpp patch: the vendored trees are the published crates plus agora/patches, exactly"
 vendor/llama-cpp-sys-2/agora/rebase.sh --check
+vendor/llama-cpp-2/agora/rebase.sh --check
 
 step "llama.cpp patch: the Q4_1 tile kernel, bit for bit against upstream's product"
 vendor/llama-cpp-sys-2/agora/tile-check.sh
