@@ -16,7 +16,7 @@ pub mod tree;
 
 pub use proof::{AbsenceProof, IdLeaf, ProofError, RecordProof};
 pub use record::{Record, RecordError};
-pub use tree::{Roots, TreeBuilder, TreeError, Trees};
+pub use tree::{RootBuilder, Roots, TreeBuilder, TreeError, Trees, id_leaf_hash};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

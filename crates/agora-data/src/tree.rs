@@ -67,8 +67,8 @@ fn id_leaf_bytes(key: &[u8; 32], digest: &[u8; 32]) -> [u8; 64] {
     b
 }
 
-/// Hash of an id-tree leaf.
-pub(crate) fn id_leaf_hash(key: &[u8; 32], digest: &[u8; 32]) -> Hash {
+/// Hash of an id-tree leaf: `leaf_hash(id_key ‖ SHA-256(canonical record))`.
+pub fn id_leaf_hash(key: &[u8; 32], digest: &[u8; 32]) -> Hash {
     leaf_hash(&id_leaf_bytes(key, digest))
 }
 
@@ -231,5 +231,77 @@ impl Trees {
             digest,
             path: self.id_tree.inclusion_proof(pos, size)?,
         })
+    }
+}
+
+/// The root of an RFC 6962 tree computed from its leaf hashes as they stream past, in
+/// O(log n) memory: the complete subtrees of the compact range, largest first.
+#[derive(Clone, Debug, Default)]
+pub struct RootBuilder {
+    /// (height, hash) of each complete subtree, heights strictly decreasing.
+    stack: Vec<(u32, Hash)>,
+    count: u64,
+}
+
+impl RootBuilder {
+    /// The builder of the empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (0u32, leaf);
+        while let Some(&(h, left)) = self.stack.last() {
+            if h != node.0 {
+                break;
+            }
+            self.stack.pop();
+            node = (h + 1, agora_tlog::hash::node_hash(&left, &node.1));
+        }
+        self.stack.push(node);
+        self.count += 1;
+    }
+
+    /// Leaves added so far.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether no leaf was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The root of the leaves so far (the empty tree's hash for none).
+    pub fn root(&self) -> Hash {
+        let mut it = self.stack.iter().rev();
+        let Some(&(_, mut acc)) = it.next() else {
+            return Hash::empty();
+        };
+        for (_, left) in it {
+            acc = agora_tlog::hash::node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod root_tests {
+    use super::*;
+
+    #[test]
+    fn streaming_roots_match_the_memory_tree() {
+        let mut mem = MemoryTree::new();
+        let mut stream = RootBuilder::new();
+        assert_eq!(stream.root(), mem.root());
+        for i in 0..300u32 {
+            let h = leaf_hash(&i.to_be_bytes());
+            mem.push_leaf_hash(h);
+            stream.push(h);
+            assert_eq!(stream.root(), mem.root(), "after {} leaves", i + 1);
+        }
+        assert_eq!(stream.len(), 300);
     }
 }

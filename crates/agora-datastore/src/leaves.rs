@@ -1,0 +1,119 @@
+//! Fixed-size leaf entries in a file, read as a Merkle tree: proofs are made from disk in
+//! O(n) reads and O(log n) memory, whatever the dataset's size.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use agora_data::RootBuilder;
+use agora_tlog::hash::Hash;
+use agora_tlog::merkle::HashSource;
+
+/// A file of `entry`-byte entries, each turned into a leaf hash by `leaf`.
+pub struct LeafFile {
+    file: File,
+    entry: usize,
+    count: u64,
+    leaf: fn(&[u8]) -> Hash,
+}
+
+impl LeafFile {
+    /// Opens `path`, whose length must be a multiple of `entry`.
+    pub fn open(path: &Path, entry: usize, leaf: fn(&[u8]) -> Hash) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        if entry == 0 || len % entry as u64 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a whole number of entries", path.display()),
+            ));
+        }
+        Ok(LeafFile {
+            file,
+            entry,
+            count: len / entry as u64,
+            leaf,
+        })
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether the file has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The raw bytes of entry `i`.
+    pub fn entry(&self, i: u64) -> std::io::Result<Vec<u8>> {
+        let mut b = vec![0u8; self.entry];
+        self.file.read_exact_at(&mut b, i * self.entry as u64)?;
+        Ok(b)
+    }
+
+    /// The hash of the complete subtree over entries `[lo, lo + n)`, reading them in chunks.
+    fn range_root(&self, lo: u64, n: u64) -> std::io::Result<Hash> {
+        const CHUNK: u64 = 1 << 14;
+        let mut rb = RootBuilder::new();
+        let mut buf = Vec::new();
+        let mut at = lo;
+        while at < lo + n {
+            let k = CHUNK.min(lo + n - at);
+            buf.resize(k as usize * self.entry, 0);
+            self.file.read_exact_at(&mut buf, at * self.entry as u64)?;
+            for e in buf.chunks_exact(self.entry) {
+                rb.push((self.leaf)(e));
+            }
+            at += k;
+        }
+        Ok(rb.root())
+    }
+}
+
+impl HashSource for LeafFile {
+    fn subtree(&self, level: u8, index: u64) -> agora_tlog::Result<Hash> {
+        let missing = agora_tlog::Error::MissingHash { level, index };
+        let n = 1u64.checked_shl(u32::from(level)).ok_or(missing.clone())?;
+        let lo = index.checked_mul(n).ok_or(missing.clone())?;
+        if lo.checked_add(n).is_none_or(|hi| hi > self.count) {
+            return Err(missing);
+        }
+        self.range_root(lo, n).map_err(|_| missing)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agora_tlog::hash::leaf_hash;
+    use agora_tlog::merkle::{self, MemoryTree};
+
+    #[test]
+    fn proofs_from_disk_match_the_memory_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leaves");
+        let mut mem = MemoryTree::new();
+        let mut bytes = Vec::new();
+        for i in 0..77u32 {
+            let h = leaf_hash(&i.to_be_bytes());
+            mem.push_leaf_hash(h);
+            bytes.extend_from_slice(&h.0);
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let f = LeafFile::open(&path, 32, |e| {
+            Hash::from_slice(e, "leaf").unwrap_or_else(|_| Hash::empty())
+        })
+        .unwrap();
+        assert_eq!(f.len(), 77);
+        assert_eq!(merkle::root(&f, 77).unwrap(), mem.root());
+        for i in [0u64, 1, 31, 64, 76] {
+            assert_eq!(
+                merkle::inclusion_proof(&f, i, 77).unwrap(),
+                mem.inclusion_proof(i, 77).unwrap()
+            );
+        }
+    }
+}
