@@ -141,7 +141,7 @@ impl TrustArgs {
     }
 }
 
-fn read_policy(p: &Path) -> anyhow::Result<Policy> {
+pub(crate) fn read_policy(p: &Path) -> anyhow::Result<Policy> {
     let data = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
     Policy::parse(&data).with_context(|| format!("invalid policy {}", p.display()))
 }

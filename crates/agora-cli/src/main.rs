@@ -2,6 +2,7 @@
 //! benchmarks, load generators and local networks are `agora-bench`'s (parse here, run there).
 
 mod cmd_chat;
+mod cmd_dataset;
 mod cmd_debug;
 mod cmd_identity;
 mod cmd_log;
@@ -50,6 +51,9 @@ enum Command {
     /// The detection matrix (honest and cheating workers, checked by a verifier) and the costs
     /// of verifiability. Cheat modes need a build with the `cheat` feature.
     BenchVerify(bench::verify::BenchVerifyArgs),
+    /// Datasets: ingest files into signed versions, prove a record present or absent, verify.
+    #[command(subcommand)]
+    Dataset(cmd_dataset::DatasetCommand),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -84,6 +88,7 @@ fn main() {
         Command::BenchNet(args) => bench::net::run(&home, args),
         Command::BenchSoak(args) => bench::soak::run(&home, args),
         Command::BenchVerify(args) => bench::verify::run(&home, args),
+        Command::Dataset(cmd) => cmd_dataset::run(&home, cmd),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),
         Command::Log(cmd) => cmd_log::run_log(&home, cmd),

@@ -232,21 +232,51 @@ pub struct ModelPredicate {
 }
 
 /// Predicate of a `dataset` statement. The subjects are its shards with their sha256.
+///
+/// The two roots are those of `agora-data`: `records_root` over the records' canonical bytes in
+/// order (inclusion proofs), `ids_root` over the records sorted by the SHA-256 of their id
+/// (proofs that an id is absent).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetPredicate {
     /// The dataset's name.
     pub name: String,
+    /// Its version (1, 2, …): each ingest or removal makes a new one.
+    #[serde(default)]
+    pub version: u32,
     /// SPDX license expression.
     pub license: String,
     /// Where the data comes from (URL or description).
     pub source: String,
     /// RFC 6962 Merkle root over the records, so one record's membership can be proven.
     pub records_root: Sha256,
+    /// RFC 6962 Merkle root over the records sorted by id digest, so an id's absence can be
+    /// proven.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids_root: Option<Sha256>,
     /// Number of records under `records_root`.
     pub records: u64,
-    /// Total size in bytes.
+    /// Total size in bytes (the records' canonical bytes).
     pub size: u64,
+    /// `name@version` of the dataset this one was derived from (a filtered or edited copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<String>,
+    /// Who contributed the records, with how many each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contributors: Vec<Contribution>,
+}
+
+/// A contributor of records to a dataset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contribution {
+    /// Their key (an Agora peer id or another stable identifier).
+    pub key: String,
+    /// A human label, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Records credited to them.
+    pub records: u64,
 }
 
 /// One inference. Digests only: the client holds the transcript.
@@ -763,9 +793,17 @@ mod tests {
                     name: "fineweb-edu-sample".into(),
                     license: "ODC-By-1.0".into(),
                     source: "https://example.org/data".into(),
+                    version: 1,
                     records_root: d(6),
+                    ids_root: Some(d(11)),
                     records: 1000,
                     size: 123456,
+                    derived_from: None,
+                    contributors: vec![Contribution {
+                        key: "alice".into(),
+                        label: Some("Alice".into()),
+                        records: 1000,
+                    }],
                 },
             },
             Statement::Receipt(Receipt {

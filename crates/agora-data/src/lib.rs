@@ -10,11 +10,13 @@
 //! Pure: no I/O. Reading files, storing shards and signing statements are the caller's.
 #![warn(missing_docs)]
 
+pub mod license;
 pub mod proof;
 pub mod record;
 pub mod tree;
 
-pub use proof::{AbsenceProof, IdLeaf, ProofError, RecordProof};
+pub use license::{LicenseError, check_license};
+pub use proof::{AbsenceProof, IdLeaf, MalformedProof, ProofError, RecordProof};
 pub use record::{Record, RecordError};
 pub use tree::{RootBuilder, Roots, TreeBuilder, TreeError, Trees, id_leaf_hash};
 
@@ -183,6 +185,16 @@ mod tests {
                     prop_assert!(p.verify(&roots).is_err());
                 }
             }
+        }
+
+        #[test]
+        fn proofs_survive_json(n in 1usize..40, salt in any::<u32>(), probe in any::<u64>()) {
+            let d = dataset(n, salt);
+            let t = Trees::of(&d).unwrap();
+            let p = t.prove(probe % n as u64, &d[(probe % n as u64) as usize]).unwrap();
+            prop_assert_eq!(RecordProof::from_json(&p.to_json()).unwrap(), p);
+            let a = t.prove_absent(&format!("x{probe}")).unwrap();
+            prop_assert_eq!(AbsenceProof::from_json(&a.to_json()).unwrap(), a);
         }
 
         #[test]

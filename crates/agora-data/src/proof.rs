@@ -9,6 +9,7 @@
 
 use agora_tlog::hash::{Hash, leaf_hash};
 use agora_tlog::merkle;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::record::{Record, RecordError, id_key};
@@ -215,4 +216,135 @@ impl AbsenceProof {
 /// SHA-256 of bytes, as the statements write digests.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
+}
+
+/// Why a proof in JSON cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed proof: {0}")]
+pub struct MalformedProof(pub String);
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, MalformedProof> {
+    v.get(name)
+        .ok_or_else(|| MalformedProof(format!("no `{name}`")))
+}
+
+fn u64_field(v: &Value, name: &str) -> Result<u64, MalformedProof> {
+    field(v, name)?
+        .as_u64()
+        .ok_or_else(|| MalformedProof(format!("`{name}` is not a number")))
+}
+
+fn bytes32(v: &Value, what: &str) -> Result<[u8; 32], MalformedProof> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| MalformedProof(format!("`{what}` is not a string")))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out)
+        .map_err(|_| MalformedProof(format!("`{what}` is not 32 bytes of hex")))?;
+    Ok(out)
+}
+
+fn path_of(v: &Value) -> Result<Vec<Hash>, MalformedProof> {
+    let a = field(v, "path")?
+        .as_array()
+        .ok_or_else(|| MalformedProof("`path` is not a list".into()))?;
+    if a.len() > merkle::MAX_PROOF_LEN {
+        return Err(MalformedProof(
+            "`path` is longer than any tree needs".into(),
+        ));
+    }
+    a.iter().map(|h| bytes32(h, "path").map(Hash)).collect()
+}
+
+fn path_json(path: &[Hash]) -> Value {
+    Value::Array(
+        path.iter()
+            .map(|h| Value::String(hex::encode(h.0)))
+            .collect(),
+    )
+}
+
+impl RecordProof {
+    /// The proof as JSON (hashes in hex, the record's canonical bytes in hex).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "record": hex::encode(&self.record),
+            "index": self.index,
+            "size": self.size,
+            "path": path_json(&self.path),
+        })
+    }
+
+    /// Reads [`RecordProof::to_json`]'s form; checks shape and bounds, not the proof.
+    pub fn from_json(v: &Value) -> Result<Self, MalformedProof> {
+        let record = field(v, "record")?
+            .as_str()
+            .ok_or_else(|| MalformedProof("`record` is not a string".into()))?;
+        if record.len() > 2 * crate::record::MAX_RECORD_BYTES {
+            return Err(MalformedProof(
+                "`record` is larger than a record may be".into(),
+            ));
+        }
+        Ok(RecordProof {
+            record: hex::decode(record)
+                .map_err(|_| MalformedProof("`record` is not hex".into()))?,
+            index: u64_field(v, "index")?,
+            size: u64_field(v, "size")?,
+            path: path_of(v)?,
+        })
+    }
+}
+
+impl IdLeaf {
+    fn to_json(&self) -> Value {
+        serde_json::json!({
+            "index": self.index,
+            "key": hex::encode(self.key),
+            "digest": hex::encode(self.digest),
+            "path": path_json(&self.path),
+        })
+    }
+
+    fn from_json(v: &Value) -> Result<Self, MalformedProof> {
+        Ok(IdLeaf {
+            index: u64_field(v, "index")?,
+            key: bytes32(field(v, "key")?, "key")?,
+            digest: bytes32(field(v, "digest")?, "digest")?,
+            path: path_of(v)?,
+        })
+    }
+}
+
+impl AbsenceProof {
+    /// The proof as JSON (hashes in hex).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "size": self.size,
+            "before": self.before.as_ref().map(IdLeaf::to_json),
+            "after": self.after.as_ref().map(IdLeaf::to_json),
+        })
+    }
+
+    /// Reads [`AbsenceProof::to_json`]'s form; checks shape and bounds, not the proof.
+    pub fn from_json(v: &Value) -> Result<Self, MalformedProof> {
+        let id = field(v, "id")?
+            .as_str()
+            .ok_or_else(|| MalformedProof("`id` is not a string".into()))?;
+        if id.len() > crate::record::MAX_ID_BYTES {
+            return Err(MalformedProof("`id` is longer than an id may be".into()));
+        }
+        let leaf = |name: &str| -> Result<Option<IdLeaf>, MalformedProof> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(l) => IdLeaf::from_json(l).map(Some),
+            }
+        };
+        Ok(AbsenceProof {
+            id: id.to_string(),
+            size: u64_field(v, "size")?,
+            before: leaf("before")?,
+            after: leaf("after")?,
+        })
+    }
 }

@@ -396,6 +396,29 @@ impl DatasetStore {
         Ok(manifest)
     }
 
+    /// Writes `bytes` as `file` (a plain file name) in a stored version, atomically (a
+    /// temporary file renamed): the signed statement, where it was logged.
+    pub fn attach(&self, m: &Manifest, file: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        check_name(file)?;
+        let dir = self.dir(&m.name, m.version);
+        let tmp = dir.join(format!(".{file}.tmp"));
+        write_synced(&tmp, bytes)?;
+        let dest = dir.join(file);
+        fs::rename(&tmp, &dest).map_err(io_at(&dest))?;
+        sync_dir(&dir)
+    }
+
+    /// A file [`DatasetStore::attach`] wrote, if there is one.
+    pub fn attached(&self, m: &Manifest, file: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        check_name(file)?;
+        let path = self.dir(&m.name, m.version).join(file);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_at(&path)(e)),
+        }
+    }
+
     /// Record `index` of a stored version.
     pub fn record(&self, m: &Manifest, index: u64) -> Result<Record, StoreError> {
         read_record(&self.dir(&m.name, m.version), &m.shards, index)

@@ -1,0 +1,419 @@
+//! `agora dataset`: datasets as signed statements with record proofs (the curriculum).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use agora_api::tlog::LogClient;
+use agora_core::Envelope;
+use agora_core::statement::{
+    Contribution, DatasetPredicate, DigestSet, Sha256, Statement, Subject,
+};
+use agora_data::{AbsenceProof, RecordProof, Roots, check_license};
+use agora_datastore::DatasetStore;
+use agora_datastore::store::{Manifest, Meta, Progress};
+use agora_tlog::hash::{Hash, leaf_hash};
+use agora_tlog::proof::TlogProof;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::cmd_identity::load_identity;
+use crate::cmd_log::read_policy;
+
+/// The statement of a version, as signed (DSSE envelope JSON).
+const STATEMENT_FILE: &str = "statement.json";
+/// Where the statement was logged: `{"url", "index"}`.
+const LOG_FILE: &str = "log.json";
+/// The format tag of proof files.
+const PROOF_FORMAT: &str = "agora-dataset-proof/1";
+/// Largest proof file read.
+const MAX_PROOF_FILE: u64 = 64 << 20;
+
+#[derive(Subcommand, Debug)]
+pub enum DatasetCommand {
+    /// Ingest files into a new, signed version of a dataset (and log it with --log).
+    Add(AddArgs),
+    /// List the datasets in the store with their latest version.
+    List,
+    /// Print a version's manifest (JSON): counts, roots, shards, contributors.
+    Show {
+        /// NAME or NAME@VERSION (latest by default).
+        dataset: String,
+    },
+    /// Write a self-contained proof that the record with an id is in a dataset (or, with
+    /// --absent, that no record has it): the record, its tree path, the signed statement and,
+    /// when the statement was logged, its proof under the log's checkpoint.
+    Prove {
+        /// NAME or NAME@VERSION (latest by default).
+        dataset: String,
+        /// The record's id.
+        #[arg(long)]
+        id: String,
+        /// Prove that no record has this id.
+        #[arg(long)]
+        absent: bool,
+        /// Write the proof here (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Check a proof file offline and say in one line what it proves.
+    Verify {
+        /// The proof file.
+        proof: PathBuf,
+        /// A tlog-policy: also check that the statement is in the log under a checkpoint the
+        /// policy trusts (log signature and witness quorum).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Files or directories: Dolma JSON Lines (`.jsonl`, `.json`, `.ndjson`, optionally `.gz`
+    /// or `.zst`), or any other file as one text record whose id is its path.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// The dataset's name (letters, digits, `.`, `_`, `-`).
+    #[arg(long)]
+    pub name: String,
+    /// SPDX licence expression of the data, e.g. `CC-BY-4.0` or `MIT OR Apache-2.0`.
+    #[arg(long)]
+    pub license: String,
+    /// Where the data comes from (a URL or a description).
+    #[arg(long)]
+    pub source: String,
+    /// NAME@VERSION of the dataset this one was derived from.
+    #[arg(long, value_name = "NAME@VERSION")]
+    pub derived_from: Option<String>,
+    /// A contributor credited with the records: KEY or KEY=LABEL (repeatable).
+    #[arg(long, value_name = "KEY[=LABEL]")]
+    pub contributor: Vec<String>,
+    /// Count and skip malformed records instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Append the signed statement to this log (e.g. a node's `http://HOST:PORT/log`).
+    #[arg(long, value_name = "URL")]
+    pub log: Option<String>,
+}
+
+/// `NAME` or `NAME@VERSION`.
+fn parse_ref(s: &str) -> Result<(String, Option<u32>)> {
+    match s.split_once('@') {
+        Some((n, v)) => Ok((
+            n.to_string(),
+            Some(
+                v.parse()
+                    .with_context(|| format!("{v:?} is not a version number"))?,
+            ),
+        )),
+        None => Ok((s.to_string(), None)),
+    }
+}
+
+pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
+    let store = DatasetStore::open(&home.join("datasets"));
+    match cmd {
+        DatasetCommand::Add(a) => add(home, &store, a),
+        DatasetCommand::List => {
+            let names = store.names()?;
+            if names.is_empty() {
+                println!("no datasets yet: add one with `agora dataset add`");
+            }
+            for n in names {
+                let m = store.manifest(&n, None)?;
+                println!(
+                    "{:<24} v{:<3} {:>10} records {:>12} bytes  {}",
+                    m.name, m.version, m.records, m.bytes, m.license
+                );
+            }
+            Ok(())
+        }
+        DatasetCommand::Show { dataset } => {
+            let (n, v) = parse_ref(&dataset)?;
+            let m = store.manifest(&n, v)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+            Ok(())
+        }
+        DatasetCommand::Prove {
+            dataset,
+            id,
+            absent,
+            out,
+        } => {
+            let (n, v) = parse_ref(&dataset)?;
+            let m = store.manifest(&n, v)?;
+            let proof = prove(&store, &m, &id, absent)?;
+            let text = serde_json::to_string_pretty(&proof)? + "\n";
+            match out {
+                Some(p) => std::fs::write(&p, text)
+                    .with_context(|| format!("cannot write {}", p.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        DatasetCommand::Verify { proof, policy } => {
+            let line = verify(&proof, policy.as_deref())?;
+            println!("{line}");
+            Ok(())
+        }
+    }
+}
+
+/// Prints the ingest's progress every second on stderr.
+struct Meter {
+    t0: Instant,
+    last: Instant,
+}
+
+impl Progress for Meter {
+    fn update(&mut self, records: u64, bytes: u64) {
+        if self.last.elapsed().as_secs_f64() >= 1.0 {
+            self.last = Instant::now();
+            let s = self.t0.elapsed().as_secs_f64();
+            eprint!(
+                "\r  {records} records, {:.1} MB ({:.0} MB/s)   ",
+                bytes as f64 / 1e6,
+                bytes as f64 / 1e6 / s.max(1e-9)
+            );
+        }
+    }
+}
+
+fn add(home: &Path, store: &DatasetStore, a: AddArgs) -> Result<()> {
+    check_license(&a.license)?;
+    if let Some(d) = &a.derived_from {
+        let (n, v) = parse_ref(d)?;
+        let v = v.context("--derived-from needs NAME@VERSION")?;
+        store
+            .manifest(&n, Some(v))
+            .with_context(|| format!("--derived-from {d}"))?;
+    }
+    let identity = load_identity(home).context("the statement is signed with this node's key")?;
+    let contributors = a
+        .contributor
+        .iter()
+        .map(|c| match c.split_once('=') {
+            Some((k, l)) => (k.to_string(), Some(l.to_string())),
+            None => (c.clone(), None),
+        })
+        .collect();
+    let meta = Meta {
+        name: a.name.clone(),
+        license: a.license.clone(),
+        source: a.source.clone(),
+        derived_from: a.derived_from.clone(),
+        contributors,
+    };
+    let t0 = Instant::now();
+    let mut meter = Meter { t0, last: t0 };
+    let m = store.ingest(&meta, &a.paths, a.skip_bad, &mut meter)?;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!();
+    let envelope = statement(&m)?.sign(&identity);
+    store.attach(&m, STATEMENT_FILE, envelope.to_json().as_bytes())?;
+    println!(
+        "{}: {} records, {} bytes in {:.1} s ({:.0} MB/s){}",
+        m.label(),
+        m.records,
+        m.bytes,
+        secs,
+        m.bytes as f64 / 1e6 / secs.max(1e-9),
+        if m.skipped > 0 {
+            format!("; {} bad records skipped", m.skipped)
+        } else {
+            String::new()
+        }
+    );
+    println!("  records root {}", m.record_root);
+    println!("  ids root     {}", m.id_root);
+    println!("  signed by    {}", identity.peer_id());
+    if let Some(url) = &a.log {
+        let index = LogClient::new(url)
+            .add(envelope.to_json().as_bytes())
+            .with_context(|| format!("appending the statement to {url}"))?;
+        store.attach(
+            &m,
+            LOG_FILE,
+            json!({"url": url, "index": index}).to_string().as_bytes(),
+        )?;
+        println!("  logged       {url} entry {index}");
+    }
+    Ok(())
+}
+
+/// The `dataset` statement of a stored version.
+fn statement(m: &Manifest) -> Result<Statement> {
+    let hash = |hex_str: &str| -> Result<Sha256> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(hex_str, &mut b).context("a digest in the manifest")?;
+        Ok(Sha256(b))
+    };
+    let subject = m
+        .shards
+        .iter()
+        .map(|s| {
+            Ok(Subject {
+                name: format!("{}.zst", s.sha256),
+                digest: DigestSet {
+                    sha256: hash(&s.sha256)?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Statement::Dataset {
+        subject,
+        predicate: DatasetPredicate {
+            name: m.name.clone(),
+            version: m.version,
+            license: m.license.clone(),
+            source: m.source.clone(),
+            records_root: hash(&m.record_root)?,
+            ids_root: Some(hash(&m.id_root)?),
+            records: m.records,
+            size: m.bytes,
+            derived_from: m.derived_from.clone(),
+            contributors: m
+                .contributors
+                .iter()
+                .map(|c| Contribution {
+                    key: c.key.clone(),
+                    label: c.label.clone(),
+                    records: c.records,
+                })
+                .collect(),
+        },
+    })
+}
+
+/// The proof file's JSON.
+fn prove(store: &DatasetStore, m: &Manifest, id: &str, absent: bool) -> Result<Value> {
+    let statement = store.attached(m, STATEMENT_FILE)?.with_context(|| {
+        format!(
+            "{} has no signed statement (was it added by this version of agora?)",
+            m.label()
+        )
+    })?;
+    let statement = String::from_utf8(statement).context("the stored statement is not UTF-8")?;
+    let mut out = json!({"format": PROOF_FORMAT, "dataset": m.label(), "statement": statement});
+    if absent {
+        out["absent"] = store.prove_absent(m, id)?.to_json();
+    } else {
+        out["present"] = store.prove(m, id)?.to_json();
+    }
+    if let Some(log) = store.attached(m, LOG_FILE)? {
+        let log: Value = serde_json::from_slice(&log).context("the stored log.json")?;
+        let (Some(url), Some(index)) = (log["url"].as_str(), log["index"].as_u64()) else {
+            bail!("the stored log.json has no url and index");
+        };
+        match log_proof(url, index) {
+            Ok(p) => out["log"] = json!({"url": url, "index": index, "tlog_proof": p}),
+            Err(e) => eprintln!(
+                "warning: the statement's log proof could not be fetched from {url} ({e:#}); the proof file has none"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The tlog-proof (text) of entry `index` of the log at `url` under its current checkpoint.
+fn log_proof(url: &str, index: u64) -> Result<String> {
+    let client = LogClient::new(url);
+    let bytes = client.checkpoint()?;
+    let sc = agora_tlog::checkpoint::SignedCheckpoint::parse(&bytes)?;
+    let size = sc.checkpoint.size;
+    if index >= size {
+        bail!("entry {index} is not under the log's checkpoint (size {size}) yet");
+    }
+    let path = client.inclusion_proof(index, size)?;
+    let p = TlogProof {
+        extra: None,
+        index,
+        path,
+        checkpoint: sc,
+    };
+    Ok(String::from_utf8_lossy(&p.to_bytes()).to_string())
+}
+
+/// Checks a proof file; the one line that says what it proves.
+pub fn verify(path: &Path, policy: Option<&Path>) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if len > MAX_PROOF_FILE {
+        bail!("{} is {len} bytes: no proof is that large", path.display());
+    }
+    let v: Value = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+    )
+    .context("the proof is not JSON")?;
+    if v["format"] != PROOF_FORMAT {
+        bail!("not an {PROOF_FORMAT} file");
+    }
+    // The statement exactly as signed and logged (its bytes are the log entry).
+    let env_json = v["statement"]
+        .as_str()
+        .context("`statement` is not a string")?
+        .as_bytes();
+    let envelope = Envelope::from_json(env_json).context("the statement is not a DSSE envelope")?;
+    let (signers, statement) =
+        Statement::open(&envelope).context("the statement's signature does not verify")?;
+    let Statement::Dataset { predicate: d, .. } = statement else {
+        bail!("the statement is not a dataset statement");
+    };
+    let signer = signers.first().map(ToString::to_string).unwrap_or_default();
+    let roots = Roots {
+        records: d.records,
+        record_root: Hash(d.records_root.0),
+        id_root: Hash(d.ids_root.map(|h| h.0).unwrap_or([0; 32])),
+    };
+    let label = format!("{}@{}", d.name, d.version);
+    let what = if let Some(p) = v.get("present") {
+        let p = RecordProof::from_json(p)?;
+        let r = p
+            .verify(&roots)
+            .context("the record proof does not verify")?;
+        format!(
+            "record {:?} ({} bytes of text) is record {} of {label} ({} records, {})",
+            r.id,
+            r.text.len(),
+            p.index,
+            d.records,
+            d.license
+        )
+    } else if let Some(a) = v.get("absent") {
+        if d.ids_root.is_none() {
+            bail!("the statement has no ids root: absence cannot be proven against it");
+        }
+        let a = AbsenceProof::from_json(a)?;
+        a.verify(&roots)
+            .context("the absence proof does not verify")?;
+        format!(
+            "no record of {label} ({} records) has the id {:?}",
+            d.records, a.id
+        )
+    } else {
+        bail!("the proof has neither `present` nor `absent`");
+    };
+    let logged = match (v.get("log"), policy) {
+        (Some(l), Some(policy)) => {
+            let text = l["tlog_proof"]
+                .as_str()
+                .context("`log.tlog_proof` is missing")?;
+            let p = TlogProof::parse(text.as_bytes()).context("the log proof is malformed")?;
+            let policy = read_policy(policy)?;
+            let sc = p
+                .verify(&leaf_hash(env_json), &policy)
+                .context("the statement's log proof does not verify")?;
+            format!(
+                "; the statement is entry {} of {} (checkpoint of {}, log signature and {} witness cosignature(s) verified)",
+                p.index,
+                sc.checkpoint.origin,
+                sc.checkpoint.size,
+                policy.cosigners(sc)?.len()
+            )
+        }
+        (Some(_), None) => "; its log proof was not checked (pass --policy)".to_string(),
+        (None, _) => "; the statement carries no log proof".to_string(),
+    };
+    Ok(format!("OK: {what}; signed by {signer}{logged}"))
+}

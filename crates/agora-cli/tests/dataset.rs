@@ -1,0 +1,205 @@
+//! Datasets end to end with real processes and a real corpus (Debian's `fortunes`, BSD-3-Clause,
+//! converted to Dolma JSON Lines by scripts/corpus-fortunes.sh): ingest, sign, log, prove a
+//! record present and an id absent, verify offline against a log policy, and refuse tampering.
+
+#![allow(clippy::unwrap_used)]
+
+mod tlog_common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use tlog_common::*;
+
+/// The fortunes corpus, made (once, cached under /var/tmp) by the repository's script.
+fn corpus() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/corpus-fortunes.sh");
+    let out = std::process::Command::new(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/corpus-fortunes.sh failed (it needs Debian's archive): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn manifest(h: &str, name: &str) -> Value {
+    serde_json::from_str(&ok(&["dataset", "show", name, "--home", h])).unwrap()
+}
+
+#[test]
+fn a_real_corpus_is_ingested_signed_logged_and_proven() {
+    let corpus = corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    init_home(&home);
+    let h = home.to_str().unwrap();
+    let log = Server::start(
+        &[
+            "log",
+            "serve",
+            "--home",
+            h,
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "200ms",
+            "--accept",
+            "any",
+            "--no-quotas",
+        ],
+        &dir.path().join("log.err"),
+    );
+    let c = corpus.to_str().unwrap();
+    let added = ok(&[
+        "dataset",
+        "add",
+        c,
+        "--home",
+        h,
+        "--name",
+        "fortunes",
+        "--license",
+        "BSD-3-Clause",
+        "--source",
+        "debian:fortunes",
+        "--contributor",
+        "debian=Debian",
+        "--log",
+        &log.url,
+    ]);
+    assert!(added.contains("fortunes@1: "), "{added}");
+    assert!(added.contains("logged"), "{added}");
+    let m = manifest(h, "fortunes");
+    let records = m["records"].as_u64().unwrap();
+    assert!(records > 10_000, "{m}");
+    assert_eq!(m["contributors"][0]["records"].as_u64(), Some(records));
+    wait_for(
+        "the statement under a checkpoint",
+        Duration::from_secs(10),
+        || (checkpoint_size(&log.url) >= Some(1)).then_some(()),
+    );
+
+    // Present and absent, checked against a policy that trusts the log.
+    let policy = dir.path().join("policy");
+    std::fs::write(&policy, format!("log {}\nquorum none\n", log.vkey)).unwrap();
+    let pol = policy.to_str().unwrap();
+    let present = dir.path().join("present.json");
+    ok(&[
+        "dataset",
+        "prove",
+        "fortunes",
+        "--id",
+        "wisdom/3",
+        "--home",
+        h,
+        "-o",
+        present.to_str().unwrap(),
+    ]);
+    let line = ok(&[
+        "dataset",
+        "verify",
+        present.to_str().unwrap(),
+        "--policy",
+        pol,
+    ]);
+    assert!(line.starts_with("OK: record \"wisdom/3\""), "{line}");
+    assert!(line.contains("the statement is entry 0 of"), "{line}");
+    let absent = dir.path().join("absent.json");
+    ok(&[
+        "dataset",
+        "prove",
+        "fortunes@1",
+        "--absent",
+        "--id",
+        "my/opted-out.txt",
+        "--home",
+        h,
+        "-o",
+        absent.to_str().unwrap(),
+    ]);
+    let line = ok(&[
+        "dataset",
+        "verify",
+        absent.to_str().unwrap(),
+        "--policy",
+        pol,
+    ]);
+    assert!(
+        line.starts_with("OK: no record of fortunes@1") && line.contains("my/opted-out.txt"),
+        "{line}"
+    );
+    // A present id cannot be proven absent, nor an absent one present.
+    assert!(
+        !run(&[
+            "dataset", "prove", "fortunes", "--absent", "--id", "wisdom/3", "--home", h
+        ])
+        .status
+        .success()
+    );
+    let o = run(&["dataset", "prove", "fortunes", "--id", "nope", "--home", h]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no record has the id \"nope\""));
+
+    // Tampering anywhere fails with a reason, never a panic.
+    let good = std::fs::read(&present).unwrap();
+    let bad = dir.path().join("bad.json");
+    let mut refused = 0;
+    for i in (0..good.len()).step_by(good.len() / 40 + 1) {
+        let mut b = good.clone();
+        b[i] ^= 0x01;
+        std::fs::write(&bad, &b).unwrap();
+        let o = run(&["dataset", "verify", bad.to_str().unwrap(), "--policy", pol]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        if !o.status.success() {
+            assert!(err.starts_with("error: "), "{err}");
+            refused += 1;
+        }
+    }
+    // Flips in JSON whitespace or key order characters that keep it equivalent may pass; a
+    // flip in the statement, record, path or log proof must not.
+    assert!(refused >= 35, "only {refused} of ~40 flipped files refused");
+
+    // The same input on another machine (another key) gives the same roots.
+    let other = dir.path().join("other");
+    init_home(&other);
+    let o = other.to_str().unwrap();
+    ok(&[
+        "dataset",
+        "add",
+        c,
+        "--home",
+        o,
+        "--name",
+        "fortunes",
+        "--license",
+        "BSD-3-Clause",
+        "--source",
+        "debian:fortunes",
+    ]);
+    let m2 = manifest(o, "fortunes");
+    assert_eq!(m2["record_root"], m["record_root"]);
+    assert_eq!(m2["id_root"], m["id_root"]);
+
+    // Bad input: an unknown licence is refused with suggestions, and nothing is stored.
+    let o2 = run(&[
+        "dataset",
+        "add",
+        c,
+        "--home",
+        h,
+        "--name",
+        "typo",
+        "--license",
+        "CC-BY-4",
+        "--source",
+        "x",
+    ]);
+    let err = String::from_utf8_lossy(&o2.stderr);
+    assert!(
+        err.contains("did you mean") && err.contains("CC-BY-4.0"),
+        "{err}"
+    );
+    assert!(!home.join("datasets/typo").exists());
+}
