@@ -1276,9 +1276,13 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
 /// request the receipt covers, the output's tokens, and where the receipt was logged.
 fn attestation_json(a: Option<&agora_engine::Attestation>, tokens: &[u32]) -> Value {
     let Some(a) = a else { return json!({}) };
-    let receipt =
-        serde_json::from_str::<Value>(&a.receipt).unwrap_or(Value::String(a.receipt.clone()));
-    let mut v = json!({ "receipt": receipt, "proof": a.proof, "salt": a.salt, "request": a.request, "tokens": tokens });
+    let mut v = json!({
+        "receipt": a.receipt,
+        "proof": a.proof_base64(),
+        "salt": a.salt_hex(),
+        "request": a.request,
+        "tokens": tokens,
+    });
     if let Some(l) = &a.log {
         v["log"] = json!({ "url": l.url, "index": l.index });
     }

@@ -226,9 +226,7 @@ async fn generate(w: &Worker, case: &Case) -> Result<(Transcript, f64, usize)> {
         text,
         finish.reason,
     );
-    let proof_bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &a.proof)
-        .map(|b| b.len())
-        .unwrap_or(0);
+    let proof_bytes = a.proof.encode().len();
     Ok((t, gen_secs, proof_bytes))
 }
 

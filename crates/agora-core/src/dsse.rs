@@ -74,6 +74,14 @@ fn b64(s: &str, what: &str) -> Result<Vec<u8>> {
         .map_err(|_| Error::MalformedEnvelope(format!("{what} is not valid base64")))
 }
 
+/// Serializes as the JSON object [`Envelope::to_json`] writes (parse with
+/// [`Envelope::from_json`], which bounds what it accepts).
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.wire().serialize(s)
+    }
+}
+
 impl Envelope {
     /// Sign `payload` (exact bytes) as `payload_type`.
     pub fn sign(payload_type: &str, payload: Vec<u8>, id: &Identity) -> Envelope {
@@ -99,7 +107,12 @@ impl Envelope {
 
     /// The JSON envelope, with standard base64 payload and signatures.
     pub fn to_json(&self) -> String {
-        let w = WireEnvelope {
+        serde_json::to_string(&self.wire()).unwrap_or_default()
+    }
+
+    /// The JSON form, with standard base64 payload and signatures.
+    fn wire(&self) -> WireEnvelope {
+        WireEnvelope {
             payload_type: self.payload_type.clone(),
             payload: STANDARD.encode(&self.payload),
             signatures: self
@@ -110,8 +123,7 @@ impl Envelope {
                     sig: STANDARD.encode(&s.sig),
                 })
                 .collect(),
-        };
-        serde_json::to_string(&w).unwrap_or_default()
+        }
     }
 
     /// Parse a JSON envelope (standard or URL-safe base64, no unknown fields) without verifying
@@ -208,6 +220,7 @@ mod tests {
         let j = e.to_json();
         let e2 = Envelope::from_json(j.as_bytes()).unwrap();
         assert_eq!(e2, e);
+        assert_eq!(serde_json::to_string(&e).unwrap(), j);
         assert_eq!(e2.verify().unwrap(), vec![id.peer_id()]);
         assert!(e2.verify_signed_by(&id.public_key()).is_ok());
         let other = Identity::from_seed(&[2; 32]);

@@ -136,21 +136,114 @@ pub struct Finish {
     pub attestation: Option<Box<Attestation>>,
 }
 
+/// Length of the salt of a receipt's request digest, in bytes.
+pub const SALT_LEN: usize = 16;
+
 /// What makes an answer checkable: the worker's signed receipt, its activation proof, and what
-/// the receipt's request digest covers.
+/// the receipt's request digest covers. Typed: whoever decodes one from outside (a peer's
+/// frame) has parsed every part, and a part that does not parse is a decoding error.
+///
+/// Serialized (peer to peer) with `receipt` as the envelope's JSON in a string, `proof` as its
+/// byte format in standard base64 and `salt` as lowercase hex; deserializing parses them
+/// (bounded: [`agora_core::Envelope::from_json`], [`agora_verify::Proof::decode`]), without
+/// verifying the receipt's signature.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Attestation {
-    /// The `receipt` statement: a DSSE envelope (JSON) signed by the worker.
-    pub receipt: String,
-    /// The activation proof (agora-verify's byte format), base64.
-    pub proof: String,
-    /// The salt of the receipt's request digest, hex.
-    pub salt: String,
+    /// The `receipt` statement: a DSSE envelope signed by the worker.
+    #[serde(with = "wire::envelope")]
+    pub receipt: agora_core::Envelope,
+    /// The activation proof.
+    #[serde(with = "wire::proof")]
+    pub proof: agora_verify::Proof,
+    /// The salt of the receipt's request digest.
+    #[serde(with = "wire::salt")]
+    pub salt: [u8; SALT_LEN],
     /// The request the receipt's digest covers, exactly.
     pub request: JobSpec,
     /// Where the receipt was logged, once it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogRef>,
+}
+
+impl Attestation {
+    /// The proof's byte format in standard base64 (as clients and transcripts carry it).
+    pub fn proof_base64(&self) -> String {
+        wire::base64_encode(&self.proof.encode())
+    }
+
+    /// The salt in lowercase hex (as clients and transcripts carry it).
+    pub fn salt_hex(&self) -> String {
+        hex::encode(self.salt)
+    }
+}
+
+/// The string forms of an [`Attestation`]'s parts.
+mod wire {
+    use base64::Engine as _;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn base64_encode(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// The envelope's JSON, in a string.
+    pub(crate) mod envelope {
+        use super::*;
+        use agora_core::Envelope;
+
+        pub(crate) fn serialize<S: Serializer>(e: &Envelope, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&e.to_json())
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Envelope, D::Error> {
+            let json = String::deserialize(d)?;
+            Envelope::from_json(json.as_bytes())
+                .map_err(|e| D::Error::custom(format_args!("the receipt: {e}")))
+        }
+    }
+
+    /// The proof's byte format, standard base64.
+    pub(crate) mod proof {
+        use super::*;
+        use agora_verify::Proof;
+
+        pub(crate) fn serialize<S: Serializer>(p: &Proof, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&base64_encode(&p.encode()))
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Proof, D::Error> {
+            let b64 = String::deserialize(d)?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|_| D::Error::custom("the proof is not base64"))?;
+            Proof::decode(&bytes).map_err(|e| D::Error::custom(format_args!("the proof: {e}")))
+        }
+    }
+
+    /// The salt, hex.
+    pub(crate) mod salt {
+        use super::*;
+        use crate::SALT_LEN;
+
+        pub(crate) fn serialize<S: Serializer>(
+            salt: &[u8; SALT_LEN],
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&hex::encode(salt))
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<[u8; SALT_LEN], D::Error> {
+            let h = String::deserialize(d)?;
+            let mut salt = [0u8; SALT_LEN];
+            hex::decode_to_slice(h.as_bytes(), &mut salt).map_err(|_| {
+                D::Error::custom(format_args!("the salt is not {} hex digits", 2 * SALT_LEN))
+            })?;
+            Ok(salt)
+        }
+    }
 }
 
 /// A statement's place in a transparency log.
@@ -394,4 +487,81 @@ pub fn prepare(
     };
     check_request(&req, n_ctx, engine.info().n_vocab)?;
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn attestation() -> Attestation {
+        let id = agora_core::Identity::from_seed(&[7; 32]);
+        let mut b = agora_verify::ProofBuilder::new(8, 2, 2);
+        for i in 0..3 {
+            b.push(&[i as f32, 1.0, -2.0, 0.5, 0.0, 3.0, 0.25, -1.0]);
+        }
+        Attestation {
+            receipt: agora_core::Envelope::sign("application/x", b"{\"a\":1}".to_vec(), &id),
+            proof: b.finish().unwrap(),
+            salt: [0xab; SALT_LEN],
+            request: JobSpec {
+                prompt: PromptSpec::Text("hi".into()),
+                params: SamplingParams::default(),
+                max_tokens: Some(3),
+                stop: vec![],
+                ignore_eos: false,
+                logit_bias: Default::default(),
+            },
+            log: None,
+        }
+    }
+
+    #[test]
+    fn attestation_round_trips_as_strings() {
+        let a = attestation();
+        let v = serde_json::to_value(&a).unwrap();
+        // The receipt's JSON in a string, the proof base64, the salt hex: the same wire as
+        // when they were strings.
+        assert_eq!(v["receipt"], serde_json::json!(a.receipt.to_json()));
+        assert_eq!(v["proof"], serde_json::json!(a.proof_base64()));
+        assert_eq!(v["salt"], serde_json::json!("ab".repeat(SALT_LEN)));
+        assert_eq!(a.salt_hex(), "ab".repeat(SALT_LEN));
+        assert!(v.get("log").is_none());
+        let back: Attestation = serde_json::from_value(v).unwrap();
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn malformed_parts_are_decoding_errors() {
+        let good = serde_json::to_value(attestation()).unwrap();
+        for (field, bad, why) in [
+            (
+                "receipt",
+                serde_json::json!("{}"),
+                "the receipt: malformed DSSE envelope",
+            ),
+            ("receipt", serde_json::json!(7), "invalid type"),
+            ("proof", serde_json::json!("%%%"), "the proof is not base64"),
+            (
+                "proof",
+                serde_json::json!("QUdQRg=="),
+                "the proof: the proof is 4 bytes",
+            ),
+            (
+                "salt",
+                serde_json::json!("abcd"),
+                "the salt is not 32 hex digits",
+            ),
+            (
+                "salt",
+                serde_json::json!("zz".repeat(SALT_LEN)),
+                "the salt is not 32 hex",
+            ),
+        ] {
+            let mut v = good.clone();
+            v[field] = bad;
+            let e = serde_json::from_value::<Attestation>(v).unwrap_err();
+            assert!(e.to_string().contains(why), "{field}: {e}");
+        }
+    }
 }

@@ -11,7 +11,6 @@ use agora_engine::{
 };
 use agora_verify::proof::{DEFAULT_CHUNK, DEFAULT_K};
 use agora_verify::{Proof, ProofBuilder};
-use base64::Engine as _;
 use tokio::sync::mpsc;
 
 /// Signs receipts with the node's key.
@@ -189,8 +188,7 @@ impl Attestor {
         }
         let proof = builder.finish().ok_or("no tokens were generated")?;
         let proof = self.tampered_proof(proof);
-        let proof_bytes = proof.encode();
-        let salt: [u8; 16] = rand::random();
+        let salt: [u8; agora_engine::SALT_LEN] = rand::random();
         let request_json = serde_json::to_vec(job).map_err(|e| e.to_string())?;
         let model: Sha256 = model_sha256.parse().map_err(|e: &str| e.to_string())?;
         let receipt = Receipt {
@@ -210,9 +208,9 @@ impl Attestor {
         };
         let envelope = Statement::Receipt(receipt).sign(&self.identity);
         Ok(Attestation {
-            receipt: envelope.to_json(),
-            proof: base64::engine::general_purpose::STANDARD.encode(proof_bytes),
-            salt: hex::encode(salt),
+            receipt: envelope,
+            proof,
+            salt,
             request: job.clone(),
             log: None,
         })

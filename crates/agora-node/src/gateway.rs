@@ -30,7 +30,7 @@ use crate::convert::api_error;
 use crate::disclosure::TrustedValidators;
 use crate::proto::{GenerateRequest, WorkerFrame};
 use crate::reputation::{Reputation, Reputations};
-use crate::transcript::{Transcript, TranscriptStore};
+use crate::transcript::{Transcript, TranscriptStore, check_attestation};
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -834,6 +834,8 @@ impl Relay {
             return;
         }
         loop {
+            // The digest of a remote worker's receipt, once `finish` has checked it.
+            let mut checked = None;
             let next = match source.next(self.gateway.cfg.stall_timeout).await {
                 Ok(Event::Token(mut t)) => match self.guard.token(&t, generated.len()) {
                     Ok(shown) => {
@@ -842,7 +844,13 @@ impl Relay {
                     }
                     Err(why) => Err(Failure::violation(why)),
                 },
-                Ok(Event::Done(f)) => self.finish(&source, f, &generated, resumed_at),
+                Ok(Event::Done(f)) => {
+                    self.finish(&source, f, &generated, resumed_at)
+                        .map(|(f, digest)| {
+                            checked = digest;
+                            Event::Done(f)
+                        })
+                }
                 other => other,
             };
             match next {
@@ -865,8 +873,9 @@ impl Relay {
                             started.elapsed(),
                         );
                     }
-                    if let Some(a) = f.attestation.as_mut() {
-                        self.gateway.keep(&self.model, a, &f.tokens, text, f.reason);
+                    if let Some(a) = &f.attestation {
+                        self.gateway
+                            .keep(&self.model, a, checked, &f.tokens, text, f.reason);
                     }
                     let _ = self.tx.send(Event::Done(f)).await;
                     return;
@@ -936,14 +945,15 @@ impl Relay {
 
     /// Checks a `Done` against what was streamed: the token count, and (from a remote worker)
     /// a receipt signed by that worker over exactly these tokens, this model, this request and
-    /// this resume.
+    /// this resume. Returns the receipt's digest when it checked one (the only check of a
+    /// remote worker's receipt: its parts were parsed when the frame was decoded).
     fn finish(
         &mut self,
         source: &Source,
         mut f: Finish,
         generated: &[u32],
         resumed_at: usize,
-    ) -> Result<Event, Failure> {
+    ) -> Result<(Finish, Option<agora_core::Sha256>), Failure> {
         if f.completion_tokens as usize != generated.len() {
             return Err(Failure::violation(format!(
                 "Done says {} tokens, {} were streamed",
@@ -953,14 +963,12 @@ impl Relay {
         }
         f.tail = self.guard.tail(&f.tail).map_err(Failure::violation)?;
         let Source::Remote(peer, _) = source else {
-            return Ok(Event::Done(f));
+            return Ok((f, None));
         };
         let Some(a) = &f.attestation else {
             return Err(Failure::violation("no receipt"));
         };
-        let t = Transcript::new(&self.model, a, generated.to_vec(), String::new(), f.reason);
-        let c = t
-            .check()
+        let c = check_attestation(a, generated)
             .map_err(|e| Failure::violation(format!("its receipt: {e}")))?;
         if crate::to_net_id(&c.receipt.worker) != Some(*peer) {
             return Err(Failure::violation("a receipt signed for another worker"));
@@ -980,7 +988,7 @@ impl Relay {
         if a.request != self.job {
             return Err(Failure::violation("a receipt for another request"));
         }
-        Ok(Event::Done(f))
+        Ok((f, Some(c.receipt_digest)))
     }
 }
 
@@ -1007,30 +1015,39 @@ pub fn describe_peers(peers: &[PeerInfo]) -> serde_json::Value {
 impl Gateway {
     /// Queues the receipt for the log (never waiting for it) and keeps the transcript for
     /// validators, under the receipt's digest, with the hash of the log entry it becomes.
+    /// `checked`: the digest of a receipt already checked against these tokens (a remote
+    /// worker's, in [`Relay::finish`]); without it (this node's own), it is checked here.
     fn keep(
         &self,
         model: &str,
-        a: &mut Attestation,
+        a: &Attestation,
+        checked: Option<agora_core::Sha256>,
         tokens: &[u32],
         text: String,
         reason: FinishReason,
     ) {
+        let entry = a.receipt.to_json().into_bytes();
+        let leaf = agora_tlog::hash::leaf_hash(&entry);
         if let Some(sink) = self.log.get()
-            && sink.queue.try_send(a.receipt.clone().into_bytes()).is_err()
+            && sink.queue.try_send(entry).is_err()
         {
             self.stats
                 .receipts_not_logged
                 .fetch_add(1, Ordering::Relaxed);
             warn!(log = %sink.url, "the receipt log queue is full: this receipt is not logged");
         }
+        let digest = match checked {
+            Some(d) => d,
+            None => match check_attestation(a, tokens) {
+                Ok(c) => c.receipt_digest,
+                Err(e) => {
+                    warn!("the worker's receipt does not check out: {e}");
+                    return;
+                }
+            },
+        };
         let t = Transcript::new(model, a, tokens.to_vec(), text, reason);
-        match t.check() {
-            Ok(c) => {
-                let leaf = agora_tlog::hash::leaf_hash(a.receipt.as_bytes());
-                self.transcripts.insert(c.receipt_digest, t, leaf.0);
-            }
-            Err(e) => warn!("the worker's receipt does not check out: {e}"),
-        }
+        self.transcripts.insert(digest, t, leaf.0);
     }
 
     /// Answers transcript requests (`/agora/<net>/transcript/1`): evidence of rejected answers

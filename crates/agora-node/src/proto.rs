@@ -89,3 +89,71 @@ pub struct Selection {
     /// The selection probability the validator applies to this worker.
     pub probability: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use agora_net::wire::{Framed, WireError};
+    use futures::io::Cursor;
+    use serde_json::json;
+
+    fn done(attestation: serde_json::Value) -> serde_json::Value {
+        json!({
+            "type": "done",
+            "reason": "stop",
+            "prompt_tokens": 1,
+            "completion_tokens": 3,
+            "tail": "",
+            "attestation": attestation,
+        })
+    }
+
+    /// What a gateway's `recv` makes of one frame.
+    async fn recv(frame: &serde_json::Value) -> Result<Option<WorkerFrame>, WireError> {
+        let body = serde_json::to_vec(frame).unwrap();
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        Framed::new(Cursor::new(bytes), 1 << 20).recv().await
+    }
+
+    /// The attestation in a `Done` frame is parsed when the frame is decoded: a valid one
+    /// arrives typed, and a malformed receipt, proof or salt is a protocol violation.
+    #[tokio::test]
+    async fn done_frames_carry_parsed_attestations() {
+        let a = crate::transcript::tests::attestation(&[4, 5, 6]);
+        let good = serde_json::to_value(&a).unwrap();
+        // Parts as strings: the receipt's JSON, the proof base64, the salt hex.
+        assert_eq!(good["receipt"], json!(a.receipt.to_json()));
+        assert!(good["proof"].is_string() && good["salt"].is_string());
+        match recv(&done(good.clone())).await.unwrap() {
+            Some(WorkerFrame::Done {
+                attestation: Some(got),
+                ..
+            }) => assert_eq!(*got, a),
+            other => panic!("{other:?}"),
+        }
+        for (field, bad, why) in [
+            (
+                "receipt",
+                json!("not json"),
+                "the receipt: malformed DSSE envelope",
+            ),
+            ("receipt", json!({"payloadType": "x"}), "expected a string"),
+            ("proof", json!("%%%%"), "the proof is not base64"),
+            (
+                "proof",
+                json!("QUdQRgE="),
+                "the proof: the proof is 5 bytes",
+            ),
+            ("salt", json!("0011"), "the salt is not 32 hex digits"),
+            ("salt", json!(null), "expected a string"),
+        ] {
+            let mut v = good.clone();
+            v[field] = bad;
+            let e = recv(&done(v)).await.unwrap_err();
+            assert!(e.is_violation(), "{field}: {e}");
+            assert!(e.to_string().contains(why), "{field}: {e}");
+        }
+    }
+}

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use agora_core::statement::Receipt;
 use agora_core::{Envelope, Sha256, Statement};
 use agora_engine::{Attestation, FinishReason, JobSpec, LogRef};
 use base64::Engine as _;
@@ -97,14 +98,14 @@ impl Transcript {
             version: TRANSCRIPT_VERSION,
             model: model.to_string(),
             request: a.request.clone(),
-            salt: a.salt.clone(),
+            salt: a.salt_hex(),
             output: Output {
                 tokens,
                 text,
                 finish_reason: reason,
             },
-            receipt: serde_json::from_str(&a.receipt).unwrap_or(serde_json::Value::Null),
-            proof: a.proof.clone(),
+            receipt: serde_json::to_value(&a.receipt).unwrap_or(serde_json::Value::Null),
+            proof: a.proof_base64(),
             log: a.log.clone(),
         }
     }
@@ -125,23 +126,64 @@ impl Transcript {
     pub fn check(&self) -> Result<Checked, TranscriptError> {
         let env_bytes = serde_json::to_vec(&self.receipt).map_err(TranscriptError::Malformed)?;
         let env = Envelope::from_json(&env_bytes).map_err(TranscriptError::Receipt)?;
-        let (signers, statement) = Statement::open(&env).map_err(TranscriptError::Receipt)?;
-        let Statement::Receipt(r) = statement else {
-            return Err(TranscriptError::NotAReceipt(
-                statement.kind().name().to_string(),
-            ));
-        };
-        if !signers.contains(&r.worker) {
-            return Err(TranscriptError::WrongSigner {
-                signer: signers.first().map(|s| s.to_string()).unwrap_or_default(),
-                worker: r.worker.to_string(),
-            });
-        }
+        let receipt = open_receipt(&env)?;
         let proof_bytes = base64::engine::general_purpose::STANDARD
             .decode(&self.proof)
             .map_err(|_| TranscriptError::ProofEncoding)?;
         let salt = hex::decode(&self.salt).map_err(|_| TranscriptError::SaltEncoding)?;
-        let request_json = serde_json::to_vec(&self.request).map_err(TranscriptError::Malformed)?;
+        let covered = Covered {
+            request: &self.request,
+            salt: &salt,
+            tokens: &self.output.tokens,
+            proof_bytes,
+        };
+        covered.check(receipt, &env)
+    }
+}
+
+/// Checks an answer's attestation as [`Transcript::check`] checks a transcript: the receipt's
+/// signature (by the worker it names), and that it covers exactly this request, these `tokens`
+/// and this proof. Its parts are already parsed (they were when it was decoded).
+pub fn check_attestation(a: &Attestation, tokens: &[u32]) -> Result<Checked, TranscriptError> {
+    let receipt = open_receipt(&a.receipt)?;
+    let covered = Covered {
+        request: &a.request,
+        salt: &a.salt,
+        tokens,
+        proof_bytes: a.proof.encode(),
+    };
+    covered.check(receipt, &a.receipt)
+}
+
+/// The receipt in `env`, whose signatures verify and include the worker it names.
+fn open_receipt(env: &Envelope) -> Result<Receipt, TranscriptError> {
+    let (signers, statement) = Statement::open(env).map_err(TranscriptError::Receipt)?;
+    let Statement::Receipt(r) = statement else {
+        return Err(TranscriptError::NotAReceipt(
+            statement.kind().name().to_string(),
+        ));
+    };
+    if !signers.contains(&r.worker) {
+        return Err(TranscriptError::WrongSigner {
+            signer: signers.first().map(|s| s.to_string()).unwrap_or_default(),
+            worker: r.worker.to_string(),
+        });
+    }
+    Ok(r)
+}
+
+/// What a receipt must cover.
+struct Covered<'a> {
+    request: &'a JobSpec,
+    salt: &'a [u8],
+    tokens: &'a [u32],
+    proof_bytes: Vec<u8>,
+}
+
+impl Covered<'_> {
+    /// Checks that `r` (opened from `env`) covers exactly this.
+    fn check(self, r: Receipt, env: &Envelope) -> Result<Checked, TranscriptError> {
+        let request_json = serde_json::to_vec(self.request).map_err(TranscriptError::Malformed)?;
         let digest = |what: &'static str,
                       expected: &Sha256,
                       actual: [u8; 32]|
@@ -159,14 +201,14 @@ impl Transcript {
         digest(
             "request",
             &r.request,
-            agora_verify::request_digest(&salt, &request_json),
+            agora_verify::request_digest(self.salt, &request_json),
         )?;
         digest(
             "output",
             &r.output,
-            agora_verify::output_digest(&self.output.tokens),
+            agora_verify::output_digest(self.tokens),
         )?;
-        digest("proof", &r.proof, sha2_digest(&proof_bytes))?;
+        digest("proof", &r.proof, sha2_digest(&self.proof_bytes))?;
         if r.seed != self.request.params.seed {
             return Err(TranscriptError::Mismatch {
                 what: "seed",
@@ -174,17 +216,17 @@ impl Transcript {
                 actual: self.request.params.seed.to_string(),
             });
         }
-        if r.completion_tokens as usize != self.output.tokens.len() {
+        if r.completion_tokens as usize != self.tokens.len() {
             return Err(TranscriptError::Mismatch {
                 what: "completion tokens",
                 expected: r.completion_tokens.to_string(),
-                actual: self.output.tokens.len().to_string(),
+                actual: self.tokens.len().to_string(),
             });
         }
         Ok(Checked {
             receipt: r,
             receipt_digest: Sha256(sha2_digest(&env.payload)),
-            proof_bytes,
+            proof_bytes: self.proof_bytes,
         })
     }
 }
@@ -252,9 +294,101 @@ impl TranscriptStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A valid attestation of `tokens`, signed by a fixed worker key.
+    pub(crate) fn attestation(tokens: &[u32]) -> Attestation {
+        let id = agora_core::Identity::from_seed(&[3; 32]);
+        let mut b = agora_verify::ProofBuilder::new(8, 2, 2);
+        for &t in tokens {
+            b.push(&[t as f32, 1.0, -2.0, 0.5, 0.0, 3.0, 0.25, -1.0]);
+        }
+        let proof = b.finish().unwrap();
+        let request = JobSpec {
+            prompt: agora_engine::PromptSpec::Text("x".into()),
+            params: agora_engine::SamplingParams::default(),
+            max_tokens: Some(tokens.len() as u32),
+            stop: vec![],
+            ignore_eos: false,
+            logit_bias: Default::default(),
+        };
+        let salt = [5u8; agora_engine::SALT_LEN];
+        let receipt = Receipt {
+            model: Sha256([9; 32]),
+            request: Sha256(agora_verify::request_digest(
+                &salt,
+                &serde_json::to_vec(&request).unwrap(),
+            )),
+            output: Sha256(agora_verify::output_digest(tokens)),
+            seed: request.params.seed,
+            prompt_tokens: 1,
+            completion_tokens: tokens.len() as u32,
+            proof: Sha256(proof.digest()),
+            worker: id.peer_id(),
+            time: 1,
+            resumed: 0,
+        };
+        Attestation {
+            receipt: Statement::Receipt(receipt).sign(&id),
+            proof,
+            salt,
+            request,
+            log: None,
+        }
+    }
+
+    /// An attestation checks as the transcript made from it does, with the same digest.
+    #[test]
+    fn attestation_checks_as_its_transcript() {
+        let tokens = [4u32, 5, 6];
+        let a = attestation(&tokens);
+        let c = check_attestation(&a, &tokens).unwrap();
+        let t = Transcript::new("m", &a, tokens.to_vec(), "t".into(), FinishReason::Stop);
+        let tc = t.check().unwrap();
+        assert_eq!(c.receipt_digest, tc.receipt_digest);
+        assert_eq!(c.receipt_digest, Sha256(sha2_digest(&a.receipt.payload)));
+        assert_eq!(c.proof_bytes, tc.proof_bytes);
+        assert_eq!(c.receipt, tc.receipt);
+        // The transcript carries the parts as clients see them: the envelope as JSON, the
+        // proof base64, the salt hex; and they parse back to the same attestation parts.
+        assert_eq!(t.salt, "05".repeat(agora_engine::SALT_LEN));
+        let env = Envelope::from_json(&serde_json::to_vec(&t.receipt).unwrap()).unwrap();
+        assert_eq!(env, a.receipt);
+        assert_eq!(t.proof, a.proof_base64());
+
+        // Other tokens, another request, another proof: each caught.
+        let e = check_attestation(&a, &[4, 5, 7]).unwrap_err();
+        assert!(
+            matches!(e, TranscriptError::Digest { what: "output", .. }),
+            "{e}"
+        );
+        let mut b = a.clone();
+        b.salt[0] ^= 1;
+        let e = check_attestation(&b, &tokens).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TranscriptError::Digest {
+                    what: "request",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut b = a.clone();
+        b.proof = attestation(&[1, 2]).proof;
+        let e = check_attestation(&b, &tokens).unwrap_err();
+        assert!(
+            matches!(e, TranscriptError::Digest { what: "proof", .. }),
+            "{e}"
+        );
+        let mut b = a.clone();
+        b.receipt.signatures[0].sig[0] ^= 1;
+        let e = check_attestation(&b, &tokens).unwrap_err();
+        assert!(matches!(e, TranscriptError::Receipt(_)), "{e}");
+    }
 
     #[test]
     fn store_is_bounded() {
