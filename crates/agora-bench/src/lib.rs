@@ -6,11 +6,13 @@
 //! - [`net`] (`agora bench-net`): what the network layer costs;
 //! - [`soak`] (`agora bench-soak`): a devnet under honest and hostile load for a while;
 //! - [`verify`] (`agora bench-verify`): the detection matrix and the costs of verifiability;
+//! - [`dataset`] (`agora bench-dataset`): dataset ingest against `sha256sum`, proofs;
 //! - [`log`] (`agora log bench`) and [`hammer`] (`agora log hammer`): the transparency log.
 //!
 //! [`devnet`] (`agora devnet`, `agora demo`) starts a whole network on this machine. All child
 //! processes go through [`proc`], all statistics through [`stats`].
 
+pub mod dataset;
 pub mod devnet;
 pub mod hammer;
 pub mod log;

@@ -54,6 +54,9 @@ enum Command {
     /// Datasets: ingest files into signed versions, prove a record present or absent, verify.
     #[command(subcommand)]
     Dataset(cmd_dataset::DatasetCommand),
+    /// Dataset costs: ingest of a generated ≥ 1 GB corpus against sha256sum, peak memory,
+    /// proof verifications per second, proof size at a million records.
+    BenchDataset(bench::dataset::BenchDatasetArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -88,6 +91,7 @@ fn main() {
         Command::BenchNet(args) => bench::net::run(&home, args),
         Command::BenchSoak(args) => bench::soak::run(&home, args),
         Command::BenchVerify(args) => bench::verify::run(&home, args),
+        Command::BenchDataset(args) => bench::dataset::run(args),
         Command::Dataset(cmd) => cmd_dataset::run(&home, cmd),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),

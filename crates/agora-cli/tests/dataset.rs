@@ -203,3 +203,27 @@ fn a_real_corpus_is_ingested_signed_logged_and_proven() {
     );
     assert!(!home.join("datasets/typo").exists());
 }
+
+/// The short variant of `agora bench-dataset` (the benchmark is a command): it runs its
+/// comparison with `sha256sum` and prints every figure.
+#[test]
+fn bench_dataset_short_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&[
+        "bench-dataset",
+        "--size-mb",
+        "4",
+        "--proof-records",
+        "1000",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    for row in [
+        "sha256sum",
+        "agora dataset add",
+        "peak resident memory",
+        "verifications",
+    ] {
+        assert!(out.contains(row), "{out}");
+    }
+}

@@ -13,7 +13,30 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::record::{Record, RecordError, id_key};
-use crate::tree::{Roots, id_leaf_hash};
+
+/// The roots and counts a dataset statement carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roots {
+    /// Number of records.
+    pub records: u64,
+    /// Root of the record tree.
+    pub record_root: Hash,
+    /// Root of the id tree.
+    pub id_root: Hash,
+}
+
+/// The id-tree leaf of one record.
+fn id_leaf_bytes(key: &[u8; 32], digest: &[u8; 32]) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b[..32].copy_from_slice(key);
+    b[32..].copy_from_slice(digest);
+    b
+}
+
+/// Hash of an id-tree leaf: `leaf_hash(id_key ‖ the record's leaf hash in the record tree)`.
+pub fn id_leaf_hash(key: &[u8; 32], digest: &[u8; 32]) -> Hash {
+    leaf_hash(&id_leaf_bytes(key, digest))
+}
 
 /// Why a proof does not prove what it claims.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,7 +156,7 @@ pub struct IdLeaf {
     pub index: u64,
     /// SHA-256 of the record's id.
     pub key: [u8; 32],
-    /// SHA-256 of the record's canonical bytes.
+    /// The record's leaf hash in the record tree (`leaf_hash` of its canonical bytes).
     pub digest: [u8; 32],
     /// RFC 6962 inclusion path in the id tree, leaf's sibling first.
     pub path: Vec<Hash>,

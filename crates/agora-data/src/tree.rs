@@ -3,7 +3,8 @@
 //! - the **record tree**: leaf `i` is `leaf_hash(canonical bytes of record i)`, in input order.
 //!   An inclusion proof shows a record, byte for byte, at its place in the dataset.
 //! - the **id tree**: one leaf per record, sorted by `id_key(id)` (SHA-256 of the id), each
-//!   `leaf_hash(id_key ‖ SHA-256(canonical bytes))`. Two adjacent leaves whose keys bracket an
+//!   `leaf_hash(id_key ‖ record leaf hash)`, binding the id to the record's leaf in the record
+//!   tree (one hash of the record's bytes serves both trees). Two adjacent leaves whose keys bracket an
 //!   id's key prove that no record has that id: the non-inclusion proof behind "my opted-out
 //!   document is not in version 4".
 //!
@@ -11,9 +12,9 @@
 
 use agora_tlog::hash::{Hash, leaf_hash};
 use agora_tlog::merkle::MemoryTree;
-use sha2::{Digest, Sha256};
 
 use crate::proof::{AbsenceProof, IdLeaf, RecordProof};
+pub use crate::proof::{Roots, id_leaf_hash};
 use crate::record::{Record, id_key};
 
 /// Why a dataset's trees cannot be built or a proof made.
@@ -48,37 +49,13 @@ pub enum TreeError {
     Tlog(#[from] agora_tlog::Error),
 }
 
-/// The roots and counts a dataset statement carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Roots {
-    /// Number of records.
-    pub records: u64,
-    /// Root of the record tree.
-    pub record_root: Hash,
-    /// Root of the id tree.
-    pub id_root: Hash,
-}
-
-/// The id-tree leaf of one record.
-fn id_leaf_bytes(key: &[u8; 32], digest: &[u8; 32]) -> [u8; 64] {
-    let mut b = [0u8; 64];
-    b[..32].copy_from_slice(key);
-    b[32..].copy_from_slice(digest);
-    b
-}
-
-/// Hash of an id-tree leaf: `leaf_hash(id_key ‖ SHA-256(canonical record))`.
-pub fn id_leaf_hash(key: &[u8; 32], digest: &[u8; 32]) -> Hash {
-    leaf_hash(&id_leaf_bytes(key, digest))
-}
-
 /// Builds both trees from records given in order. Holds 32 bytes per record per tree level
 /// (about 64 bytes per record per tree) plus 72 bytes per record for the id sort: a million
 /// records take about 200 MB.
 #[derive(Default)]
 pub struct TreeBuilder {
     records: MemoryTree,
-    /// (id key, SHA-256 of the canonical record, record index)
+    /// (id key, the record's leaf hash, record index)
     ids: Vec<([u8; 32], [u8; 32], u64)>,
 }
 
@@ -90,8 +67,9 @@ impl TreeBuilder {
 
     /// Adds the next record from its canonical bytes and id; returns its index.
     pub fn push(&mut self, id: &str, canonical: &[u8]) -> u64 {
-        let digest: [u8; 32] = Sha256::digest(canonical).into();
-        let index = self.records.append(canonical);
+        let leaf = leaf_hash(canonical);
+        let digest = leaf.0;
+        let index = self.records.push_leaf_hash(leaf);
         self.ids.push((id_key(id), digest, index));
         index
     }

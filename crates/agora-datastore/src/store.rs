@@ -4,7 +4,7 @@
 //! datasets/<name>/<version>/manifest.json       what the dataset statement says, and more
 //! datasets/<name>/<version>/shards/<sha256>.zst records (length-prefixed canonical bytes), zstd
 //! datasets/<name>/<version>/records.leaves      32-byte leaf hash per record, in record order
-//! datasets/<name>/<version>/ids.leaves          72 bytes per record (id key, record digest,
+//! datasets/<name>/<version>/ids.leaves          72 bytes per record (id key, record leaf hash,
 //!                                               record index), sorted by id key
 //! datasets/tmp/                                 ingests in progress
 //! ```
@@ -35,7 +35,7 @@ pub const SHARD_BYTES: u64 = 64 << 20;
 /// Id entries sorted in memory at once before spilling to disk (72 bytes each: 36 MiB).
 pub const SORT_CHUNK: usize = 512 * 1024;
 /// zstd level of the shards.
-const ZSTD_LEVEL: i32 = 3;
+const ZSTD_LEVEL: i32 = 1;
 /// Bytes of an id entry: key, record digest, record index.
 const ID_ENTRY: usize = 72;
 
@@ -214,6 +214,7 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 pub struct DatasetStore {
     root: PathBuf,
     sort_chunk: usize,
+    threads: usize,
 }
 
 /// What an ingest reports as it goes.
@@ -232,7 +233,15 @@ impl DatasetStore {
         DatasetStore {
             root: root.to_path_buf(),
             sort_chunk: SORT_CHUNK,
+            threads: 2,
         }
+    }
+
+    /// Threads an ingest uses (default 2): with 2 or more, reading and parsing run on their
+    /// own thread ahead of hashing, compressing and writing. The result does not depend on it.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// Sorts at most `entries` id entries in memory at once (default [`SORT_CHUNK`]): less
@@ -329,33 +338,11 @@ impl DatasetStore {
         fs::create_dir_all(&shards_dir).map_err(io_at(&shards_dir))?;
 
         let mut w = Writer::new(&out, work.path(), self.sort_chunk)?;
-        let mut skipped = 0u64;
-        let mut failure: Option<StoreError> = None;
-        for (path, id) in input::files(inputs)? {
-            input::read_file(&path, &id, &mut |r| match r {
-                Ok(rec) => match w.push(&rec) {
-                    Ok(()) => {
-                        progress.update(w.count, w.bytes);
-                        true
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
-                },
-                Err(e) if skip_bad && e.is_bad_record() => {
-                    skipped += 1;
-                    true
-                }
-                Err(e) => {
-                    failure = Some(e.into());
-                    false
-                }
-            })?;
-            if let Some(e) = failure.take() {
-                return Err(e);
-            }
-        }
+        let skipped = read_all(inputs, skip_bad, self.threads, &mut |p| {
+            w.push(p)?;
+            progress.update(w.count, w.bytes);
+            Ok(())
+        })?;
         if w.count == 0 {
             return Err(StoreError::Empty);
         }
@@ -533,6 +520,121 @@ fn id_entry_leaf(e: &[u8]) -> Hash {
     id_leaf_hash(&key, &digest)
 }
 
+/// Records handed from the reading thread to the writing one at a time.
+const BATCH: usize = 256;
+/// Batches in flight between them.
+const BATCHES_IN_FLIGHT: usize = 8;
+
+/// A record ready to write: its id key, its leaf hash and its canonical bytes (the hashing is
+/// done on the reading thread, which balances the two threads' work).
+struct Prepared {
+    key: [u8; 32],
+    leaf: Hash,
+    bytes: Vec<u8>,
+}
+
+impl Prepared {
+    fn of(rec: &Record) -> Prepared {
+        let bytes = rec.encode();
+        Prepared {
+            key: id_key(&rec.id),
+            leaf: leaf_hash(&bytes),
+            bytes,
+        }
+    }
+}
+
+type Batch = Vec<Prepared>;
+
+/// Reads every record of `inputs` in order and hands each, prepared, to `sink`;
+/// returns how many bad records were skipped (`skip_bad`). With `threads >= 2` the reading and
+/// parsing run on a thread of their own, at most [`BATCHES_IN_FLIGHT`] batches ahead, in the
+/// same order: the result is the same.
+fn read_all(
+    inputs: &[PathBuf],
+    skip_bad: bool,
+    threads: usize,
+    sink: &mut dyn FnMut(Prepared) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let files = input::files(inputs)?;
+    let produce = |emit: &mut dyn FnMut(Record) -> bool| -> Result<u64, StoreError> {
+        let mut skipped = 0u64;
+        let mut failure: Option<StoreError> = None;
+        for (path, id) in &files {
+            input::read_file(path, id, &mut |r| match r {
+                Ok(rec) => emit(rec),
+                Err(e) if skip_bad && e.is_bad_record() => {
+                    skipped += 1;
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e.into());
+                    false
+                }
+            })?;
+            if let Some(e) = failure.take() {
+                return Err(e);
+            }
+        }
+        Ok(skipped)
+    };
+    if threads < 2 {
+        let mut failure = None;
+        let skipped = produce(&mut |rec| match sink(Prepared::of(&rec)) {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        })?;
+        return failure.map_or(Ok(skipped), Err);
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
+        let reader = std::thread::Builder::new()
+            .name("agora-ingest-read".into())
+            .spawn_scoped(scope, move || {
+                let mut batch: Batch = Vec::with_capacity(BATCH);
+                let skipped = produce(&mut |rec| {
+                    batch.push(Prepared::of(&rec));
+                    if batch.len() < BATCH {
+                        return true;
+                    }
+                    // A closed channel: the writer failed and stopped.
+                    tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                        .is_ok()
+                })?;
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
+                }
+                Ok(skipped)
+            })
+            .map_err(|source| StoreError::Io {
+                path: PathBuf::from("(reading thread)"),
+                source,
+            })?;
+        let mut written: Result<(), StoreError> = Ok(());
+        for batch in rx.iter() {
+            for p in batch {
+                written = sink(p);
+                if written.is_err() {
+                    break;
+                }
+            }
+            if written.is_err() {
+                break;
+            }
+        }
+        // Dropping the receiver (end of scope) stops the reader at its next send.
+        drop(rx);
+        let skipped = reader
+            .join()
+            .map_err(|_| StoreError::Corrupt("the reading thread panicked".into()))?;
+        written?;
+        skipped
+    })
+}
+
 /// Reads one length-prefixed entry.
 fn read_entry(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
@@ -616,15 +718,16 @@ impl Writer {
         self.out.join("shards").join("open.zst")
     }
 
-    fn push(&mut self, r: &Record) -> Result<(), StoreError> {
-        let bytes = r.encode();
-        let leaf = leaf_hash(&bytes);
-        let lp = self.out.join("records.leaves");
-        self.leaves.write_all(&leaf.0).map_err(io_at(&lp))?;
+    /// Adds the next record: its id and canonical bytes.
+    fn push(&mut self, p: Prepared) -> Result<(), StoreError> {
+        let Prepared { key, leaf, bytes } = p;
+        if let Err(e) = self.leaves.write_all(&leaf.0) {
+            return Err(io_at(&self.out.join("records.leaves"))(e));
+        }
         self.roots.push(leaf);
         let mut entry = [0u8; ID_ENTRY];
-        entry[..32].copy_from_slice(&id_key(&r.id));
-        entry[32..64].copy_from_slice(&Sha256::digest(&bytes));
+        entry[..32].copy_from_slice(&key);
+        entry[32..64].copy_from_slice(&leaf.0);
         entry[64..].copy_from_slice(&self.count.to_be_bytes());
         self.ids.push(entry);
         if self.ids.len() >= self.sort_chunk {
@@ -645,11 +748,13 @@ impl Writer {
             };
             self.shard = Some((enc, s));
         }
-        let p = self.shard_path();
         if let Some((enc, s)) = self.shard.as_mut() {
-            enc.write_all(&(bytes.len() as u32).to_be_bytes())
-                .and_then(|()| enc.write_all(&bytes))
-                .map_err(io_at(&p))?;
+            let written = enc
+                .write_all(&(bytes.len() as u32).to_be_bytes())
+                .and_then(|()| enc.write_all(&bytes));
+            if let Err(e) = written {
+                return Err(io_at(&self.out.join("shards").join("open.zst"))(e));
+            }
             s.records += 1;
             s.bytes += bytes.len() as u64;
             if s.bytes >= SHARD_BYTES {
@@ -848,6 +953,17 @@ mod tests {
         assert_eq!((&m2.record_root, &m2.id_root), (&m.record_root, &m.id_root));
         assert_eq!(store.manifest("quotes", None).unwrap(), m2);
         assert_eq!(store.names().unwrap(), ["quotes"]);
+        // One thread (no pipeline) gives the same roots.
+        let one = DatasetStore::open(&home.path().join("one")).with_threads(1);
+        let m1 = one
+            .ingest(
+                &meta("quotes"),
+                &[home.path().join("in.jsonl")],
+                false,
+                &mut (),
+            )
+            .unwrap();
+        assert_eq!((&m1.record_root, &m1.id_root), (&m.record_root, &m.id_root));
         // Sorting the ids in 16 runs of 64 changes nothing.
         let small = DatasetStore::open(&home.path().join("other")).with_sort_chunk(64);
         let input = home.path().join("in.jsonl");
