@@ -56,6 +56,21 @@ pub enum DatasetCommand {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+    /// Opt records out: a new version without them, derived from the old one, signed (and
+    /// logged with --log), with a proof file per id that it is absent from the new version.
+    Remove {
+        /// NAME or NAME@VERSION (latest by default).
+        dataset: String,
+        /// Ids of the records to remove (repeatable).
+        #[arg(long, required = true)]
+        id: Vec<String>,
+        /// Write the absence proofs here, one file per id (default: the current directory).
+        #[arg(long, default_value = ".")]
+        proofs: PathBuf,
+        /// Append the new version's statement to this log.
+        #[arg(long, value_name = "URL")]
+        log: Option<String>,
+    },
     /// Check a proof file offline and say in one line what it proves.
     Verify {
         /// The proof file.
@@ -151,6 +166,36 @@ pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
             }
             Ok(())
         }
+        DatasetCommand::Remove {
+            dataset,
+            id,
+            proofs,
+            log,
+        } => {
+            let (n, v) = parse_ref(&dataset)?;
+            let old = store.manifest(&n, v)?;
+            let identity = load_identity(home)?;
+            let ids: std::collections::BTreeSet<String> = id.into_iter().collect();
+            let m = store.remove(&old, &ids, &mut ())?;
+            publish(&store, &m, &identity, log.as_deref())?;
+            println!(
+                "{}: {} records, derived from {} without {} record(s)",
+                m.label(),
+                m.records,
+                old.label(),
+                ids.len()
+            );
+            std::fs::create_dir_all(&proofs)
+                .with_context(|| format!("cannot create {}", proofs.display()))?;
+            for (i, id) in ids.iter().enumerate() {
+                let p = proofs.join(format!("{}-{}-absent-{i}.json", m.name, m.version));
+                let proof = prove(&store, &m, id, true)?;
+                std::fs::write(&p, serde_json::to_string_pretty(&proof)? + "\n")
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+                println!("  {id:?} is absent: {}", p.display());
+            }
+            Ok(())
+        }
         DatasetCommand::Verify { proof, policy } => {
             let line = verify(&proof, policy.as_deref())?;
             println!("{line}");
@@ -209,8 +254,6 @@ fn add(home: &Path, store: &DatasetStore, a: AddArgs) -> Result<()> {
     let m = store.ingest(&meta, &a.paths, a.skip_bad, &mut meter)?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!();
-    let envelope = statement(&m)?.sign(&identity);
-    store.attach(&m, STATEMENT_FILE, envelope.to_json().as_bytes())?;
     println!(
         "{}: {} records, {} bytes in {:.1} s ({:.0} MB/s){}",
         m.label(),
@@ -227,12 +270,25 @@ fn add(home: &Path, store: &DatasetStore, a: AddArgs) -> Result<()> {
     println!("  records root {}", m.record_root);
     println!("  ids root     {}", m.id_root);
     println!("  signed by    {}", identity.peer_id());
-    if let Some(url) = &a.log {
+    publish(store, &m, &identity, a.log.as_deref())
+}
+
+/// Signs the version's statement, stores it beside the version and, with `log`, appends it
+/// to that log and records where.
+fn publish(
+    store: &DatasetStore,
+    m: &Manifest,
+    identity: &agora_core::Identity,
+    log: Option<&str>,
+) -> Result<()> {
+    let envelope = statement(m)?.sign(identity);
+    store.attach(m, STATEMENT_FILE, envelope.to_json().as_bytes())?;
+    if let Some(url) = log {
         let index = LogClient::new(url)
             .add(envelope.to_json().as_bytes())
             .with_context(|| format!("appending the statement to {url}"))?;
         store.attach(
-            &m,
+            m,
             LOG_FILE,
             json!({"url": url, "index": index}).to_string().as_bytes(),
         )?;

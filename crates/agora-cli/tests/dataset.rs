@@ -141,6 +141,66 @@ fn a_real_corpus_is_ingested_signed_logged_and_proven() {
     let o = run(&["dataset", "prove", "fortunes", "--id", "nope", "--home", h]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no record has the id \"nope\""));
 
+    // Opting a record out: version 2 without it, derived from version 1, proven absent.
+    let proofs = dir.path().join("optout");
+    let out = ok(&[
+        "dataset",
+        "remove",
+        "fortunes",
+        "--id",
+        "wisdom/3",
+        "--home",
+        h,
+        "--proofs",
+        proofs.to_str().unwrap(),
+        "--log",
+        &log.url,
+    ]);
+    assert!(
+        out.contains("fortunes@2: ") && out.contains("derived from fortunes@1"),
+        "{out}"
+    );
+    let m2 = manifest(h, "fortunes@2");
+    assert_eq!(m2["records"].as_u64(), Some(records - 1));
+    assert_eq!(m2["derived_from"], "fortunes@1");
+    let file = std::fs::read_dir(&proofs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let line = ok(&["dataset", "verify", file.to_str().unwrap()]);
+    assert!(
+        line.contains("no record of fortunes@2") && line.contains("wisdom/3"),
+        "{line}"
+    );
+    wait_for(
+        "version 2 under a checkpoint",
+        Duration::from_secs(10),
+        || (checkpoint_size(&log.url) >= Some(2)).then_some(()),
+    );
+    let again = dir.path().join("again.json");
+    ok(&[
+        "dataset",
+        "prove",
+        "fortunes@2",
+        "--absent",
+        "--id",
+        "wisdom/3",
+        "--home",
+        h,
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    let line = ok(&[
+        "dataset",
+        "verify",
+        again.to_str().unwrap(),
+        "--policy",
+        pol,
+    ]);
+    assert!(line.contains("the statement is entry 1 of"), "{line}");
+
     // Tampering anywhere fails with a reason, never a panic.
     let good = std::fs::read(&present).unwrap();
     let bad = dir.path().join("bad.json");

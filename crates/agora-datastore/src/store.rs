@@ -324,6 +324,65 @@ impl DatasetStore {
         skip_bad: bool,
         progress: &mut dyn Progress,
     ) -> Result<Manifest, StoreError> {
+        let threads = self.threads;
+        self.build(meta, progress, &mut |sink| {
+            read_all(inputs, skip_bad, threads, sink)
+        })
+    }
+
+    /// A new version of `m`'s dataset without the records whose ids are in `ids`, derived from
+    /// `m` (same licence, source and contributors; contributors' counts are the new version's).
+    /// Every id must be in `m`. The caller proves each absent from the result.
+    pub fn remove(
+        &self,
+        m: &Manifest,
+        ids: &std::collections::BTreeSet<String>,
+        progress: &mut dyn Progress,
+    ) -> Result<Manifest, StoreError> {
+        for id in ids {
+            self.prove(m, id)?;
+        }
+        let meta = Meta {
+            name: m.name.clone(),
+            license: m.license.clone(),
+            source: m.source.clone(),
+            derived_from: Some(m.label()),
+            contributors: m
+                .contributors
+                .iter()
+                .map(|c| (c.key.clone(), c.label.clone()))
+                .collect(),
+        };
+        let dir = self.dir(&m.name, m.version);
+        self.build(&meta, progress, &mut |sink| {
+            for shard in &m.shards {
+                let path = dir.join("shards").join(format!("{}.zst", shard.sha256));
+                let f = File::open(&path).map_err(io_at(&path))?;
+                let mut r =
+                    BufReader::new(zstd::stream::read::Decoder::new(f).map_err(io_at(&path))?);
+                for _ in 0..shard.records {
+                    let bytes = read_entry(&mut r).map_err(io_at(&path))?;
+                    let rec =
+                        Record::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if !ids.contains(&rec.id) {
+                        sink(Prepared::of(&rec))?;
+                    }
+                }
+            }
+            Ok(0)
+        })
+    }
+
+    /// Builds a new version of `meta.name` from the records `feed` hands to its sink, in a
+    /// temporary directory renamed into place at the end.
+    fn build(
+        &self,
+        meta: &Meta,
+        progress: &mut dyn Progress,
+        feed: &mut dyn FnMut(
+            &mut dyn FnMut(Prepared) -> Result<(), StoreError>,
+        ) -> Result<u64, StoreError>,
+    ) -> Result<Manifest, StoreError> {
         check_name(&meta.name)?;
         let tmp_root = self.root.join("tmp");
         // What an interrupted ingest left behind is nobody's.
@@ -338,7 +397,7 @@ impl DatasetStore {
         fs::create_dir_all(&shards_dir).map_err(io_at(&shards_dir))?;
 
         let mut w = Writer::new(&out, work.path(), self.sort_chunk)?;
-        let skipped = read_all(inputs, skip_bad, self.threads, &mut |p| {
+        let skipped = feed(&mut |p| {
             w.push(p)?;
             progress.update(w.count, w.bytes);
             Ok(())
@@ -527,7 +586,7 @@ const BATCHES_IN_FLIGHT: usize = 8;
 
 /// A record ready to write: its id key, its leaf hash and its canonical bytes (the hashing is
 /// done on the reading thread, which balances the two threads' work).
-struct Prepared {
+pub struct Prepared {
     key: [u8; 32],
     leaf: Hash,
     bytes: Vec<u8>,
