@@ -379,9 +379,7 @@ impl DatasetStore {
         &self,
         meta: &Meta,
         progress: &mut dyn Progress,
-        feed: &mut dyn FnMut(
-            &mut dyn FnMut(Prepared) -> Result<(), StoreError>,
-        ) -> Result<u64, StoreError>,
+        feed: &mut dyn FnMut(&mut Sink<'_>) -> Result<u64, StoreError>,
     ) -> Result<Manifest, StoreError> {
         check_name(&meta.name)?;
         let tmp_root = self.root.join("tmp");
@@ -605,6 +603,9 @@ impl Prepared {
 
 type Batch = Vec<Prepared>;
 
+/// Where records go to be written, in order.
+type Sink<'a> = dyn FnMut(Prepared) -> Result<(), StoreError> + 'a;
+
 /// Reads every record of `inputs` in order and hands each, prepared, to `sink`;
 /// returns how many bad records were skipped (`skip_bad`). With `threads >= 2` the reading and
 /// parsing run on a thread of their own, at most [`BATCHES_IN_FLIGHT`] batches ahead, in the
@@ -613,7 +614,7 @@ fn read_all(
     inputs: &[PathBuf],
     skip_bad: bool,
     threads: usize,
-    sink: &mut dyn FnMut(Prepared) -> Result<(), StoreError>,
+    sink: &mut Sink<'_>,
 ) -> Result<u64, StoreError> {
     let files = input::files(inputs)?;
     let produce = |emit: &mut dyn FnMut(Record) -> bool| -> Result<u64, StoreError> {
