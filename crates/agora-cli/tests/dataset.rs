@@ -28,6 +28,27 @@ fn manifest(h: &str, name: &str) -> Value {
     serde_json::from_str(&ok(&["dataset", "show", name, "--home", h])).unwrap()
 }
 
+/// `agora dataset prove DATASET --id ID [--absent] -o OUT`, then `agora dataset verify OUT
+/// --policy POLICY`: the verifier's line.
+fn prove_and_verify(
+    h: &str,
+    dataset: &str,
+    id: &str,
+    absent: bool,
+    out: &Path,
+    pol: &str,
+) -> String {
+    let o = out.to_str().unwrap();
+    let mut args = vec![
+        "dataset", "prove", dataset, "--id", id, "--home", h, "-o", o,
+    ];
+    if absent {
+        args.push("--absent");
+    }
+    ok(&args);
+    ok(&["dataset", "verify", o, "--policy", pol])
+}
+
 #[test]
 fn a_real_corpus_is_ingested_signed_logged_and_proven() {
     let corpus = corpus();
@@ -86,46 +107,11 @@ fn a_real_corpus_is_ingested_signed_logged_and_proven() {
     std::fs::write(&policy, format!("log {}\nquorum none\n", log.vkey)).unwrap();
     let pol = policy.to_str().unwrap();
     let present = dir.path().join("present.json");
-    ok(&[
-        "dataset",
-        "prove",
-        "fortunes",
-        "--id",
-        "wisdom/3",
-        "--home",
-        h,
-        "-o",
-        present.to_str().unwrap(),
-    ]);
-    let line = ok(&[
-        "dataset",
-        "verify",
-        present.to_str().unwrap(),
-        "--policy",
-        pol,
-    ]);
+    let line = prove_and_verify(h, "fortunes", "wisdom/3", false, &present, pol);
     assert!(line.starts_with("OK: record \"wisdom/3\""), "{line}");
     assert!(line.contains("the statement is entry 0 of"), "{line}");
     let absent = dir.path().join("absent.json");
-    ok(&[
-        "dataset",
-        "prove",
-        "fortunes@1",
-        "--absent",
-        "--id",
-        "my/opted-out.txt",
-        "--home",
-        h,
-        "-o",
-        absent.to_str().unwrap(),
-    ]);
-    let line = ok(&[
-        "dataset",
-        "verify",
-        absent.to_str().unwrap(),
-        "--policy",
-        pol,
-    ]);
+    let line = prove_and_verify(h, "fortunes@1", "my/opted-out.txt", true, &absent, pol);
     assert!(
         line.starts_with("OK: no record of fortunes@1") && line.contains("my/opted-out.txt"),
         "{line}"
@@ -180,25 +166,7 @@ fn a_real_corpus_is_ingested_signed_logged_and_proven() {
         || (checkpoint_size(&log.url) >= Some(2)).then_some(()),
     );
     let again = dir.path().join("again.json");
-    ok(&[
-        "dataset",
-        "prove",
-        "fortunes@2",
-        "--absent",
-        "--id",
-        "wisdom/3",
-        "--home",
-        h,
-        "-o",
-        again.to_str().unwrap(),
-    ]);
-    let line = ok(&[
-        "dataset",
-        "verify",
-        again.to_str().unwrap(),
-        "--policy",
-        pol,
-    ]);
+    let line = prove_and_verify(h, "fortunes@2", "wisdom/3", true, &again, pol);
     assert!(line.contains("the statement is entry 1 of"), "{line}");
 
     // Tampering anywhere fails with a reason, never a panic.
