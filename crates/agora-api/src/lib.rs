@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod datasets;
 pub mod error;
 pub mod keepalive;
 pub mod metrics;
@@ -244,6 +245,12 @@ pub async fn serve_witness(
 }
 
 impl HttpServer {
+    /// Serves `routes` too (e.g. [`datasets::datasets_router`]), before the API's own.
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.router = routes.merge(self.router);
+        self
+    }
+
     /// A server for any `router` on an already bound `listener` (its own connection metrics).
     fn from_router(
         listener: TcpListener,

@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use agora_api::tlog::LogClient;
 use agora_core::Envelope;
-use agora_core::statement::{
-    Contribution, DatasetPredicate, DigestSet, Sha256, Statement, Subject,
-};
+use agora_core::statement::Statement;
 use agora_data::{AbsenceProof, RecordProof, Roots, check_license};
 use agora_datastore::DatasetStore;
 use agora_datastore::store::{Manifest, Meta, Progress};
@@ -17,15 +15,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use agora_node::datasets::{LOG_FILE, PROOF_FORMAT, STATEMENT_FILE, proof_file, statement};
+
 use crate::cmd_identity::load_identity;
 use crate::cmd_log::read_policy;
 
-/// The statement of a version, as signed (DSSE envelope JSON).
-const STATEMENT_FILE: &str = "statement.json";
-/// Where the statement was logged: `{"url", "index"}`.
-const LOG_FILE: &str = "log.json";
-/// The format tag of proof files.
-const PROOF_FORMAT: &str = "agora-dataset-proof/1";
 /// Largest proof file read.
 const MAX_PROOF_FILE: u64 = 64 << 20;
 
@@ -157,7 +151,7 @@ pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
         } => {
             let (n, v) = parse_ref(&dataset)?;
             let m = store.manifest(&n, v)?;
-            let proof = prove(&store, &m, &id, absent)?;
+            let proof = proof_file(&store, &m, &id, absent)?;
             let text = serde_json::to_string_pretty(&proof)? + "\n";
             match out {
                 Some(p) => std::fs::write(&p, text)
@@ -189,7 +183,7 @@ pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
                 .with_context(|| format!("cannot create {}", proofs.display()))?;
             for (i, id) in ids.iter().enumerate() {
                 let p = proofs.join(format!("{}-{}-absent-{i}.json", m.name, m.version));
-                let proof = prove(&store, &m, id, true)?;
+                let proof = proof_file(&store, &m, id, true)?;
                 std::fs::write(&p, serde_json::to_string_pretty(&proof)? + "\n")
                     .with_context(|| format!("cannot write {}", p.display()))?;
                 println!("  {id:?} is absent: {}", p.display());
@@ -295,99 +289,6 @@ fn publish(
         println!("  logged       {url} entry {index}");
     }
     Ok(())
-}
-
-/// The `dataset` statement of a stored version.
-fn statement(m: &Manifest) -> Result<Statement> {
-    let hash = |hex_str: &str| -> Result<Sha256> {
-        let mut b = [0u8; 32];
-        hex::decode_to_slice(hex_str, &mut b).context("a digest in the manifest")?;
-        Ok(Sha256(b))
-    };
-    let subject = m
-        .shards
-        .iter()
-        .map(|s| {
-            Ok(Subject {
-                name: format!("{}.zst", s.sha256),
-                digest: DigestSet {
-                    sha256: hash(&s.sha256)?,
-                },
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Statement::Dataset {
-        subject,
-        predicate: DatasetPredicate {
-            name: m.name.clone(),
-            version: m.version,
-            license: m.license.clone(),
-            source: m.source.clone(),
-            records_root: hash(&m.record_root)?,
-            ids_root: Some(hash(&m.id_root)?),
-            records: m.records,
-            size: m.bytes,
-            derived_from: m.derived_from.clone(),
-            contributors: m
-                .contributors
-                .iter()
-                .map(|c| Contribution {
-                    key: c.key.clone(),
-                    label: c.label.clone(),
-                    records: c.records,
-                })
-                .collect(),
-        },
-    })
-}
-
-/// The proof file's JSON.
-fn prove(store: &DatasetStore, m: &Manifest, id: &str, absent: bool) -> Result<Value> {
-    let statement = store.attached(m, STATEMENT_FILE)?.with_context(|| {
-        format!(
-            "{} has no signed statement (was it added by this version of agora?)",
-            m.label()
-        )
-    })?;
-    let statement = String::from_utf8(statement).context("the stored statement is not UTF-8")?;
-    let mut out = json!({"format": PROOF_FORMAT, "dataset": m.label(), "statement": statement});
-    if absent {
-        out["absent"] = store.prove_absent(m, id)?.to_json();
-    } else {
-        out["present"] = store.prove(m, id)?.to_json();
-    }
-    if let Some(log) = store.attached(m, LOG_FILE)? {
-        let log: Value = serde_json::from_slice(&log).context("the stored log.json")?;
-        let (Some(url), Some(index)) = (log["url"].as_str(), log["index"].as_u64()) else {
-            bail!("the stored log.json has no url and index");
-        };
-        match log_proof(url, index) {
-            Ok(p) => out["log"] = json!({"url": url, "index": index, "tlog_proof": p}),
-            Err(e) => eprintln!(
-                "warning: the statement's log proof could not be fetched from {url} ({e:#}); the proof file has none"
-            ),
-        }
-    }
-    Ok(out)
-}
-
-/// The tlog-proof (text) of entry `index` of the log at `url` under its current checkpoint.
-fn log_proof(url: &str, index: u64) -> Result<String> {
-    let client = LogClient::new(url);
-    let bytes = client.checkpoint()?;
-    let sc = agora_tlog::checkpoint::SignedCheckpoint::parse(&bytes)?;
-    let size = sc.checkpoint.size;
-    if index >= size {
-        bail!("entry {index} is not under the log's checkpoint (size {size}) yet");
-    }
-    let path = client.inclusion_proof(index, size)?;
-    let p = TlogProof {
-        extra: None,
-        index,
-        path,
-        checkpoint: sc,
-    };
-    Ok(String::from_utf8_lossy(&p.to_bytes()).to_string())
 }
 
 /// Checks a proof file; the one line that says what it proves.

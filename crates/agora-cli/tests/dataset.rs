@@ -28,6 +28,52 @@ fn manifest(h: &str, name: &str) -> Value {
     serde_json::from_str(&ok(&["dataset", "show", name, "--home", h])).unwrap()
 }
 
+/// `agora node` as a gateway with no model and no peers, serving `home`'s datasets.
+struct NodeProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl NodeProcess {
+    fn start(home: &str) -> NodeProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(agora())
+            .args([
+                "node",
+                "--no-worker",
+                "--no-mdns",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--home", home])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the node's stdout to its end, so that it never writes to a closed pipe.
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if let Some(u) = l.strip_prefix("listening on ") {
+                    let _ = tx.send(u.to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the node printed its URL");
+        NodeProcess { child, url }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `agora dataset prove DATASET --id ID [--absent] -o OUT`, then `agora dataset verify OUT
 /// --policy POLICY`: the verifier's line.
 fn prove_and_verify(
@@ -168,6 +214,39 @@ fn a_real_corpus_is_ingested_signed_logged_and_proven() {
     let again = dir.path().join("again.json");
     let line = prove_and_verify(h, "fortunes@2", "wisdom/3", true, &again, pol);
     assert!(line.contains("the statement is entry 1 of"), "{line}");
+
+    // The same over HTTP, from a node serving this home's datasets.
+    let node = NodeProcess::start(h);
+    let (status, body) = get(&format!("{}/agora/v1/datasets", node.url));
+    let listed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["datasets"][0]["name"], "fortunes");
+    assert_eq!(listed["datasets"][0]["versions"], serde_json::json!([1, 2]));
+    let (status, body) = get(&format!(
+        "{}/agora/v1/datasets/fortunes@1/proof?id=wisdom/3",
+        node.url
+    ));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let over_http = dir.path().join("http.json");
+    std::fs::write(&over_http, &body).unwrap();
+    let line = ok(&[
+        "dataset",
+        "verify",
+        over_http.to_str().unwrap(),
+        "--policy",
+        pol,
+    ]);
+    assert!(line.starts_with("OK: record \"wisdom/3\" "), "{line}");
+    let (status, _) = get(&format!(
+        "{}/agora/v1/datasets/fortunes@1/proof?id=wisdom/3&absent",
+        node.url
+    ));
+    assert_eq!(status, 400, "a present id is not absent");
+    let (status, _) = get(&format!("{}/agora/v1/datasets/nope", node.url));
+    assert_eq!(status, 404);
+    let (status, _) = get(&format!("{}/agora/v1/datasets/fortunes/proof", node.url));
+    assert_eq!(status, 400, "an id is required");
+    drop(node);
 
     // Tampering anywhere fails with a reason, never a panic.
     let good = std::fs::read(&present).unwrap();

@@ -158,8 +158,11 @@ async fn start_gateway(
     let own_log = log.clone().filter(|_| role.log_url.is_none());
     let trusted = role.config.trusted.clone();
     let gateway = Gateway::new(handle.clone(), engine.clone(), attestor, role.config);
-    let server =
-        crate::bind_backend(node.listen, &node.api, Arc::new(gateway.clone()), log).await?;
+    let server = crate::bind_backend(node.listen, &node.api, Arc::new(gateway.clone()), log)
+        .await?
+        .with_routes(agora_api::datasets::datasets_router(Arc::new(
+            crate::datasets::Catalog::new(&node.home),
+        )));
     let url = format!("http://{}", server.addr);
     let log_url = role
         .log_url

@@ -9,6 +9,7 @@ pub mod attest;
 pub mod cheat;
 pub mod convert;
 pub mod daemon;
+pub mod datasets;
 pub mod disclosure;
 pub mod gateway;
 pub mod network;
