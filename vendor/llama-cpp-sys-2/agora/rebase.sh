@@ -68,6 +68,8 @@ fi
 find "$vendor" -mindepth 1 -maxdepth 1 ! -name agora ! -name AGORA-PATCH.md -exec rm -rf {} +
 cp -a "$new"/. "$vendor"/
 sed -i "s/^crate-version: .*/crate-version: $version/" "$here/UPSTREAM"
+commit="$(tar -xzOf "$crate" "llama-cpp-sys-2-$version/.cargo_vcs_info.json" 2>/dev/null | sed -n 's/.*"sha1": *"\([0-9a-f]*\)".*/\1/p')"
+[ -n "$commit" ] && sed -i "s/^llama-cpp-rs-commit: .*/llama-cpp-rs-commit: $commit/" "$here/UPSTREAM"
 echo "rebased onto llama-cpp-sys-2 $version; checking the kernels and bit-exactness…" >&2
 "$here/tile-check.sh"
 (cd "$root" && cargo test --release -p agora-cli --test bitexact -- --test-threads=1)
