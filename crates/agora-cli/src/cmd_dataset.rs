@@ -8,6 +8,7 @@ use agora_core::Envelope;
 use agora_core::statement::Statement;
 use agora_data::{AbsenceProof, RecordProof, Roots, check_license};
 use agora_datastore::DatasetStore;
+use agora_datastore::store::parse_ref;
 use agora_datastore::store::{Manifest, Meta, Progress};
 use agora_tlog::hash::{Hash, leaf_hash};
 use agora_tlog::proof::TlogProof;
@@ -105,20 +106,6 @@ pub struct AddArgs {
     pub log: Option<String>,
 }
 
-/// `NAME` or `NAME@VERSION`.
-fn parse_ref(s: &str) -> Result<(String, Option<u32>)> {
-    match s.split_once('@') {
-        Some((n, v)) => Ok((
-            n.to_string(),
-            Some(
-                v.parse()
-                    .with_context(|| format!("{v:?} is not a version number"))?,
-            ),
-        )),
-        None => Ok((s.to_string(), None)),
-    }
-}
-
 pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
     let store = DatasetStore::open(&home.join("datasets"));
     match cmd {
@@ -138,8 +125,7 @@ pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
             Ok(())
         }
         DatasetCommand::Show { dataset } => {
-            let (n, v) = parse_ref(&dataset)?;
-            let m = store.manifest(&n, v)?;
+            let m = store.find(&dataset)?;
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(())
         }
@@ -149,8 +135,7 @@ pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
             absent,
             out,
         } => {
-            let (n, v) = parse_ref(&dataset)?;
-            let m = store.manifest(&n, v)?;
+            let m = store.find(&dataset)?;
             let proof = proof_file(&store, &m, &id, absent)?;
             let text = serde_json::to_string_pretty(&proof)? + "\n";
             match out {
@@ -166,8 +151,7 @@ pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
             proofs,
             log,
         } => {
-            let (n, v) = parse_ref(&dataset)?;
-            let old = store.manifest(&n, v)?;
+            let old = store.find(&dataset)?;
             let identity = load_identity(home)?;
             let ids: std::collections::BTreeSet<String> = id.into_iter().collect();
             let m = store.remove(&old, &ids, &mut ())?;
@@ -224,7 +208,7 @@ fn add(home: &Path, store: &DatasetStore, a: AddArgs) -> Result<()> {
         let (n, v) = parse_ref(d)?;
         let v = v.context("--derived-from needs NAME@VERSION")?;
         store
-            .manifest(&n, Some(v))
+            .manifest(n, Some(v))
             .with_context(|| format!("--derived-from {d}"))?;
     }
     let identity = load_identity(home).context("the statement is signed with this node's key")?;

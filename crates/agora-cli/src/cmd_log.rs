@@ -473,22 +473,19 @@ fn prove(url: &str, index: u64, trust: &TrustArgs) -> anyhow::Result<()> {
     if !verified {
         eprintln!("warning: checkpoint not verified (pass --log-key or --policy)");
     }
-    let size = sc.checkpoint.size;
-    if index >= size {
-        bail!("entry {index} is not in the current checkpoint (size {size}) yet");
-    }
-    let path = client.inclusion_proof(index, size)?;
+    let p = client.tlog_proof(index, sc)?;
     // Check the proof against the entry the log serves before printing it.
+    let size = p.checkpoint.checkpoint.size;
     let entries = client.entries(index / 256, tile::tile_width(0, index / 256, size))?;
     let entry = &entries[(index % 256) as usize];
-    merkle::verify_inclusion(index, size, &leaf_hash(entry), &path, &sc.checkpoint.root)
-        .context("the log's tiles do not prove its own entry")?;
-    let p = TlogProof {
-        extra: None,
+    merkle::verify_inclusion(
         index,
-        path,
-        checkpoint: sc,
-    };
+        size,
+        &leaf_hash(entry),
+        &p.path,
+        &p.checkpoint.checkpoint.root,
+    )
+    .context("the log's tiles do not prove its own entry")?;
     use std::io::Write as _;
     std::io::stdout().write_all(&p.to_bytes())?;
     Ok(())

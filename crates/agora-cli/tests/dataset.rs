@@ -24,6 +24,25 @@ fn corpus() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// `agora dataset add CORPUS --name fortunes` into `home`, with `extra` flags.
+fn add_fortunes(corpus: &str, home: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "dataset",
+        "add",
+        corpus,
+        "--home",
+        home,
+        "--name",
+        "fortunes",
+        "--license",
+        "BSD-3-Clause",
+        "--source",
+        "debian:fortunes",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
 fn manifest(h: &str, name: &str) -> Value {
     serde_json::from_str(&ok(&["dataset", "show", name, "--home", h])).unwrap()
 }
@@ -119,23 +138,7 @@ fn a_real_corpus_is_ingested_signed_logged_and_proven() {
         &dir.path().join("log.err"),
     );
     let c = corpus.to_str().unwrap();
-    let added = ok(&[
-        "dataset",
-        "add",
-        c,
-        "--home",
-        h,
-        "--name",
-        "fortunes",
-        "--license",
-        "BSD-3-Clause",
-        "--source",
-        "debian:fortunes",
-        "--contributor",
-        "debian=Debian",
-        "--log",
-        &log.url,
-    ]);
+    let added = add_fortunes(c, h, &["--contributor", "debian=Debian", "--log", &log.url]);
     assert!(added.contains("fortunes@1: "), "{added}");
     assert!(added.contains("logged"), "{added}");
     let m = manifest(h, "fortunes");
@@ -272,19 +275,7 @@ fn a_real_corpus_is_ingested_signed_logged_and_proven() {
     let other = dir.path().join("other");
     init_home(&other);
     let o = other.to_str().unwrap();
-    ok(&[
-        "dataset",
-        "add",
-        c,
-        "--home",
-        o,
-        "--name",
-        "fortunes",
-        "--license",
-        "BSD-3-Clause",
-        "--source",
-        "debian:fortunes",
-    ]);
+    add_fortunes(c, o, &[]);
     let m2 = manifest(o, "fortunes");
     assert_eq!(m2["record_root"], m["record_root"]);
     assert_eq!(m2["id_root"], m["id_root"]);

@@ -10,7 +10,6 @@
 use agora_tlog::hash::{Hash, leaf_hash};
 use agora_tlog::merkle;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::record::{Record, RecordError, id_key};
 
@@ -234,11 +233,6 @@ impl AbsenceProof {
             _ => Ok(()),
         }
     }
-}
-
-/// SHA-256 of bytes, as the statements write digests.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 /// Why a proof in JSON cannot be read.

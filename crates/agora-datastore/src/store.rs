@@ -69,6 +69,9 @@ pub enum StoreError {
         "{0:?} is not a dataset name: use letters, digits, '.', '_' and '-' (at most 64, not starting with '.')"
     )]
     BadName(String),
+    /// A version that is not a number (`NAME@VERSION`).
+    #[error("{0:?} is not a version number (NAME@VERSION, e.g. fortunes@2)")]
+    BadVersion(String),
     /// No such dataset or version.
     #[error("no dataset {0} in the store")]
     NotFound(String),
@@ -195,6 +198,17 @@ impl Manifest {
     }
 }
 
+/// `NAME` or `NAME@VERSION` (the latest version when none is given).
+pub fn parse_ref(s: &str) -> Result<(&str, Option<u32>), StoreError> {
+    match s.split_once('@') {
+        Some((n, v)) => v
+            .parse()
+            .map(|v| (n, Some(v)))
+            .map_err(|_| StoreError::BadVersion(v.to_string())),
+        None => Ok((s, None)),
+    }
+}
+
 /// Checks a dataset name: letters, digits, `.`, `_`, `-`; 1 to 64 bytes; no leading dot.
 pub fn check_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
@@ -315,6 +329,12 @@ impl DatasetStore {
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))
     }
 
+    /// The manifest of `NAME` (its latest version) or `NAME@VERSION`.
+    pub fn find(&self, dataset: &str) -> Result<Manifest, StoreError> {
+        let (name, version) = parse_ref(dataset)?;
+        self.manifest(name, version)
+    }
+
     /// Reads `inputs` into a new version of `meta.name`. With `skip_bad`, bad records are
     /// counted and skipped instead of failing the ingest.
     pub fn ingest(
@@ -339,8 +359,9 @@ impl DatasetStore {
         ids: &std::collections::BTreeSet<String>,
         progress: &mut dyn Progress,
     ) -> Result<Manifest, StoreError> {
+        let (_, leaves) = self.leaf_files(m)?;
         for id in ids {
-            self.prove(m, id)?;
+            self.index_in(m, &leaves, id)?;
         }
         let meta = Meta {
             name: m.name.clone(),
@@ -501,11 +522,16 @@ impl DatasetStore {
         Ok((lo, equal))
     }
 
-    /// The proof that the record with id `id` is in a stored version.
-    pub fn prove(&self, m: &Manifest, id: &str) -> Result<RecordProof, StoreError> {
-        let (records, ids) = self.leaf_files(m)?;
+    /// The index (record order) of the record with id `id` in a stored version.
+    pub fn index_of(&self, m: &Manifest, id: &str) -> Result<u64, StoreError> {
+        let (_, ids) = self.leaf_files(m)?;
+        self.index_in(m, &ids, id)
+    }
+
+    /// [`DatasetStore::index_of`] over the version's opened id leaves.
+    fn index_in(&self, m: &Manifest, ids: &LeafFile, id: &str) -> Result<u64, StoreError> {
         let dir = self.dir(&m.name, m.version);
-        let (pos, found) = Self::search(&ids, &id_key(id)).map_err(io_at(&dir))?;
+        let (pos, found) = Self::search(ids, &id_key(id)).map_err(io_at(&dir))?;
         if !found {
             return Err(StoreError::NoSuchId {
                 id: id.to_string(),
@@ -513,7 +539,13 @@ impl DatasetStore {
             });
         }
         let e = ids.entry(pos).map_err(io_at(&dir))?;
-        let index = u64::from_be_bytes(e[64..72].try_into().unwrap_or([0; 8]));
+        Ok(u64::from_be_bytes(e[64..72].try_into().unwrap_or([0; 8])))
+    }
+
+    /// The proof that the record with id `id` is in a stored version.
+    pub fn prove(&self, m: &Manifest, id: &str) -> Result<RecordProof, StoreError> {
+        let (records, ids) = self.leaf_files(m)?;
+        let index = self.index_in(m, &ids, id)?;
         let record = self.record(m, index)?;
         let path = merkle::inclusion_proof(&records, index, m.records)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -584,7 +616,7 @@ const BATCHES_IN_FLIGHT: usize = 8;
 
 /// A record ready to write: its id key, its leaf hash and its canonical bytes (the hashing is
 /// done on the reading thread, which balances the two threads' work).
-pub struct Prepared {
+struct Prepared {
     key: [u8; 32],
     leaf: Hash,
     bytes: Vec<u8>,

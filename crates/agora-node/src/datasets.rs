@@ -10,7 +10,6 @@ use agora_core::statement::{
 };
 use agora_datastore::store::Manifest;
 use agora_datastore::{DatasetStore, StoreError};
-use agora_tlog::proof::TlogProof;
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -118,38 +117,13 @@ pub fn proof_file(
     Ok(out)
 }
 
-/// The tlog-proof (text) of entry `index` of the log at `url` under its current checkpoint.
-fn log_proof(url: &str, index: u64) -> Result<String, String> {
+/// The tlog-proof (text) of entry `index` of the log at `url` under its current checkpoint
+/// (not verified here: whoever checks the proof file checks it against their policy).
+fn log_proof(url: &str, index: u64) -> Result<String, agora_api::tlog::TlogHttpError> {
     let client = LogClient::new(url);
-    let bytes = client.checkpoint().map_err(|e| e.to_string())?;
-    let sc = agora_tlog::checkpoint::SignedCheckpoint::parse(&bytes).map_err(|e| e.to_string())?;
-    let size = sc.checkpoint.size;
-    if index >= size {
-        return Err(format!(
-            "entry {index} is not under the log's checkpoint (size {size}) yet"
-        ));
-    }
-    let path = client
-        .inclusion_proof(index, size)
-        .map_err(|e| e.to_string())?;
-    let p = TlogProof {
-        extra: None,
-        index,
-        path,
-        checkpoint: sc,
-    };
+    let sc = agora_tlog::checkpoint::SignedCheckpoint::parse(&client.checkpoint()?)?;
+    let p = client.tlog_proof(index, sc)?;
     Ok(String::from_utf8_lossy(&p.to_bytes()).to_string())
-}
-
-/// `name` or `name@version`.
-fn parse_ref(s: &str) -> Result<(&str, Option<u32>), ApiError> {
-    match s.split_once('@') {
-        Some((n, v)) => v
-            .parse()
-            .map(|v| (n, Some(v)))
-            .map_err(|_| ApiError::invalid(format!("{v:?} is not a version number"), None)),
-        None => Ok((s, None)),
-    }
 }
 
 fn api_error(e: DatasetError) -> ApiError {
@@ -157,6 +131,7 @@ fn api_error(e: DatasetError) -> ApiError {
         DatasetError::Store(
             StoreError::NotFound(_) | StoreError::NoSuchId { .. } | StoreError::BadName(_),
         ) => ApiError::not_found(e.to_string()),
+        DatasetError::Store(StoreError::BadVersion(_)) => ApiError::invalid(e.to_string(), None),
         DatasetError::Store(StoreError::Present { .. }) => {
             ApiError::invalid(e.to_string(), Some("absent")).with_code("present")
         }
@@ -194,8 +169,7 @@ impl agora_api::datasets::DatasetCatalog for Catalog {
     }
 
     fn show(&self, dataset: &str) -> Result<Value, ApiError> {
-        let (n, v) = parse_ref(dataset)?;
-        let m = self.store.manifest(n, v).map_err(|e| api_error(e.into()))?;
+        let m = self.store.find(dataset).map_err(|e| api_error(e.into()))?;
         let statement = self
             .store
             .attached(&m, STATEMENT_FILE)
@@ -206,13 +180,15 @@ impl agora_api::datasets::DatasetCatalog for Catalog {
             .attached(&m, LOG_FILE)
             .map_err(|e| api_error(e.into()))?
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        let versions = self.store.versions(n).map_err(|e| api_error(e.into()))?;
+        let versions = self
+            .store
+            .versions(&m.name)
+            .map_err(|e| api_error(e.into()))?;
         Ok(json!({"manifest": m, "versions": versions, "statement": statement, "log": log}))
     }
 
     fn proof(&self, dataset: &str, id: &str, absent: bool) -> Result<Value, ApiError> {
-        let (n, v) = parse_ref(dataset)?;
-        let m = self.store.manifest(n, v).map_err(|e| api_error(e.into()))?;
+        let m = self.store.find(dataset).map_err(|e| api_error(e.into()))?;
         proof_file(&self.store, &m, id, absent).map_err(api_error)
     }
 }

@@ -224,6 +224,28 @@ impl LogClient {
         Ok(merkle::inclusion_proof(&src, index, size)?)
     }
 
+    /// A tlog-proof of entry `index` under `checkpoint` (parsed, and verified where the caller
+    /// must), its path computed from tiles.
+    pub fn tlog_proof(
+        &self,
+        index: u64,
+        checkpoint: agora_tlog::checkpoint::SignedCheckpoint,
+    ) -> Result<agora_tlog::proof::TlogProof> {
+        let size = checkpoint.checkpoint.size;
+        if index >= size {
+            return Err(TlogHttpError::Response {
+                url: self.base.clone(),
+                msg: format!("entry {index} is not in the current checkpoint (size {size}) yet"),
+            });
+        }
+        Ok(agora_tlog::proof::TlogProof {
+            extra: None,
+            index,
+            path: self.inclusion_proof(index, size)?,
+            checkpoint,
+        })
+    }
+
     /// Consistency proof from `old` to `new`, computed from tiles.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
         let src = TileHashSource {
