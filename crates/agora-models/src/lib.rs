@@ -5,6 +5,7 @@
 //! an engine (`agora-llama`).
 
 pub mod catalog;
+pub mod gguf;
 pub mod store;
 
 pub use catalog::DEFAULT_MODEL;
