@@ -15,9 +15,9 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "Python test clients (venv at /var/tmp/agora-venv)"
 export AGORA_TEST_PYTHON=/var/tmp/agora-venv/bin/python
-if ! "$AGORA_TEST_PYTHON" -c "import openai" 2>/dev/null; then
+if ! "$AGORA_TEST_PYTHON" -c "import openai, mlcroissant" 2>/dev/null; then
     python3 -m venv /var/tmp/agora-venv
-    /var/tmp/agora-venv/bin/pip install -q openai
+    /var/tmp/agora-venv/bin/pip install -q openai mlcroissant
 fi
 
 step "format"

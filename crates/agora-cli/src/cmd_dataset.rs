@@ -8,6 +8,7 @@ use agora_core::Envelope;
 use agora_core::statement::Statement;
 use agora_data::{AbsenceProof, RecordProof, Roots, check_license};
 use agora_datastore::DatasetStore;
+use agora_datastore::croissant;
 use agora_datastore::store::parse_ref;
 use agora_datastore::store::{Manifest, Meta, Progress};
 use agora_tlog::hash::{Hash, leaf_hash};
@@ -66,6 +67,18 @@ pub enum DatasetCommand {
         #[arg(long, value_name = "URL")]
         log: Option<String>,
     },
+    /// Export a version as a Croissant 1.1 dataset (MLCommons; loadable with the Python
+    /// `mlcroissant`): DIR/croissant.json (name, version, SPDX licence, source, contributors
+    /// with their record counts, the trees' roots, prov:wasDerivedFrom, RAI fields) and
+    /// DIR/records.jsonl (one Dolma JSON object per record, in record order, with its sha256 in
+    /// the metadata). `agora dataset add --croissant DIR/croissant.json` imports it back.
+    Croissant {
+        /// NAME or NAME@VERSION (latest by default).
+        dataset: String,
+        /// The directory to write (created if needed; an earlier export there is replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Check a proof file offline and say in one line what it proves.
     Verify {
         /// The proof file.
@@ -80,22 +93,32 @@ pub enum DatasetCommand {
 #[derive(Args, Debug)]
 pub struct AddArgs {
     /// Files or directories: Dolma JSON Lines (`.jsonl`, `.json`, `.ndjson`, optionally `.gz`
-    /// or `.zst`), or any other file as one text record whose id is its path.
-    #[arg(required = true)]
+    /// or `.zst`), or any other file as one text record whose id is its path. Not with
+    /// --croissant, which names the files itself.
+    #[arg(required_unless_present = "croissant")]
     pub paths: Vec<PathBuf>,
-    /// The dataset's name (letters, digits, `.`, `_`, `-`).
-    #[arg(long)]
-    pub name: String,
-    /// SPDX licence expression of the data, e.g. `CC-BY-4.0` or `MIT OR Apache-2.0`.
-    #[arg(long)]
-    pub license: String,
-    /// Where the data comes from (a URL or a description).
-    #[arg(long)]
-    pub source: String,
+    /// Import a Croissant dataset (JSON-LD, e.g. what `agora dataset croissant` writes): its
+    /// FileObjects are the inputs, local files named relative to FILE's directory (URLs,
+    /// absolute paths and `..` are refused) and each checked against its sha256 before
+    /// anything is ingested. Name, licence, source (agora:source, url or citeAs) and
+    /// contributors (its creators) come from FILE unless given by the flags below.
+    #[arg(long, value_name = "FILE", conflicts_with = "paths")]
+    pub croissant: Option<PathBuf>,
+    /// The dataset's name (letters, digits, `.`, `_`, `-`). Required unless --croissant.
+    #[arg(long, required_unless_present = "croissant")]
+    pub name: Option<String>,
+    /// SPDX licence expression of the data, e.g. `CC-BY-4.0` or `MIT OR Apache-2.0`. Required
+    /// unless --croissant.
+    #[arg(long, required_unless_present = "croissant")]
+    pub license: Option<String>,
+    /// Where the data comes from (a URL or a description). Required unless --croissant.
+    #[arg(long, required_unless_present = "croissant")]
+    pub source: Option<String>,
     /// NAME@VERSION of the dataset this one was derived from.
     #[arg(long, value_name = "NAME@VERSION")]
     pub derived_from: Option<String>,
-    /// A contributor credited with the records: KEY or KEY=LABEL (repeatable).
+    /// A contributor credited with the records: KEY or KEY=LABEL (repeatable; with
+    /// --croissant, these replace the Croissant file's creators).
     #[arg(long, value_name = "KEY[=LABEL]")]
     pub contributor: Vec<String>,
     /// Count and skip malformed records instead of failing.
@@ -174,6 +197,28 @@ pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
             }
             Ok(())
         }
+        DatasetCommand::Croissant { dataset, out } => {
+            let m = store.find(&dataset)?;
+            let signed = store.attached(&m, STATEMENT_FILE)?;
+            let file = croissant::export(&store, &m, &out, signed.as_deref())?;
+            println!(
+                "{}: {} records to {} ({} bytes, sha256 {}) and {}",
+                m.label(),
+                file.records,
+                out.join(croissant::RECORDS_FILE).display(),
+                file.bytes,
+                file.sha256,
+                out.join(croissant::METADATA_FILE).display()
+            );
+            if !file.numeric.is_empty() {
+                eprintln!(
+                    "warning: every value of {} reads as a number: mlcroissant (pandas) will load \
+                     them as numbers, not the exact strings",
+                    file.numeric.join(", ")
+                );
+            }
+            Ok(())
+        }
         DatasetCommand::Verify { proof, policy } => {
             let line = verify(&proof, policy.as_deref())?;
             println!("{line}");
@@ -203,7 +248,45 @@ impl Progress for Meter {
 }
 
 fn add(home: &Path, store: &DatasetStore, a: AddArgs) -> Result<()> {
-    check_license(&a.license)?;
+    let contributors: Vec<(String, Option<String>)> = a
+        .contributor
+        .iter()
+        .map(|c| match c.split_once('=') {
+            Some((k, l)) => (k.to_string(), Some(l.to_string())),
+            None => (c.clone(), None),
+        })
+        .collect();
+    let (meta, inputs) = match &a.croissant {
+        Some(file) => {
+            let (c, dir) = croissant::read(file)
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            let meta = c.meta(&croissant::Overrides {
+                name: a.name.clone(),
+                license: a.license.clone(),
+                source: a.source.clone(),
+                derived_from: a.derived_from.clone(),
+                contributors,
+            })?;
+            check_license(&meta.license).context("the licence")?;
+            let inputs = croissant::check_files(&c, &dir)
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            (meta, inputs)
+        }
+        None => {
+            let (Some(name), Some(license), Some(source)) = (&a.name, &a.license, &a.source) else {
+                bail!("--name, --license and --source are required without --croissant");
+            };
+            check_license(license)?;
+            let meta = Meta {
+                name: name.clone(),
+                license: license.clone(),
+                source: source.clone(),
+                derived_from: a.derived_from.clone(),
+                contributors,
+            };
+            (meta, a.paths.clone())
+        }
+    };
     if let Some(d) = &a.derived_from {
         let (n, v) = parse_ref(d)?;
         let v = v.context("--derived-from needs NAME@VERSION")?;
@@ -212,24 +295,9 @@ fn add(home: &Path, store: &DatasetStore, a: AddArgs) -> Result<()> {
             .with_context(|| format!("--derived-from {d}"))?;
     }
     let identity = load_identity(home).context("the statement is signed with this node's key")?;
-    let contributors = a
-        .contributor
-        .iter()
-        .map(|c| match c.split_once('=') {
-            Some((k, l)) => (k.to_string(), Some(l.to_string())),
-            None => (c.clone(), None),
-        })
-        .collect();
-    let meta = Meta {
-        name: a.name.clone(),
-        license: a.license.clone(),
-        source: a.source.clone(),
-        derived_from: a.derived_from.clone(),
-        contributors,
-    };
     let t0 = Instant::now();
     let mut meter = Meter { t0, last: t0 };
-    let m = store.ingest(&meta, &a.paths, a.skip_bad, &mut meter)?;
+    let m = store.ingest(&meta, &inputs, a.skip_bad, &mut meter)?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!();
     println!(

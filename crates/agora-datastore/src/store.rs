@@ -265,8 +265,29 @@ impl DatasetStore {
         self
     }
 
-    fn dir(&self, name: &str, version: u32) -> PathBuf {
+    /// The directory of `name`'s version `version`.
+    pub(crate) fn dir(&self, name: &str, version: u32) -> PathBuf {
         self.root.join(name).join(version.to_string())
+    }
+
+    /// Hands every record of a stored version to `each`, in record order, reading its shards
+    /// one record at a time; stops at the first error `each` returns.
+    pub fn for_each_record(
+        &self,
+        m: &Manifest,
+        each: &mut dyn FnMut(Record) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let dir = self.dir(&m.name, m.version);
+        for shard in &m.shards {
+            let path = dir.join("shards").join(format!("{}.zst", shard.sha256));
+            let f = File::open(&path).map_err(io_at(&path))?;
+            let mut r = BufReader::new(zstd::stream::read::Decoder::new(f).map_err(io_at(&path))?);
+            for _ in 0..shard.records {
+                let bytes = read_entry(&mut r).map_err(io_at(&path))?;
+                each(Record::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Every version of `name`, oldest first.
@@ -374,22 +395,14 @@ impl DatasetStore {
                 .map(|c| (c.key.clone(), c.label.clone()))
                 .collect(),
         };
-        let dir = self.dir(&m.name, m.version);
         self.build(&meta, progress, &mut |sink| {
-            for shard in &m.shards {
-                let path = dir.join("shards").join(format!("{}.zst", shard.sha256));
-                let f = File::open(&path).map_err(io_at(&path))?;
-                let mut r =
-                    BufReader::new(zstd::stream::read::Decoder::new(f).map_err(io_at(&path))?);
-                for _ in 0..shard.records {
-                    let bytes = read_entry(&mut r).map_err(io_at(&path))?;
-                    let rec =
-                        Record::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    if !ids.contains(&rec.id) {
-                        sink(Prepared::of(&rec))?;
-                    }
+            self.for_each_record(m, &mut |rec| {
+                if ids.contains(&rec.id) {
+                    Ok(())
+                } else {
+                    sink(Prepared::of(&rec))
                 }
-            }
+            })?;
             Ok(0)
         })
     }
