@@ -47,7 +47,9 @@ pub fn datasets_router(catalog: Arc<dyn DatasetCatalog>) -> Router {
         .with_state(state)
 }
 
-async fn blocking(f: impl FnOnce() -> Result<Value, ApiError> + Send + 'static) -> Response {
+pub(crate) async fn blocking(
+    f: impl FnOnce() -> Result<Value, ApiError> + Send + 'static,
+) -> Response {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => axum::Json(v).into_response(),
         Ok(Err(e)) => e.into_response(),

@@ -18,6 +18,7 @@ pub mod error;
 pub mod keepalive;
 pub mod metrics;
 pub mod openai;
+pub mod provenance;
 pub mod tlog;
 
 use std::future::Future;

@@ -90,7 +90,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     })?;
     let _ = writeln!(out);
     if let Some(path) = &args.save {
-        save_transcript(path, &model, &end, text)?;
+        save_transcript(path, &model, &end, text, &client)?;
         eprintln!(
             "saved the transcript to {} (check it with `agora verify {}`)",
             path.display(),
@@ -192,12 +192,35 @@ pub fn nodes(args: NodesArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where the node's log put the receipt: its index, asked of the node by the entry's leaf hash
+/// for up to 5 s (receipts are logged just after the answer). `None` when the node holds no log.
+fn locate_receipt(client: &Client, receipt: &Value) -> Option<u64> {
+    let env = agora_core::Envelope::from_json(&serde_json::to_vec(receipt).ok()?).ok()?;
+    let leaf = agora_tlog::hash::leaf_hash(env.to_json().as_bytes());
+    let path = format!("/agora/v1/log/entries/{}", hex::encode(leaf.0));
+    let t0 = std::time::Instant::now();
+    loop {
+        match client.get_json(&path) {
+            Ok(v) => return v["index"].as_u64(),
+            Err(agora_api::client::ClientError::Status {
+                status: 404,
+                message,
+                ..
+            }) if message.contains("logged (yet)") && t0.elapsed().as_secs() < 5 => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Writes what `agora verify` checks: the final `agora` event of the stream, with the text.
 fn save_transcript(
     path: &std::path::Path,
     model: &str,
     end: &agora_api::client::StreamEnd,
     text: String,
+    client: &Client,
 ) -> Result<()> {
     let agora = end
         .events
@@ -216,10 +239,17 @@ fn save_transcript(
         "log": agora.get("log").cloned().unwrap_or(Value::Null),
     });
     let mut t = t;
-    if t["log"].is_null()
-        && let Some(o) = t.as_object_mut()
-    {
-        o.remove("log");
+    if t["log"].is_null() {
+        match locate_receipt(client, &t["receipt"]) {
+            Some(index) => {
+                t["log"] = json!({"url": format!("{}/log", client.base()), "index": index});
+            }
+            None => {
+                if let Some(o) = t.as_object_mut() {
+                    o.remove("log");
+                }
+            }
+        }
     }
     std::fs::write(path, serde_json::to_vec_pretty(&t)?)
         .with_context(|| format!("writing {}", path.display()))

@@ -53,7 +53,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
-const DEFAULT_LOG_URL: &str = "http://127.0.0.1:7700";
+pub(crate) const DEFAULT_LOG_URL: &str = "http://127.0.0.1:7700";
 
 #[derive(Subcommand, Debug)]
 pub enum LogCommand {
@@ -128,7 +128,7 @@ pub struct TrustArgs {
 
 impl TrustArgs {
     /// Parse and check a checkpoint as configured; `Ok((checkpoint, verified))`.
-    fn open(&self, bytes: &[u8]) -> anyhow::Result<(SignedCheckpoint, bool)> {
+    pub(crate) fn open(&self, bytes: &[u8]) -> anyhow::Result<(SignedCheckpoint, bool)> {
         if let Some(p) = &self.policy {
             let policy = read_policy(p)?;
             return Ok((policy.verify_checkpoint(bytes)?, true));

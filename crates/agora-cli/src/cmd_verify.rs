@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use agora_core::statement::Statement;
 use agora_engine::Engine;
 use agora_llama::{LlamaConfig, LlamaEngine};
 use agora_models::store::ModelStore;
@@ -21,6 +22,17 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Trust for the log the receipt was appended to: with it, the receipt's and the model's
+    /// statements are checked under a checkpoint whose signature is verified.
+    #[command(flatten)]
+    pub trust: crate::cmd_log::TrustArgs,
+    /// A node to ask where the model's statements are (default: the node whose /log holds the
+    /// receipt).
+    #[arg(long, value_name = "URL")]
+    pub node: Option<String>,
+    /// Do not look up the receipt and the model's provenance in the log.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Largest transcript read (bytes).
@@ -78,10 +90,25 @@ pub fn run(home: &Path, a: VerifyArgs) -> Result<i32> {
         Tolerances::default(),
     ));
     let elapsed = t0.elapsed();
+    // Where the answer came from: the receipt in the log, the model's manifest and data.
+    let provenance = match (&t.log, a.offline) {
+        (Some(l), false) => Some(log_provenance(home, &t, l, &a)),
+        _ => None,
+    };
     match result {
         Ok((_, report)) => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut v = serde_json::to_value(&report)?;
+                if let (Some(p), Some(o)) = (&provenance, v.as_object_mut()) {
+                    o.insert(
+                        "provenance".into(),
+                        match p {
+                            Ok(p) => p.json.clone(),
+                            Err(e) => serde_json::json!({"error": e.to_string()}),
+                        },
+                    );
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
                     "{}",
@@ -111,6 +138,14 @@ pub fn run(home: &Path, a: VerifyArgs) -> Result<i32> {
                     report.near_ties, report.mismatched_tokens
                 );
                 println!("  checked in {:.2} s", elapsed.as_secs_f64());
+                match &provenance {
+                    Some(Ok(p)) => print!("{}", p.text),
+                    Some(Err(e)) => println!("  provenance:  not checked: {}", crate::explain(e)),
+                    None if a.offline => {}
+                    None => println!(
+                        "  provenance:  the transcript does not say which log holds its receipt"
+                    ),
+                }
             }
             Ok(if report.accept { 0 } else { 1 })
         }
@@ -123,4 +158,41 @@ pub fn run(home: &Path, a: VerifyArgs) -> Result<i32> {
             Ok(2)
         }
     }
+}
+
+/// The receipt's log entry and the answering model's provenance, checked.
+struct Provenance {
+    text: String,
+    json: serde_json::Value,
+}
+
+fn log_provenance(
+    home: &Path,
+    t: &Transcript,
+    l: &agora_engine::LogRef,
+    a: &VerifyArgs,
+) -> Result<Provenance> {
+    use crate::provenance::{TrustedLog, check};
+    let mut log = TrustedLog::open(&l.url, &a.trust)?;
+    log.cover(l.index)?;
+    let receipt = agora_core::Envelope::from_json(&serde_json::to_vec(&t.receipt)?)
+        .context("the receipt is not an envelope")?;
+    let entry = receipt.to_json();
+    let receipt_line = match log.check_inclusion(l.index, entry.as_bytes()) {
+        Ok(how) => format!("entry {} of {}: {how}", l.index, log.origin()),
+        Err(e) => format!("! entry {} of {}: {e}", l.index, log.origin()),
+    };
+    let Statement::Receipt(r) = Statement::from_payload(&receipt.payload_type, &receipt.payload)?
+    else {
+        bail!("the receipt is not a receipt statement");
+    };
+    let checked = check(home, r.model, &mut log, &l.url, a.node.as_deref())?;
+    let mut text = format!("  receipt:     {receipt_line}\n  provenance:\n");
+    for line in checked.render().lines() {
+        text.push_str(&format!("    {line}\n"));
+    }
+    text.push_str(&format!("    ({})\n", checked.verdict()));
+    let mut json = checked.to_json();
+    json["receipt"] = serde_json::json!(receipt_line);
+    Ok(Provenance { text, json })
 }

@@ -9,6 +9,7 @@ mod cmd_log;
 mod cmd_model;
 mod cmd_node;
 mod cmd_verify;
+mod provenance;
 
 use std::path::PathBuf;
 
@@ -86,7 +87,11 @@ fn main() {
     let result = match cli.command {
         Command::Node(args) => cmd_node::run(&home, args),
         Command::Chat(args) => cmd_chat::run(args),
-        Command::Model(cmd) => cmd_model::run(&home, cmd),
+        Command::Model(cmd) => match cmd_model::run(&home, cmd) {
+            Ok(0) => Ok(()),
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
         Command::Bench(args) => bench::server::run(&home, args),
         Command::BenchNet(args) => bench::net::run(&home, args),
         Command::BenchSoak(args) => bench::soak::run(&home, args),

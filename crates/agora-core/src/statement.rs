@@ -197,38 +197,146 @@ pub struct Subject {
     pub digest: DigestSet,
 }
 
-/// One dataset in a model's training mix.
+/// Where a statement is logged: the log's origin (its checkpoint's first line), the entry's
+/// index, and the SHA-256 of the statement's DSSE payload (so the entry found at that index can
+/// be checked to be the one meant).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRef {
+    /// Origin of the log holding the statement.
+    pub log: String,
+    /// Index of the statement in that log.
+    pub index: u64,
+    /// SHA-256 of the statement's DSSE payload.
+    pub statement: Sha256,
+}
+
+/// One logged dataset (a `dataset` statement) in a model's training mix.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixEntry {
+    /// `name@version` of the dataset, as its statement says.
+    pub name: String,
     /// Origin of the log holding the dataset statement.
     pub log: String,
     /// Index of the dataset statement in that log.
     pub index: u64,
     /// SHA-256 of the dataset statement's DSSE payload.
     pub dataset: Sha256,
-    /// Share of the mix (weights need not sum to one; they are relative).
+    /// Sampling weight in the mix (relative: weights need not sum to one). Finite, > 0.
     pub weight: f64,
+    /// Tokens of this dataset seen in training, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
 }
 
-/// Predicate of a `model` statement. The subject is the GGUF file and its sha256.
+/// Data the publisher says the model was trained on but that no logged dataset statement
+/// covers (no record can be proven in or out of it): named so that what is not provable is
+/// visible, not hidden.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredData {
+    /// The data's published name.
+    pub name: String,
+    /// SPDX license expression, as published.
+    pub license: String,
+    /// Where it is published.
+    pub source: String,
+    /// Anything else said about it (share of the mix, filtering…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One file of the model, in OpenSSF model-signing v1.0's `resources` form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    /// The file's name.
+    pub name: String,
+    /// The digest algorithm: always `sha256`.
+    pub algorithm: String,
+    /// The digest, lowercase hex.
+    pub digest: String,
+}
+
+/// The model a model was trained from (fine-tuned, distilled, quantised…).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseModel {
+    /// SHA-256 of the base model's weights (GGUF).
+    pub weights: Sha256,
+    /// Its name, as its publisher calls it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its own `model` statement, when one is logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<LogRef>,
+}
+
+/// The training recipe (configuration, script) by digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The recipe file's name.
+    pub name: String,
+    /// Its SHA-256.
+    pub sha256: Sha256,
+}
+
+/// Predicate of a `model` statement (its manifest). The subject is the GGUF file and its
+/// sha256; `resources` repeats it in OpenSSF model-signing v1.0's form.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPredicate {
     /// The model's name.
     pub name: String,
-    /// Its architecture name, e.g. `llama`.
+    /// Its architecture, as the GGUF says (`general.architecture`, e.g. `llama`).
     pub architecture: String,
-    /// SHA-256 of the tokenizer (vocabulary and merges as stored in the model).
+    /// SHA-256 of the tokenizer: of the GGUF's `tokenizer.*` metadata (see agora-models' gguf).
     pub tokenizer: Sha256,
-    /// SPDX license expression.
+    /// SPDX license expression of the weights.
     pub license: String,
-    /// Digest of the model it was derived from, if any.
+    /// The model's files with their digests (OpenSSF model-signing v1.0 field name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<Resource>,
+    /// The model it was trained from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_model: Option<Sha256>,
-    /// The datasets it was trained on (may be empty).
+    pub base_model: Option<BaseModel>,
+    /// The logged datasets it was trained on, with their weights (may be empty).
     #[serde(default)]
     pub data_mix: Vec<MixEntry>,
+    /// Data said to be in the training but not logged as datasets (unprovable claims).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declared_data: Vec<DeclaredData>,
+    /// The training recipe, by digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
+    /// What is not known about its training, said plainly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
+}
+
+impl ModelPredicate {
+    /// What serde cannot check: every mix weight finite and positive, every resource a sha256.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for m in &self.data_mix {
+            if !(m.weight.is_finite() && m.weight > 0.0) {
+                return Err(format!(
+                    "the weight of {} is {}: weights are finite and positive",
+                    m.name, m.weight
+                ));
+            }
+        }
+        for r in &self.resources {
+            if r.algorithm != "sha256" || r.digest.parse::<Sha256>().is_err() {
+                return Err(format!(
+                    "resource {:?} is not a sha256 digest ({} {:?})",
+                    r.name, r.algorithm, r.digest
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Predicate of a `dataset` statement. The subjects are its shards with their sha256.
@@ -700,6 +808,7 @@ impl Statement {
                 Kind::Model => {
                     let b: Body<ModelPredicate> = typed(kind, v)?;
                     check_subjects(&b.subject)?;
+                    b.predicate.check().map_err(|e| malformed(kind, e))?;
                     Statement::Model {
                         subject: b.subject,
                         predicate: b.predicate,
@@ -775,13 +884,39 @@ mod tests {
                     architecture: "llama".into(),
                     tokenizer: d(2),
                     license: "Apache-2.0".into(),
-                    base_model: Some(d(3)),
+                    resources: vec![Resource {
+                        name: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+                        algorithm: "sha256".into(),
+                        digest: d(1).to_string(),
+                    }],
+                    base_model: Some(BaseModel {
+                        weights: d(3),
+                        name: Some("SmolLM2-135M".into()),
+                        statement: Some(LogRef {
+                            log: "agora.log/x".into(),
+                            index: 3,
+                            statement: d(9),
+                        }),
+                    }),
                     data_mix: vec![MixEntry {
+                        name: "fortunes@1".into(),
                         log: "agora.log/x".into(),
                         index: 7,
                         dataset: d(4),
                         weight: 0.5,
+                        tokens: Some(1234),
                     }],
+                    declared_data: vec![DeclaredData {
+                        name: "FineWeb-Edu".into(),
+                        license: "ODC-By-1.0".into(),
+                        source: "https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu".into(),
+                        note: None,
+                    }],
+                    recipe: Some(Recipe {
+                        name: "train.yaml".into(),
+                        sha256: d(8),
+                    }),
+                    unknown: vec!["the share of each dataset".into()],
                 },
             },
             Statement::Dataset {

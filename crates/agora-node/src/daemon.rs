@@ -158,11 +158,17 @@ async fn start_gateway(
     let own_log = log.clone().filter(|_| role.log_url.is_none());
     let trusted = role.config.trusted.clone();
     let gateway = Gateway::new(handle.clone(), engine.clone(), attestor, role.config);
-    let server = crate::bind_backend(node.listen, &node.api, Arc::new(gateway.clone()), log)
+    let provenance = log.clone().map(|l| {
+        agora_api::provenance::provenance_router(Arc::new(crate::provenance::Served::new(l)))
+    });
+    let mut server = crate::bind_backend(node.listen, &node.api, Arc::new(gateway.clone()), log)
         .await?
         .with_routes(agora_api::datasets::datasets_router(Arc::new(
             crate::datasets::Catalog::new(&node.home),
         )));
+    if let Some(p) = provenance {
+        server = server.with_routes(p);
+    }
     let url = format!("http://{}", server.addr);
     let log_url = role
         .log_url

@@ -14,6 +14,7 @@ pub mod disclosure;
 pub mod gateway;
 pub mod network;
 pub mod proto;
+pub mod provenance;
 pub mod reputation;
 pub mod transcript;
 pub mod validator;

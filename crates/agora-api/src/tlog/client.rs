@@ -218,6 +218,26 @@ impl LogClient {
         Ok(entries.into_iter().map(<[u8]>::to_vec).collect())
     }
 
+    /// The entry at `index` of the tree of `size` leaves (read from its entry bundle).
+    pub fn entry(&self, index: u64, size: u64) -> Result<Vec<u8>> {
+        if index >= size {
+            return Err(TlogHttpError::Response {
+                url: self.base.clone(),
+                msg: format!("entry {index} is not in a tree of {size} entries"),
+            });
+        }
+        let bundle = index / 256;
+        let width = u16::try_from((size - bundle * 256).min(256)).unwrap_or(256);
+        let at = usize::try_from(index % 256).unwrap_or(0);
+        self.entries(bundle, width)?
+            .into_iter()
+            .nth(at)
+            .ok_or_else(|| TlogHttpError::Response {
+                url: self.base.clone(),
+                msg: format!("entry {index} is missing from its bundle"),
+            })
+    }
+
     /// Inclusion proof for `index` in the tree of `size` leaves, computed from tiles.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
         let src = TileHashSource { reader: self, size };
