@@ -82,6 +82,11 @@ fn read_response(s: &mut TcpStream) -> Option<Raw> {
 }
 
 fn raw_request(n: &Node, method: &str, path: &str, body: &str) -> Raw {
+    try_raw_request(n, method, path, body).expect("no response")
+}
+
+/// `raw_request`, `None` when the server closed the connection without an answer.
+fn try_raw_request(n: &Node, method: &str, path: &str, body: &str) -> Option<Raw> {
     let mut s = TcpStream::connect(&n.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
@@ -91,7 +96,7 @@ fn raw_request(n: &Node, method: &str, path: &str, body: &str) -> Raw {
         body.len()
     )
     .unwrap();
-    read_response(&mut s).expect("no response")
+    read_response(&mut s)
 }
 
 /// Whether the server closed `s` (EOF or reset) before `within` passed.
@@ -255,11 +260,17 @@ fn connections_beyond_the_cap_are_refused_and_memory_stays_bounded() {
     drop(held);
     let t0 = Instant::now();
     loop {
-        let r = raw_request(&n, "GET", "/health", "");
-        if r.status == 200 {
+        // While the burst's refusals are still draining (at most 64 at once), a newcomer
+        // beyond the cap may be closed without a word, as documented: try again.
+        let r = try_raw_request(&n, "GET", "/health", "");
+        if r.as_ref().is_some_and(|r| r.status == 200) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "still {}", r.status);
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still {:?}",
+            r.map(|r| r.status)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut body = chat("Say hi.");
