@@ -79,6 +79,28 @@ impl Client {
         read_json(&url, resp)
     }
 
+    /// GET `path` as text (e.g. `/metrics`), expecting a 2xx status.
+    pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = self.url(path);
+        let resp = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| ClientError::Connect {
+                url: url.clone(),
+                why: e.to_string(),
+            })?;
+        if !resp.status().is_success() {
+            return Err(status_error(&url, resp));
+        }
+        resp.into_body()
+            .read_to_string()
+            .map_err(|e| ClientError::Protocol {
+                url,
+                why: e.to_string(),
+            })
+    }
+
     /// POST a JSON body, expecting JSON and a 2xx status.
     pub fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         let url = self.url(path);

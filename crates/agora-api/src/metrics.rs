@@ -39,6 +39,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// HTTP connections refused beyond `max_connections`.
     pub connections_refused: Counter,
+    /// The engine's prompt-prefix cache (read from its load at each scrape): lookups, hits,
+    /// prompt tokens, reused tokens, tokens held now.
+    prefix: [Gauge; 5],
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -70,6 +73,19 @@ impl Metrics {
         let ttft = Histogram::new(latency_buckets());
         let connections_open = Gauge::default();
         let connections_refused = Counter::default();
+        let prefix: [Gauge; 5] = Default::default();
+        for (g, (name, help)) in prefix.iter().zip([
+            ("prefix_cache_lookups", "Prompts admitted (prefix cache lookups), since start"),
+            ("prefix_cache_hits", "Prompts that reused a cached prompt prefix, since start"),
+            ("prefix_cache_prompt_tokens", "Prompt tokens admitted, since start"),
+            (
+                "prefix_cache_reused_tokens",
+                "Prompt tokens whose state was reused from the cache instead of computed, since start",
+            ),
+            ("prefix_cache_tokens", "Prompt tokens whose state the cache holds now"),
+        ]) {
+            registry.register(name, help, g.clone());
+        }
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -134,6 +150,7 @@ impl Metrics {
             ttft,
             connections_open,
             connections_refused,
+            prefix,
         }
     }
 
@@ -148,6 +165,16 @@ impl Metrics {
         self.queue_depth.set(i64::from(load.queued));
         self.slots_busy.set(i64::from(load.slots_busy));
         self.slots.set(i64::from(load.slots.min(i32::MAX as u32)));
+        let p = load.prefix;
+        for (g, v) in self.prefix.iter().zip([
+            p.lookups,
+            p.hits,
+            p.prompt_tokens,
+            p.reused_tokens,
+            p.cached_tokens,
+        ]) {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         let registry = match self.registry.lock() {
             Ok(r) => r,

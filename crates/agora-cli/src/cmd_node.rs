@@ -35,6 +35,11 @@ pub struct NodeArgs {
     /// Requests that may wait for a free slot; beyond that the API answers 429.
     #[arg(long, env = "AGORA_QUEUE", default_value_t = 64)]
     pub queue: u32,
+    /// Do not keep finished prompts' prefixes in their slots for later requests to reuse (a
+    /// conversation's next turn, a shared system prompt). The cache lives in the slots' own
+    /// memory, changes no bit of any answer, and gives a slot up at once to a new request.
+    #[arg(long, env = "AGORA_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = agora_api::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
@@ -304,6 +309,7 @@ fn load(cfg: &NodeConfig, args: &NodeArgs, home: &Path) -> Result<Arc<LlamaEngin
     lc.slots = cfg.slots;
     lc.ctx = cfg.ctx;
     lc.queue = cfg.queue;
+    lc.prefix_cache = !args.no_prefix_cache;
     Ok(Arc::new(LlamaEngine::load(lc)?))
 }
 

@@ -46,6 +46,9 @@ enum Command {
     Bench(bench::server::BenchArgs),
     /// Benchmark the network layer: gateway overhead on time to first token, routing throughput.
     BenchNet(bench::net::BenchNetArgs),
+    /// Conversations against llama-server: time to first token of first and follow-up turns
+    /// (the prompt-prefix cache at work), one slot each, alternating turn by turn.
+    BenchChat(bench::chat::BenchChatArgs),
     /// Soak a local network (gateway with a log, workers, a validator) under honest load and
     /// hostile peers for a while: errors, latency, memory, and no honest worker condemned.
     BenchSoak(bench::soak::BenchSoakArgs),
@@ -94,6 +97,7 @@ fn main() {
         },
         Command::Bench(args) => bench::server::run(&home, args),
         Command::BenchNet(args) => bench::net::run(&home, args),
+        Command::BenchChat(args) => bench::chat::run(&home, args),
         Command::BenchSoak(args) => bench::soak::run(&home, args),
         Command::BenchVerify(args) => bench::verify::run(&home, args),
         Command::BenchDataset(args) => bench::dataset::run(args),

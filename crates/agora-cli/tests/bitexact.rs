@@ -155,3 +155,104 @@ fn hidden_states_and_logits_are_the_same_bits_alone_batched_and_rescored() {
         assert!(same_bits(&alone.2[i], l), "logits {i} differ when rescored");
     }
 }
+
+fn engine_with_cache(prefix_cache: bool) -> LlamaEngine {
+    let mut c = LlamaConfig::new(common::model_path(), "m".into(), "0".into());
+    c.threads = 2;
+    c.slots = 1;
+    c.ctx = 3072;
+    c.prefix_cache = prefix_cache;
+    LlamaEngine::load(c).unwrap()
+}
+
+fn turn(e: &LlamaEngine, messages: &[(&str, &str)], seed: u64) -> GenRequest {
+    let prompt = e
+        .tokenize(&PromptSpec::Chat(
+            messages
+                .iter()
+                .map(|(role, content)| ChatMessage {
+                    role: (*role).into(),
+                    content: (*content).into(),
+                })
+                .collect(),
+        ))
+        .unwrap();
+    GenRequest {
+        prompt,
+        max_tokens: 24,
+        ..request(e, "", seed)
+    }
+}
+
+/// A conversation's next turn reuses the prompt prefix its slot kept, and computes the same
+/// bits as without the cache: token ids, hidden states and logits of every generated token,
+/// and the rows a scoring pass over the same prefix reads back.
+#[test]
+fn a_reused_prompt_prefix_computes_the_same_bits() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let system = "You are a patient teacher. ".repeat(200);
+    let first = [("system", system.as_str()), ("user", "What is the tide?")];
+    let second = [
+        ("system", system.as_str()),
+        ("user", "What is the tide?"),
+        ("assistant", "The tide is the rise and fall of the sea."),
+        ("user", "Why does the moon cause it?"),
+    ];
+    let cached = engine_with_cache(true);
+    let _ = rt.block_on(collect(cached.submit(turn(&cached, &first, 3)).unwrap()));
+    let with = rt.block_on(collect(cached.submit(turn(&cached, &second, 4)).unwrap()));
+    let stats = cached.load().prefix;
+    let prompt = turn(&cached, &second, 4).prompt.len();
+    assert!(
+        prompt > 1024,
+        "the prompt must span complete chunks: {prompt}"
+    );
+    assert_eq!(stats.hits, 1, "{stats:?}");
+    assert!(stats.reused_tokens >= 1024, "{stats:?}");
+
+    let fresh = engine_with_cache(false);
+    let without = rt.block_on(collect(fresh.submit(turn(&fresh, &second, 4)).unwrap()));
+    assert_eq!(fresh.load().prefix.hits, 0);
+    assert_eq!(with.0, without.0, "the reused prefix changed the tokens");
+    for i in 0..with.1.len() {
+        assert!(
+            same_bits(&with.1[i], &without.1[i]),
+            "hidden state {i} differs with reuse"
+        );
+        assert!(
+            same_bits(&with.2[i], &without.2[i]),
+            "logits {i} differ with reuse"
+        );
+    }
+
+    // A scoring pass (what a verifier runs) over the same conversation reuses the prefix the
+    // generation left, and reads back the same rows.
+    let req = turn(&cached, &second, 4);
+    let from = req.prompt.len() - 1;
+    let mut tokens = req.prompt.clone();
+    tokens.extend_from_slice(&with.0[..with.0.len() - 1]);
+    let rows: Rows = Arc::default();
+    let h = cached
+        .score(
+            ScoreRequest { tokens, from },
+            Box::new(Collect(rows.clone())),
+        )
+        .unwrap();
+    rt.block_on(h.done).unwrap().unwrap();
+    assert_eq!(cached.load().prefix.hits, 2);
+    let rows = rows.lock().unwrap();
+    assert_eq!(rows.len(), with.1.len());
+    for (i, (h, l)) in rows.iter().enumerate() {
+        assert!(
+            same_bits(&with.1[i], h),
+            "hidden state {i} differs when rescored with reuse"
+        );
+        assert!(
+            same_bits(&with.2[i], l),
+            "logits {i} differ when rescored with reuse"
+        );
+    }
+}

@@ -115,6 +115,7 @@ impl Engine for EchoEngine {
             slots: u32::MAX,
             slots_busy: self.busy.load(Ordering::Relaxed),
             queued: 0,
+            prefix: Default::default(),
         }
     }
 }

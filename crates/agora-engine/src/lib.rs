@@ -347,6 +347,23 @@ pub struct Load {
     pub slots: u32,
     pub slots_busy: u32,
     pub queued: u32,
+    /// The prompt-prefix cache, for engines that have one.
+    pub prefix: PrefixStats,
+}
+
+/// What a prompt-prefix cache did since the engine started, and holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixStats {
+    /// Prompts (and scoring passes) admitted.
+    pub lookups: u64,
+    /// Of them, those that reused a cached prefix.
+    pub hits: u64,
+    /// Prompt tokens admitted.
+    pub prompt_tokens: u64,
+    /// Of them, those whose state was reused instead of computed.
+    pub reused_tokens: u64,
+    /// Tokens whose state the cache holds now.
+    pub cached_tokens: u64,
 }
 
 /// A model that generates text. Implementations are shared between request handlers.
