@@ -184,9 +184,57 @@ fn turn(e: &LlamaEngine, messages: &[(&str, &str)], seed: u64) -> GenRequest {
     }
 }
 
-/// A conversation's next turn reuses the prompt prefix its slot kept, and computes the same
-/// bits as without the cache: token ids, hidden states and logits of every generated token,
-/// and the rows a scoring pass over the same prefix reads back.
+/// A token's numbers do not depend on how it was batched: the rows after a prefix prefilled in
+/// aligned chunks (what a prompt gets) and after the same prefix computed as output rows (what
+/// a generated or scored token gets) are the same bits. The prefix cache reuses answer tokens'
+/// states in the next turn's prompt because of it.
+#[test]
+fn a_prefix_prefilled_in_chunks_and_one_computed_row_by_row_give_the_same_rows() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = engine_with_cache(false);
+    let system = "You are a patient teacher who explains the sea. ".repeat(30);
+    let tokens = turn(
+        &e,
+        &[("system", system.as_str()), ("user", "Tell me more.")],
+        1,
+    )
+    .prompt;
+    let n = tokens.len();
+    assert!(n > 300, "{n}");
+    let score = |from: usize| {
+        let rows: Rows = Arc::default();
+        let h = e
+            .score(
+                ScoreRequest {
+                    tokens: tokens.clone(),
+                    from,
+                },
+                Box::new(Collect(rows.clone())),
+            )
+            .unwrap();
+        rt.block_on(h.done).unwrap().unwrap();
+        rows.lock().unwrap().clone()
+    };
+    let row_by_row = score(0);
+    let after_chunks = score(n - 10);
+    assert_eq!((row_by_row.len(), after_chunks.len()), (n, 10));
+    for i in 0..10 {
+        let (a, b) = (&row_by_row[n - 10 + i], &after_chunks[i]);
+        assert!(
+            same_bits(&a.0, &b.0),
+            "hidden state of row {} differs",
+            n - 10 + i
+        );
+        assert!(same_bits(&a.1, &b.1), "logits of row {} differ", n - 10 + i);
+    }
+}
+
+/// A conversation's next turn reuses the states its slot kept — the first turn's prompt and
+/// answer — and computes the same bits as without the cache: token ids, hidden states and
+/// logits of every generated token, and the rows a scoring pass over it reads back.
 #[test]
 fn a_reused_prompt_prefix_computes_the_same_bits() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -195,23 +243,29 @@ fn a_reused_prompt_prefix_computes_the_same_bits() {
         .unwrap();
     let system = "You are a patient teacher. ".repeat(200);
     let first = [("system", system.as_str()), ("user", "What is the tide?")];
+    let cached = engine_with_cache(true);
+    let first_req = turn(&cached, &first, 3);
+    let first_len = first_req.prompt.len();
+    let answer = rt.block_on(collect(cached.submit(first_req).unwrap())).0;
+    let answer: String = answer
+        .iter()
+        .filter(|&&t| !cached.is_eog(t))
+        .map(|&t| String::from_utf8_lossy(&cached.token_piece(t).unwrap_or_default()).into_owned())
+        .collect();
     let second = [
         ("system", system.as_str()),
         ("user", "What is the tide?"),
-        ("assistant", "The tide is the rise and fall of the sea."),
+        ("assistant", answer.as_str()),
         ("user", "Why does the moon cause it?"),
     ];
-    let cached = engine_with_cache(true);
-    let _ = rt.block_on(collect(cached.submit(turn(&cached, &first, 3)).unwrap()));
     let with = rt.block_on(collect(cached.submit(turn(&cached, &second, 4)).unwrap()));
     let stats = cached.load().prefix;
-    let prompt = turn(&cached, &second, 4).prompt.len();
-    assert!(
-        prompt > 1024,
-        "the prompt must span complete chunks: {prompt}"
-    );
     assert_eq!(stats.hits, 1, "{stats:?}");
-    assert!(stats.reused_tokens >= 1024, "{stats:?}");
+    // The first prompt, and the answer's tokens as far as the template re-tokenizes them alike.
+    assert!(
+        stats.reused_tokens as usize > first_len,
+        "{stats:?}, first prompt {first_len}"
+    );
 
     let fresh = engine_with_cache(false);
     let without = rt.block_on(collect(fresh.submit(turn(&fresh, &second, 4)).unwrap()));
@@ -228,7 +282,7 @@ fn a_reused_prompt_prefix_computes_the_same_bits() {
         );
     }
 
-    // A scoring pass (what a verifier runs) over the same conversation reuses the prefix the
+    // A scoring pass (what a verifier runs) over the same conversation reuses what the
     // generation left, and reads back the same rows.
     let req = turn(&cached, &second, 4);
     let from = req.prompt.len() - 1;

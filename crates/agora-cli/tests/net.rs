@@ -55,6 +55,42 @@ fn spread(gw: &Node) -> HashMap<String, usize> {
     counts
 }
 
+/// A chat client re-sends the whole history each turn: the gateway sends each follow-up turn to
+/// the worker that answered the previous one (it holds the conversation's prefix).
+#[test]
+fn conversation_turns_follow_their_worker() {
+    let workers: Vec<Node> = (0..3).map(|_| Node::start(WORKER)).collect();
+    let gw = Node::start(&["--no-worker"]);
+    wait_workers(&gw, 3);
+    let mut firsts = std::collections::HashSet::new();
+    for c in 0..6 {
+        let mut history =
+            vec![json!({"role": "system", "content": format!("You are helper {c}.")})];
+        let mut served = Vec::new();
+        for t in 0..3 {
+            history
+                .push(json!({"role": "user", "content": format!("Question {t}: name a fruit.")}));
+            let (status, v) = gw.post(
+                "/v1/chat/completions",
+                &json!({"model": common::MODEL, "messages": history, "max_tokens": 6}),
+            );
+            assert_eq!(status, 200, "{v}");
+            served.push(v["agora"]["workers"][0].as_str().unwrap().to_string());
+            history.push(json!({"role": "assistant", "content": common::content(&v)}));
+        }
+        assert!(
+            served.iter().all(|w| *w == served[0]),
+            "conversation {c} moved between workers: {served:?}"
+        );
+        firsts.insert(served[0].clone());
+    }
+    assert!(
+        firsts.len() >= 2,
+        "every conversation went to one worker: {firsts:?}"
+    );
+    drop(workers);
+}
+
 #[test]
 fn three_workers_found_by_mdns_alone_share_thirty_requests() {
     let workers: Vec<Node> = (0..3).map(|_| Node::start(WORKER)).collect();

@@ -485,8 +485,7 @@ impl Seq {
 
 /// Prompt prefill chunks are aligned to this many positions and decoded alone. 128 prefills
 /// fastest on this machine (a 1,516-token prompt, 2 threads: 365 tokens/s against 341 with 64,
-/// 256 or 512 positions) and lets a conversation reuse all but the last 127 positions of its
-/// previous prompt ([`PrefixCache`]).
+/// 256 or 512 positions).
 const PREFILL_CHUNK: usize = 128;
 /// Rows in one output pass. llama.cpp computes micro-batches of up to 48 rows bit for bit as
 /// it computes single rows on this CPU family (measured: crates/agora-engine/examples/drift.rs);
@@ -1126,28 +1125,27 @@ impl Job {
     }
 }
 
-/// The prompt prefixes idle slots still hold.
+/// The token states idle slots still hold, for a later request that starts with the same
+/// tokens (a conversation's next turn re-sends the whole history; a system prompt is shared).
 ///
-/// Reuse must not change a bit of what is computed: a prompt is prefilled alone in chunks
-/// aligned to [`PREFILL_CHUNK`] positions, so a chunk's cached state is exactly what a fresh
-/// prefill computes for the same tokens at the same positions — but only for a chunk that both
-/// prompts fill completely (a partial last chunk runs other kernels). A finished sequence keeps
-/// its complete prefilled chunks (never the last prompt token, resumed or generated tokens,
-/// which were computed as output rows); a new prompt reuses the complete chunks it shares with
-/// them, up to its own last complete chunk, and prefills the rest as it would have anyway.
+/// Reuse must not change a bit of what is computed, and it does not because of a property the
+/// engine already rests on: a token's numbers are the same bits however it was computed — in a
+/// prompt's prefill chunk, as an output row of a batch, or alone (the Q4_1 tile kernel computes
+/// each product in the single product's order; the bf16 flash-attention path is per row).
+/// `bitexact` holds the engine to it: rows computed after a prefix prefilled in chunks and after
+/// the same prefix computed as output rows are the same bits, and a conversation's answers,
+/// hidden states and logits are the same with and without reuse. So a finished sequence keeps
+/// every position it computed (prompt and fed answer tokens), and a new one reuses the longest
+/// common prefix with it, up to its own last prompt token (which must produce logits), then
+/// prefills the rest in the usual aligned chunks.
 struct PrefixCache {
     on: bool,
-    /// Tokens each slot's cache holds (positions 0..len, complete chunks), by slot id.
+    /// Tokens each slot's cache holds (positions 0..len), by slot id.
     held: Vec<Vec<u32>>,
     /// When each slot was last released (for least-recently-used choice).
     used: Vec<u64>,
     clock: u64,
     stats: PrefixStats,
-}
-
-/// Positions of the complete chunks in the first `n` positions.
-fn whole_chunks(n: usize) -> usize {
-    n / PREFILL_CHUNK * PREFILL_CHUNK
 }
 
 impl PrefixCache {
@@ -1164,7 +1162,7 @@ impl PrefixCache {
     /// Which of the `free` slot ids a job with these tokens goes to (index into `free`), and
     /// how many positions of its cache it reuses.
     fn choose(&self, free: &[i32], tokens: &[u32], prefill_end: usize) -> (usize, usize) {
-        let limit = whole_chunks(prefill_end.min(tokens.len()));
+        let limit = prefill_end.min(tokens.len());
         let mut best = (0usize, 0usize, u64::MAX);
         for (k, &id) in free.iter().enumerate() {
             let held = self.held.get(id as usize).map_or(&[][..], Vec::as_slice);
@@ -1174,7 +1172,7 @@ impl PrefixCache {
                 .take(limit)
                 .take_while(|(a, b)| a == b)
                 .count();
-            let reuse = whole_chunks(same);
+            let reuse = same;
             // Most reuse; then an empty slot; then the least recently used.
             let age = if held.is_empty() {
                 0
@@ -1206,18 +1204,26 @@ impl PrefixCache {
         }
     }
 
-    /// A sequence leaves its slot: its complete prefilled chunks stay (when the cache is on and
-    /// the sequence did not fail), the rest of its KV cells are freed.
+    /// A sequence leaves its slot: the states of the tokens it computed stay (when the cache is
+    /// on and the sequence did not fail); a failed one's slot is emptied.
     fn retire(&mut self, ctx: &mut LlamaContext<'_>, s: &Seq) {
-        let keep = if self.on && s.cacheable {
-            whole_chunks(s.kv.min(s.prefill_end))
-        } else {
-            0
-        };
+        let keep = if self.on && s.cacheable { s.kv } else { 0 };
         let _ = ctx.clear_kv_cache_seq(Some(s.id as u32), Some(keep as u32), None);
         if let Some(held) = self.held.get_mut(s.id as usize) {
             self.stats.cached_tokens -= held.len() as u64;
-            *held = s.feed[..keep.min(s.feed.len())].to_vec();
+            held.clear();
+            held.extend_from_slice(&s.feed[..keep.min(s.feed.len())]);
+            if let Work::Gen(g) = &s.work
+                && keep > s.feed.len()
+            {
+                // Fed answer tokens: what was sampled after the prompt and the resumed tokens.
+                let fed = g.generated.get(g.resumed..).unwrap_or_default();
+                held.extend(fed.iter().take(keep - s.feed.len()));
+            }
+            // Never more positions than tokens known (the cleared rest is not held).
+            if held.len() < keep {
+                let _ = ctx.clear_kv_cache_seq(Some(s.id as u32), Some(held.len() as u32), None);
+            }
             self.stats.cached_tokens += held.len() as u64;
             self.clock += 1;
             self.used[s.id as usize] = self.clock;

@@ -118,6 +118,8 @@ pub struct Gateway {
     inflight: Arc<Mutex<HashMap<Target, u32>>>,
     /// Workers that recently refused work (429), until when: skipped while others are free.
     cooling: Arc<Mutex<HashMap<Target, Instant>>>,
+    /// Which worker answered which conversation, so its next turn goes where its prefix is.
+    affinity: Arc<crate::affinity::Affinity<Target>>,
 }
 
 impl Gateway {
@@ -142,6 +144,7 @@ impl Gateway {
             stats: Arc::new(GatewayStats::default()),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             cooling: Arc::new(Mutex::new(HashMap::new())),
+            affinity: Arc::default(),
         }
     }
 
@@ -244,7 +247,9 @@ impl Gateway {
     /// what this gateway sent since their last status, capped by what each has delivered),
     /// then a random draw weighted by believed speed and nearness, so that equally free
     /// workers share the load and faster ones get more of it.
-    fn candidates(&self, model: &str, exclude: &[Target]) -> Vec<Target> {
+    /// Workers to try for `model`, best first; `prefer` (the worker that holds the
+    /// conversation's prefix) comes first among those with room.
+    fn candidates(&self, model: &str, exclude: &[Target], prefer: Option<Target>) -> Vec<Target> {
         let mut rng = rand::thread_rng();
         let probation_first = rng.r#gen::<f64>() < self.cfg.probation_share;
         let mut draw = |tok_s: f64, rtt_ms: f64| -> f64 {
@@ -306,7 +311,12 @@ impl Gateway {
         let rank = |x: &(bool, i64, f64, Target)| {
             let has_room = x.1 > 0;
             let probation_rank = if probation_first { !x.0 } else { x.0 };
-            (cooling(&x.3), !has_room, probation_rank)
+            (
+                cooling(&x.3),
+                !has_room,
+                prefer != Some(x.3),
+                probation_rank,
+            )
         };
         scored.sort_by(|a, b| {
             rank(a)
@@ -539,14 +549,18 @@ impl Gateway {
         tried: &mut Vec<Target>,
     ) -> Result<(Target, Source, InflightGuard), ApiError> {
         let mut last: Option<ApiError> = None;
+        let prefer = self.affinity.previous(&job.prompt);
         while tried.len() < self.cfg.max_attempts {
-            let Some(target) = self.candidates(model, tried).into_iter().next() else {
+            let Some(target) = self.candidates(model, tried, prefer).into_iter().next() else {
                 break;
             };
             let guard = InflightGuard::new(&self.inflight, target);
             tried.push(target);
             match self.attempt(target, model, job, resume).await {
-                Ok(source) => return Ok((target, source, guard)),
+                Ok(source) => {
+                    self.affinity.record(&job.prompt, target);
+                    return Ok((target, source, guard));
+                }
                 Err(AttemptError::Client(e)) if resume.is_empty() => return Err(e),
                 Err(AttemptError::Client(e)) => {
                     warn!(?target, "worker refused to resume: {}", e.message);

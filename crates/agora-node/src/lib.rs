@@ -4,6 +4,7 @@
 //! which joins any other nodes of its community it finds (mDNS on the LAN, `--bootstrap`
 //! elsewhere). `--no-worker` makes a pure gateway; `--no-gateway` a pure worker.
 
+pub mod affinity;
 pub mod attest;
 #[cfg(feature = "cheat")]
 pub mod cheat;
