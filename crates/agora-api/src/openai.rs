@@ -187,8 +187,11 @@ fn default_service_tier(v: &Value) -> bool {
     matches!(v.as_str(), Some("auto" | "default")) || v.is_null()
 }
 
-/// Fields of both endpoints. Besides OpenAI's, two Agora extensions: `top_k`, and
-/// `ignore_eos` (benchmarks: keep generating through end-of-generation tokens).
+/// Fields of both endpoints. Besides OpenAI's, three Agora extensions: `top_k`, `ignore_eos`
+/// (benchmarks: keep generating through end-of-generation tokens), and `agora`: an object whose
+/// only field, `provenance`, is `"digest"` (the default: the receipt carries the text's digest)
+/// or `"fingerprint"` (it also carries a fingerprint of the text, so that edited copies of the
+/// answer can be found — see docs/provenance.md for what that reveals).
 ///
 /// Accepted at neutral values only: `n` (1), `presence_penalty` and `frequency_penalty` (0).
 /// Accepted and without effect on the answer: `user` (a string: an end-user id for the
@@ -205,6 +208,7 @@ const COMMON_FIELDS: &[(&str, Field)] = &[
     ("stream_options", Used),
     ("logit_bias", Used),
     ("ignore_eos", Used),
+    ("agora", Used),
     (
         "user",
         Neutral {
@@ -557,6 +561,42 @@ struct Common {
     /// Agora extension for benchmarks: keep generating through end-of-generation tokens.
     #[serde(default)]
     ignore_eos: Option<bool>,
+    /// Agora's own options.
+    #[serde(default)]
+    agora: Option<Value>,
+}
+
+/// Whether the request's `agora` object asks for a fingerprint in the receipt.
+fn wants_fingerprint(v: Option<&Value>) -> Result<bool, ApiError> {
+    let bad = |msg: &str| ApiError::invalid(msg, Some("agora"));
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(false);
+    };
+    let Some(o) = v.as_object() else {
+        return Err(bad(
+            "agora must be an object, such as {\"provenance\": \"fingerprint\"}.",
+        ));
+    };
+    let mut fingerprint = false;
+    for (k, v) in o {
+        match (k.as_str(), v.as_str()) {
+            ("provenance", Some("fingerprint")) => fingerprint = true,
+            ("provenance", Some("digest")) => {}
+            ("provenance", _) if v.is_null() => {}
+            ("provenance", _) => {
+                return Err(bad(
+                    "agora.provenance must be \"digest\" (the default) or \"fingerprint\".",
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("Unrecognized request argument supplied: agora.{k}"),
+                    Some("agora"),
+                ));
+            }
+        }
+    }
+    Ok(fingerprint)
 }
 
 /// The fields of `POST /v1/chat/completions` beyond [`Common`].
@@ -648,6 +688,7 @@ fn validate(c: Common, prompt: PromptSpec) -> Result<Validated, ApiError> {
         ));
     }
     let logit_bias = parse_logit_bias(c.logit_bias.as_ref())?;
+    let fingerprint = wants_fingerprint(c.agora.as_ref())?;
     let (max_param, max) = match (c.max_completion_tokens, c.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
@@ -726,6 +767,7 @@ fn validate(c: Common, prompt: PromptSpec) -> Result<Validated, ApiError> {
             stop,
             ignore_eos: c.ignore_eos.unwrap_or(false),
             logit_bias,
+            fingerprint,
         },
         stream: c.stream.unwrap_or(false),
         include_usage: c
@@ -1495,6 +1537,25 @@ mod tests {
             c[key] = value;
         }
         parse_completion_request(c.to_string().as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn the_agora_object_asks_for_a_fingerprint() {
+        assert!(!chat_with("agora", json!(null)).unwrap().job.fingerprint);
+        assert!(!chat_with("agora", json!({})).unwrap().job.fingerprint);
+        assert!(
+            !chat_with("agora", json!({"provenance": "digest"}))
+                .unwrap()
+                .job
+                .fingerprint
+        );
+        let p = chat_with("agora", json!({"provenance": "fingerprint"})).unwrap();
+        assert!(p.job.fingerprint);
+        let p = completion_with("agora", json!({"provenance": "fingerprint"})).unwrap();
+        assert!(p.job.fingerprint);
+        for bad in [json!(1), json!({"provenance": "all"}), json!({"other": 1})] {
+            assert_refused(chat_with("agora", bad), "agora");
+        }
     }
 
     #[test]

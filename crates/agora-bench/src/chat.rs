@@ -52,6 +52,12 @@ pub struct BenchChatArgs {
     /// Run Agora without its prefix cache (to see what the cache is worth).
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// Instead of llama-server: two local networks of this many workers each (one slot,
+    /// `--threads` or 1 thread each), one behind a gateway that routes a conversation's turns to
+    /// the worker holding its prefix, one behind a gateway using the usual weighted draw
+    /// (`--no-conversation-affinity`); conversations alternate between them turn by turn.
+    #[arg(long, default_value_t = 0)]
+    pub workers: u32,
 }
 
 struct Server {
@@ -70,6 +76,24 @@ pub fn run(home: &Path, a: BenchChatArgs) -> Result<()> {
     let threads = a.threads.unwrap_or_else(|| num_cores() as u32);
     let store = ModelStore::open(home, true)?;
     let model = store.resolve_or_fetch(&a.model)?;
+    let mut _workers = Vec::new();
+    let servers = if a.workers > 0 {
+        let (w, s) = start_devnet(home, &a, &model.name)?;
+        _workers = w;
+        s
+    } else {
+        start_pair(home, &a, &model, threads)?
+    };
+    converse(servers, &a, threads, &model.name)
+}
+
+/// llama-server and an Agora node, one slot each.
+fn start_pair(
+    home: &Path,
+    a: &BenchChatArgs,
+    model: &agora_models::store::ResolvedModel,
+    threads: u32,
+) -> Result<Vec<Server>> {
     let bin = match &a.llama_server {
         Some(p) => p.clone(),
         None => find_or_install_llama_server(home)?,
@@ -101,6 +125,109 @@ pub fn run(home: &Path, a: BenchChatArgs) -> Result<()> {
             last_prompt: 0,
         });
     }
+    Ok(servers)
+}
+
+/// Two networks of `workers` workers each (one slot, `--threads` each, default 1), each behind
+/// its own gateway: random routing first, conversation routing second. The networks share no
+/// worker, so neither gateway's requests can warm the other's caches (at temperature 0 both
+/// conversations are the same text).
+fn start_devnet(
+    home: &Path,
+    a: &BenchChatArgs,
+    model: &str,
+) -> Result<(Vec<crate::proc::Node>, Vec<Server>)> {
+    use crate::proc::start_node;
+    let dir = home.join("bench-chat");
+    std::fs::create_dir_all(&dir)?;
+    let node_home = |name: &str| -> Result<PathBuf> {
+        let h = dir.join(name);
+        std::fs::create_dir_all(&h)?;
+        let models = h.join("models");
+        if !models.exists() {
+            std::os::unix::fs::symlink(home.join("models"), &models)?;
+        }
+        Ok(h)
+    };
+    let s = |v: &[&str]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
+    let threads = a.threads.unwrap_or(1).to_string();
+    let ctx = a.ctx.to_string();
+    let mut workers: Vec<crate::proc::Node> = Vec::new();
+    let mut servers = Vec::new();
+    for (name, tag, extra) in [
+        (
+            "random routing",
+            "random",
+            &["--no-conversation-affinity"][..],
+        ),
+        ("conversation routing", "conversation", &[][..]),
+    ] {
+        let mut boot: Option<String> = None;
+        for i in 0..a.workers {
+            let wname = format!("{tag}-worker-{}", i + 1);
+            let mut args = s(&[
+                "--no-mdns",
+                "--p2p-listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-gateway",
+                "--model",
+                model,
+                "--threads",
+                &threads,
+                "--slots",
+                "1",
+                "--ctx",
+                &ctx,
+            ]);
+            if let Some(b) = &boot {
+                args.extend(s(&["--bootstrap", b]));
+            }
+            let log = dir.join(format!("{wname}.log"));
+            let w = start_node(&wname, &node_home(&wname)?, &args, Some(&log))?;
+            if boot.is_none() {
+                boot = Some(w.ready.p2p_addr()?.to_string());
+            }
+            workers.push(w);
+        }
+        let boot = boot.context("--workers must be at least 1")?;
+        let port = free_port()?;
+        let mut args = s(&[
+            "--no-mdns",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-worker",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--bootstrap",
+            &boot,
+        ]);
+        args.extend(s(extra));
+        let gname = format!("{tag}-gateway");
+        let log = dir.join(format!("{gname}.log"));
+        let node = start_node(&gname, &node_home(&gname)?, &args, Some(&log))?;
+        let url = format!("http://127.0.0.1:{port}");
+        crate::proc::wait_workers(&url, u64::from(a.workers), Duration::from_secs(60))?;
+        let client = Client::new(&url);
+        let served = served_model(&client, model)?;
+        eprintln!(
+            "gateway with {name} and {} workers ready on port {port}",
+            a.workers
+        );
+        servers.push(Server {
+            name,
+            proc: node.proc,
+            client,
+            served,
+            first: Vec::new(),
+            follow: vec![Vec::new(); a.turns.len()],
+            last_prompt: 0,
+        });
+    }
+    Ok((workers, servers))
+}
+
+/// Runs the conversations on both `servers`, turn by turn alternately, and prints the table.
+fn converse(mut servers: Vec<Server>, a: &BenchChatArgs, threads: u32, model: &str) -> Result<()> {
     // Warm-up: one short request each.
     for s in &servers {
         chat_turn(s, &[json!({"role": "user", "content": "Hello."})], 4)?;
@@ -138,6 +265,9 @@ pub fn run(home: &Path, a: BenchChatArgs) -> Result<()> {
         }
     }
     let metrics = servers[1].client.get_text("/metrics").unwrap_or_default();
+    if a.workers > 0 {
+        return print_devnet(&servers, a);
+    }
     let metric = |name: &str| -> f64 {
         metrics
             .lines()
@@ -152,7 +282,7 @@ pub fn run(home: &Path, a: BenchChatArgs) -> Result<()> {
         "machine: {}, {} cores, {threads} threads; model {}; temperature 0; llama-server with its default prompt cache (cache_prompt){}{}",
         cpu_name(),
         num_cores(),
-        model.name,
+        model,
         if crate::server::cpu_has_amx() {
             ", --no-repack (AMX CPU)"
         } else {
@@ -204,6 +334,36 @@ pub fn run(home: &Path, a: BenchChatArgs) -> Result<()> {
         100.0 * metric("agora_prefix_cache_reused_tokens")
             / metric("agora_prefix_cache_prompt_tokens")
     );
+    Ok(())
+}
+
+fn print_devnet(servers: &[Server], a: &BenchChatArgs) -> Result<()> {
+    println!(
+        "\nconversations ({} per turn count), {} words per user turn, {} answer tokens; {} workers (one slot of {} tokens, {} thread(s) each) behind two gateways; machine: {}, {} cores",
+        a.conversations,
+        a.words,
+        a.answer_tokens,
+        a.workers,
+        a.ctx,
+        a.threads.unwrap_or(1),
+        cpu_name(),
+        num_cores()
+    );
+    println!("\n| time to first token | random routing | conversation routing | ratio |");
+    println!("|---|---|---|---|");
+    let (r, c) = (&servers[0], &servers[1]);
+    let row = |label: &str, x: &[f64], y: &[f64]| {
+        let (x, y) = (median(x.to_vec()), median(y.to_vec()));
+        println!("| {label} | {x:.0} ms | {y:.0} ms | {:.2}× |", y / x);
+    };
+    row("first turn (median)", &r.first, &c.first);
+    for (ti, &turns) in a.turns.iter().enumerate() {
+        row(
+            &format!("follow-up turns of {turns}-turn conversations (median)"),
+            &r.follow[ti],
+            &c.follow[ti],
+        );
+    }
     Ok(())
 }
 

@@ -19,6 +19,7 @@ pub mod hammer;
 pub mod log;
 pub mod net;
 pub mod proc;
+pub mod provenance;
 pub mod server;
 pub mod soak;
 pub mod stats;

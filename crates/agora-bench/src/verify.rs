@@ -155,6 +155,7 @@ fn case(rng: &mut rand::rngs::StdRng, max_tokens: u32, temperature_zero: bool) -
             stop: vec![],
             ignore_eos: rng.gen_bool(0.5),
             logit_bias: Default::default(),
+            fingerprint: false,
         },
     }
 }

@@ -239,6 +239,7 @@ fn probe_request() -> GenerateRequest {
             stop: vec![],
             ignore_eos: false,
             logit_bias: Default::default(),
+            fingerprint: false,
         },
         resume: vec![],
     }

@@ -40,6 +40,16 @@ pub struct NodeArgs {
     /// memory, changes no bit of any answer, and gives a slot up at once to a new request.
     #[arg(long, env = "AGORA_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// Route every request by the usual weighted draw, even a conversation's next turn (by
+    /// default it goes to the worker that answered the last turn, which holds its prefix, when
+    /// that worker has room).
+    #[arg(long)]
+    pub no_conversation_affinity: bool,
+    /// Put a fingerprint of every answer's text in its receipt, as if each client asked for
+    /// one (`"agora": {"provenance": "fingerprint"}`): edited copies of any answer can then be
+    /// found, and anyone holding a candidate text can test it against the log.
+    #[arg(long)]
+    pub provenance_fingerprint: bool,
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = agora_api::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
@@ -237,6 +247,8 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
             transcript_retention: Duration::from_secs(args.transcript_retention_secs),
             trusted,
             probation_share: args.probation_share,
+            conversation_affinity: !args.no_conversation_affinity,
+            fingerprint_all: args.provenance_fingerprint,
             ..GatewayConfig::default()
         },
         serve_log: args.serve_log.then_some(args.log_max_bytes),

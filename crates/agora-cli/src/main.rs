@@ -8,6 +8,7 @@ mod cmd_identity;
 mod cmd_log;
 mod cmd_model;
 mod cmd_node;
+mod cmd_provenance;
 mod cmd_verify;
 mod provenance;
 
@@ -61,6 +62,9 @@ enum Command {
     /// Dataset costs: ingest of a generated ≥ 1 GB corpus against sha256sum, peak memory,
     /// proof verifications per second, proof size at a million records.
     BenchDataset(bench::dataset::BenchDatasetArgs),
+    /// Text provenance costs: the text index built from a log of a million signed receipts,
+    /// exact lookups (found and not), the index's memory.
+    BenchProvenance(bench::provenance::BenchProvenanceArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -73,6 +77,9 @@ enum Command {
     Witness(cmd_log::WitnessCommand),
     /// Check a saved answer (transcript) offline: signature, digests, proof and sampling.
     Verify(cmd_verify::VerifyArgs),
+    /// Was this text produced on this network? Looks it up by the digest of its normalised
+    /// form (only the digest is sent) and checks the receipts, verdicts and log proofs.
+    Provenance(cmd_provenance::ProvenanceArgs),
     /// Show the peers a node knows, with their models and status.
     Nodes(cmd_chat::NodesArgs),
     /// Start a local network (N workers and a gateway on loopback) until Ctrl-C.
@@ -101,12 +108,20 @@ fn main() {
         Command::BenchSoak(args) => bench::soak::run(&home, args),
         Command::BenchVerify(args) => bench::verify::run(&home, args),
         Command::BenchDataset(args) => bench::dataset::run(args),
+        Command::BenchProvenance(args) => bench::provenance::run(args),
         Command::Dataset(cmd) => cmd_dataset::run(&home, cmd),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),
         Command::Log(cmd) => cmd_log::run_log(&home, cmd),
         Command::Witness(cmd) => cmd_log::run_witness(&home, cmd),
         Command::Verify(args) => match cmd_verify::run(&home, args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("error: {}", explain(&e));
+                std::process::exit(2);
+            }
+        },
+        Command::Provenance(args) => match cmd_provenance::run(&home, args) {
             Ok(code) => std::process::exit(code),
             Err(e) => {
                 eprintln!("error: {}", explain(&e));

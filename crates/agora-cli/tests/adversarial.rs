@@ -167,6 +167,7 @@ fn job(text: &str, max_tokens: u32) -> JobSpec {
         stop: vec![],
         ignore_eos: false,
         logit_bias: Default::default(),
+        fingerprint: false,
     }
 }
 
@@ -536,6 +537,8 @@ fn junk(key: &Identity) -> Transcript {
         worker: key.peer_id(),
         time: 1,
         resumed: 0,
+        text: None,
+        fingerprint: None,
     };
     let env = Statement::Receipt(receipt).sign(key);
     Transcript {

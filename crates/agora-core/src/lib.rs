@@ -10,6 +10,7 @@
 pub mod dsse;
 pub mod identity;
 pub mod statement;
+pub mod text;
 
 pub use dsse::Envelope;
 pub use identity::{Identity, PeerId};

@@ -414,6 +414,15 @@ pub struct Receipt {
     /// them, but a verifier holds the worker only to the tokens after them. Absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resumed: u32,
+    /// SHA-256 of the output text in its normalised form ([`crate::text`]): what a provenance
+    /// lookup finds the receipt by. The text is the one the worker's tokens decode to, stop
+    /// sequences applied. Absent on receipts made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Sha256>,
+    /// A MinHash sketch of the output text ([`crate::text::Fingerprint`]), when the client
+    /// asked for it: what finds edited copies of the answer. Absent by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::text::Fingerprint>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -952,6 +961,10 @@ mod tests {
                 worker: peer,
                 time: 1_700_000_000,
                 resumed: 0,
+                text: Some(d(11)),
+                fingerprint: crate::text::Fingerprint::of(
+                    "one two three four five six seven eight nine ten",
+                ),
             }),
             Statement::Verdict(Verdict {
                 receipt: d(10),

@@ -471,6 +471,11 @@ pub struct JobSpec {
     /// too. Absent from the JSON when empty (digests of requests without it are unchanged).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub logit_bias: std::collections::BTreeMap<u32, f32>,
+    /// The client asked for a fingerprint of the answer in its receipt (`"agora":
+    /// {"provenance": "fingerprint"}`), so that edited copies can be found. Absent from the
+    /// JSON when false (digests of requests without it are unchanged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fingerprint: bool,
 }
 
 /// Why a [`JobSpec`] cannot run on an engine.
@@ -528,6 +533,7 @@ mod tests {
                 stop: vec![],
                 ignore_eos: false,
                 logit_bias: Default::default(),
+                fingerprint: false,
             },
             log: None,
         }

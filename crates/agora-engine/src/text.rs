@@ -91,6 +91,35 @@ impl TextStream {
     }
 }
 
+/// The text a generation's `tokens` show a client: each token's piece through a
+/// [`TextStream`] with the job's stop sequences, up to the first end-of-generation token
+/// (unless `ignore_eos`) or stop sequence — what a gateway derives from the same tokens. A
+/// token without a piece adds nothing.
+pub fn render(
+    tokens: &[u32],
+    stops: &[String],
+    ignore_eos: bool,
+    piece: impl Fn(u32) -> Option<Vec<u8>>,
+    is_eog: impl Fn(u32) -> bool,
+) -> String {
+    let mut stream = TextStream::new(stops.to_vec());
+    let mut out = String::new();
+    for &t in tokens {
+        if !ignore_eos && is_eog(t) {
+            break;
+        }
+        match stream.push(&piece(t).unwrap_or_default()) {
+            Step::Text(s) => out.push_str(&s),
+            Step::Stop(s) => {
+                out.push_str(&s);
+                return out;
+            }
+        }
+    }
+    out.push_str(&stream.finish());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -110,6 +139,22 @@ mod tests {
         }
         out.push_str(&t.finish());
         (out, false)
+    }
+
+    #[test]
+    fn render_stops_at_the_end_token_or_a_stop_sequence() {
+        let vocab: [&[u8]; 5] = [b"Hel", b"lo", b" wor", b"ld", b"<end>"];
+        let piece = |t: u32| vocab.get(t as usize).map(|p| p.to_vec());
+        let eog = |t: u32| t == 4;
+        assert_eq!(render(&[0, 1, 2, 3], &[], false, piece, eog), "Hello world");
+        assert_eq!(render(&[0, 1, 4, 2], &[], false, piece, eog), "Hello");
+        assert_eq!(render(&[0, 1, 4], &[], true, piece, eog), "Hello<end>");
+        assert_eq!(
+            render(&[0, 1, 2, 3], &["o w".into()], false, piece, eog),
+            "Hell"
+        );
+        // A token outside the vocabulary adds nothing.
+        assert_eq!(render(&[0, 99, 1], &[], false, piece, eog), "Hello");
     }
 
     #[test]

@@ -128,6 +128,7 @@ impl Attestor {
         let this = self.clone();
         let job = job.clone();
         let info = engine.info().clone();
+        let vocab = Arc::clone(engine);
         tokio::spawn(async move {
             let mut builder = ProofBuilder::new(info.n_embd as usize, this.chunk, this.k);
             while let Some(ev) = inner.events.recv().await {
@@ -148,7 +149,8 @@ impl Attestor {
                     Event::Done(mut f) => {
                         this.alter_tokens(&mut f.tokens, info.n_vocab);
                         let counts = (f.prompt_tokens, resumed);
-                        match this.attest(&info.sha256, &job, &f.tokens, counts, builder) {
+                        let text = output_text_claims(vocab.as_ref(), &job, &f.tokens);
+                        match this.attest(&info.sha256, &job, &f.tokens, counts, text, builder) {
                             Ok(a) => f.attestation = Some(Box::new(a)),
                             Err(e) => {
                                 let _ = tx
@@ -177,6 +179,7 @@ impl Attestor {
         job: &JobSpec,
         tokens: &[u32],
         (prompt_tokens, resumed): (u32, u32),
+        (text, fingerprint): TextClaims,
         builder: ProofBuilder,
     ) -> Result<Attestation, String> {
         if builder.tokens() as usize != tokens.len() {
@@ -205,6 +208,8 @@ impl Attestor {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             resumed,
+            text,
+            fingerprint,
         };
         let envelope = Statement::Receipt(receipt).sign(&self.identity);
         Ok(Attestation {
@@ -215,6 +220,27 @@ impl Attestor {
             log: None,
         })
     }
+}
+
+/// What a receipt says of its answer's text: its digest, and its fingerprint when asked.
+pub type TextClaims = (Option<Sha256>, Option<agora_core::text::Fingerprint>);
+
+/// The text digest of what `tokens` show a client of `job` ([`agora_core::text`]; none for an
+/// empty answer), and its fingerprint when the job asks for one (none for a short answer).
+pub fn output_text_claims(engine: &dyn Engine, job: &JobSpec, tokens: &[u32]) -> TextClaims {
+    let text = agora_engine::text::render(
+        tokens,
+        &job.stop,
+        job.ignore_eos,
+        |t| engine.token_piece(t),
+        |t| engine.is_eog(t),
+    );
+    let fingerprint = if job.fingerprint {
+        agora_core::text::Fingerprint::of(&text)
+    } else {
+        None
+    };
+    (agora_core::text::digest(&text).ok(), fingerprint)
 }
 
 impl Attestor {

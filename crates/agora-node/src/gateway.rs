@@ -53,6 +53,12 @@ pub struct GatewayConfig {
     pub probation_share: f64,
     /// Receipts waiting to be appended to the log; beyond, new ones are not logged (counted).
     pub log_queue: usize,
+    /// Offer a conversation's next turn to the worker that answered its last (it holds the
+    /// prefix) when that worker has room.
+    pub conversation_affinity: bool,
+    /// Ask for a fingerprint in every answer's receipt (node policy; clients may ask per
+    /// request).
+    pub fingerprint_all: bool,
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +73,8 @@ impl Default for GatewayConfig {
             max_check_probability: 0.5,
             probation_share: 0.1,
             log_queue: 1024,
+            conversation_affinity: true,
+            fingerprint_all: false,
         }
     }
 }
@@ -116,6 +124,8 @@ pub struct Gateway {
     stats: Arc<GatewayStats>,
     /// Generations this gateway has running on each worker.
     inflight: Arc<Mutex<HashMap<Target, u32>>>,
+    /// When this gateway's last generation on each worker ended (bounded, recent ones kept).
+    finished: Arc<Mutex<HashMap<Target, Instant>>>,
     /// Workers that recently refused work (429), until when: skipped while others are free.
     cooling: Arc<Mutex<HashMap<Target, Instant>>>,
     /// Which worker answered which conversation, so its next turn goes where its prefix is.
@@ -143,6 +153,7 @@ impl Gateway {
             reputation: Arc::new(Reputations::default()),
             stats: Arc::new(GatewayStats::default()),
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            finished: Arc::new(Mutex::new(HashMap::new())),
             cooling: Arc::new(Mutex::new(HashMap::new())),
             affinity: Arc::default(),
         }
@@ -234,6 +245,13 @@ impl Gateway {
             .cloned()
     }
 
+    /// Whether `status_at` (when a worker's status was received) is older than the end of
+    /// this gateway's last generation on it: the status may still count that one as busy.
+    fn status_predates_last_finish(&self, t: Target, status_at: Option<Instant>) -> bool {
+        let done = self.finished.lock().ok().and_then(|m| m.get(&t).copied());
+        matches!((status_at, done), (Some(at), Some(done)) if at < done)
+    }
+
     fn inflight(&self, t: Target) -> u32 {
         self.inflight
             .lock()
@@ -284,9 +302,16 @@ impl Gateway {
                 continue;
             }
             let slots = self.reputation.believed_slots(&p.peer_id, s.slots);
-            let busy = (s.slots.saturating_sub(s.free_slots.min(s.slots)) + s.queue)
-                .min(slots)
-                .max(self.inflight(t));
+            // Statuses come every few seconds; a conversation's next turn comes right after
+            // the last one ended, when the worker's last status still shows that turn busy.
+            // For the worker holding the prefix, what this gateway knows is then newer.
+            let busy = if prefer == Some(t) && self.status_predates_last_finish(t, p.status_at) {
+                self.inflight(t).min(slots)
+            } else {
+                (s.slots.saturating_sub(s.free_slots.min(s.slots)) + s.queue)
+                    .min(slots)
+                    .max(self.inflight(t))
+            };
             let rtt_ms = p.rtt.map(|r| r.as_secs_f64() * 1e3).unwrap_or(50.0);
             let speed = self
                 .reputation
@@ -549,12 +574,16 @@ impl Gateway {
         tried: &mut Vec<Target>,
     ) -> Result<(Target, Source, InflightGuard), ApiError> {
         let mut last: Option<ApiError> = None;
-        let prefer = self.affinity.previous(&job.prompt);
+        let prefer = self
+            .cfg
+            .conversation_affinity
+            .then(|| self.affinity.previous(&job.prompt))
+            .flatten();
         while tried.len() < self.cfg.max_attempts {
             let Some(target) = self.candidates(model, tried, prefer).into_iter().next() else {
                 break;
             };
-            let guard = InflightGuard::new(&self.inflight, target);
+            let guard = InflightGuard::new(&self.inflight, &self.finished, target);
             tried.push(target);
             match self.attempt(target, model, job, resume).await {
                 Ok(source) => {
@@ -594,16 +623,24 @@ fn target_name(net: &NetHandle, t: Target) -> String {
     }
 }
 
+/// Workers whose last generation's end a gateway remembers.
+const MAX_FINISHED: usize = 4096;
+
 /// Counts a generation on a worker for as long as it lives.
 struct InflightGuard {
     map: Arc<Mutex<HashMap<Target, u32>>>,
+    finished: Arc<Mutex<HashMap<Target, Instant>>>,
     target: Target,
     /// Generations running on the target when this one started, itself included.
     at_start: u32,
 }
 
 impl InflightGuard {
-    fn new(map: &Arc<Mutex<HashMap<Target, u32>>>, target: Target) -> Self {
+    fn new(
+        map: &Arc<Mutex<HashMap<Target, u32>>>,
+        finished: &Arc<Mutex<HashMap<Target, Instant>>>,
+        target: Target,
+    ) -> Self {
         let mut at_start = 1;
         if let Ok(mut m) = map.lock() {
             let n = m.entry(target).or_insert(0);
@@ -612,6 +649,7 @@ impl InflightGuard {
         }
         Self {
             map: Arc::clone(map),
+            finished: Arc::clone(finished),
             target,
             at_start,
         }
@@ -626,6 +664,15 @@ impl Drop for InflightGuard {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 m.remove(&self.target);
+            }
+        }
+        if let Ok(mut f) = self.finished.lock() {
+            let now = Instant::now();
+            if f.len() >= MAX_FINISHED {
+                f.retain(|_, at| now.duration_since(*at) < Duration::from_secs(30));
+            }
+            if f.len() < MAX_FINISHED {
+                f.insert(self.target, now);
             }
         }
     }
@@ -668,7 +715,8 @@ impl Backend for Gateway {
         cards
     }
 
-    fn start(&self, model: String, job: JobSpec) -> BoxFuture<'_, Result<Started, ApiError>> {
+    fn start(&self, model: String, mut job: JobSpec) -> BoxFuture<'_, Result<Started, ApiError>> {
+        job.fingerprint |= self.cfg.fingerprint_all;
         Box::pin(async move {
             let Some((digest, n_ctx)) = self.model_facts(&model) else {
                 return Err(ApiError::unknown_model(&model));

@@ -26,11 +26,7 @@ pub const MAX_DEPTH: usize = 16;
 /// Most model and dataset statements a [`LogIndex`] keeps.
 pub const MAX_INDEXED: usize = 100_000;
 
-/// Log entries by index.
-pub trait Entries {
-    /// The entry at `index`, `None` when the log has none there.
-    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, String>;
-}
+pub use crate::entries::Entries;
 
 /// Finds statements by what they are about.
 pub trait Locator {
@@ -668,16 +664,11 @@ impl Locator for LogIndex {
     }
 }
 
-impl Entries for agora_log::store::LogStore {
-    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, String> {
-        agora_log::store::LogStore::entry(self, index).map_err(|e| e.to_string())
-    }
-}
-
 /// A node's provenance answers, over its own log.
 pub struct Served {
     log: agora_log::Log,
     index: LogIndex,
+    texts: crate::text_index::TextIndex,
 }
 
 impl Served {
@@ -686,6 +677,7 @@ impl Served {
         Served {
             log,
             index: LogIndex::default(),
+            texts: Default::default(),
         }
     }
 
@@ -724,9 +716,116 @@ impl Served {
     }
 }
 
+impl Served {
+    /// The receipts whose text digest is `digest` (64 hex digits) among the log's entries,
+    /// each with its log entry and the verdicts logged on it: `{"log",
+    /// "checkpoint_size", "digest", "receipts": [{"index", "entry", "verdicts": [{"index",
+    /// "entry"}]}], "more"}`.
+    pub fn text_answer(
+        &self,
+        digest: &str,
+    ) -> Result<serde_json::Value, agora_api::error::ApiError> {
+        use agora_api::error::ApiError;
+        let d: Sha256 = if digest.len() == 64 {
+            digest
+                .parse()
+                .map_err(|e: &str| ApiError::invalid(e, Some("digest")))?
+        } else {
+            return Err(ApiError::invalid(
+                "a text digest is 64 hex digits (SHA-256 of the normalised text)",
+                Some("digest"),
+            ));
+        };
+        // Entries appended since the last checkpoint count too (an answer generated a moment
+        // ago): the client waits for the checkpoint that covers them.
+        let size = self.log.checkpoint().map(|p| p.size).unwrap_or(0);
+        let store = self.log.store();
+        let appended = store
+            .size()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.texts
+            .catch_up(appended, store)
+            .map_err(ApiError::internal)?;
+        let (found, more) = self.texts.find(&d, store).map_err(ApiError::internal)?;
+        Ok(serde_json::json!({
+            "log": self.log.origin(),
+            "checkpoint_size": size,
+            "digest": d.to_string(),
+            "receipts": found_json(&found),
+            "more": more,
+        }))
+    }
+
+    /// The fingerprinted receipts whose fingerprint is at least `min` similar to `fingerprint`
+    /// (256 hex digits), most similar first: as [`Served::text_answer`], with each receipt's
+    /// `similarity`.
+    pub fn similar_answer(
+        &self,
+        fingerprint: &str,
+        min: f64,
+    ) -> Result<serde_json::Value, agora_api::error::ApiError> {
+        use agora_api::error::ApiError;
+        let fp = agora_core::text::Fingerprint::from_hex(fingerprint)
+            .map_err(|e| ApiError::invalid(e, Some("fingerprint")))?;
+        let size = self.log.checkpoint().map(|p| p.size).unwrap_or(0);
+        let store = self.log.store();
+        let appended = store
+            .size()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.texts
+            .catch_up(appended, store)
+            .map_err(ApiError::internal)?;
+        let (found, more) = self
+            .texts
+            .find_similar(&fp, min, store)
+            .map_err(ApiError::internal)?;
+        Ok(serde_json::json!({
+            "log": self.log.origin(),
+            "checkpoint_size": size,
+            "fingerprint": fp.to_hex(),
+            "min_similarity": min,
+            "receipts": found_json(&found),
+            "more": more,
+        }))
+    }
+}
+
+/// Found receipts as the provenance route lists them.
+fn found_json(found: &[crate::text_index::Found]) -> Vec<serde_json::Value> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    found
+        .iter()
+        .map(|f| {
+            let mut v = serde_json::json!({
+                "index": f.index,
+                "entry": text(&f.entry),
+                "verdicts": f.verdicts.iter().map(|(i, e)| serde_json::json!({
+                    "index": i, "entry": text(e),
+                })).collect::<Vec<_>>(),
+            });
+            if let Some(s) = f.similarity {
+                v["similarity"] = s.into();
+            }
+            v
+        })
+        .collect()
+}
+
 impl agora_api::provenance::ProvenanceSource for Served {
     fn provenance(&self, digest: &str) -> Result<serde_json::Value, agora_api::error::ApiError> {
         self.answer(digest)
+    }
+
+    fn text(&self, digest: &str) -> Result<serde_json::Value, agora_api::error::ApiError> {
+        self.text_answer(digest)
+    }
+
+    fn similar(
+        &self,
+        fingerprint: &str,
+        min: f64,
+    ) -> Result<serde_json::Value, agora_api::error::ApiError> {
+        self.similar_answer(fingerprint, min)
     }
 
     fn locate(&self, leaf: &str) -> Result<serde_json::Value, agora_api::error::ApiError> {

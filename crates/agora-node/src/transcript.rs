@@ -135,6 +135,7 @@ impl Transcript {
             request: &self.request,
             salt: &salt,
             tokens: &self.output.tokens,
+            text: Some(&self.output.text),
             proof_bytes,
         };
         covered.check(receipt, &env)
@@ -150,6 +151,7 @@ pub fn check_attestation(a: &Attestation, tokens: &[u32]) -> Result<Checked, Tra
         request: &a.request,
         salt: &a.salt,
         tokens,
+        text: None,
         proof_bytes: a.proof.encode(),
     };
     covered.check(receipt, &a.receipt)
@@ -177,6 +179,8 @@ struct Covered<'a> {
     request: &'a JobSpec,
     salt: &'a [u8],
     tokens: &'a [u32],
+    /// The text shown for the tokens, when known (a transcript's).
+    text: Option<&'a str>,
     proof_bytes: Vec<u8>,
 }
 
@@ -209,6 +213,28 @@ impl Covered<'_> {
             agora_verify::output_digest(self.tokens),
         )?;
         digest("proof", &r.proof, sha2_digest(&self.proof_bytes))?;
+        // A receipt without a text digest (older, or an empty answer) is simply not findable
+        // by its text; one with a digest must have this text's.
+        if let (Some(text), Some(expected)) = (self.text, &r.fingerprint)
+            && agora_core::text::Fingerprint::of(text).as_ref() != Some(expected)
+        {
+            return Err(TranscriptError::Digest {
+                what: "text fingerprint",
+                expected: expected.to_hex(),
+                actual: agora_core::text::Fingerprint::of(text)
+                    .map_or("none (too short a text)".to_string(), |f| f.to_hex()),
+            });
+        }
+        if let (Some(text), Some(expected)) = (self.text, &r.text) {
+            let actual = agora_core::text::digest(text).ok();
+            if actual.as_ref() != Some(expected) {
+                return Err(TranscriptError::Digest {
+                    what: "text",
+                    expected: expected.to_string(),
+                    actual: actual.map_or("none (empty text)".to_string(), |d| d.to_string()),
+                });
+            }
+        }
         if r.seed != self.request.params.seed {
             return Err(TranscriptError::Mismatch {
                 what: "seed",
@@ -313,6 +339,7 @@ pub(crate) mod tests {
             stop: vec![],
             ignore_eos: false,
             logit_bias: Default::default(),
+            fingerprint: false,
         };
         let salt = [5u8; agora_engine::SALT_LEN];
         let receipt = Receipt {
@@ -329,6 +356,8 @@ pub(crate) mod tests {
             worker: id.peer_id(),
             time: 1,
             resumed: 0,
+            text: None,
+            fingerprint: None,
         };
         Attestation {
             receipt: Statement::Receipt(receipt).sign(&id),
@@ -403,6 +432,7 @@ pub(crate) mod tests {
                 stop: vec![],
                 ignore_eos: false,
                 logit_bias: Default::default(),
+                fingerprint: false,
             },
             salt: String::new(),
             output: Output {

@@ -25,6 +25,12 @@ pub enum VerifyError {
     EmptyOutput,
     #[error("output token {index} ({token}) is not in the model's vocabulary")]
     OutOfVocabulary { index: usize, token: u32 },
+    #[error(
+        "the receipt's text digest is {receipt}, but its tokens decode to a text whose digest is {actual}"
+    )]
+    TextDigest { receipt: String, actual: String },
+    #[error("the receipt's text fingerprint is not that of the text its tokens decode to")]
+    Fingerprint,
     #[error("{0}")]
     Proofless(String),
     /// The verifier's engine failed, with no underlying error (it stopped, or reported only a
@@ -101,6 +107,21 @@ pub async fn verify(
     }
     if let Some((index, &token)) = output.iter().enumerate().find(|&(_, &t)| t >= info.n_vocab) {
         return Err(VerifyError::OutOfVocabulary { index, token });
+    }
+    // The text digest is what provenance lookups find the receipt by: it must be that of the
+    // text these tokens show (a worker could otherwise claim someone else's text).
+    let (digest, fingerprint) =
+        crate::attest::output_text_claims(engine.as_ref(), &t.request, output);
+    if let Some(receipt) = checked.receipt.text
+        && digest != Some(receipt)
+    {
+        return Err(VerifyError::TextDigest {
+            receipt: receipt.to_string(),
+            actual: digest.map_or("none (empty text)".into(), |d| d.to_string()),
+        });
+    }
+    if checked.receipt.fingerprint.is_some() && checked.receipt.fingerprint != fingerprint {
+        return Err(VerifyError::Fingerprint);
     }
     let checker = Checker::new(proof, t.request.params, output.clone(), tol)
         .map_err(VerifyError::Proofless)?
