@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openai;
 pub mod provenance;
 pub mod tlog;
+pub mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;

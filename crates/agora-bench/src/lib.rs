@@ -23,6 +23,8 @@ pub mod provenance;
 pub mod server;
 pub mod soak;
 pub mod stats;
+pub mod tokenizers;
+pub mod trace;
 pub mod verify;
 
 use std::time::Duration;

@@ -79,6 +79,22 @@ pub enum DatasetCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Build a version's trace index (what `agora trace` searches): its records' tokens, in the
+    /// tokenizer of a model, and their suffix array, in one file beside the version
+    /// (6 bytes per token; building needs about as much memory). Replaces an earlier index.
+    Index {
+        /// NAME or NAME@VERSION (latest by default).
+        dataset: String,
+        /// The model whose tokenizer to use (a stored name or sha256:HEX).
+        #[arg(long, default_value = agora_models::DEFAULT_MODEL)]
+        tokenizer: String,
+        /// Threads tokenizing (the index does not depend on it).
+        #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
+        threads: usize,
+        /// Check the existing index instead (header, version, length and the body's digest).
+        #[arg(long)]
+        check: bool,
+    },
     /// Check a proof file offline and say in one line what it proves.
     Verify {
         /// The proof file.
@@ -219,12 +235,100 @@ pub fn run(home: &Path, cmd: DatasetCommand) -> Result<()> {
             }
             Ok(())
         }
+        DatasetCommand::Index {
+            dataset,
+            tokenizer,
+            threads,
+            check,
+        } => index(home, &store, &dataset, &tokenizer, threads, check),
         DatasetCommand::Verify { proof, policy } => {
             let line = verify(&proof, policy.as_deref())?;
             println!("{line}");
             Ok(())
         }
     }
+}
+
+fn index(
+    home: &Path,
+    store: &DatasetStore,
+    dataset: &str,
+    tokenizer: &str,
+    threads: usize,
+    check: bool,
+) -> Result<()> {
+    use agora_node::trace::{Tokenizers, build_index, index_path, open_index};
+    let m = store.find(dataset)?;
+    if check {
+        let ix = open_index(store, &m)?;
+        ix.check_body()?;
+        println!(
+            "{}: index OK ({} tokens, {} bytes, tokenizer sha256:{})",
+            m.label(),
+            ix.len(),
+            ix.bytes(),
+            hex::encode(ix.header().tokenizer)
+        );
+        return Ok(());
+    }
+    let models = agora_models::ModelStore::open(home, false)?;
+    let weights: agora_core::statement::Sha256 = match tokenizer.strip_prefix("sha256:") {
+        Some(h) => h.parse().map_err(|e| anyhow::anyhow!("{tokenizer}: {e}"))?,
+        None => models
+            .find(tokenizer)?
+            .with_context(|| {
+                format!("no stored model {tokenizer:?}: `agora model pull {tokenizer}` first")
+            })?
+            .sha256
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the store's digest of {tokenizer}: {e}"))?,
+    };
+    let tok = crate::cmd_trace::StoreTokenizers::new(home)
+        .get(&weights)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let t0 = Instant::now();
+    let mut last = Instant::now();
+    let mut text_bytes = 0u64;
+    let (h, times) = build_index(
+        store,
+        &m,
+        tok.as_ref(),
+        &weights,
+        threads,
+        &mut |records, bytes| {
+            text_bytes = bytes;
+            if last.elapsed().as_secs_f64() >= 1.0 {
+                last = Instant::now();
+                eprint!(
+                    "\r  tokenized {records} of {} records, {:.1} MB ({:.1} MB/s)   ",
+                    m.records,
+                    bytes as f64 / 1e6,
+                    bytes as f64 / 1e6 / t0.elapsed().as_secs_f64().max(1e-9)
+                );
+            }
+        },
+    )?;
+    eprint!("\r{:78}\r", "");
+    let path = index_path(store, &m);
+    let size = std::fs::metadata(&path).map(|f| f.len()).unwrap_or(0);
+    let s = t0.elapsed().as_secs_f64();
+    println!(
+        "{}: {} records, {} tokens ({:.2} bytes of text per token) indexed in {:.1} s ({:.1} MB of text/s); {} ({:.1} MB, {:.2} bytes per token)",
+        m.label(),
+        h.records,
+        h.tokens - h.records,
+        text_bytes as f64 / (h.tokens - h.records).max(1) as f64,
+        s,
+        text_bytes as f64 / 1e6 / s.max(1e-9),
+        path.display(),
+        size as f64 / 1e6,
+        size as f64 / (h.tokens - h.records).max(1) as f64,
+    );
+    println!(
+        "  read and tokenized in {:.1} s ({threads} threads), suffixes sorted in {:.1} s, written in {:.1} s",
+        times.tokenize, times.sort, times.write
+    );
+    Ok(())
 }
 
 /// Prints the ingest's progress every second on stderr.

@@ -254,6 +254,7 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
         serve_log: args.serve_log.then_some(args.log_max_bytes),
         log_url: args.log_url.clone(),
         log_key,
+        tokenizers: Some(Arc::new(crate::cmd_trace::StoreTokenizers::new(home))),
         validator: args.validator.then_some(ValidatorRole {
             probability: args.check_probability,
             probation_probability: args.probation_probability,

@@ -163,7 +163,7 @@ pub struct Match {
 }
 
 impl Match {
-    fn proven(&self) -> bool {
+    pub(crate) fn proven(&self) -> bool {
         self.receipt.is_ok() && self.inclusion.is_ok()
     }
 }

@@ -9,6 +9,7 @@ mod cmd_log;
 mod cmd_model;
 mod cmd_node;
 mod cmd_provenance;
+mod cmd_trace;
 mod cmd_verify;
 mod provenance;
 
@@ -65,6 +66,9 @@ enum Command {
     /// Text provenance costs: the text index built from a log of a million signed receipts,
     /// exact lookups (found and not), the index's memory.
     BenchProvenance(bench::provenance::BenchProvenanceArgs),
+    /// Tracing costs: a generated 1 GB dataset's trace index (build throughput, memory, bytes
+    /// per token) and traces of 500-token texts through it.
+    BenchTrace(bench::trace::BenchTraceArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -80,6 +84,10 @@ enum Command {
     /// Was this text produced on this network? Looks it up by the digest of its normalised
     /// form (only the digest is sent) and checks the receipts, verdicts and log proofs.
     Provenance(cmd_provenance::ProvenanceArgs),
+    /// Where did the model get this text? The longest spans that occur verbatim in the
+    /// datasets of a curriculum, with the records' inclusion proofs, licences and contributors
+    /// (`agora dataset index` first); every claim is checked here.
+    Trace(cmd_trace::TraceArgs),
     /// Show the peers a node knows, with their models and status.
     Nodes(cmd_chat::NodesArgs),
     /// Start a local network (N workers and a gateway on loopback) until Ctrl-C.
@@ -109,6 +117,7 @@ fn main() {
         Command::BenchVerify(args) => bench::verify::run(&home, args),
         Command::BenchDataset(args) => bench::dataset::run(args),
         Command::BenchProvenance(args) => bench::provenance::run(args),
+        Command::BenchTrace(args) => bench::trace::run(&home, args),
         Command::Dataset(cmd) => cmd_dataset::run(&home, cmd),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),
@@ -122,6 +131,13 @@ fn main() {
             }
         },
         Command::Provenance(args) => match cmd_provenance::run(&home, args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("error: {}", explain(&e));
+                std::process::exit(2);
+            }
+        },
+        Command::Trace(args) => match cmd_trace::run(&home, args) {
             Ok(code) => std::process::exit(code),
             Err(e) => {
                 eprintln!("error: {}", explain(&e));

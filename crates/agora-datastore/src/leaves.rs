@@ -84,6 +84,59 @@ impl HashSource for LeafFile {
     }
 }
 
+/// Level of the subtrees [`Cached`] keeps: one hash per 1,024 leaves.
+pub const CACHE_LEVEL: u8 = 10;
+
+/// A [`LeafFile`] with the roots of its complete subtrees of `2^CACHE_LEVEL` leaves at hand,
+/// so a proof hashes some `n / 1024 + 1024 · log n` nodes instead of all `n` leaves.
+pub struct Cached<'a> {
+    leaves: &'a LeafFile,
+    roots: Vec<Hash>,
+}
+
+impl<'a> Cached<'a> {
+    /// The roots of `leaves`' complete subtrees of `2^CACHE_LEVEL` leaves, in order (reads the
+    /// whole file once).
+    pub fn roots_of(leaves: &LeafFile) -> std::io::Result<Vec<Hash>> {
+        let n = 1u64 << CACHE_LEVEL;
+        (0..leaves.len() / n)
+            .map(|i| leaves.range_root(i * n, n))
+            .collect()
+    }
+
+    /// `leaves` with `roots` (from [`Cached::roots_of`]); wrong roots only make proofs that do
+    /// not verify.
+    pub fn new(leaves: &'a LeafFile, roots: Vec<Hash>) -> Self {
+        Cached { leaves, roots }
+    }
+}
+
+impl HashSource for Cached<'_> {
+    fn subtree(&self, level: u8, index: u64) -> agora_tlog::Result<Hash> {
+        if level < CACHE_LEVEL {
+            return self.leaves.subtree(level, index);
+        }
+        let missing = agora_tlog::Error::MissingHash { level, index };
+        let k = 1u64
+            .checked_shl(u32::from(level - CACHE_LEVEL))
+            .ok_or(missing.clone())?;
+        let lo = index.checked_mul(k).ok_or(missing.clone())?;
+        let hi = lo.checked_add(k).ok_or(missing.clone())?;
+        let (Ok(lo), Ok(hi)) = (usize::try_from(lo), usize::try_from(hi)) else {
+            return Err(missing);
+        };
+        let Some(roots) = self.roots.get(lo..hi) else {
+            return self.leaves.subtree(level, index);
+        };
+        // A perfect tree over equal complete subtrees: their roots stand in for its leaves.
+        let mut rb = RootBuilder::new();
+        for r in roots {
+            rb.push(*r);
+        }
+        Ok(rb.root())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -113,6 +166,34 @@ mod tests {
             assert_eq!(
                 merkle::inclusion_proof(&f, i, 77).unwrap(),
                 mem.inclusion_proof(i, 77).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn cached_subtrees_give_the_same_proofs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leaves");
+        let mut mem = MemoryTree::new();
+        let mut bytes = Vec::new();
+        let n = 5 * 1024 + 77;
+        for i in 0..n as u32 {
+            let h = leaf_hash(&i.to_be_bytes());
+            mem.push_leaf_hash(h);
+            bytes.extend_from_slice(&h.0);
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let f = LeafFile::open(&path, 32, |e| {
+            Hash::from_slice(e, "leaf").unwrap_or_else(|_| Hash::empty())
+        })
+        .unwrap();
+        let roots = Cached::roots_of(&f).unwrap();
+        assert_eq!(roots.len(), 5);
+        let c = Cached::new(&f, roots);
+        for i in [0u64, 1023, 1024, 4095, 5000, n - 1] {
+            assert_eq!(
+                merkle::inclusion_proof(&c, i, n).unwrap(),
+                mem.inclusion_proof(i, n).unwrap()
             );
         }
     }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::input::{self, InputError};
-use crate::leaves::LeafFile;
+use crate::leaves::{CACHE_LEVEL, Cached, LeafFile};
 
 /// Records per shard are cut at this many canonical bytes.
 pub const SHARD_BYTES: u64 = 64 << 20;
@@ -38,6 +38,8 @@ pub const SORT_CHUNK: usize = 512 * 1024;
 const ZSTD_LEVEL: i32 = 1;
 /// Bytes of an id entry: key, record digest, record index.
 const ID_ENTRY: usize = 72;
+/// The record tree's cached subtree roots, beside its leaves (see [`Cached`]).
+const CACHE_FILE: &str = "records.l10";
 
 /// Why a dataset cannot be ingested, found or proven.
 #[derive(Debug, thiserror::Error)]
@@ -560,14 +562,113 @@ impl DatasetStore {
         let (records, ids) = self.leaf_files(m)?;
         let index = self.index_in(m, &ids, id)?;
         let record = self.record(m, index)?;
-        let path = merkle::inclusion_proof(&records, index, m.records)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(RecordProof {
-            record: record.encode(),
-            index,
-            size: m.records,
-            path,
-        })
+        self.prove_record(m, &records, index, &record)
+    }
+
+    /// The proof that `record`, read from the store, is record `index` of a stored version.
+    pub fn prove_index(
+        &self,
+        m: &Manifest,
+        index: u64,
+        record: &Record,
+    ) -> Result<RecordProof, StoreError> {
+        let (records, _) = self.leaf_files(m)?;
+        self.prove_record(m, &records, index, record)
+    }
+
+    /// A record proof through the version's cached subtree roots (`records.l10`, made on first
+    /// use): checked against the manifest's root before it is returned, and made again from the
+    /// leaves alone, with the cache rebuilt, when the cache was damaged.
+    fn prove_record(
+        &self,
+        m: &Manifest,
+        records: &LeafFile,
+        index: u64,
+        record: &Record,
+    ) -> Result<RecordProof, StoreError> {
+        let dir = self.dir(&m.name, m.version);
+        let cache = dir.join(CACHE_FILE);
+        let want = (m.records >> CACHE_LEVEL) as usize;
+        let mut roots: Option<Vec<Hash>> = fs::read(&cache).ok().and_then(|b| {
+            (b.len() == want * 32).then(|| {
+                b.chunks_exact(32)
+                    .map(|c| {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(c);
+                        Hash(h)
+                    })
+                    .collect()
+            })
+        });
+        let roots_ok = m.roots()?;
+        for attempt in 0..2 {
+            let r = match roots.take() {
+                Some(r) => r,
+                None => {
+                    let r = Cached::roots_of(records).map_err(io_at(&dir))?;
+                    let bytes: Vec<u8> = r.iter().flat_map(|h| h.0).collect();
+                    // A cache that cannot be written is only slower next time.
+                    let tmp = dir.join(format!(".{CACHE_FILE}.tmp"));
+                    if write_synced(&tmp, &bytes).is_ok() {
+                        let _ = fs::rename(&tmp, &cache);
+                    }
+                    r
+                }
+            };
+            let path = merkle::inclusion_proof(&Cached::new(records, r), index, m.records)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let proof = RecordProof {
+                record: record.encode(),
+                index,
+                size: m.records,
+                path,
+            };
+            if attempt == 1 || proof.verify(&roots_ok).is_ok() {
+                return Ok(proof);
+            }
+        }
+        Err(StoreError::Corrupt("unreachable".into()))
+    }
+
+    /// The records at `indices` (any order, repeats allowed) of a stored version, reading each
+    /// shard once, up to the last record wanted from it.
+    pub fn records_at(&self, m: &Manifest, indices: &[u64]) -> Result<Vec<Record>, StoreError> {
+        let dir = self.dir(&m.name, m.version);
+        let mut want: Vec<u64> = indices.to_vec();
+        want.sort_unstable();
+        want.dedup();
+        let mut found = std::collections::BTreeMap::new();
+        for shard in &m.shards {
+            let range = shard.first..shard.first + shard.records;
+            let here: Vec<u64> = want.iter().copied().filter(|i| range.contains(i)).collect();
+            let Some(&last) = here.last() else { continue };
+            let path = dir.join("shards").join(format!("{}.zst", shard.sha256));
+            let f = File::open(&path).map_err(io_at(&path))?;
+            let mut r = BufReader::new(zstd::stream::read::Decoder::new(f).map_err(io_at(&path))?);
+            for i in shard.first..=last {
+                let bytes = read_entry(&mut r).map_err(io_at(&path))?;
+                if here.binary_search(&i).is_ok() {
+                    found.insert(
+                        i,
+                        Record::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    );
+                }
+            }
+        }
+        indices
+            .iter()
+            .map(|i| {
+                found
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| StoreError::Corrupt(format!("no shard holds record {i}")))
+            })
+            .collect()
+    }
+
+    /// The directory of a stored version (its shards, leaves, statement and indexes).
+    pub fn version_dir(&self, m: &Manifest) -> PathBuf {
+        self.dir(&m.name, m.version)
     }
 
     /// The proof that no record of a stored version has the id `id`.

@@ -1235,6 +1235,66 @@ impl PrefixCache {
     }
 }
 
+/// A model's tokenizer alone: its vocabulary loaded without the weights (milliseconds, a few
+/// MB), for work that needs the model's tokens but no computation — the trace indexes of
+/// datasets. Tokenizing is safe from several threads at once.
+pub struct Tokenizer {
+    model: LlamaModel,
+    n_vocab: u32,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("n_vocab", &self.n_vocab)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// The vocabulary of the GGUF at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, LoadError> {
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
+            LoadError::Model {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let n_vocab = u32::try_from(model.vocab().n_tokens()).unwrap_or(0);
+        Ok(Tokenizer { model, n_vocab })
+    }
+
+    /// Tokens in the vocabulary.
+    pub fn n_vocab(&self) -> u32 {
+        self.n_vocab
+    }
+
+    /// The tokens of `text` as plain text: no BOS, special tokens' names not parsed.
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect()
+    }
+
+    /// The bytes `token` stands for in plain text (empty for special tokens).
+    pub fn piece(&self, token: u32) -> Vec<u8> {
+        let Ok(t) = i32::try_from(token) else {
+            return Vec::new();
+        };
+        if token >= self.n_vocab {
+            return Vec::new();
+        }
+        self.model
+            .vocab()
+            .token_to_piece(LlamaToken(t), false, None)
+    }
+}
+
 #[cfg(test)]
 mod schedule_tests {
     use std::collections::BTreeMap;

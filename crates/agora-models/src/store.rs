@@ -229,7 +229,8 @@ impl ModelStore {
         &self.root
     }
 
-    fn blob_path(&self, sha256: &str) -> PathBuf {
+    /// Where the weights with this sha256 (hex) are stored.
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
         self.root
             .join("blobs")
             .join(format!("sha256-{sha256}.gguf"))

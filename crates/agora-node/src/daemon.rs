@@ -17,7 +17,7 @@ use crate::worker::{Speed, WorkerLimits};
 use crate::{NodeConfig, NodeError, P2pOptions};
 
 /// The gateway role: the HTTP API, routing, and what it does with logs and verdicts.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GatewayRole {
     pub config: GatewayConfig,
     /// Run this node's own transparency log under `/log`, with this disk budget.
@@ -28,6 +28,22 @@ pub struct GatewayRole {
     pub log_key: Option<Vkey>,
     /// Also validate receipts of that log (needs the model).
     pub validator: Option<ValidatorRole>,
+    /// Tokenizers by model digest: with them, `POST /agora/v1/trace` traces texts through the
+    /// node's indexed datasets.
+    pub tokenizers: Option<Arc<dyn crate::trace::Tokenizers>>,
+}
+
+impl std::fmt::Debug for GatewayRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayRole")
+            .field("config", &self.config)
+            .field("serve_log", &self.serve_log)
+            .field("log_url", &self.log_url)
+            .field("log_key", &self.log_key)
+            .field("validator", &self.validator)
+            .field("tokenizers", &self.tokenizers.is_some())
+            .finish()
+    }
 }
 
 /// The validator role's settings.
@@ -168,6 +184,12 @@ async fn start_gateway(
         )));
     if let Some(p) = provenance {
         server = server.with_routes(p);
+    }
+    if let Some(t) = role.tokenizers.clone() {
+        server = server.with_routes(agora_api::trace::trace_router(
+            Arc::new(crate::trace::Tracer::new(&node.home, t)),
+            node.api.body_timeout,
+        ));
     }
     let url = format!("http://{}", server.addr);
     let log_url = role

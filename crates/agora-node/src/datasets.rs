@@ -119,7 +119,7 @@ pub fn proof_file(
 
 /// The tlog-proof (text) of entry `index` of the log at `url` under its current checkpoint
 /// (not verified here: whoever checks the proof file checks it against their policy).
-fn log_proof(url: &str, index: u64) -> Result<String, agora_api::tlog::TlogHttpError> {
+pub(crate) fn log_proof(url: &str, index: u64) -> Result<String, agora_api::tlog::TlogHttpError> {
     let client = LogClient::new(url);
     let sc = agora_tlog::checkpoint::SignedCheckpoint::parse(&client.checkpoint()?)?;
     let p = client.tlog_proof(index, sc)?;

@@ -19,6 +19,7 @@ pub mod proto;
 pub mod provenance;
 pub mod reputation;
 pub mod text_index;
+pub mod trace;
 pub mod transcript;
 pub mod validator;
 pub mod verifier;
