@@ -42,6 +42,8 @@ pub struct Metrics {
     /// The engine's prompt-prefix cache (read from its load at each scrape): lookups, hits,
     /// prompt tokens, reused tokens, tokens held now.
     prefix: [Gauge; 5],
+    /// CPU threads the engine decodes with now.
+    engine_threads: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -74,6 +76,12 @@ impl Metrics {
         let connections_open = Gauge::default();
         let connections_refused = Counter::default();
         let prefix: [Gauge; 5] = Default::default();
+        let engine_threads = Gauge::default();
+        registry.register(
+            "engine_threads",
+            "CPU threads the engine decodes with now (fewer while other processes keep cores busy)",
+            engine_threads.clone(),
+        );
         for (g, (name, help)) in prefix.iter().zip([
             ("prefix_cache_lookups", "Prompts admitted (prefix cache lookups), since start"),
             ("prefix_cache_hits", "Prompts that reused a cached prompt prefix, since start"),
@@ -151,6 +159,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             prefix,
+            engine_threads,
         }
     }
 
@@ -165,6 +174,7 @@ impl Metrics {
         self.queue_depth.set(i64::from(load.queued));
         self.slots_busy.set(i64::from(load.slots_busy));
         self.slots.set(i64::from(load.slots.min(i32::MAX as u32)));
+        self.engine_threads.set(i64::from(load.threads));
         let p = load.prefix;
         for (g, v) in self.prefix.iter().zip([
             p.lookups,

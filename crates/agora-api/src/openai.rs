@@ -195,7 +195,8 @@ fn default_service_tier(v: &Value) -> bool {
 ///
 /// Accepted at neutral values only: `n` (1), `presence_penalty` and `frequency_penalty` (0).
 /// Accepted and without effect on the answer: `user` (a string: an end-user id for the
-/// operator's abuse monitoring; Agora keeps none).
+/// operator's abuse monitoring; Agora keeps none) and `cache_prompt` (a boolean, llama-server's:
+/// whether a cached prompt prefix may be reused; Agora's reuse changes no bit of an answer).
 const COMMON_FIELDS: &[(&str, Field)] = &[
     ("model", Used),
     ("temperature", Used),
@@ -214,6 +215,13 @@ const COMMON_FIELDS: &[(&str, Field)] = &[
         Neutral {
             ok: null_or_string,
             why: "user must be a string.",
+        },
+    ),
+    (
+        "cache_prompt",
+        Neutral {
+            ok: null_or_bool,
+            why: "cache_prompt must be a boolean.",
         },
     ),
     (

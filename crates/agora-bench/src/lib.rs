@@ -12,6 +12,7 @@
 //! [`devnet`] (`agora devnet`, `agora demo`) starts a whole network on this machine. All child
 //! processes go through [`proc`], all statistics through [`stats`].
 
+pub mod busy;
 pub mod chat;
 pub mod dataset;
 pub mod devnet;

@@ -366,8 +366,6 @@ pub(crate) fn start_llama_server(
         .args(["-c", &(ctx * slots).to_string(), "-np", &slots.to_string()])
         // Same work as the node: separate KV per slot, no host-memory prompt cache.
         .args(["--no-kv-unified", "-cram", "0"])
-        // Alone: a benchmark node must not find other nodes on the LAN and route to them.
-        .arg("--no-mdns")
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());

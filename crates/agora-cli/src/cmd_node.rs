@@ -40,6 +40,11 @@ pub struct NodeArgs {
     /// memory, changes no bit of any answer, and gives a slot up at once to a new request.
     #[arg(long, env = "AGORA_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// Always decode with --threads threads. By default the node decodes with fewer while other
+    /// processes keep cores busy (measured twice a second from /proc), so that a busy machine
+    /// slows it down instead of stalling it; no bit of any answer changes.
+    #[arg(long, env = "AGORA_FIXED_THREADS")]
+    pub fixed_threads: bool,
     /// Route every request by the usual weighted draw, even a conversation's next turn (by
     /// default it goes to the worker that answered the last turn, which holds its prefix, when
     /// that worker has room).
@@ -323,6 +328,7 @@ fn load(cfg: &NodeConfig, args: &NodeArgs, home: &Path) -> Result<Arc<LlamaEngin
     lc.ctx = cfg.ctx;
     lc.queue = cfg.queue;
     lc.prefix_cache = !args.no_prefix_cache;
+    lc.adaptive_threads = !args.fixed_threads;
     Ok(Arc::new(LlamaEngine::load(lc)?))
 }
 

@@ -69,6 +69,9 @@ enum Command {
     /// Tracing costs: a generated 1 GB dataset's trace index (build throughput, memory, bytes
     /// per token) and traces of 500-token texts through it.
     BenchTrace(bench::trace::BenchTraceArgs),
+    /// Decoding on a busy machine: llama-server and Agora (threads that follow the free CPU,
+    /// and fixed) quiet and with half the cores kept busy by other processes.
+    BenchBusy(bench::busy::BenchBusyArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -118,6 +121,7 @@ fn main() {
         Command::BenchDataset(args) => bench::dataset::run(args),
         Command::BenchProvenance(args) => bench::provenance::run(args),
         Command::BenchTrace(args) => bench::trace::run(&home, args),
+        Command::BenchBusy(args) => bench::busy::run(&home, args),
         Command::Dataset(cmd) => cmd_dataset::run(&home, cmd),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),

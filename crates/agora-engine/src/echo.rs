@@ -116,6 +116,7 @@ impl Engine for EchoEngine {
             slots_busy: self.busy.load(Ordering::Relaxed),
             queued: 0,
             prefix: Default::default(),
+            threads: 0,
         }
     }
 }

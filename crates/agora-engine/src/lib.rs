@@ -349,6 +349,8 @@ pub struct Load {
     pub queued: u32,
     /// The prompt-prefix cache, for engines that have one.
     pub prefix: PrefixStats,
+    /// CPU threads decoding now (0 for engines without).
+    pub threads: u32,
 }
 
 /// What a prompt-prefix cache did since the engine started, and holds now.

@@ -11,6 +11,8 @@
 //! sequence's numbers do not depend on what else is in the batch: the same seed gives the same
 //! text with 1 slot or 8 under load.
 
+pub mod cpu;
+
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -58,6 +60,9 @@ pub struct LlamaConfig {
     /// starts with it (a conversation's next turn, a shared system prompt) to reuse. Costs no
     /// memory beyond the slots' own; a new request that needs the slot takes it at once.
     pub prefix_cache: bool,
+    /// Decode with fewer threads while other processes keep cores busy (see [`cpu`]): up to
+    /// `threads`, leaving others the cores they want. Changes no bit of what is computed.
+    pub adaptive_threads: bool,
 }
 
 impl LlamaConfig {
@@ -75,6 +80,7 @@ impl LlamaConfig {
             queue: 64,
             n_batch: 2048,
             prefix_cache: true,
+            adaptive_threads: true,
         }
     }
 }
@@ -140,6 +146,8 @@ struct Shared {
     queued: AtomicU32,
     busy: AtomicU32,
     prefix: Mutex<PrefixStats>,
+    /// Threads to decode with (set by the CPU watcher, read before every decode).
+    threads: AtomicU32,
 }
 
 /// llama.cpp behind the [`Engine`] trait.
@@ -226,7 +234,11 @@ impl LlamaEngine {
             queued: AtomicU32::new(0),
             busy: AtomicU32::new(0),
             prefix: Mutex::new(PrefixStats::default()),
+            threads: AtomicU32::new(cfg.threads),
         });
+        if cfg.adaptive_threads && cfg.threads > 1 {
+            watch_cpu(Arc::downgrade(&shared), cfg.threads);
+        }
         let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<Job>(cfg.queue as usize);
         // The context is created on the engine thread (it borrows the model there); report
         // whether that worked before returning.
@@ -260,6 +272,29 @@ impl LlamaEngine {
             bos,
         })
     }
+}
+
+/// Starts the thread that sets `shared.threads` to what the CPU leaves free (see [`cpu`]); it
+/// ends with the engine. Nothing happens where `/proc` cannot be read.
+fn watch_cpu(shared: std::sync::Weak<Shared>, max: u32) {
+    let Some(mut watch) = cpu::Watch::new(max) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("agora-cpu-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(cpu::INTERVAL);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let Some(now) = cpu::sample() else { return };
+                let threads = shared.threads.load(Ordering::Relaxed);
+                if let Some(t) = watch.next(now, threads) {
+                    shared.threads.store(t, Ordering::Relaxed);
+                }
+            }
+        });
 }
 
 impl Drop for LlamaEngine {
@@ -378,6 +413,7 @@ impl Engine for LlamaEngine {
             slots_busy: self.shared.busy.load(Ordering::SeqCst),
             queued: self.shared.queued.load(Ordering::SeqCst),
             prefix: *self.shared.prefix.lock().unwrap_or_else(|e| e.into_inner()),
+            threads: self.shared.threads.load(Ordering::Relaxed),
         }
     }
 }
@@ -773,6 +809,8 @@ struct Loop<'m> {
     rotate: usize,
     bias_scratch: Vec<f32>,
     cache: PrefixCache,
+    /// Threads the context decodes with now.
+    threads: u32,
 }
 
 fn run_engine(
@@ -798,6 +836,7 @@ fn run_engine(
         rotate: 0,
         bias_scratch: Vec::new(),
         cache: PrefixCache::new(cfg.slots as usize, cfg.prefix_cache),
+        threads: cfg.threads,
     };
     loop {
         l.admit(&mut ctx, jobs, shared);
@@ -827,6 +866,11 @@ fn run_engine(
         shared.busy.store(l.seqs.len() as u32, Ordering::SeqCst);
         if l.seqs.is_empty() {
             continue;
+        }
+        let threads = shared.threads.load(Ordering::Relaxed).max(1);
+        if threads != l.threads {
+            ctx.set_n_threads(threads as i32, threads as i32);
+            l.threads = threads;
         }
         l.step(&mut ctx, &mut batch);
         shared.busy.store(l.seqs.len() as u32, Ordering::SeqCst);

@@ -168,6 +168,18 @@ impl<'model> LlamaContext<'model> {
         unsafe { llama_cpp_sys_2::llama_set_embeddings(self.context.as_mut_ptr(), embeddings) }
     }
 
+    /// Sets the threads of the decodes that follow (generation and batch). Agora patch: lets a
+    /// node use fewer threads while other processes keep cores busy.
+    pub fn set_n_threads(&mut self, n_threads: i32, n_threads_batch: i32) {
+        unsafe {
+            llama_cpp_sys_2::llama_set_n_threads(
+                self.context.as_mut_ptr(),
+                n_threads,
+                n_threads_batch,
+            )
+        }
+    }
+
     /// Get the embeddings for the `i`th sequence in the current context.
     ///
     /// Returns a slice containing the embeddings for the last decoded batch.
