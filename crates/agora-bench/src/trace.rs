@@ -209,7 +209,9 @@ fn queries(home: &Path, store: &DatasetStore, m: &Manifest, n: usize) -> Result<
     let mut recalled = 0usize;
     for q in 0..n {
         let r = rng.next() % m.records;
-        let rec = &store.records_at(m, &[r])?[0];
+        let rec = store.records_at(m, &[r], usize::MAX)?[0]
+            .clone()
+            .context("the record was not read")?;
         let words_in: Vec<&str> = rec.text.split(' ').collect();
         let from = (rng.next() % (words_in.len() / 2).max(1) as u64) as usize;
         let passage: String = words_in[from..]

@@ -178,15 +178,22 @@ pub fn run(home: &Path, a: TraceArgs) -> Result<i32> {
         let mut datasets = a.dataset.clone();
         let models = match (&a.model, &a.node) {
             (Some(m), _) => vec![weights_of(home, m)?],
-            (None, Some(node)) if a.dataset.is_empty() => {
-                let found = answering_models(&a, node, &text)?;
-                if found.is_empty() {
+            (None, Some(node)) if a.dataset.is_empty() => match answering_models(&a, node, &text) {
+                Ok(found) if found.is_empty() => {
                     eprintln!(
                         "no receipt in the log has exactly this text: searching every dataset {node} has indexed"
                     );
+                    found
                 }
-                found
-            }
+                Ok(found) => found,
+                Err(e) => {
+                    eprintln!(
+                        "the answering model could not be looked up ({}): searching every dataset {node} has indexed",
+                        crate::explain(&e)
+                    );
+                    Vec::new()
+                }
+            },
             _ => Vec::new(),
         };
         for w in models {

@@ -631,14 +631,21 @@ impl DatasetStore {
     }
 
     /// The records at `indices` (any order, repeats allowed) of a stored version, reading each
-    /// shard once, up to the last record wanted from it.
-    pub fn records_at(&self, m: &Manifest, indices: &[u64]) -> Result<Vec<Record>, StoreError> {
+    /// shard once, up to the last record wanted from it. At most `max_bytes` of records (their
+    /// canonical bytes, in index order) are kept: those beyond are `None`.
+    pub fn records_at(
+        &self,
+        m: &Manifest,
+        indices: &[u64],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Record>>, StoreError> {
         let dir = self.dir(&m.name, m.version);
         let mut want: Vec<u64> = indices.to_vec();
         want.sort_unstable();
         want.dedup();
         let mut found = std::collections::BTreeMap::new();
-        for shard in &m.shards {
+        let mut kept = 0usize;
+        'shards: for shard in &m.shards {
             let range = shard.first..shard.first + shard.records;
             let here: Vec<u64> = want.iter().copied().filter(|i| range.contains(i)).collect();
             let Some(&last) = here.last() else { continue };
@@ -648,6 +655,10 @@ impl DatasetStore {
             for i in shard.first..=last {
                 let bytes = read_entry(&mut r).map_err(io_at(&path))?;
                 if here.binary_search(&i).is_ok() {
+                    if kept + bytes.len() > max_bytes {
+                        break 'shards;
+                    }
+                    kept += bytes.len();
                     found.insert(
                         i,
                         Record::decode(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -655,15 +666,7 @@ impl DatasetStore {
                 }
             }
         }
-        indices
-            .iter()
-            .map(|i| {
-                found
-                    .get(i)
-                    .cloned()
-                    .ok_or_else(|| StoreError::Corrupt(format!("no shard holds record {i}")))
-            })
-            .collect()
+        Ok(indices.iter().map(|i| found.get(i).cloned()).collect())
     }
 
     /// The directory of a stored version (its shards, leaves, statement and indexes).
@@ -1115,6 +1118,31 @@ mod tests {
     }
 
     #[test]
+    fn proofs_through_a_damaged_subtree_cache_still_verify() {
+        let home = tempfile::tempdir().unwrap();
+        let input = home.path().join("in.jsonl");
+        let recs = records(2100);
+        std::fs::write(&input, jsonl(&recs)).unwrap();
+        let store = DatasetStore::open(&home.path().join("datasets"));
+        let m = store
+            .ingest(&meta("big"), std::slice::from_ref(&input), false, &mut ())
+            .unwrap();
+        let roots = m.roots().unwrap();
+        let cache = store.version_dir(&m).join(CACHE_FILE);
+        for i in [0u64, 1500, 2099] {
+            let p = store.prove_index(&m, i, &recs[i as usize]).unwrap();
+            assert_eq!(p.verify(&roots).unwrap(), recs[i as usize]);
+            assert_eq!(std::fs::metadata(&cache).unwrap().len(), 2 * 32);
+            // Damaged: two wrong roots of the right size. The proof is made again from the
+            // leaves and the cache rebuilt.
+            std::fs::write(&cache, vec![7u8; 64]).unwrap();
+            let p = store.prove_index(&m, i, &recs[i as usize]).unwrap();
+            assert_eq!(p.verify(&roots).unwrap(), recs[i as usize]);
+            assert_ne!(std::fs::read(&cache).unwrap(), vec![7u8; 64]);
+        }
+    }
+
+    #[test]
     fn an_ingest_gives_the_roots_of_the_records_and_proves_from_disk() {
         let home = tempfile::tempdir().unwrap();
         let input = home.path().join("in.jsonl");
@@ -1137,6 +1165,21 @@ mod tests {
         for i in [0usize, 1, 499, 999] {
             let p = store.prove(&m, &recs[i].id).unwrap();
             assert_eq!(p.verify_id(&roots, &recs[i].id).unwrap(), recs[i]);
+        }
+        // Records by index, in any order, within a byte budget; proofs by index through the
+        // cached subtree roots, which a damaged cache cannot spoil.
+        let got = store.records_at(&m, &[999, 3, 3, 500], usize::MAX).unwrap();
+        let want: Vec<Option<Record>> = [999, 3, 3, 500]
+            .iter()
+            .map(|&i| Some(recs[i].clone()))
+            .collect();
+        assert_eq!(got, want);
+        let one = recs[3].encode().len();
+        let got = store.records_at(&m, &[500, 3], one).unwrap();
+        assert_eq!(got, vec![None, Some(recs[3].clone())]);
+        for i in [0u64, 700, 999] {
+            let p = store.prove_index(&m, i, &recs[i as usize]).unwrap();
+            assert_eq!(p.verify(&roots).unwrap(), recs[i as usize]);
         }
         store
             .prove_absent(&m, "not-there")

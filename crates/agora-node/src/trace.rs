@@ -21,6 +21,8 @@ use crate::datasets::{LOG_FILE, STATEMENT_FILE};
 
 /// A version's trace index, beside its shards.
 pub const INDEX_FILE: &str = "trace.idx";
+/// Most bytes of records one trace reads (to confirm spans and prove them), per dataset.
+const MAX_RECORD_BYTES: usize = 64 << 20;
 /// Text tokenized per batch while building an index.
 const BATCH_BYTES: usize = 8 << 20;
 
@@ -229,112 +231,9 @@ impl Tracer {
             records: BTreeMap::new(),
             notes: Vec::new(),
         };
-        let mut tokenizers: HashMap<[u8; 32], Arc<dyn Tokenize>> = HashMap::new();
-        let mut proof_bytes = 0usize;
+        let mut state = (HashMap::new(), 0usize);
         for m in self.versions(&req.datasets)? {
-            let label = m.label();
-            let statement = self
-                .store
-                .attached(&m, STATEMENT_FILE)?
-                .ok_or_else(|| TraceError::Unsigned(label.clone()))?;
-            let statement = String::from_utf8(statement)
-                .map_err(|_| TraceError::Damaged("the stored statement is not UTF-8".into()))?;
-            let ix = open_index(&self.store, &m)?;
-            let weights = ix.header().tokenizer;
-            let tok = match tokenizers.get(&weights) {
-                Some(t) => Arc::clone(t),
-                None => {
-                    let t = self.tokenizers.get(&Sha256(weights)).map_err(|reason| {
-                        TraceError::Tokenizer {
-                            dataset: label.clone(),
-                            weights: hex::encode(weights),
-                            reason,
-                        }
-                    })?;
-                    tokenizers.insert(weights, Arc::clone(&t));
-                    t
-                }
-            };
-            let mut found = agora_trace::find(&ix, tok.as_ref(), &req.text, opts);
-            // Bounded work whatever the text: at most MAX_SPANS spans' records are read.
-            if found.len() > MAX_SPANS {
-                trace.notes.push(format!(
-                    "{label}: {} spans found; the first {MAX_SPANS} are reported",
-                    found.len()
-                ));
-                found.truncate(MAX_SPANS);
-            }
-            // Read every cited record once; keep only occurrences its text confirms.
-            let wanted: Vec<u64> = found
-                .iter()
-                .flat_map(|f| f.occurrences.iter().map(|o| o.0))
-                .collect();
-            let records = self.store.records_at(&m, &wanted)?;
-            let by_index: BTreeMap<u64, &agora_data::Record> =
-                wanted.iter().copied().zip(records.iter()).collect();
-            let mut damaged = false;
-            for f in found {
-                let mut cited = Vec::new();
-                for &(r, _) in &f.occurrences {
-                    let Some(rec) = by_index.get(&r) else {
-                        continue;
-                    };
-                    if !rec.text.contains(&f.text) {
-                        damaged = true;
-                        continue;
-                    }
-                    let key = record_key(&label, r);
-                    if !cited.contains(&key) {
-                        cited.push(key.clone());
-                    }
-                    if trace.records.contains_key(&key) {
-                        continue;
-                    }
-                    let proof = if proof_bytes < MAX_PROOF_BYTES {
-                        let p = self.store.prove_index(&m, r, rec)?;
-                        proof_bytes += 2 * p.record.len() + 64 * p.path.len();
-                        Some(p.to_json())
-                    } else {
-                        None
-                    };
-                    trace.records.insert(
-                        key,
-                        TracedRecord {
-                            dataset: label.clone(),
-                            id: rec.id.clone(),
-                            index: r,
-                            proof,
-                        },
-                    );
-                }
-                if cited.is_empty() {
-                    continue;
-                }
-                trace.spans.push(TracedSpan {
-                    start: f.start,
-                    end: f.end,
-                    text: f.text,
-                    tokens: f.tokens,
-                    count: f.count,
-                    records: cited,
-                });
-            }
-            if damaged {
-                warn!(
-                    "{label}: the trace index points at records without the span; it may be damaged (`agora dataset index {label}` rebuilds it)"
-                );
-                trace.notes.push(format!(
-                    "{label}: some matches were not confirmed by the records' text and were left out"
-                ));
-            }
-            trace.datasets.insert(
-                label.clone(),
-                DatasetRef {
-                    statement,
-                    tokenizer: format!("sha256:{}", hex::encode(weights)),
-                    log: self.log_ref(&m),
-                },
-            );
+            self.trace_version(&m, req, &mut trace, &mut state)?;
         }
         // Text order; the same stretch found in several datasets is one span.
         trace.spans.sort_by_key(|s| (s.start, s.end));
@@ -361,6 +260,133 @@ impl Tracer {
             ));
         }
         Ok(trace)
+    }
+
+    /// Traces `req.text` through one version, adding its spans, records and statement to
+    /// `trace`; `state` holds the tokenizers loaded so far and the proof bytes spent.
+    fn trace_version(
+        &self,
+        m: &Manifest,
+        req: &Request,
+        trace: &mut Trace,
+        state: &mut (HashMap<[u8; 32], Arc<dyn Tokenize>>, usize),
+    ) -> Result<(), TraceError> {
+        let opts = req.options();
+        let (tokenizers, proof_bytes) = state;
+        let label = m.label();
+        let statement = self
+            .store
+            .attached(m, STATEMENT_FILE)?
+            .ok_or_else(|| TraceError::Unsigned(label.clone()))?;
+        let statement = String::from_utf8(statement)
+            .map_err(|_| TraceError::Damaged("the stored statement is not UTF-8".into()))?;
+        let ix = open_index(&self.store, m)?;
+        let weights = ix.header().tokenizer;
+        let tok = match tokenizers.get(&weights) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t = self.tokenizers.get(&Sha256(weights)).map_err(|reason| {
+                    TraceError::Tokenizer {
+                        dataset: label.clone(),
+                        weights: hex::encode(weights),
+                        reason,
+                    }
+                })?;
+                tokenizers.insert(weights, Arc::clone(&t));
+                t
+            }
+        };
+        let mut found = agora_trace::find(&ix, tok.as_ref(), &req.text, opts);
+        // Bounded work whatever the text: at most MAX_SPANS spans' records are read.
+        if found.len() > MAX_SPANS {
+            trace.notes.push(format!(
+                "{label}: {} spans found; the first {MAX_SPANS} are reported",
+                found.len()
+            ));
+            found.truncate(MAX_SPANS);
+        }
+        // Read every cited record once; keep only occurrences its text confirms.
+        let wanted: Vec<u64> = found
+            .iter()
+            .flat_map(|f| f.occurrences.iter().map(|o| o.0))
+            .collect();
+        let records = self.store.records_at(m, &wanted, MAX_RECORD_BYTES)?;
+        if records.iter().any(Option::is_none) {
+            trace.notes.push(format!(
+                "{label}: the cited records exceed {} MB; matches in the others were left out",
+                MAX_RECORD_BYTES >> 20
+            ));
+        }
+        let by_index: BTreeMap<u64, &agora_data::Record> = wanted
+            .iter()
+            .copied()
+            .zip(records.iter())
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+            .collect();
+        let mut damaged = false;
+        for f in found {
+            let mut cited = Vec::new();
+            for &(r, _) in &f.occurrences {
+                let Some(rec) = by_index.get(&r) else {
+                    continue;
+                };
+                if !rec.text.contains(&f.text) {
+                    damaged = true;
+                    continue;
+                }
+                let key = record_key(&label, r);
+                if !cited.contains(&key) {
+                    cited.push(key.clone());
+                }
+                if trace.records.contains_key(&key) {
+                    continue;
+                }
+                let proof = if *proof_bytes < MAX_PROOF_BYTES {
+                    let p = self.store.prove_index(m, r, rec)?;
+                    *proof_bytes += 2 * p.record.len() + 64 * p.path.len();
+                    Some(p.to_json())
+                } else {
+                    None
+                };
+                trace.records.insert(
+                    key,
+                    TracedRecord {
+                        dataset: label.clone(),
+                        id: rec.id.clone(),
+                        index: r,
+                        proof,
+                    },
+                );
+            }
+            if cited.is_empty() {
+                continue;
+            }
+            trace.spans.push(TracedSpan {
+                start: f.start,
+                end: f.end,
+                text: f.text,
+                tokens: f.tokens,
+                count: f.count,
+                records: cited,
+            });
+        }
+        if damaged {
+            warn!(
+                "{label}: the trace index points at records without the span; it may be damaged (`agora dataset index {label}` rebuilds it)"
+            );
+            trace.notes.push(format!(
+                "{label}: some matches were not confirmed by the records' text and were left out"
+            ));
+        }
+        trace.datasets.insert(
+            label.clone(),
+            DatasetRef {
+                statement,
+                tokenizer: format!("sha256:{}", hex::encode(weights)),
+                log: self.log_ref(m),
+            },
+        );
+        Ok(())
     }
 
     /// Where the version's statement was logged, with its current proof (none when it was not
