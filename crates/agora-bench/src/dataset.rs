@@ -140,7 +140,7 @@ fn generate(path: &Path, bytes: u64) -> Result<u64> {
 }
 
 /// Runs `cmd` to its end; its wall time and peak resident memory (bytes).
-fn timed(mut cmd: Command) -> Result<(Duration, u64, String)> {
+pub(crate) fn timed(mut cmd: Command) -> Result<(Duration, u64, String)> {
     let t0 = Instant::now();
     let child = cmd
         .stdout(Stdio::piped())

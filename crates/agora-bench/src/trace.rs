@@ -18,7 +18,7 @@ use agora_datastore::DatasetStore;
 use agora_datastore::store::Manifest;
 use agora_node::trace::Tracer;
 use agora_trace::report::Request;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::tokenizers::StoreTokenizers;
@@ -159,24 +159,8 @@ fn generate(path: &Path, bytes: u64) -> Result<u64> {
 fn run_child(home: &Path, args: &[&str]) -> Result<(String, f64, u64)> {
     let mut cmd = proc::agora(home)?;
     cmd.args(args);
-    let t0 = Instant::now();
-    let out = cmd.output().context("running agora")?;
-    let took = t0.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!(
-            "agora {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    // SAFETY: getrusage of our reaped children with a valid out-pointer.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    Ok((
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        took,
-        usage.ru_maxrss as u64 * 1024,
-    ))
+    let (took, rss, out) = crate::dataset::timed(cmd)?;
+    Ok((out, took.as_secs_f64(), rss))
 }
 
 /// What the traces measured.

@@ -64,7 +64,7 @@ pub enum Want {
 /// Exit status: 0 found (at least one receipt fully checked), 1 no record, 2 could not check
 /// (including a node whose answer does not check).
 pub fn run(home: &Path, a: ProvenanceArgs) -> Result<i32> {
-    let bytes = read_text(&a.file)?;
+    let bytes = read_text(&a.file, agora_core::text::MAX_TEXT)?;
     let digest = agora_core::text::digest_bytes(&bytes)
         .with_context(|| format!("{} has no text digest", a.file.display()))?;
     if a.digest_only {
@@ -134,9 +134,10 @@ pub fn run(home: &Path, a: ProvenanceArgs) -> Result<i32> {
     Ok(report.status())
 }
 
-/// The text, at most [`agora_core::text::MAX_TEXT`] bytes (one more is read to tell).
-fn read_text(file: &Path) -> Result<Vec<u8>> {
-    let limit = agora_core::text::MAX_TEXT as u64 + 1;
+/// The bytes of `file` (`-`: standard input), at most `max` and one more, read to tell a text
+/// that is too long.
+pub(crate) fn read_text(file: &Path, max: usize) -> Result<Vec<u8>> {
+    let limit = max as u64 + 1;
     let mut bytes = Vec::new();
     if file == Path::new("-") {
         std::io::stdin().take(limit).read_to_end(&mut bytes)?;

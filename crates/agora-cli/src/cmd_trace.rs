@@ -6,7 +6,6 @@
 //! Also the tokenizers the trace indexes use (`agora dataset index`), loaded from the model
 //! store by digest.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -62,16 +61,7 @@ pub struct TraceArgs {
 }
 
 fn read_text(file: &Path) -> Result<String> {
-    let limit = MAX_TRACE_TEXT as u64 + 1;
-    let mut bytes = Vec::new();
-    if file == Path::new("-") {
-        std::io::stdin().take(limit).read_to_end(&mut bytes)?;
-    } else {
-        std::fs::File::open(file)
-            .with_context(|| format!("cannot read {}", file.display()))?
-            .take(limit)
-            .read_to_end(&mut bytes)?;
-    }
+    let bytes = crate::cmd_provenance::read_text(file, MAX_TRACE_TEXT)?;
     if bytes.len() > MAX_TRACE_TEXT {
         bail!("the text is longer than {MAX_TRACE_TEXT} bytes: trace a part of it");
     }

@@ -45,6 +45,23 @@ fn answer(node: &Node) -> String {
 
 struct Burners(Vec<Child>);
 
+impl Burners {
+    /// `n` other processes, each keeping a core busy until dropped.
+    fn start(n: u32) -> Burners {
+        Burners(
+            (0..n)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "exec yes > /dev/null"])
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
 impl Drop for Burners {
     fn drop(&mut self) {
         for c in &mut self.0 {
@@ -70,17 +87,7 @@ fn threads_follow_the_free_cpu_and_answers_do_not_change() {
     let quiet = answer(&node);
 
     // Half the cores kept busy by other processes.
-    let burners = Burners(
-        (0..cores / 2)
-            .map(|_| {
-                Command::new("sh")
-                    .args(["-c", "exec yes > /dev/null"])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
+    let burners = Burners::start(cores / 2);
     let busy_threads = wait_threads(&node, |t| t < cores);
     assert!(
         busy_threads < cores,
@@ -103,17 +110,7 @@ fn threads_follow_the_free_cpu_and_answers_do_not_change() {
 
     // --fixed-threads: the count never moves.
     let fixed = Node::start(&["--threads", &cores.to_string(), "--fixed-threads"]);
-    let _burners = Burners(
-        (0..cores / 2)
-            .map(|_| {
-                Command::new("sh")
-                    .args(["-c", "exec yes > /dev/null"])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect(),
-    );
+    let _burners = Burners::start(cores / 2);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(threads(&fixed), cores);
 }

@@ -144,13 +144,12 @@ mod tests {
     use agora_tlog::hash::leaf_hash;
     use agora_tlog::merkle::{self, MemoryTree};
 
-    #[test]
-    fn proofs_from_disk_match_the_memory_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("leaves");
+    /// A leaf file of `n` leaves in `dir`, and the same tree in memory.
+    fn leaves(dir: &Path, n: u64) -> (LeafFile, MemoryTree) {
+        let path = dir.join("leaves");
         let mut mem = MemoryTree::new();
         let mut bytes = Vec::new();
-        for i in 0..77u32 {
+        for i in 0..n as u32 {
             let h = leaf_hash(&i.to_be_bytes());
             mem.push_leaf_hash(h);
             bytes.extend_from_slice(&h.0);
@@ -160,6 +159,13 @@ mod tests {
             Hash::from_slice(e, "leaf").unwrap_or_else(|_| Hash::empty())
         })
         .unwrap();
+        (f, mem)
+    }
+
+    #[test]
+    fn proofs_from_disk_match_the_memory_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, mem) = leaves(dir.path(), 77);
         assert_eq!(f.len(), 77);
         assert_eq!(merkle::root(&f, 77).unwrap(), mem.root());
         for i in [0u64, 1, 31, 64, 76] {
@@ -173,20 +179,8 @@ mod tests {
     #[test]
     fn cached_subtrees_give_the_same_proofs() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("leaves");
-        let mut mem = MemoryTree::new();
-        let mut bytes = Vec::new();
         let n = 5 * 1024 + 77;
-        for i in 0..n as u32 {
-            let h = leaf_hash(&i.to_be_bytes());
-            mem.push_leaf_hash(h);
-            bytes.extend_from_slice(&h.0);
-        }
-        std::fs::write(&path, bytes).unwrap();
-        let f = LeafFile::open(&path, 32, |e| {
-            Hash::from_slice(e, "leaf").unwrap_or_else(|_| Hash::empty())
-        })
-        .unwrap();
+        let (f, mem) = leaves(dir.path(), n);
         let roots = Cached::roots_of(&f).unwrap();
         assert_eq!(roots.len(), 5);
         let c = Cached::new(&f, roots);

@@ -588,9 +588,21 @@ impl DatasetStore {
     ) -> Result<RecordProof, StoreError> {
         let dir = self.dir(&m.name, m.version);
         let cache = dir.join(CACHE_FILE);
+        let prove = |roots: Vec<Hash>| -> Result<RecordProof, StoreError> {
+            let path = merkle::inclusion_proof(&Cached::new(records, roots), index, m.records)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok(RecordProof {
+                record: record.encode(),
+                index,
+                size: m.records,
+                path,
+            })
+        };
         let want = (m.records >> CACHE_LEVEL) as usize;
-        let mut roots: Option<Vec<Hash>> = fs::read(&cache).ok().and_then(|b| {
-            (b.len() == want * 32).then(|| {
+        let cached = fs::read(&cache)
+            .ok()
+            .filter(|b| b.len() == want * 32)
+            .map(|b| {
                 b.chunks_exact(32)
                     .map(|c| {
                         let mut h = [0u8; 32];
@@ -598,36 +610,22 @@ impl DatasetStore {
                         Hash(h)
                     })
                     .collect()
-            })
-        });
-        let roots_ok = m.roots()?;
-        for attempt in 0..2 {
-            let r = match roots.take() {
-                Some(r) => r,
-                None => {
-                    let r = Cached::roots_of(records).map_err(io_at(&dir))?;
-                    let bytes: Vec<u8> = r.iter().flat_map(|h| h.0).collect();
-                    // A cache that cannot be written is only slower next time.
-                    let tmp = dir.join(format!(".{CACHE_FILE}.tmp"));
-                    if write_synced(&tmp, &bytes).is_ok() {
-                        let _ = fs::rename(&tmp, &cache);
-                    }
-                    r
-                }
-            };
-            let path = merkle::inclusion_proof(&Cached::new(records, r), index, m.records)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let proof = RecordProof {
-                record: record.encode(),
-                index,
-                size: m.records,
-                path,
-            };
-            if attempt == 1 || proof.verify(&roots_ok).is_ok() {
+            });
+        if let Some(roots) = cached {
+            let proof = prove(roots)?;
+            if proof.verify(&m.roots()?).is_ok() {
                 return Ok(proof);
             }
         }
-        Err(StoreError::Corrupt("unreachable".into()))
+        // No cache, or a damaged one: the roots from the leaves, kept for next time.
+        let roots = Cached::roots_of(records).map_err(io_at(&dir))?;
+        let bytes: Vec<u8> = roots.iter().flat_map(|h| h.0).collect();
+        // A cache that cannot be written is only slower next time.
+        let tmp = dir.join(format!(".{CACHE_FILE}.tmp"));
+        if write_synced(&tmp, &bytes).is_ok() {
+            let _ = fs::rename(&tmp, &cache);
+        }
+        prove(roots)
     }
 
     /// The records at `indices` (any order, repeats allowed) of a stored version, reading each
