@@ -14,6 +14,7 @@
 
 pub mod busy;
 pub mod chat;
+pub mod community;
 pub mod dataset;
 pub mod devnet;
 pub mod hammer;

@@ -124,11 +124,17 @@ pub struct TrustArgs {
     /// A tlog-policy file (checks the log signature and the witness quorum)
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// A policy already read (a community's, from its genesis rules).
+    #[arg(skip)]
+    pub inline: Option<Policy>,
 }
 
 impl TrustArgs {
     /// Parse and check a checkpoint as configured; `Ok((checkpoint, verified))`.
     pub(crate) fn open(&self, bytes: &[u8]) -> anyhow::Result<(SignedCheckpoint, bool)> {
+        if let Some(p) = &self.inline {
+            return Ok((p.verify_checkpoint(bytes)?, true));
+        }
         if let Some(p) = &self.policy {
             let policy = read_policy(p)?;
             return Ok((policy.verify_checkpoint(bytes)?, true));

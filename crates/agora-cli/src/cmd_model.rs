@@ -56,6 +56,10 @@ pub enum ModelCommand {
         /// The training recipe (configuration or script), bound by digest; overrides the mix's.
         #[arg(long, value_name = "FILE")]
         recipe: Option<PathBuf>,
+        /// The community decision that adopted this mix (its index in the log): re-counted
+        /// here under the community's genesis rules, and its mix must be exactly this one.
+        #[arg(long, value_name = "INDEX")]
+        decision: Option<u64>,
         /// The log to append the manifest to (where the datasets are logged).
         #[arg(long = "log", value_name = "URL", env = "AGORA_LOG_URL", default_value = DEFAULT_LOG_URL)]
         log: String,
@@ -90,6 +94,7 @@ pub fn run(home: &Path, cmd: ModelCommand) -> Result<i32> {
             mix,
             base,
             recipe,
+            decision,
             log,
             trust,
         } => {
@@ -97,9 +102,12 @@ pub fn run(home: &Path, cmd: ModelCommand) -> Result<i32> {
                 home,
                 &store,
                 &model,
-                mix.as_deref(),
-                base.as_deref(),
-                recipe.as_deref(),
+                Inputs {
+                    mix: mix.as_deref(),
+                    base: base.as_deref(),
+                    recipe: recipe.as_deref(),
+                    decision,
+                },
                 &log,
                 &trust,
             )?;
@@ -250,17 +258,28 @@ fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What `model publish` is told about the training.
+struct Inputs<'a> {
+    mix: Option<&'a Path>,
+    base: Option<&'a str>,
+    recipe: Option<&'a Path>,
+    decision: Option<u64>,
+}
+
 fn publish(
     home: &Path,
     store: &ModelStore,
     model: &str,
-    mix_path: Option<&Path>,
-    base: Option<&str>,
-    recipe: Option<&Path>,
+    inputs: Inputs<'_>,
     log_url: &str,
     trust: &TrustArgs,
 ) -> Result<()> {
+    let Inputs {
+        mix: mix_path,
+        base,
+        recipe,
+        decision,
+    } = inputs;
     let m = stored(store, model)?;
     let (text, mix_dir) = match mix_path {
         Some(p) => (
@@ -294,6 +313,15 @@ fn publish(
     let origin = tlog.origin().to_string();
 
     let data_mix = logged_datasets(home, &mix, &mut tlog, log_url)?;
+    let decision = match decision {
+        Some(i) => Some(crate::cmd_community::confirm_decision(
+            home,
+            log_url,
+            i,
+            &agora_core::statement::mix_digest(&data_mix),
+        )?),
+        None => None,
+    };
     let base_model = base_model(home, store, base, &mix, log_url, &origin)?;
     let recipe_file = recipe.map(Path::to_path_buf).or_else(|| {
         mix.recipe
@@ -341,6 +369,7 @@ fn publish(
                 .collect(),
             recipe,
             unknown: mix.unknown.clone(),
+            decision,
         },
     };
     let identity = load_identity(home).context("the manifest is signed with this node's key")?;
@@ -386,7 +415,7 @@ fn printable(s: &str) -> String {
 
 /// The mix's datasets as manifest entries: each statement read from the log, checked to be in
 /// it, to be a valid dataset statement and to be the dataset named.
-fn logged_datasets(
+pub(crate) fn logged_datasets(
     home: &Path,
     mix: &Mix,
     tlog: &mut TrustedLog,

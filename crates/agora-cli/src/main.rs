@@ -2,6 +2,7 @@
 //! benchmarks, load generators and local networks are `agora-bench`'s (parse here, run there).
 
 mod cmd_chat;
+mod cmd_community;
 mod cmd_dataset;
 mod cmd_debug;
 mod cmd_identity;
@@ -72,6 +73,8 @@ enum Command {
     /// Decoding on a busy machine: llama-server and Agora (threads that follow the free CPU,
     /// and fixed) quiet and with half the cores kept busy by other processes.
     BenchBusy(bench::busy::BenchBusyArgs),
+    /// Benchmark a community's re-tally (1M votes) and credit ledger (1M receipts) from logs.
+    BenchCommunity(bench::community::BenchCommunityArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -97,6 +100,14 @@ enum Command {
     Devnet(bench::devnet::DevnetArgs),
     /// Start a local network, send it a few questions, and show which worker answered each.
     Demo(bench::devnet::DevnetArgs),
+    /// Propose a data mix (or new rules) to the community: a signed `proposal` in its log.
+    Propose(cmd_community::ProposeArgs),
+    /// Vote on a proposal: yes, no or abstain (your last vote before the deadline counts).
+    Vote(cmd_community::VoteArgs),
+    /// Count a proposal's votes from the log, each checked; --sign logs the decision.
+    Tally(cmd_community::TallyArgs),
+    /// A period's credit to workers and data contributors, from the log alone.
+    Credit(cmd_community::CreditArgs),
     /// Testing tools (misbehaving peers).
     #[command(subcommand, hide = true)]
     Debug(cmd_debug::DebugCommand),
@@ -122,6 +133,7 @@ fn main() {
         Command::BenchProvenance(args) => bench::provenance::run(args),
         Command::BenchTrace(args) => bench::trace::run(&home, args),
         Command::BenchBusy(args) => bench::busy::run(&home, args),
+        Command::BenchCommunity(args) => bench::community::run(args),
         Command::Dataset(cmd) => cmd_dataset::run(&home, cmd),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),
@@ -148,6 +160,14 @@ fn main() {
                 std::process::exit(2);
             }
         },
+        Command::Propose(args) => cmd_community::propose(&home, args),
+        Command::Vote(args) => cmd_community::vote(&home, args),
+        Command::Tally(args) => match cmd_community::tally(&home, args) {
+            Ok(0) => Ok(()),
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
+        Command::Credit(args) => cmd_community::credit(&home, args),
         Command::Nodes(args) => cmd_chat::nodes(args),
         Command::Devnet(args) => bench::devnet::devnet(&home, args),
         Command::Demo(args) => bench::devnet::demo(&home, args),

@@ -56,9 +56,10 @@ impl TrustedLog {
             }
         };
         let (checkpoint, verified) = trust.open(&bytes)?;
-        let policy = match &trust.policy {
-            Some(p) => Some(crate::cmd_log::read_policy(p)?),
-            None => None,
+        let policy = match (&trust.inline, &trust.policy) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(p)) => Some(crate::cmd_log::read_policy(p)?),
+            (None, None) => None,
         };
         Ok(TrustedLog {
             client,

@@ -1,15 +1,22 @@
-//! A devnet with a cheater: a gateway that runs the log, three workers of which one serves a
-//! perturbed model while claiming the real one, and a validator checking the default share
-//! (10 %) of receipts. The validator must catch the cheater, the gateway must stop routing to
-//! it, and no honest worker may be condemned; of two more gateways that only listen, the one
-//! trusting that validator (`--trust-validator`) acts on its verdict and the one trusting
-//! another key does not. Prints after how many requests it was caught.
+//! A devnet with a cheater: a log with a witness, a gateway appending its receipts there, three
+//! workers of which one serves a perturbed model while claiming the real one, and a validator
+//! checking the default share (10 %) of receipts. The validator must catch the cheater, the
+//! gateway must stop routing to it, and no honest worker may be condemned; of two more gateways
+//! that only listen, the one trusting that validator (`--trust-validator`) acts on its verdict
+//! and the one trusting another key does not. Prints after how many requests it was caught.
+//!
+//! Then the community's credit ledger over that log (the validator is the community's member,
+//! so its verdicts count): the model's manifest names a two-dataset mix, two machines compute
+//! identical ledgers, every line equals a computation by hand from the log's receipts and
+//! verdicts, the cheater gets no compute credit for its rejected answers, and a contributor's
+//! line proof checks on its own.
 //!
 //! Needs the `cheat` feature: `cargo nextest run --release -p agora-cli --features cheat --test
 //! cheat_devnet` (scripts/test.sh runs it).
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod tlog_common;
 
 use std::time::{Duration, Instant};
 
@@ -60,22 +67,22 @@ fn validators_catch_a_cheating_worker_and_the_gateway_routes_around_it() {
     // validator it trusts (and releases transcripts to).
     let vhome = common::temp_home();
     let validator_id = common::peer_id_of(&vhome);
+    let net = LogNet::start();
+    let (log, vkey) = (net.log.url.clone(), net.log.vkey.clone());
     let gw = Node::start(&args(&[
         &[
             "--no-worker",
             "--no-mdns",
-            "--serve-log",
+            "--log-url",
+            &log,
+            "--log-key",
+            &vkey,
             "--trust-validator",
             &validator_id,
         ],
         LOOPBACK,
     ]));
     let boot = gw.p2p[0].clone();
-    let log = format!("{}/log", gw.url);
-    let vkey = gw
-        .log_vkey
-        .clone()
-        .expect("the gateway prints its log's key");
     // An honest worker that is also the validator (it needs the model to re-check answers).
     let validator = Node::start_in(
         vhome,
@@ -192,4 +199,277 @@ fn validators_catch_a_cheating_worker_and_the_gateway_routes_around_it() {
     assert!(line.contains("REJECTED"), "{text}");
     let v: Value = gw.get("/agora/v1/nodes").1;
     assert!(v["peers"].is_array());
+
+    credit::ledger_matches_a_hand_count(&net, &log, &validator_id, &cheater.peer_id);
+}
+
+/// A log with one witness (real processes): the community's log.
+struct LogNet {
+    dir: tempfile::TempDir,
+    log: tlog_common::Server,
+    _witness: tlog_common::Server,
+    /// The community's log policy (log line with its URL, witness, quorum).
+    policy: std::path::PathBuf,
+}
+
+impl LogNet {
+    fn start() -> LogNet {
+        let dir = tempfile::tempdir().unwrap();
+        let (lhome, whome) = (dir.path().join("log"), dir.path().join("witness"));
+        let id = |h: &std::path::Path, key: &str| {
+            tlog_common::init_home(h);
+            tlog_common::ok(&["id", "--home", h.to_str().unwrap()])
+                .lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+                .unwrap()
+        };
+        let (lvkey, wvkey) = (id(&lhome, "vkey"), id(&whome, "witness-vkey"));
+        let witness = tlog_common::Server::start(
+            &[
+                "witness",
+                "serve",
+                "--home",
+                whome.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--log-key",
+                &lvkey,
+            ],
+            &dir.path().join("witness.err"),
+        );
+        let lp = dir.path().join("log-policy");
+        std::fs::write(
+            &lp,
+            format!("witness w1 {wvkey} {}\nquorum w1\n", witness.url),
+        )
+        .unwrap();
+        let log = tlog_common::Server::start(
+            &[
+                "log",
+                "serve",
+                "--home",
+                lhome.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--interval",
+                "250ms",
+                "--policy",
+                lp.to_str().unwrap(),
+                "--no-quotas",
+            ],
+            &dir.path().join("log.err"),
+        );
+        let policy = dir.path().join("community-policy");
+        std::fs::write(
+            &policy,
+            format!("log {lvkey} {}\nwitness w1 {wvkey}\nquorum w1\n", log.url),
+        )
+        .unwrap();
+        LogNet {
+            dir,
+            log,
+            _witness: witness,
+            policy,
+        }
+    }
+}
+
+mod credit {
+    use super::LogNet;
+    use agora_core::Envelope;
+    use agora_core::statement::Statement;
+    use serde_json::Value;
+    use std::collections::{BTreeMap, HashSet};
+    use std::path::Path;
+
+    fn agora(home: &Path, args: &[&str]) -> String {
+        let o = super::common::agora()
+            .env("AGORA_HOME", home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "agora {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    pub fn ledger_matches_a_hand_count(net: &LogNet, log: &str, member: &str, cheater: &str) {
+        // The manifest: the default model trained on two datasets, weights 3 and 1.
+        let publisher = super::common::temp_home();
+        let p = publisher.path();
+        agora(p, &["init"]);
+        for (name, who) in [("stories", "alice=Alice"), ("poems", "bob=Bob")] {
+            let f = p.join(format!("{name}.txt"));
+            std::fs::write(&f, format!("a {name} line\n")).unwrap();
+            agora(
+                p,
+                &[
+                    "dataset",
+                    "add",
+                    f.to_str().unwrap(),
+                    "--name",
+                    name,
+                    "--license",
+                    "CC0-1.0",
+                    "--source",
+                    "test",
+                    "--contributor",
+                    who,
+                    "--log",
+                    log,
+                ],
+            );
+        }
+        let mix = p.join("MIX.toml");
+        std::fs::write(
+            &mix,
+            "license = \"Apache-2.0\"\n[[dataset]]\nname = \"stories@1\"\nweight = 3.0\n[[dataset]]\nname = \"poems@1\"\nweight = 1.0\n",
+        )
+        .unwrap();
+        agora(
+            p,
+            &[
+                "model",
+                "publish",
+                super::common::MODEL,
+                "--mix",
+                mix.to_str().unwrap(),
+                "--log",
+                log,
+                "--policy",
+                net.policy.to_str().unwrap(),
+            ],
+        );
+        // Two machines of the community (the validator is its member).
+        let homes: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let policy = net.policy.to_str().unwrap();
+        agora(
+            homes[0].path(),
+            &[
+                "init",
+                "--network",
+                "credit",
+                "--member",
+                member,
+                "--log-policy",
+                policy,
+            ],
+        );
+        std::fs::copy(
+            homes[0].path().join("genesis.toml"),
+            homes[1].path().join("genesis.toml"),
+        )
+        .unwrap();
+        // Wait until the manifest is under a checkpoint, then fix the period's end.
+        let size = super::tlog_common::wait_for(
+            "the manifest under a checkpoint",
+            std::time::Duration::from_secs(20),
+            || {
+                let s = super::tlog_common::checkpoint_size(log)?;
+                let c = agora_api::tlog::LogClient::new(log);
+                let last = c.entry(s - 1, s).ok()?;
+                String::from_utf8_lossy(&last)
+                    .contains("application/vnd.in-toto+json")
+                    .then_some(s)
+            },
+        );
+        let to = size.to_string();
+        let ledgers: Vec<Value> = homes
+            .iter()
+            .map(|h| {
+                serde_json::from_str(&agora(h.path(), &["credit", "--to", &to, "--json"])).unwrap()
+            })
+            .collect();
+        assert_eq!(ledgers[0], ledgers[1], "two machines, two ledgers");
+        let l = &ledgers[0];
+
+        // By hand, from the entries.
+        let client = agora_api::tlog::LogClient::new(log);
+        let mut receipts = Vec::new();
+        let mut rejected = HashSet::new();
+        for i in 0..size {
+            let e = client.entry(i, size).unwrap();
+            let Ok(env) = Envelope::from_json(&e) else {
+                continue;
+            };
+            let Ok((signers, st)) = Statement::open(&env) else {
+                continue;
+            };
+            match st {
+                Statement::Receipt(r) if signers.contains(&r.worker) => receipts.push((
+                    agora_core::statement::Sha256::of(&env.payload),
+                    r.worker.to_string(),
+                    u64::from(r.completion_tokens - r.resumed),
+                )),
+                Statement::Verdict(v) if !v.accept && v.validator.to_string() == member => {
+                    rejected.insert(v.receipt);
+                }
+                _ => {}
+            }
+        }
+        let mut compute: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut total, mut cheater_rejected) = (0u64, 0u64);
+        for (id, worker, tokens) in &receipts {
+            if rejected.contains(id) {
+                assert_eq!(worker, cheater, "an honest worker's receipt was rejected");
+                cheater_rejected += 1;
+                continue;
+            }
+            *compute.entry(worker.clone()).or_default() += tokens;
+            total += tokens;
+        }
+        assert!(cheater_rejected > 0, "no rejected receipt in the log");
+        // 3:1 in millionths; the token left over goes to the larger remainder.
+        let (a, b) = (total * 3 / 4, total / 4);
+        let (ra, rb) = (total * 3_000_000 % 4_000_000, total * 1_000_000 % 4_000_000);
+        let (alice, bob) = match total - a - b {
+            0 => (a, b),
+            _ if ra >= rb => (a + 1, b),
+            _ => (a, b + 1),
+        };
+        let lines: BTreeMap<String, (u64, u64)> = l["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["key"].as_str().unwrap().to_string(),
+                    (x["compute"].as_u64().unwrap(), x["data"].as_u64().unwrap()),
+                )
+            })
+            .collect();
+        let mut want: BTreeMap<String, (u64, u64)> =
+            compute.iter().map(|(k, &c)| (k.clone(), (c, 0))).collect();
+        want.insert("alice".into(), (0, alice));
+        want.insert("bob".into(), (0, bob));
+        want.retain(|_, (c, d)| *c + *d > 0);
+        assert_eq!(lines, want, "the ledger is not the hand count");
+        assert_eq!(l["rejected"].as_u64(), Some(cheater_rejected));
+        assert_eq!(l["ledger"]["unattributed"].as_u64(), Some(0));
+        println!(
+            "credit: {} tokens of {} receipts; {} of the cheater's receipts rejected and not credited; alice {alice}, bob {bob}",
+            total,
+            receipts.len(),
+            cheater_rejected
+        );
+
+        // A contributor's proof of their line checks on its own; a changed line does not.
+        let proof = agora(homes[1].path(), &["credit", "prove", "alice", "--to", &to]);
+        let f = net.dir.path().join("alice.json");
+        std::fs::write(&f, &proof).unwrap();
+        let out = agora(homes[1].path(), &["credit", "check", f.to_str().unwrap()]);
+        assert!(out.starts_with("OK: alice"), "{out}");
+        let mut v: Value = serde_json::from_str(&proof).unwrap();
+        v["line"]["data"] = Value::from(alice + 1);
+        std::fs::write(&f, v.to_string()).unwrap();
+        let o = super::common::agora()
+            .args(["credit", "check", f.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "a changed line was accepted");
+    }
 }

@@ -45,7 +45,9 @@ fn post_full(url: &str, body: &[u8]) -> (u16, Option<u64>, String) {
 fn vote(id: &Identity, n: u64) -> Vec<u8> {
     Statement::Vote(Vote {
         proposal: Sha256::of(&n.to_be_bytes()),
-        choice: "yes".into(),
+        network: String::new(),
+        choice: agora_core::statement::Choice::Yes,
+        reason: None,
         voter: id.peer_id(),
         time: n,
     })
@@ -57,11 +59,14 @@ fn vote(id: &Identity, n: u64) -> Vec<u8> {
 /// A statement of about `len` bytes once in its envelope.
 fn proposal(id: &Identity, n: u64, len: usize) -> Vec<u8> {
     Statement::Proposal(Proposal {
+        network: String::new(),
         title: format!("p{n}"),
         body: "x".repeat(len * 3 / 4),
-        subject: "s".into(),
-        options: vec!["yes".into(), "no".into()],
-        closes: 0,
+        motion: agora_core::statement::Motion::Rules {
+            text: String::new(),
+            digest: Sha256::of(b""),
+        },
+        proposer: id.peer_id(),
         time: n,
     })
     .sign(id)

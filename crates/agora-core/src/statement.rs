@@ -3,8 +3,9 @@
 //! - `model` and `dataset` are in-toto Statement v1 (`_type` `https://in-toto.io/Statement/v1`)
 //!   with sha256 subjects and predicate types `https://agora.network/<kind>/v1`, carried in DSSE as
 //!   `application/vnd.in-toto+json`, so standard tooling reads them.
-//! - `receipt`, `verdict`, `proposal`, `vote`, `decision` and `evidence` are JSON objects whose
-//!   `_type` is `https://agora.network/<kind>/v1`, carried as `application/vnd.agora.statement+json`.
+//! - `receipt`, `verdict`, `proposal`, `vote`, `decision`, `evidence` and `ledger` are JSON
+//!   objects whose `_type` is `https://agora.network/<kind>/<version>` ([`Kind::version`]),
+//!   carried as `application/vnd.agora.statement+json`.
 //!
 //! Parsing is strict: unknown fields, unknown kinds and unknown versions are precise errors.
 
@@ -26,7 +27,7 @@ pub const INTOTO_STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
 const INTOTO_STATEMENT_PREFIX: &str = "https://in-toto.io/Statement/";
 /// Start of every Agora type URI, `https://agora.network/<kind>/<version>`.
 pub const TYPE_PREFIX: &str = "https://agora.network/";
-/// The version of every statement kind this build writes and reads.
+/// The version this build writes and reads of every kind but those of [`Kind::version`].
 pub const VERSION: &str = "v1";
 
 /// A SHA-256 digest, serialised as 64 lowercase hex digits.
@@ -109,11 +110,13 @@ pub enum Kind {
     Decision,
     /// A self-contained proof of misbehaviour.
     Evidence,
+    /// A period's credit to contributors.
+    Ledger,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Model,
         Kind::Dataset,
         Kind::Receipt,
@@ -122,6 +125,7 @@ impl Kind {
         Kind::Vote,
         Kind::Decision,
         Kind::Evidence,
+        Kind::Ledger,
     ];
 
     /// The kind's name in its type URI, e.g. `receipt`.
@@ -135,12 +139,23 @@ impl Kind {
             Kind::Vote => "vote",
             Kind::Decision => "decision",
             Kind::Evidence => "evidence",
+            Kind::Ledger => "ledger",
         }
     }
 
-    /// `https://agora.network/<kind>/v1`: the `_type` (or in-toto `predicateType`).
+    /// The version of the kind this build writes and reads. `proposal`, `vote` and `decision`
+    /// are at v2: v1 (free-form options, clock deadlines, no network id) was never used by a
+    /// network and is refused.
+    pub fn version(self) -> &'static str {
+        match self {
+            Kind::Proposal | Kind::Vote | Kind::Decision => "v2",
+            _ => VERSION,
+        }
+    }
+
+    /// `https://agora.network/<kind>/<version>`: the `_type` (or in-toto `predicateType`).
     pub fn type_uri(self) -> String {
-        format!("{TYPE_PREFIX}{}/{VERSION}", self.name())
+        format!("{TYPE_PREFIX}{}/{}", self.name(), self.version())
     }
 
     /// Whether the kind is an in-toto Statement v1 predicate (`model` and `dataset`).
@@ -169,7 +184,7 @@ impl Kind {
             .into_iter()
             .find(|k| k.name() == name)
             .ok_or_else(|| Error::UnknownStatementType(uri.to_string()))?;
-        if version != VERSION {
+        if version != kind.version() {
             return Err(Error::UnknownVersion {
                 kind: kind.name(),
                 version: version.to_string(),
@@ -314,6 +329,10 @@ pub struct ModelPredicate {
     /// What is not known about its training, said plainly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown: Vec<String>,
+    /// The community decision that adopted `data_mix` (a `decision` statement whose proposal's
+    /// mix digest is this manifest's), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<LogRef>,
 }
 
 impl ModelPredicate {
@@ -452,52 +471,200 @@ pub struct Verdict {
     pub time: u64,
 }
 
+/// What a proposal asks a community to adopt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", deny_unknown_fields)]
+pub enum Motion {
+    /// A data mix for the community's models: the manifest `data_mix` entries themselves, so
+    /// that voters see what they vote on and a model published with the decision can be checked
+    /// to carry exactly this mix ([`mix_digest`]).
+    Mix {
+        /// The mix, as a model manifest will carry it.
+        mix: Vec<MixEntry>,
+        /// [`mix_digest`] of `mix`.
+        digest: Sha256,
+    },
+    /// New governance rules (the TOML text of a genesis `[governance]` table). Adopting them
+    /// is a new genesis, hence a new network id: nodes switch by hand (docs/community.md).
+    Rules {
+        /// The rules' TOML text.
+        text: String,
+        /// SHA-256 of `text`.
+        digest: Sha256,
+    },
+}
+
+/// SHA-256 of a data mix's canonical JSON (its entries in order, keys sorted): what binds a
+/// proposal, a decision and a model manifest to one mix.
+pub fn mix_digest(mix: &[MixEntry]) -> Sha256 {
+    Sha256::of(&serde_json::to_vec(mix).unwrap_or_default())
+}
+
 /// A question put to a community's vote.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Proposal {
+    /// The community's network id (hex SHA-256 of its genesis file): a proposal belongs to one
+    /// community only.
+    pub network: String,
     /// One-line summary.
     pub title: String,
-    /// The full text.
+    /// The full text (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
-    /// What the proposal is about (e.g. the digest of a model's data mix).
-    pub subject: String,
-    /// The choices a vote may make.
-    pub options: Vec<String>,
-    /// POSIX seconds after which votes no longer count.
-    pub closes: u64,
-    /// POSIX seconds.
+    /// What is to be adopted.
+    pub motion: Motion,
+    /// The proposer, who signs the proposal.
+    pub proposer: PeerId,
+    /// POSIX seconds, as the proposer's clock says (never used to count: deadlines are log
+    /// checkpoints).
     pub time: u64,
 }
 
-/// One voter's choice on a proposal.
+/// A vote's choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Choice {
+    /// For.
+    Yes,
+    /// Against.
+    No,
+    /// Counted for the quorum, neither for nor against.
+    Abstain,
+}
+
+impl Choice {
+    /// `yes`, `no` or `abstain`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Choice::Yes => "yes",
+            Choice::No => "no",
+            Choice::Abstain => "abstain",
+        }
+    }
+}
+
+impl std::str::FromStr for Choice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Choice, String> {
+        match s {
+            "yes" => Ok(Choice::Yes),
+            "no" => Ok(Choice::No),
+            "abstain" => Ok(Choice::Abstain),
+            _ => Err(format!("a vote is yes, no or abstain, not {s:?}")),
+        }
+    }
+}
+
+/// One member's vote on a proposal. A member may vote again: the last vote in the log before
+/// the deadline counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vote {
+    /// The community's network id (so that a vote cannot be replayed in another community).
+    pub network: String,
     /// SHA-256 of the proposal statement's DSSE payload.
     pub proposal: Sha256,
-    /// The chosen option (one of the proposal's `options`).
-    pub choice: String,
+    /// The choice.
+    pub choice: Choice,
+    /// Why, in the voter's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The voter, who signs the vote.
     pub voter: PeerId,
-    /// POSIX seconds.
+    /// POSIX seconds, as the voter's clock says (never used to count).
     pub time: u64,
 }
 
-/// The outcome of a proposal, with the votes it counted.
+/// Weighted counts of a tally.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counts {
+    /// Weight of the `yes` votes counted.
+    pub yes: u64,
+    /// Weight of the `no` votes counted.
+    pub no: u64,
+    /// Weight of the `abstain` votes counted.
+    pub abstain: u64,
+}
+
+/// A log checkpoint by size and root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeHead {
+    /// Tree size.
+    pub size: u64,
+    /// Root hash (hex).
+    pub root: Sha256,
+}
+
+/// The outcome of a proposal: a pure function of the log, so that every tallier signs the same
+/// bytes (no tallier name, no clock: the signer is the DSSE signature's).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
-    /// SHA-256 of the proposal statement's DSSE payload.
-    pub proposal: Sha256,
-    /// The winning option.
-    pub outcome: String,
-    /// Counted votes per option.
-    pub tally: BTreeMap<String, u64>,
-    /// SHA-256 of each counted vote's DSSE payload.
-    pub votes: Vec<Sha256>,
-    /// POSIX seconds.
-    pub time: u64,
+    /// The community's network id.
+    pub network: String,
+    /// The proposal decided.
+    pub proposal: LogRef,
+    /// What the proposal would adopt: its mix or rules digest.
+    pub subject: Sha256,
+    /// POSIX seconds the vote closed: the quorum-attested time of the checkpoint that first held
+    /// the proposal, plus the voting period.
+    pub deadline: u64,
+    /// The first checkpoint a quorum of witnesses cosigned at or after the deadline: votes
+    /// count if they are in the log under it.
+    pub closed_at: TreeHead,
+    /// Total weight of the members entitled to vote.
+    pub eligible: u64,
+    /// Weighted counts of the votes counted.
+    pub counts: Counts,
+    /// How many votes were counted (one per member at most).
+    pub voters: u64,
+    /// Whether the votes cast reach the quorum.
+    pub quorum_met: bool,
+    /// Whether the proposal is adopted (quorum met and `yes` above the threshold).
+    pub adopted: bool,
+    /// RFC 6962 root over the counted votes (each leaf: the vote's DSSE payload's SHA-256,
+    /// in log order).
+    pub votes_root: Sha256,
+}
+
+/// One contributor's credit for a period: a leaf of a ledger's Merkle tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditLine {
+    /// The contributor's key (a worker's peer id, or a dataset contributor's key).
+    pub key: String,
+    /// Generated tokens of its accepted receipts.
+    pub compute: u64,
+    /// Tokens credited to the data it contributed.
+    pub data: u64,
+}
+
+/// A period's credit to compute and data contributors, computed from log entries alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ledger {
+    /// The community's network id.
+    pub network: String,
+    /// Origin of the log the period is of.
+    pub log: String,
+    /// Entries from this index…
+    pub from: u64,
+    /// …to this one (exclusive): a checkpoint of the log.
+    pub to: TreeHead,
+    /// Sum of every line's compute credit.
+    pub compute: u64,
+    /// Sum of every line's data credit.
+    pub data: u64,
+    /// Tokens whose data credit could not be attributed (a model or dataset statement not in
+    /// the log, a model with no mix): said, not spread.
+    pub unattributed: u64,
+    /// How many lines (contributors).
+    pub lines: u64,
+    /// RFC 6962 root over the lines (each leaf: a line's canonical JSON), sorted by key.
+    pub root: Sha256,
 }
 
 /// What an evidence statement proves.
@@ -514,10 +681,15 @@ pub enum Claim {
         #[serde(default)]
         proof: Vec<String>,
     },
-    /// One voter signed two different votes on one proposal (both DSSE envelopes, as JSON).
-    DoubleVote {
-        /// The two vote envelopes.
-        votes: [String; 2],
+    /// A tallier signed a decision that the log does not support: the signed decision, and the
+    /// decision the observer recomputed from the same log. [`Evidence::verify`] checks the
+    /// signature and that the two disagree; which one the log supports anyone re-checks by
+    /// tallying the proposal again (`agora tally`), never on the observer's word.
+    WrongDecision {
+        /// The decision envelope, signed by its tallier (JSON).
+        decision: String,
+        /// The recomputed decision statement's payload (JSON).
+        recomputed: String,
     },
     /// A validator rejected a worker's receipt (both DSSE envelopes, as JSON).
     RejectedProof {
@@ -545,12 +717,12 @@ pub struct Evidence {
 pub enum Proven {
     /// The log showed two histories, in this way.
     SplitView(agora_tlog::witness::SplitView),
-    /// A voter signed two different choices on one proposal.
-    DoubleVote {
-        /// The voter.
-        voter: PeerId,
-        /// SHA-256 of the proposal statement's DSSE payload.
-        proposal: Sha256,
+    /// A tallier signed a decision other than the one recomputed for the same proposal.
+    WrongDecision {
+        /// Who signed the disputed decision.
+        tallier: PeerId,
+        /// The proposal.
+        proposal: LogRef,
     },
     /// A validator signed a rejection of a worker's signed receipt.
     RejectedProof {
@@ -591,31 +763,37 @@ impl Evidence {
                 )?;
                 Ok(Proven::SplitView(sv))
             }
-            Claim::DoubleVote { votes } => {
-                let mut parsed = Vec::new();
-                for v in votes {
-                    let env = Envelope::from_json(v.as_bytes())?;
-                    let (signers, st) = Statement::open(&env)?;
-                    let Statement::Vote(vote) = st else {
-                        return Err(Error::Evidence("not a vote statement".into()));
-                    };
-                    if !signers.contains(&vote.voter) {
-                        return Err(Error::Evidence("a vote is not signed by its voter".into()));
-                    }
-                    parsed.push(vote);
-                }
-                let (a, b) = (&parsed[0], &parsed[1]);
-                if a.voter != b.voter || a.proposal != b.proposal {
+            Claim::WrongDecision {
+                decision,
+                recomputed,
+            } => {
+                let env = Envelope::from_json(decision.as_bytes())?;
+                let (signers, st) = Statement::open(&env)?;
+                let Statement::Decision(signed) = st else {
+                    return Err(Error::Evidence("not a decision statement".into()));
+                };
+                let Statement::Decision(ours) =
+                    Statement::from_payload(AGORA_PAYLOAD_TYPE, recomputed.as_bytes())?
+                else {
                     return Err(Error::Evidence(
-                        "the votes are by different voters or on different proposals".into(),
+                        "the recomputed statement is not a decision".into(),
+                    ));
+                };
+                if signed.proposal != ours.proposal || signed.network != ours.network {
+                    return Err(Error::Evidence(
+                        "the two decisions are about different proposals".into(),
                     ));
                 }
-                if a.choice == b.choice {
-                    return Err(Error::Evidence("both votes make the same choice".into()));
+                if signed == ours {
+                    return Err(Error::Evidence("the two decisions agree".into()));
                 }
-                Ok(Proven::DoubleVote {
-                    voter: a.voter,
-                    proposal: a.proposal,
+                let tallier = signers
+                    .first()
+                    .copied()
+                    .ok_or_else(|| Error::Evidence("the decision has no signer".into()))?;
+                Ok(Proven::WrongDecision {
+                    tallier,
+                    proposal: signed.proposal,
                 })
             }
             Claim::RejectedProof { receipt, verdict } => {
@@ -685,6 +863,8 @@ pub enum Statement {
     Decision(Decision),
     /// Proof of misbehaviour.
     Evidence(Evidence),
+    /// A period's credit ledger.
+    Ledger(Ledger),
 }
 
 fn malformed(kind: Kind, e: impl fmt::Display) -> Error {
@@ -710,6 +890,7 @@ impl Statement {
             Statement::Vote(_) => Kind::Vote,
             Statement::Decision(_) => Kind::Decision,
             Statement::Evidence(_) => Kind::Evidence,
+            Statement::Ledger(_) => Kind::Ledger,
         }
     }
 
@@ -741,6 +922,7 @@ impl Statement {
                     Statement::Vote(x) => serde_json::to_value(x),
                     Statement::Decision(x) => serde_json::to_value(x),
                     Statement::Evidence(x) => serde_json::to_value(x),
+                    Statement::Ledger(x) => serde_json::to_value(x),
                     Statement::Model { .. } | Statement::Dataset { .. } => {
                         Ok(serde_json::Value::Null)
                     }
@@ -853,6 +1035,7 @@ impl Statement {
             Kind::Proposal => Statement::Proposal(typed(kind, v)?),
             Kind::Vote => Statement::Vote(typed(kind, v)?),
             Kind::Decision => Statement::Decision(typed(kind, v)?),
+            Kind::Ledger => Statement::Ledger(typed(kind, v)?),
             _ => Statement::Evidence(typed(kind, v)?),
         })
     }
@@ -926,6 +1109,7 @@ mod tests {
                         sha256: d(8),
                     }),
                     unknown: vec!["the share of each dataset".into()],
+                    decision: None,
                 },
             },
             Statement::Dataset {
@@ -978,29 +1162,67 @@ mod tests {
                 time: 1_700_000_001,
             }),
             Statement::Proposal(Proposal {
+                network: "ab".repeat(32),
                 title: "More code".into(),
                 body: "Raise the code share".into(),
-                subject: d(11).to_string(),
-                options: vec!["yes".into(), "no".into()],
-                closes: 1_700_100_000,
+                motion: Motion::Mix {
+                    mix: vec![],
+                    digest: mix_digest(&[]),
+                },
+                proposer: peer,
                 time: 1_700_000_002,
             }),
             Statement::Vote(Vote {
+                network: "ab".repeat(32),
                 proposal: d(12),
-                choice: "yes".into(),
+                choice: Choice::Yes,
+                reason: Some("more code".into()),
                 voter: peer,
                 time: 1_700_000_003,
             }),
-            Statement::Decision(Decision {
-                proposal: d(12),
-                outcome: "yes".into(),
-                tally: [("yes".to_string(), 3), ("no".to_string(), 1)]
-                    .into_iter()
-                    .collect(),
-                votes: vec![d(13)],
-                time: 1_700_200_000,
+            Statement::Decision(sample_decision()),
+            Statement::Ledger(Ledger {
+                network: "ab".repeat(32),
+                log: "agora.log/x".into(),
+                from: 0,
+                to: TreeHead {
+                    size: 10,
+                    root: d(14),
+                },
+                compute: 100,
+                data: 100,
+                unattributed: 0,
+                lines: 3,
+                root: d(15),
             }),
         ]
+    }
+
+    fn sample_decision() -> Decision {
+        Decision {
+            network: "ab".repeat(32),
+            proposal: LogRef {
+                log: "agora.log/x".into(),
+                index: 4,
+                statement: d(12),
+            },
+            subject: d(16),
+            deadline: 1_700_100_000,
+            closed_at: TreeHead {
+                size: 9,
+                root: d(17),
+            },
+            eligible: 5,
+            counts: Counts {
+                yes: 3,
+                no: 1,
+                abstain: 0,
+            },
+            voters: 4,
+            quorum_met: true,
+            adopted: true,
+            votes_root: d(13),
+        }
     }
 
     #[test]
@@ -1172,36 +1394,85 @@ mod tests {
     }
 
     #[test]
-    fn double_vote_evidence() {
+    fn wrong_decision_evidence() {
         let id = Identity::from_seed(&[4; 32]);
-        let vote = |c: &str| {
-            Statement::Vote(Vote {
-                proposal: d(1),
-                choice: c.into(),
-                voter: id.peer_id(),
-                time: 1,
-            })
-            .sign(&id)
-            .to_json()
-        };
+        let signed = sample_decision();
+        let forged = Statement::Decision(Decision {
+            counts: Counts {
+                yes: 5,
+                no: 0,
+                abstain: 0,
+            },
+            ..signed.clone()
+        })
+        .sign(&id)
+        .to_json();
+        let recomputed =
+            String::from_utf8(Statement::Decision(signed.clone()).to_payload()).unwrap();
         let ev = Evidence {
             observer: id.peer_id(),
             time: 2,
-            claim: Claim::DoubleVote {
-                votes: [vote("yes"), vote("no")],
+            claim: Claim::WrongDecision {
+                decision: forged.clone(),
+                recomputed: recomputed.clone(),
             },
         };
-        assert!(matches!(ev.verify(None), Ok(Proven::DoubleVote { .. })));
-        let same = Evidence {
-            claim: Claim::DoubleVote {
-                votes: [vote("yes"), vote("yes")],
+        assert_eq!(
+            ev.verify(None),
+            Ok(Proven::WrongDecision {
+                tallier: id.peer_id(),
+                proposal: signed.proposal.clone(),
+            })
+        );
+        // Agreeing decisions prove nothing.
+        let honest = Statement::Decision(signed.clone()).sign(&id).to_json();
+        let agree = Evidence {
+            claim: Claim::WrongDecision {
+                decision: honest,
+                recomputed: recomputed.clone(),
             },
             ..ev.clone()
         };
-        assert!(same.verify(None).is_err());
+        assert!(agree.verify(None).is_err());
+        // Nor do decisions about another proposal.
+        let mut other = signed.clone();
+        other.proposal.index = 99;
+        let other = String::from_utf8(Statement::Decision(other).to_payload()).unwrap();
+        let elsewhere = Evidence {
+            claim: Claim::WrongDecision {
+                decision: forged,
+                recomputed: other,
+            },
+            ..ev.clone()
+        };
+        assert!(elsewhere.verify(None).is_err());
         // Evidence roundtrips as a statement.
         let st = Statement::Evidence(ev);
         let (_, back) = Statement::open(&st.sign(&id)).unwrap();
         assert_eq!(back, st);
+    }
+
+    #[test]
+    fn old_governance_versions_are_refused() {
+        let id = Identity::from_seed(&[4; 32]);
+        let vote = String::from_utf8(samples(&id)[5].to_payload()).unwrap();
+        assert!(vote.contains("vote/v2"), "{vote}");
+        assert_eq!(
+            Statement::from_payload(
+                AGORA_PAYLOAD_TYPE,
+                vote.replace("vote/v2", "vote/v1").as_bytes()
+            ),
+            Err(Error::UnknownVersion {
+                kind: "vote",
+                version: "v1".into()
+            })
+        );
+        assert!(matches!(
+            Statement::from_payload(
+                AGORA_PAYLOAD_TYPE,
+                vote.replace("\"yes\"", "\"maybe\"").as_bytes()
+            ),
+            Err(Error::MalformedStatement { kind: "vote", .. })
+        ));
     }
 }

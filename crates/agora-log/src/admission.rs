@@ -353,7 +353,9 @@ mod tests {
     fn vote(id: &Identity, n: u64) -> Statement {
         Statement::Vote(Vote {
             proposal: Sha256::of(&n.to_be_bytes()),
-            choice: "yes".into(),
+            network: String::new(),
+            choice: agora_core::statement::Choice::Yes,
+            reason: None,
             voter: id.peer_id(),
             time: n,
         })

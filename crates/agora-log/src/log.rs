@@ -591,7 +591,7 @@ async fn publish(
     let bytes = sc.to_bytes();
     let store = inner.store.clone();
     let b = bytes.clone();
-    tokio::task::spawn_blocking(move || store.save_checkpoint(&b))
+    tokio::task::spawn_blocking(move || store.save_checkpoint(head.size, &b))
         .await
         .map_err(|e| Error::Task(Arc::new(e)))??;
     Ok(bytes)
@@ -716,7 +716,9 @@ mod tests {
     fn vote(id: &Identity, n: u64) -> Vec<u8> {
         agora_core::Statement::Vote(Vote {
             proposal: Sha256::of(&n.to_be_bytes()),
-            choice: "yes".into(),
+            network: String::new(),
+            choice: agora_core::statement::Choice::Yes,
+            reason: None,
             voter: id.peer_id(),
             time: n,
         })

@@ -32,6 +32,9 @@ const DEDUP: TableDefinition<&[u8; 32], u64> = TableDefinition::new("dedup");
 /// full; a prefix of a stored tile is the partial tile of a smaller tree).
 const TILES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("tiles");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Every published checkpoint by tree size: what dates a community's votes (a checkpoint is
+/// published only when the tree grew, so there is at most one per batch of entries).
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 
 const META_ORIGIN: &str = "origin";
 const META_KEY: &str = "public_key";
@@ -143,6 +146,14 @@ impl LogStore {
             txn.open_table(DEDUP)?;
             let tiles = txn.open_table(TILES)?;
             let mut meta = txn.open_table(META)?;
+            let mut history = txn.open_table(CHECKPOINTS)?;
+            // A log made before the history was kept starts it with its latest checkpoint.
+            if history.first()?.is_none()
+                && let Some(c) = meta.get(META_CHECKPOINT)?.map(|g| g.value().to_vec())
+                && let Ok(sc) = agora_tlog::checkpoint::SignedCheckpoint::parse(&c)
+            {
+                history.insert(sc.checkpoint.size, c.as_slice())?;
+            }
             let stored_origin = meta.get(META_ORIGIN)?.map(|g| g.value().to_vec());
             match stored_origin {
                 None => {
@@ -451,17 +462,33 @@ impl LogStore {
         })?))
     }
 
-    /// Durably record the latest published checkpoint.
-    pub fn save_checkpoint(&self, bytes: &[u8]) -> Result<()> {
+    /// Durably record the latest published checkpoint (of tree size `size`), and keep it in
+    /// the history.
+    pub fn save_checkpoint(&self, size: u64, bytes: &[u8]) -> Result<()> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.set_quick_repair(self.quick_repair);
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_CHECKPOINT, bytes)?;
+            let mut history = txn.open_table(CHECKPOINTS)?;
+            if history.get(size)?.is_none() {
+                history.insert(size, bytes)?;
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The first published checkpoint of tree size at least `size`.
+    pub fn checkpoint_at_or_after(&self, size: u64) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let history = txn.open_table(CHECKPOINTS)?;
+        let mut range = history.range(size..)?;
+        match range.next() {
+            Some(r) => Ok(Some(r?.1.value().to_vec())),
+            None => Ok(None),
+        }
     }
 
     pub fn checkpoint(&self) -> Result<Option<Vec<u8>>> {

@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod attest;
 #[cfg(feature = "cheat")]
 pub mod cheat;
+pub mod community;
 pub mod convert;
 pub mod daemon;
 pub mod datasets;

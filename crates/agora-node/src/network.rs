@@ -115,11 +115,16 @@ pub fn network_id(home: &Path, file: Option<&Path>) -> Result<NetworkId, NodeErr
     }
 }
 
-/// Writes a new genesis policy for community `name` to `$AGORA_HOME/genesis.toml`; refuses to
-/// replace one. Returns its path and the network id.
-pub fn create_genesis(home: &Path, name: &str) -> Result<(PathBuf, NetworkId), NodeError> {
+/// Writes a new genesis policy for community `name` to `$AGORA_HOME/genesis.toml`, followed by
+/// `extra` (its `[governance]` table, if any); refuses to replace one. Returns its path and the
+/// network id.
+pub fn create_genesis(
+    home: &Path,
+    name: &str,
+    extra: &str,
+) -> Result<(PathBuf, NetworkId), NodeError> {
     let path = genesis_path(home);
-    let text = new_genesis(name);
+    let text = new_genesis(name) + extra;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

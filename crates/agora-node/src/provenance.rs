@@ -60,8 +60,19 @@ pub struct ModelNode {
     pub base: Option<Box<ModelNode>>,
     /// The logged datasets of its mix, followed.
     pub datasets: Vec<DatasetNode>,
+    /// The community decision its manifest cites for its mix, followed.
+    pub decision: Option<DecisionNode>,
     /// What could not be followed or proven here, in words.
     pub problems: Vec<String>,
+}
+
+/// A community decision a manifest cites, and the proposal it decided.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecisionNode {
+    /// The decision statement.
+    pub decision: Logged<agora_core::statement::Decision>,
+    /// The proposal's title.
+    pub title: String,
 }
 
 /// A dataset of a mix, or the one a dataset was derived from.
@@ -121,6 +132,7 @@ impl Builder<'_> {
             manifest: None,
             base: None,
             datasets: Vec::new(),
+            decision: None,
             problems: Vec::new(),
         };
         let candidates = match at {
@@ -207,8 +219,89 @@ impl Builder<'_> {
             node.problems
                 .push("the manifest names no training data".into());
         }
+        if let Some(r) = &p.decision {
+            match self.decision(r, &p.data_mix) {
+                Ok(d) => node.decision = Some(d),
+                Err(e) => node.problems.push(e),
+            }
+        }
         node.manifest = Some(m);
         node
+    }
+
+    /// The decision at `r`, checked to be an adoption of exactly `mix`, with its proposal.
+    fn decision(
+        &self,
+        r: &agora_core::statement::LogRef,
+        mix: &[agora_core::statement::MixEntry],
+    ) -> Result<DecisionNode, String> {
+        if r.log != self.log {
+            return Err(format!(
+                "the decision it cites is in log {:?}, not the one searched",
+                r.log
+            ));
+        }
+        let read = |i: u64| -> Result<(Vec<PeerId>, Sha256, Statement), String> {
+            let e = self
+                .entries
+                .entry(i)
+                .map_err(|e| format!("entry {i} could not be read: {e}"))?
+                .ok_or_else(|| format!("the log has no entry {i}"))?;
+            open(&e).map_err(|e| format!("entry {i}: {e}"))
+        };
+        let (signers, digest, st) = read(r.index)?;
+        if digest != r.statement {
+            return Err(format!(
+                "entry {} is not the decision the manifest cites (its payload digest differs)",
+                r.index
+            ));
+        }
+        let Statement::Decision(d) = st else {
+            return Err(format!("entry {} is not a decision statement", r.index));
+        };
+        let want = agora_core::statement::mix_digest(mix);
+        if d.subject != want {
+            return Err(format!(
+                "the decision at entry {} is about another mix (sha256:{}), not this manifest's (sha256:{want})",
+                r.index, d.subject
+            ));
+        }
+        if !d.adopted {
+            return Err(format!(
+                "the decision at entry {} did not adopt the mix",
+                r.index
+            ));
+        }
+        let (_, pdigest, pst) = read(d.proposal.index)?;
+        let title = match pst {
+            Statement::Proposal(p) if pdigest == d.proposal.statement => {
+                match &p.motion {
+                    agora_core::statement::Motion::Mix { digest, .. } if *digest == want => {}
+                    _ => {
+                        return Err(format!(
+                            "the proposal at entry {} is not about this mix",
+                            d.proposal.index
+                        ));
+                    }
+                }
+                p.title
+            }
+            _ => {
+                return Err(format!(
+                    "entry {} is not the proposal the decision names",
+                    d.proposal.index
+                ));
+            }
+        };
+        Ok(DecisionNode {
+            decision: Logged {
+                index: r.index,
+                signers,
+                payload_sha256: digest,
+                predicate: d,
+            },
+            title,
+        })
     }
 
     fn model_at(
@@ -367,6 +460,10 @@ impl Tree {
     pub fn indices(&self) -> Vec<u64> {
         fn model(m: &ModelNode, out: &mut Vec<u64>) {
             out.extend(m.manifest.as_ref().map(|l| l.index));
+            if let Some(d) = &m.decision {
+                out.push(d.decision.index);
+                out.push(d.decision.predicate.proposal.index);
+            }
             if let Some(b) = &m.base {
                 model(b, out);
             }
@@ -460,6 +557,40 @@ fn render_model(m: &ModelNode, depth: usize, checked: &dyn Fn(u64) -> String, ou
     if let Some(b) = &m.base {
         line(out, depth + 1, "trained from:");
         render_model(b, depth + 2, checked, out);
+    }
+    if let Some(l) = &m.manifest
+        && !l.predicate.data_mix.is_empty()
+    {
+        match &m.decision {
+            Some(d) => {
+                let x = &d.decision.predicate;
+                line(
+                    out,
+                    depth + 1,
+                    &format!(
+                        "mix adopted by network {}… in decision entry {} on proposal {} \"{}\" (yes {} / no {} / abstain {} of {} eligible, quorum {}), as signed by {} — {}; re-count it with `agora tally {}`",
+                        &x.network[..x.network.len().min(16)],
+                        d.decision.index,
+                        x.proposal.index,
+                        d.title.escape_debug(),
+                        x.counts.yes,
+                        x.counts.no,
+                        x.counts.abstain,
+                        x.eligible,
+                        if x.quorum_met { "met" } else { "not met" },
+                        signers(&d.decision.signers),
+                        checked(d.decision.index),
+                        x.proposal.index
+                    ),
+                );
+            }
+            None if l.predicate.decision.is_none() => line(
+                out,
+                depth + 1,
+                "warning: no community decision adopted this mix (the manifest cites none)",
+            ),
+            None => {}
+        }
     }
     if let Some(l) = &m.manifest {
         let total: f64 = l.predicate.data_mix.iter().map(|e| e.weight).sum();
@@ -898,6 +1029,7 @@ mod tests {
                 declared_data: vec![],
                 recipe: None,
                 unknown: vec![],
+                decision: None,
             },
         }
     }

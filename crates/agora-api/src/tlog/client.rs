@@ -174,6 +174,18 @@ impl LogClient {
         Ok(body)
     }
 
+    /// The first checkpoint the log published of tree size at least `size` (unverified bytes);
+    /// `None` on 404 (none yet).
+    pub fn checkpoint_at_or_after(&self, size: u64) -> Result<Option<Vec<u8>>> {
+        let path = format!("checkpoints/{size}");
+        let (status, body) = self.get(&path, MAX_CHECKPOINT_LEN)?;
+        match status {
+            200 => Ok(Some(body)),
+            404 => Ok(None),
+            _ => Err(status_err(&format!("{}/{path}", self.base), status, &body)),
+        }
+    }
+
     /// A tile or entry bundle; `None` on 404. A missing partial tile falls back to the full one.
     /// A hash tile must be exactly `32 × W` bytes.
     pub fn tile(&self, t: &TilePath) -> Result<Option<Vec<u8>>> {

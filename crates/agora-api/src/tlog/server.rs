@@ -41,6 +41,7 @@ pub fn log_router(log: Log) -> Router {
             post(add).layer(DefaultBodyLimit::max(MAX_ENTRY_LEN)),
         )
         .route("/checkpoint", get(checkpoint))
+        .route("/checkpoints/{size}", get(checkpoint_history))
         .route("/tile/{*path}", get(tile))
         .with_state(log)
 }
@@ -103,6 +104,43 @@ async fn checkpoint(State(log): State<Log>) -> Response {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
+    }
+}
+
+/// `GET /checkpoints/{size}` (an Agora extension of tlog-tiles): the first checkpoint the log
+/// published of tree size at least `size`, so that anyone can find the checkpoint a community's
+/// vote closed at.
+async fn checkpoint_history(State(log): State<Log>, Path(size): Path<String>) -> Response {
+    let Ok(size) = size.parse::<u64>() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the size must be a decimal integer",
+        );
+    };
+    let store = log.clone();
+    let r = tokio::task::spawn_blocking(move || store.store().checkpoint_at_or_after(size)).await;
+    match r {
+        Ok(Ok(Some(bytes))) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::CACHE_CONTROL, MUTABLE),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Ok(None)) => text(StatusCode::NOT_FOUND, "no checkpoint of that size yet"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "checkpoint history read failed");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "checkpoint history read failed",
+            )
+        }
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "checkpoint history read failed",
+        ),
     }
 }
 

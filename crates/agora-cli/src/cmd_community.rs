@@ -1,0 +1,809 @@
+//! `agora propose`, `agora vote`, `agora tally` and `agora credit`: a community deciding its
+//! models' data mix in its log, and the credit of those who served and whose data was learned
+//! from. Every count is recomputed here from the log's entries, each checked to be in the log
+//! under a checkpoint the community's witnesses cosigned; nothing is taken from a node.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agora_api::tlog::LogClient;
+use agora_community::history::{self, Attested, History};
+use agora_community::read::{self, EntrySource};
+use agora_community::rules::Rules;
+use agora_community::tally::{Opened, Reason, check_proposal};
+use agora_core::dsse::Envelope;
+use agora_core::statement::{
+    Choice, Claim, Decision, Evidence, Motion, Proposal, Sha256, Statement, Vote, mix_digest,
+};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::cmd_identity::load_identity;
+
+/// Where the community is and which log it uses.
+#[derive(Args, Debug, Clone)]
+pub struct CommunityArgs {
+    /// The community's genesis file [default: $AGORA_HOME/genesis.toml]
+    #[arg(long, value_name = "FILE")]
+    pub genesis: Option<PathBuf>,
+    /// The community's log [default: the URL on its `log` line in the genesis rules]
+    #[arg(long = "log", value_name = "URL", env = "AGORA_LOG_URL")]
+    pub log: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ProposeArgs {
+    /// One-line summary
+    #[arg(long)]
+    pub title: String,
+    /// The data mix to adopt (MIX.toml, as `agora model publish --mix` reads it; its datasets
+    /// must be logged in the community's log)
+    #[arg(
+        long,
+        value_name = "MIX.toml",
+        conflicts_with = "rules",
+        required_unless_present = "rules"
+    )]
+    pub mix: Option<PathBuf>,
+    /// New governance rules to adopt instead (the keys of a genesis [governance] table)
+    #[arg(long, value_name = "RULES.toml")]
+    pub rules: Option<PathBuf>,
+    /// The full text, from a file
+    #[arg(long, value_name = "FILE")]
+    pub body: Option<PathBuf>,
+    #[command(flatten)]
+    pub community: CommunityArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VoteArgs {
+    /// The proposal: its index in the community's log
+    pub proposal: u64,
+    /// yes, no or abstain
+    pub choice: Choice,
+    /// Why, in your words (logged with the vote)
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub community: CommunityArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TallyArgs {
+    /// The proposal: its index in the community's log
+    pub proposal: u64,
+    /// Sign the decision and append it to the log (once the vote is closed), and log evidence
+    /// against any decision in the log that disagrees with this count
+    #[arg(long)]
+    pub sign: bool,
+    /// Print JSON for programs
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub community: CommunityArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CreditArgs {
+    #[command(subcommand)]
+    pub cmd: Option<CreditCommand>,
+    #[command(flatten)]
+    pub period: PeriodArgs,
+    /// Sign the ledger and append it to the log
+    #[arg(long)]
+    pub sign: bool,
+    /// Print JSON for programs
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PeriodArgs {
+    /// First entry of the period (a checkpoint's size; 0: the log's start)
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// End of the period, exclusive (a checkpoint's size) [default: the latest checkpoint]
+    #[arg(long)]
+    pub to: Option<u64>,
+    #[command(flatten)]
+    pub community: CommunityArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreditCommand {
+    /// Print a contributor's line of the period's ledger with its Merkle proof (JSON)
+    Prove {
+        /// The contributor's key
+        key: String,
+        #[command(flatten)]
+        period: PeriodArgs,
+    },
+    /// Check a proof made by `agora credit prove` on its own
+    Check {
+        /// The proof file (- for standard input)
+        file: PathBuf,
+    },
+}
+
+/// A community as this machine knows it: its rules and network id, from its genesis.
+struct Community {
+    rules: Rules,
+    network: String,
+}
+
+fn community(home: &Path, genesis: Option<&Path>) -> Result<Community> {
+    let path = genesis
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| agora_node::network::genesis_path(home));
+    let bytes = read_utf8(&path, agora_community::rules::MAX_RULES_BYTES)
+        .with_context(|| {
+            format!(
+                "{}: a community's commands need its genesis file (agora init --network NAME --member … --log-policy FILE)",
+                path.display()
+            )
+        })?;
+    let rules = Rules::from_genesis(&bytes)
+        .with_context(|| path.display().to_string())?
+        .ok_or(agora_community::Error::NoGovernance)
+        .with_context(|| path.display().to_string())?;
+    Ok(Community {
+        network: agora_net::NetworkId::from_genesis(bytes.as_bytes()).to_string(),
+        rules,
+    })
+}
+
+/// The community's log, at a checkpoint its policy verifies.
+struct CLog {
+    client: LogClient,
+    url: String,
+    latest: Attested,
+}
+
+impl CLog {
+    fn open(c: &Community, url: Option<&str>) -> Result<CLog> {
+        let url = match url {
+            Some(u) => u.to_string(),
+            None => c
+                .rules
+                .log
+                .logs
+                .first()
+                .and_then(|l| l.url.clone())
+                .context("the genesis names no URL for the community's log: give --log URL")?,
+        };
+        let client = LogClient::new(&url);
+        let latest = latest(&client, c, &url)?;
+        Ok(CLog {
+            client,
+            url,
+            latest,
+        })
+    }
+
+    /// Re-read the checkpoint until it holds entry `index` (up to 15 s: the next checkpoint
+    /// must be cosigned).
+    fn cover(&mut self, c: &Community, index: u64) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        while index >= self.latest.size() {
+            if t0.elapsed() > Duration::from_secs(15) {
+                bail!(
+                    "no cosigned checkpoint holds entry {index} after 15 s: are the community's witnesses up?"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            self.latest = latest(&self.client, c, &self.url)?;
+        }
+        Ok(())
+    }
+
+    fn append(&self, st: &Statement, id: &agora_core::Identity) -> Result<u64> {
+        let entry = st.sign(id).to_json();
+        self.client
+            .add(entry.as_bytes())
+            .with_context(|| format!("appending the {} to {}", st.kind().name(), self.url))
+    }
+}
+
+fn latest(client: &LogClient, c: &Community, url: &str) -> Result<Attested> {
+    let t0 = std::time::Instant::now();
+    let bytes = loop {
+        match client.checkpoint() {
+            Err(agora_api::tlog::TlogHttpError::Status { status: 503, .. })
+                if t0.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            r => break r.with_context(|| format!("reading the checkpoint of {url}"))?,
+        }
+    };
+    history::attest(&c.rules.log, &bytes).with_context(|| {
+        format!("the checkpoint of {url} does not verify under the community's log policy")
+    })
+}
+
+/// A log over HTTP, read as a community reads any log.
+struct HttpLog<'a>(&'a LogClient);
+
+impl EntrySource for HttpLog<'_> {
+    fn bundle(&self, index: u64, width: u16) -> std::result::Result<Vec<Vec<u8>>, String> {
+        self.0.entries(index, width).map_err(|e| e.to_string())
+    }
+}
+
+impl History for HttpLog<'_> {
+    fn first_at_or_after(&self, size: u64) -> std::result::Result<Option<Vec<u8>>, String> {
+        self.0
+            .checkpoint_at_or_after(size)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn when(t: u64) -> String {
+    format!("{t} (POSIX seconds)")
+}
+
+pub fn propose(home: &Path, a: ProposeArgs) -> Result<()> {
+    let c = community(home, a.community.genesis.as_deref())?;
+    let id = load_identity(home).context("a proposal is signed with this node's key")?;
+    if c.rules.proposers == agora_community::rules::Proposers::Members
+        && !c.rules.members.contains_key(&id.peer_id())
+    {
+        bail!(
+            "{} is not a listed member of this community, and only members may propose",
+            id.peer_id()
+        );
+    }
+    let mut log = CLog::open(&c, a.community.log.as_deref())?;
+    let body = match &a.body {
+        Some(p) => read_utf8(p, agora_community::tally::MAX_BODY)?,
+        None => String::new(),
+    };
+    let motion = match (&a.mix, &a.rules) {
+        (Some(p), _) => {
+            let text = read_utf8(p, agora_data::mix::MAX_MIX_BYTES)?;
+            let mix =
+                agora_data::mix::Mix::parse(&text).with_context(|| p.display().to_string())?;
+            let trust = crate::cmd_log::TrustArgs {
+                inline: Some(c.rules.log.clone()),
+                ..Default::default()
+            };
+            let mut tlog = crate::provenance::TrustedLog::open(&log.url, &trust)?;
+            let mix = crate::cmd_model::logged_datasets(home, &mix, &mut tlog, &log.url)?;
+            Motion::Mix {
+                digest: mix_digest(&mix),
+                mix,
+            }
+        }
+        (None, Some(p)) => {
+            let text = read_utf8(p, agora_community::rules::MAX_RULES_BYTES)?;
+            Motion::Rules {
+                digest: Sha256::of(text.as_bytes()),
+                text,
+            }
+        }
+        (None, None) => bail!("say what to adopt: --mix MIX.toml or --rules RULES.toml"),
+    };
+    let p = Proposal {
+        network: c.network.clone(),
+        title: a.title,
+        body,
+        motion,
+        proposer: id.peer_id(),
+        time: now(),
+    };
+    check_proposal(&c.rules, &c.network, &p)
+        .context("the proposal breaks the community's rules")?;
+    let st = Statement::Proposal(p);
+    let pid = Sha256::of(&st.to_payload());
+    let index = log.append(&st, &id)?;
+    log.cover(&c, index)?;
+    let opened = history::first_holding(&HttpLog(&log.client), &c.rules.log, index)?;
+    println!(
+        "proposal logged at {} entry {index} (id sha256:{pid})",
+        log.url
+    );
+    if let Some(o) = opened {
+        println!(
+            "  voting closes at {} ({} s after checkpoint {} was cosigned): agora vote {index} yes|no|abstain",
+            when(o.time + c.rules.voting_period_secs),
+            c.rules.voting_period_secs,
+            o.size()
+        );
+    }
+    Ok(())
+}
+
+/// Read and check proposal `index` (as a tallier will).
+fn read_proposal(c: &Community, log: &CLog, index: u64) -> Result<Opened> {
+    if index >= log.latest.size() {
+        bail!(
+            "entry {index} is beyond the log's checkpoint ({} entries)",
+            log.latest.size()
+        );
+    }
+    let entry = log
+        .client
+        .entry(index, log.latest.size())
+        .with_context(|| format!("reading entry {index} of {}", log.url))?;
+    let proof = log.client.inclusion_proof(index, log.latest.size())?;
+    agora_tlog::merkle::verify_inclusion(
+        index,
+        log.latest.size(),
+        &agora_tlog::hash::leaf_hash(&entry),
+        &proof,
+        &log.latest.checkpoint.checkpoint.root,
+    )
+    .with_context(|| format!("entry {index} is not in the log under its checkpoint"))?;
+    Ok(agora_community::tally::open_proposal(
+        &c.rules,
+        &c.network,
+        &log.latest.checkpoint.checkpoint.origin,
+        index,
+        &entry,
+    )?)
+}
+
+pub fn vote(home: &Path, a: VoteArgs) -> Result<()> {
+    let c = community(home, a.community.genesis.as_deref())?;
+    let id = load_identity(home).context("a vote is signed with this node's key")?;
+    let log = CLog::open(&c, a.community.log.as_deref())?;
+    let p = read_proposal(&c, &log, a.proposal)?;
+    if c.rules.min_accepted_verdicts == 0 && !c.rules.members.contains_key(&id.peer_id()) {
+        bail!(
+            "{} is not a member of this community: its vote would not be counted",
+            id.peer_id()
+        );
+    }
+    if a.reason
+        .as_ref()
+        .is_some_and(|r| r.len() > agora_community::tally::MAX_REASON)
+    {
+        bail!(
+            "the reason is over {} bytes",
+            agora_community::tally::MAX_REASON
+        );
+    }
+    let hist = HttpLog(&log.client);
+    if let Some(o) = history::first_holding(&hist, &c.rules.log, a.proposal)? {
+        let deadline = o.time + c.rules.voting_period_secs;
+        if let Some(closed) =
+            history::first_attested_at(&hist, &c.rules.log, o.size(), &log.latest, deadline)?
+        {
+            bail!(
+                "voting on proposal {} closed at checkpoint {} (deadline {}): a vote now would not be counted",
+                a.proposal,
+                closed.size(),
+                when(deadline)
+            );
+        }
+    }
+    let v = Vote {
+        network: c.network.clone(),
+        proposal: p.id(),
+        choice: a.choice,
+        reason: a.reason,
+        voter: id.peer_id(),
+        time: now(),
+    };
+    let index = log.append(&Statement::Vote(v), &id)?;
+    println!(
+        "vote {} on proposal {} logged at {} entry {index} (your last vote before the deadline counts)",
+        a.choice.name(),
+        a.proposal,
+        log.url
+    );
+    Ok(())
+}
+
+pub fn tally(home: &Path, a: TallyArgs) -> Result<i32> {
+    let c = community(home, a.community.genesis.as_deref())?;
+    let log = CLog::open(&c, a.community.log.as_deref())?;
+    let started = std::time::Instant::now();
+    let report = read::tally(
+        &c.rules,
+        &c.network,
+        &HttpLog(&log.client),
+        &HttpLog(&log.client),
+        log.latest.clone(),
+        a.proposal,
+    )?;
+    let decision = report.decision(&c.network);
+    let disputes: Vec<(&agora_community::tally::Logged, bool)> = report
+        .tally
+        .logged
+        .iter()
+        .map(|l| (l, decision.as_ref() == Some(&l.decision)))
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(&report, decision.as_ref(), &disputes))?
+        );
+    } else {
+        print_report(
+            &report,
+            decision.as_ref(),
+            &disputes,
+            &c.rules,
+            started.elapsed(),
+        );
+    }
+    if a.sign {
+        let Some(d) = &decision else {
+            bail!(
+                "voting is open until {}: there is no decision to sign yet",
+                when(report.deadline)
+            );
+        };
+        let id = load_identity(home).context("a decision is signed with this node's key")?;
+        let st = Statement::Decision(d.clone());
+        let index = log.append(&st, &id)?;
+        println!(
+            "decision signed by {} and logged at entry {index}",
+            id.peer_id()
+        );
+        for (l, agrees) in &disputes {
+            if !agrees {
+                let ev = Statement::Evidence(Evidence {
+                    observer: id.peer_id(),
+                    time: now(),
+                    claim: Claim::WrongDecision {
+                        decision: l.envelope.clone(),
+                        recomputed: String::from_utf8_lossy(&st.to_payload()).into_owned(),
+                    },
+                });
+                let i = log.append(&ev, &id)?;
+                println!(
+                    "evidence against the decision at entry {} logged at entry {i}",
+                    l.index
+                );
+            }
+        }
+    }
+    Ok(if disputes.iter().any(|(_, ok)| !ok) {
+        3
+    } else {
+        0
+    })
+}
+
+fn print_report(
+    r: &read::Report,
+    decision: Option<&Decision>,
+    disputes: &[(&agora_community::tally::Logged, bool)],
+    rules: &Rules,
+    took: Duration,
+) {
+    let p = &r.proposal;
+    println!(
+        "proposal {} \"{}\" by {} (id sha256:{})",
+        p.at.index,
+        printable(&p.proposal.title),
+        p.proposal.proposer,
+        p.id()
+    );
+    match &p.proposal.motion {
+        Motion::Mix { mix, digest } => {
+            println!("  adopts the data mix sha256:{digest}:");
+            for e in mix {
+                println!(
+                    "    {} (entry {}), weight {}",
+                    printable(&e.name),
+                    e.index,
+                    e.weight
+                );
+            }
+        }
+        Motion::Rules { digest, .. } => println!("  adopts new governance rules sha256:{digest}"),
+    }
+    println!(
+        "  first in checkpoint {} (cosigned at {}); voting closes at {}",
+        r.opened_at.size(),
+        r.opened_at.time,
+        when(r.deadline)
+    );
+    match &r.closed_at {
+        Some(c) => println!(
+            "  CLOSED at checkpoint {} (cosigned at {}): votes in the log under it count",
+            c.size(),
+            c.time
+        ),
+        None => println!(
+            "  OPEN: the latest checkpoint ({}) is cosigned at {}; these counts are live",
+            r.latest.size(),
+            r.latest.time
+        ),
+    }
+    let t = &r.tally;
+    println!(
+        "  eligible weight {}; counted {} vote(s): yes {} / no {} / abstain {}; quorum {} ({}%); {}",
+        t.eligible,
+        t.counted.len(),
+        t.counts.yes,
+        t.counts.no,
+        t.counts.abstain,
+        if t.quorum_met { "met" } else { "NOT met" },
+        rules.quorum_percent,
+        match (t.adopted, r.closed_at.is_some()) {
+            (true, true) => "ADOPTED".to_string(),
+            (false, true) => "REJECTED".to_string(),
+            (true, false) => "would be adopted if it closed now".to_string(),
+            (false, false) => "would not be adopted if it closed now".to_string(),
+        }
+    );
+    for v in &t.counted {
+        println!(
+            "    counted  entry {:>6} {} {} (weight {}){}",
+            v.index,
+            v.voter,
+            v.choice.name(),
+            v.weight,
+            v.reason
+                .as_deref()
+                .map(|s| format!(": {}", printable(s)))
+                .unwrap_or_default()
+        );
+    }
+    for x in &t.refused {
+        println!(
+            "    NOT counted entry {:>6} {}: {}",
+            x.index,
+            x.voter.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+            x.reason
+        );
+    }
+    for (l, agrees) in disputes {
+        let by: Vec<String> = l.signers.iter().map(ToString::to_string).collect();
+        println!(
+            "  decision at entry {} signed by {}: {}",
+            l.index,
+            by.join(", "),
+            if *agrees {
+                "agrees with this count, byte for byte"
+            } else if decision.is_none() {
+                "DISAGREES: the vote is still open"
+            } else {
+                "DISAGREES with this count (agora tally --sign logs evidence)"
+            }
+        );
+    }
+    if let Some(d) = decision {
+        println!(
+            "  decision: {}",
+            String::from_utf8_lossy(&Statement::Decision(d.clone()).to_payload())
+        );
+    }
+    println!(
+        "  (every entry of the log's {} re-read and hashed to its cosigned checkpoint; {:.1} s)",
+        r.latest.size(),
+        took.as_secs_f64()
+    );
+}
+
+fn report_json(
+    r: &read::Report,
+    decision: Option<&Decision>,
+    disputes: &[(&agora_community::tally::Logged, bool)],
+) -> Value {
+    let t = &r.tally;
+    json!({
+        "proposal": {"index": r.proposal.at.index, "id": r.proposal.id().to_string(),
+                     "title": r.proposal.proposal.title, "subject": r.proposal.subject().to_string()},
+        "deadline": r.deadline,
+        "opened_at": r.opened_at.size(),
+        "closed_at": r.closed_at.as_ref().map(Attested::size),
+        "latest": r.latest.size(),
+        "eligible": t.eligible,
+        "counts": t.counts,
+        "quorum_met": t.quorum_met,
+        "adopted": t.adopted,
+        "counted": t.counted.iter().map(|v| json!({"index": v.index, "voter": v.voter.to_string(),
+            "choice": v.choice.name(), "weight": v.weight})).collect::<Vec<_>>(),
+        "refused": t.refused.iter().map(|x| json!({"index": x.index,
+            "voter": x.voter.map(|v| v.to_string()), "reason": reason_code(&x.reason),
+            "why": x.reason.to_string()})).collect::<Vec<_>>(),
+        "decision": decision.map(|d| serde_json::from_slice::<Value>(&Statement::Decision(d.clone()).to_payload()).unwrap_or(Value::Null)),
+        "logged_decisions": disputes.iter().map(|(l, ok)| json!({"index": l.index, "agrees": ok})).collect::<Vec<_>>(),
+    })
+}
+
+/// A stable code for each reason (for programs).
+fn reason_code(r: &Reason) -> &'static str {
+    match r {
+        Reason::Malformed(_) => "malformed",
+        Reason::BadSignature => "bad-signature",
+        Reason::OtherNetwork(_) => "other-network",
+        Reason::NotAMember => "not-a-member",
+        Reason::Late => "late",
+        Reason::Superseded(_) => "superseded",
+    }
+}
+
+pub fn credit(home: &Path, a: CreditArgs) -> Result<()> {
+    match a.cmd {
+        Some(CreditCommand::Prove { key, period }) => {
+            let (_, _, computed) = compute_ledger(home, &period)?;
+            let Some((index, proof)) = computed.prove(&key) else {
+                bail!("{key} has no credit in this period");
+            };
+            let line = &computed.lines[index as usize];
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "ledger": computed.ledger,
+                    "line": line,
+                    "index": index,
+                    "proof": proof.iter().map(|h| h.to_base64()).collect::<Vec<_>>(),
+                }))?
+            );
+            Ok(())
+        }
+        Some(CreditCommand::Check { file }) => check_proof(&file),
+        None => {
+            let (c, log, computed) = compute_ledger(home, &a.period)?;
+            let l = &computed.ledger;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"ledger": l, "lines": computed.lines,
+                        "receipts": computed.receipts, "rejected": computed.rejected}))?
+                );
+            } else {
+                println!(
+                    "credit for entries {}..{} of {} ({} receipts credited, {} rejected by validators)",
+                    l.from, l.to.size, l.log, computed.receipts, computed.rejected
+                );
+                println!("  {:<56} {:>12} {:>12}", "key", "compute", "data");
+                for line in &computed.lines {
+                    println!(
+                        "  {:<56} {:>12} {:>12}",
+                        printable(&line.key),
+                        line.compute,
+                        line.data
+                    );
+                }
+                println!(
+                    "  total compute {} tokens, data {} tokens, unattributed {}; root sha256:{}",
+                    l.compute, l.data, l.unattributed, l.root
+                );
+            }
+            if a.sign {
+                let id = load_identity(home).context("a ledger is signed with this node's key")?;
+                let index = log.append(&Statement::Ledger(l.clone()), &id)?;
+                println!(
+                    "ledger signed by {} and logged at entry {index}",
+                    id.peer_id()
+                );
+            }
+            let _ = c;
+            Ok(())
+        }
+    }
+}
+
+fn compute_ledger(
+    home: &Path,
+    p: &PeriodArgs,
+) -> Result<(Community, CLog, agora_community::credit::Computed)> {
+    let c = community(home, p.community.genesis.as_deref())?;
+    let log = CLog::open(&c, p.community.log.as_deref())?;
+    let to = p.to.unwrap_or(log.latest.size());
+    let computed = read::ledger(
+        &c.rules,
+        &c.network,
+        &HttpLog(&log.client),
+        &log.latest,
+        p.from,
+        to,
+    )?;
+    Ok((c, log, computed))
+}
+
+fn check_proof(file: &Path) -> Result<()> {
+    let text = read_utf8(file, 1 << 20)?;
+    let v: Value = serde_json::from_str(&text).context("the proof is not JSON")?;
+    let ledger: agora_core::statement::Ledger =
+        serde_json::from_value(v["ledger"].clone()).context("the proof's ledger")?;
+    let line: agora_core::statement::CreditLine =
+        serde_json::from_value(v["line"].clone()).context("the proof's line")?;
+    let index = v["index"].as_u64().context("the proof's index")?;
+    let proof = v["proof"]
+        .as_array()
+        .context("the proof's hashes")?
+        .iter()
+        .map(|h| {
+            h.as_str()
+                .context("a proof hash is not a string")
+                .and_then(|s| Ok(agora_tlog::Hash::from_base64(s, "proof hash")?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if !agora_community::credit::verify_line(&ledger, &line, index, &proof) {
+        bail!("the line is NOT in the ledger: its proof does not lead to the ledger's root");
+    }
+    println!(
+        "OK: {} has compute {} and data {} in the ledger of entries {}..{} of {} (root sha256:{})",
+        line.key, line.compute, line.data, ledger.from, ledger.to.size, ledger.log, ledger.root
+    );
+    Ok(())
+}
+
+/// The decision at `index` of the community's log at `log_url`, checked: it adopted the mix
+/// whose digest is `mix`, and a re-count of its proposal under this machine's genesis rules
+/// gives the same decision byte for byte. Returns where it is, for a manifest to cite.
+pub fn confirm_decision(
+    home: &Path,
+    log_url: &str,
+    index: u64,
+    mix: &Sha256,
+) -> Result<agora_core::statement::LogRef> {
+    let c = community(home, None).context("checking the decision needs the community's rules")?;
+    let mut log = CLog::open(&c, Some(log_url))?;
+    log.cover(&c, index)?;
+    let entry = log
+        .client
+        .entry(index, log.latest.size())
+        .with_context(|| format!("reading entry {index} of {log_url}"))?;
+    let env = Envelope::from_json(&entry).context("the decision is not a signed statement")?;
+    let (_, st) = Statement::open(&env).context("the decision does not check")?;
+    let Statement::Decision(d) = st else {
+        bail!(
+            "entry {index} is a {} statement, not a decision",
+            st.kind().name()
+        );
+    };
+    if d.subject != *mix {
+        bail!(
+            "the decision at entry {index} is about the mix sha256:{}, not this one (sha256:{mix}): publish the mix it adopted, exactly",
+            d.subject
+        );
+    }
+    if !d.adopted {
+        bail!("the decision at entry {index} did not adopt its mix");
+    }
+    let report = read::tally(
+        &c.rules,
+        &c.network,
+        &HttpLog(&log.client),
+        &HttpLog(&log.client),
+        log.latest.clone(),
+        d.proposal.index,
+    )?;
+    if report.decision(&c.network).as_ref() != Some(&d) {
+        bail!(
+            "the decision at entry {index} is not what its proposal's votes give: `agora tally {}` shows the count",
+            d.proposal.index
+        );
+    }
+    println!(
+        "  decision entry {index}: proposal {} adopted (yes {} / no {} / abstain {}), re-counted here",
+        d.proposal.index, d.counts.yes, d.counts.no, d.counts.abstain
+    );
+    Ok(agora_core::statement::LogRef {
+        log: log.latest.checkpoint.checkpoint.origin.clone(),
+        index,
+        statement: Sha256::of(&env.payload),
+    })
+}
+
+/// A UTF-8 file (or `-`: standard input) of at most `max` bytes.
+fn read_utf8(path: &Path, max: usize) -> Result<String> {
+    let bytes = crate::cmd_provenance::read_text(path, max)?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn printable(s: &str) -> String {
+    if s.chars().any(|c| c.is_control()) {
+        format!("{s:?}")
+    } else {
+        s.to_string()
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,441 @@
+//! The credit ledger of a period, from log entries alone, in integer arithmetic: every machine
+//! computes the same ledger bit for bit.
+//!
+//! **Compute**: a worker is credited the tokens it generated (`completion_tokens - resumed`) in
+//! each receipt of the period that it signed, except receipts a recognised validator
+//! ([`Rules::validators`]) rejected in a verdict logged before the period's end.
+//!
+//! **Data**: the tokens of every credited receipt, summed per answering model over the period,
+//! flow down that model's manifest (the first `model` statement in the log for its weights):
+//! - a model with a base model whose manifest is in the log passes `base_share_percent` of its
+//!   tokens to the base (all of them when it has no mix of its own), recursively;
+//! - the rest is split across its `data_mix` by weight (weights in millionths, rounded);
+//! - a dataset derived from another in the log (`derived_from` = `NAME@VERSION`) passes
+//!   `derived_share_percent` of its share to that one, recursively;
+//! - the rest is split across its contributors by records; a dataset naming no contributor
+//!   credits its publisher (the statement's signer).
+//!
+//! Every split gives each part `floor(total × weight / Σ weights)` and hands the tokens left over
+//! one each to the parts with the largest remainders (ties: the earlier part), so no token is
+//! created or lost. Tokens with nowhere to go (no manifest in the log, no mix, a chain deeper
+//! than [`MAX_DEPTH`]) are counted as `unattributed`, not spread.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use agora_core::dsse::Envelope;
+use agora_core::identity::PeerId;
+use agora_core::statement::{
+    CreditLine, DatasetPredicate, Ledger, ModelPredicate, Sha256, Statement, TreeHead,
+};
+use agora_tlog::hash::{Hash, leaf_hash};
+use agora_tlog::merkle::MemoryTree;
+
+use crate::rules::Rules;
+use crate::{Error, Result};
+
+/// Longest base-model or derived-from chain followed.
+pub const MAX_DEPTH: usize = 8;
+/// Mix weights are counted in millionths.
+const WEIGHT_SCALE: f64 = 1e6;
+/// Largest integer mix weight (keeps `tokens × weight` within u128).
+const MAX_WEIGHT: u64 = 1 << 40;
+
+struct Model {
+    predicate: ModelPredicate,
+}
+
+struct Dataset {
+    predicate: DatasetPredicate,
+    signer: String,
+}
+
+enum Seen {
+    Other,
+    Receipt {
+        id: Sha256,
+        worker: PeerId,
+        model: Sha256,
+        tokens: u64,
+    },
+    Rejected(Sha256),
+    Model(Sha256, Box<ModelPredicate>),
+    Dataset(Sha256, Box<DatasetPredicate>, String),
+}
+
+/// A period's ledger with its lines.
+#[derive(Clone, Debug)]
+pub struct Computed {
+    /// The ledger statement every machine signs alike.
+    pub ledger: Ledger,
+    /// Its lines, sorted by key (the leaves of `ledger.root`).
+    pub lines: Vec<CreditLine>,
+    /// Receipts of the period credited.
+    pub receipts: u64,
+    /// Receipts of the period a recognised validator rejected (no compute or data credit).
+    pub rejected: u64,
+}
+
+impl Computed {
+    /// The inclusion proof of `key`'s line: its index and the proof's hashes.
+    pub fn prove(&self, key: &str) -> Option<(u64, Vec<Hash>)> {
+        let i = self.lines.iter().position(|l| l.key == key)?;
+        let mut tree = MemoryTree::new();
+        for l in &self.lines {
+            tree.append(&line_bytes(l));
+        }
+        let proof = tree.inclusion_proof(i as u64, tree.size()).ok()?;
+        Some((i as u64, proof))
+    }
+}
+
+/// A line's leaf bytes: its canonical JSON (`{"key":…,"compute":…,"data":…}`).
+pub fn line_bytes(l: &CreditLine) -> Vec<u8> {
+    serde_json::to_vec(l).unwrap_or_default()
+}
+
+/// Check that `line` is line `index` of `ledger`.
+pub fn verify_line(ledger: &Ledger, line: &CreditLine, index: u64, proof: &[Hash]) -> bool {
+    agora_tlog::merkle::verify_inclusion(
+        index,
+        ledger.lines,
+        &leaf_hash(&line_bytes(line)),
+        proof,
+        &Hash(ledger.root.0),
+    )
+    .is_ok()
+}
+
+/// Split `total` across `weights` (see the module's rounding rule).
+pub fn split(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    if sum == 0 {
+        return vec![0; weights.len()];
+    }
+    let t = u128::from(total);
+    let mut shares: Vec<u64> = weights
+        .iter()
+        .map(|&w| (t * u128::from(w) / sum) as u64)
+        .collect();
+    let given: u64 = shares.iter().sum();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    let rem = |i: usize| t * u128::from(weights[i]) % sum;
+    order.sort_by(|&a, &b| rem(b).cmp(&rem(a)).then(a.cmp(&b)));
+    for &i in order.iter().take((total - given) as usize) {
+        shares[i] += 1;
+    }
+    shares
+}
+
+/// Computes a period's ledger from log entries fed in order, from index 0 to the period's end.
+pub struct Ledgerer<'a> {
+    rules: &'a Rules,
+    network: &'a str,
+    origin: &'a str,
+    from: u64,
+    to: u64,
+    threads: usize,
+    next: u64,
+    receipts: HashMap<Sha256, (PeerId, Sha256, u64)>,
+    rejected: HashSet<Sha256>,
+    models: HashMap<Sha256, Model>,
+    datasets: HashMap<Sha256, Dataset>,
+    by_name: HashMap<String, Sha256>,
+}
+
+#[derive(Default)]
+struct Flow {
+    data: BTreeMap<String, u64>,
+    unattributed: u64,
+}
+
+impl<'a> Ledgerer<'a> {
+    /// The ledger of entries `from..to` of the log `origin`.
+    pub fn new(rules: &'a Rules, network: &'a str, origin: &'a str, from: u64, to: u64) -> Self {
+        Ledgerer {
+            rules,
+            network,
+            origin,
+            from,
+            to,
+            threads: crate::parallel::threads(),
+            next: 0,
+            receipts: HashMap::new(),
+            rejected: HashSet::new(),
+            models: HashMap::new(),
+            datasets: HashMap::new(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// Use this many threads to check signatures (default: every core).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
+        self
+    }
+
+    /// Feed the next entries, from index `first`; entries at or past the period's end are
+    /// ignored.
+    pub fn push(&mut self, first: u64, entries: &[Vec<u8>]) -> Result<()> {
+        if first != self.next {
+            return Err(Error::History(format!(
+                "entries fed out of order: expected index {}, got {first}",
+                self.next
+            )));
+        }
+        self.next = first + entries.len() as u64;
+        let keep = self.to.saturating_sub(first).min(entries.len() as u64) as usize;
+        let indexed: Vec<(u64, &[u8])> = entries[..keep]
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (first + i as u64, e.as_slice()))
+            .collect();
+        let seen = crate::parallel::map(&indexed, self.threads, |(i, e)| self.classify(*i, e));
+        for s in seen {
+            match s {
+                Seen::Other => {}
+                Seen::Receipt {
+                    id,
+                    worker,
+                    model,
+                    tokens,
+                } => {
+                    self.receipts.entry(id).or_insert((worker, model, tokens));
+                }
+                Seen::Rejected(r) => {
+                    self.rejected.insert(r);
+                }
+                Seen::Model(w, p) => {
+                    self.models.entry(w).or_insert(Model { predicate: *p });
+                }
+                Seen::Dataset(id, p, signer) => {
+                    let name = format!("{}@{}", p.name, p.version);
+                    self.by_name.entry(name).or_insert(id);
+                    self.datasets.entry(id).or_insert(Dataset {
+                        predicate: *p,
+                        signer,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn classify(&self, index: u64, entry: &[u8]) -> Seen {
+        let Ok(env) = Envelope::from_json(entry) else {
+            return Seen::Other;
+        };
+        // Cheap look at the type before the signature check: most entries are receipts, and
+        // receipts outside the period need no check at all.
+        let in_period = index >= self.from;
+        if !in_period && contains(&env.payload, b"https://agora.network/receipt/") {
+            return Seen::Other;
+        }
+        let Ok((signers, st)) = Statement::open(&env) else {
+            return Seen::Other;
+        };
+        match st {
+            Statement::Receipt(r) if in_period && signers.contains(&r.worker) => Seen::Receipt {
+                id: Sha256::of(&env.payload),
+                worker: r.worker,
+                model: r.model,
+                tokens: u64::from(r.completion_tokens.saturating_sub(r.resumed)),
+            },
+            Statement::Verdict(v)
+                if !v.accept
+                    && signers.contains(&v.validator)
+                    && self.rules.validators.contains(&v.validator) =>
+            {
+                Seen::Rejected(v.receipt)
+            }
+            Statement::Model { subject, predicate } => match subject.first() {
+                Some(s) => Seen::Model(s.digest.sha256, Box::new(predicate)),
+                None => Seen::Other,
+            },
+            Statement::Dataset { predicate, .. } => match signers.first() {
+                Some(s) => {
+                    Seen::Dataset(Sha256::of(&env.payload), Box::new(predicate), s.to_string())
+                }
+                None => Seen::Other,
+            },
+            _ => Seen::Other,
+        }
+    }
+
+    /// The ledger: `root` is the root of the checkpoint of size `to` the entries were checked
+    /// against.
+    pub fn finish(self, root: Sha256) -> Result<Computed> {
+        if self.next < self.to {
+            return Err(Error::History(format!(
+                "entries up to {} were fed, the period ends at {}",
+                self.next, self.to
+            )));
+        }
+        let mut compute: BTreeMap<String, u64> = BTreeMap::new();
+        let mut per_model: BTreeMap<Sha256, u64> = BTreeMap::new();
+        let (mut receipts, mut rejected) = (0u64, 0u64);
+        for (id, (worker, model, tokens)) in &self.receipts {
+            if self.rejected.contains(id) {
+                rejected += 1;
+                continue;
+            }
+            receipts += 1;
+            *compute.entry(worker.to_string()).or_default() += tokens;
+            *per_model.entry(*model).or_default() += tokens;
+        }
+        let mut flow = Flow::default();
+        for (model, tokens) in per_model {
+            self.model(&model, tokens, 0, &mut flow);
+        }
+        let mut lines: BTreeMap<String, CreditLine> = BTreeMap::new();
+        for (k, c) in compute {
+            lines
+                .entry(k.clone())
+                .or_insert(CreditLine {
+                    key: k,
+                    compute: 0,
+                    data: 0,
+                })
+                .compute = c;
+        }
+        for (k, d) in flow.data {
+            lines
+                .entry(k.clone())
+                .or_insert(CreditLine {
+                    key: k,
+                    compute: 0,
+                    data: 0,
+                })
+                .data = d;
+        }
+        let lines: Vec<CreditLine> = lines
+            .into_values()
+            .filter(|l| l.compute + l.data > 0)
+            .collect();
+        let mut tree = MemoryTree::new();
+        for l in &lines {
+            tree.append(&line_bytes(l));
+        }
+        let ledger = Ledger {
+            network: self.network.to_string(),
+            log: self.origin.to_string(),
+            from: self.from,
+            to: TreeHead {
+                size: self.to,
+                root,
+            },
+            compute: lines.iter().map(|l| l.compute).sum(),
+            data: lines.iter().map(|l| l.data).sum(),
+            unattributed: flow.unattributed,
+            lines: lines.len() as u64,
+            root: Sha256(tree.root().0),
+        };
+        Ok(Computed {
+            ledger,
+            lines,
+            receipts,
+            rejected,
+        })
+    }
+
+    fn model(&self, weights: &Sha256, tokens: u64, depth: usize, flow: &mut Flow) {
+        let Some(m) = self.models.get(weights).filter(|_| depth <= MAX_DEPTH) else {
+            flow.unattributed += tokens;
+            return;
+        };
+        let p = &m.predicate;
+        let base = p
+            .base_model
+            .as_ref()
+            .map(|b| b.weights)
+            .filter(|b| b != weights && self.models.contains_key(b));
+        let own = !p.data_mix.is_empty();
+        let to_base = match (base, own) {
+            (Some(_), true) => share(tokens, self.rules.base_share_percent),
+            (Some(_), false) => tokens,
+            (None, _) => 0,
+        };
+        if let Some(b) = base {
+            self.model(&b, to_base, depth + 1, flow);
+        }
+        let rest = tokens - to_base;
+        if !own {
+            flow.unattributed += rest;
+            return;
+        }
+        let w: Vec<u64> = p.data_mix.iter().map(|e| int_weight(e.weight)).collect();
+        for (e, t) in p.data_mix.iter().zip(split(rest, &w)) {
+            self.dataset(&e.dataset, t, depth + 1, flow);
+        }
+    }
+
+    fn dataset(&self, id: &Sha256, tokens: u64, depth: usize, flow: &mut Flow) {
+        let Some(d) = self.datasets.get(id).filter(|_| depth <= MAX_DEPTH) else {
+            flow.unattributed += tokens;
+            return;
+        };
+        let p = &d.predicate;
+        let source = p
+            .derived_from
+            .as_ref()
+            .and_then(|n| self.by_name.get(n))
+            .filter(|s| *s != id);
+        let to_source = source.map_or(0, |_| share(tokens, self.rules.derived_share_percent));
+        if let Some(s) = source {
+            self.dataset(s, to_source, depth + 1, flow);
+        }
+        let rest = tokens - to_source;
+        let records: Vec<u64> = p.contributors.iter().map(|c| c.records).collect();
+        if records.iter().all(|&r| r == 0) {
+            *flow.data.entry(d.signer.clone()).or_default() += rest;
+            return;
+        }
+        for (c, t) in p.contributors.iter().zip(split(rest, &records)) {
+            *flow.data.entry(c.key.clone()).or_default() += t;
+        }
+    }
+}
+
+fn share(tokens: u64, percent: u64) -> u64 {
+    (u128::from(tokens) * u128::from(percent) / 100) as u64
+}
+
+/// A mix weight in millionths, at least 1 and at most [`MAX_WEIGHT`].
+fn int_weight(w: f64) -> u64 {
+    let v = (w * WEIGHT_SCALE).round();
+    if v.is_nan() || v < 1.0 {
+        1
+    } else if v >= MAX_WEIGHT as f64 {
+        MAX_WEIGHT
+    } else {
+        v as u64
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn split_keeps_every_token() {
+        assert_eq!(split(10, &[1, 1, 1]), vec![4, 3, 3]);
+        assert_eq!(split(10, &[2, 1, 1]), vec![5, 3, 2]);
+        assert_eq!(split(0, &[1, 2]), vec![0, 0]);
+        assert_eq!(split(7, &[0, 0]), vec![0, 0]);
+        assert_eq!(int_weight(0.5), 500_000);
+        assert_eq!(int_weight(1e-9), 1);
+        assert_eq!(int_weight(1e300), MAX_WEIGHT);
+    }
+
+    proptest! {
+        #[test]
+        fn split_sums_to_total(total in 0u64..u64::MAX / 2, w in proptest::collection::vec(1u64..MAX_WEIGHT, 1..20)) {
+            let s = split(total, &w);
+            prop_assert_eq!(s.iter().sum::<u64>(), total);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Time in a log, as witnesses attest it.
+//!
+//! A checkpoint carries no time of its own; each witness cosignature (c2sp.org/tlog-cosignature)
+//! carries the witness's. The time a checkpoint is *attested* at is the latest `t` such that the
+//! witnesses that cosigned it at `t` or later satisfy the community's quorum: a minority of
+//! witnesses with fast or slow clocks cannot move it.
+//!
+//! A log keeps every checkpoint it published (`GET /checkpoints/{size}` gives the first of size at
+//! least `size`): [`first_attested_at`] finds the first one attested at or after a deadline by a
+//! binary search over sizes, each checkpoint checked against the policy. Witnesses only cosign
+//! growing trees with clocks that do not go back, so attested times grow with size; a log that
+//! withheld a checkpoint from its history could only make a vote close later than it should, by
+//! the gap between the two it shows (printed by `agora tally`).
+
+use std::collections::HashSet;
+
+use agora_tlog::checkpoint::SignedCheckpoint;
+use agora_tlog::policy::Policy;
+
+use crate::{Error, Result};
+
+/// A log's checkpoint history.
+pub trait History {
+    /// The first checkpoint the log published whose size is at least `size` (its signed note,
+    /// verbatim), `None` when there is none yet.
+    fn first_at_or_after(&self, size: u64) -> std::result::Result<Option<Vec<u8>>, String>;
+}
+
+/// A checkpoint checked against the community's policy, with its attested time.
+#[derive(Clone, Debug)]
+pub struct Attested {
+    /// The checkpoint.
+    pub checkpoint: SignedCheckpoint,
+    /// Its signed note, verbatim.
+    pub bytes: Vec<u8>,
+    /// The time a quorum of witnesses attests (POSIX seconds).
+    pub time: u64,
+}
+
+impl Attested {
+    /// Its tree size.
+    pub fn size(&self) -> u64 {
+        self.checkpoint.checkpoint.size
+    }
+}
+
+/// Verify a checkpoint under `policy` (log signature, witness quorum) and find its attested time.
+pub fn attest(policy: &Policy, bytes: &[u8]) -> agora_tlog::Result<Attested> {
+    let checkpoint = policy.verify_checkpoint(bytes)?;
+    let keys = policy.witness_vkeys();
+    // (witness index, timestamp) of every verified cosignature; verify_checkpoint has checked
+    // each signature of a known witness.
+    let mut stamps: Vec<(usize, u64)> = Vec::new();
+    for s in &checkpoint.note.sigs {
+        if let Some(i) = keys
+            .iter()
+            .position(|k| k.name == s.name && k.key_id == s.key_id)
+            && let Ok(t) = agora_tlog::cosignature::timestamp(s)
+        {
+            stamps.push((i, t));
+        }
+    }
+    let mut times: Vec<u64> = stamps.iter().map(|&(_, t)| t).collect();
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    times.dedup();
+    for t in times {
+        let set: HashSet<usize> = stamps
+            .iter()
+            .filter(|&&(_, ts)| ts >= t)
+            .map(|&(i, _)| i)
+            .collect();
+        if policy.quorum_satisfied(&set) {
+            return Ok(Attested {
+                checkpoint,
+                bytes: bytes.to_vec(),
+                time: t,
+            });
+        }
+    }
+    Err(agora_tlog::Error::QuorumNotMet {
+        cosigned: stamps.len(),
+    })
+}
+
+fn fetch(h: &dyn History, policy: &Policy, size: u64) -> Result<Option<Attested>> {
+    let Some(bytes) = h.first_at_or_after(size).map_err(Error::History)? else {
+        return Ok(None);
+    };
+    let a = attest(policy, &bytes).map_err(|source| Error::Checkpoint { size, source })?;
+    if a.size() < size {
+        return Err(Error::History(format!(
+            "asked for the first checkpoint of size at least {size}, got size {}",
+            a.size()
+        )));
+    }
+    Ok(Some(a))
+}
+
+/// The first checkpoint whose tree holds entry `index` (size > `index`).
+pub fn first_holding(h: &dyn History, policy: &Policy, index: u64) -> Result<Option<Attested>> {
+    fetch(h, policy, index.saturating_add(1))
+}
+
+/// The first checkpoint of size at least `from` attested at or after `deadline`, searched up to
+/// `latest` (the newest checkpoint known). `None` while `latest` is attested before it.
+pub fn first_attested_at(
+    h: &dyn History,
+    policy: &Policy,
+    from: u64,
+    latest: &Attested,
+    deadline: u64,
+) -> Result<Option<Attested>> {
+    if latest.time < deadline {
+        return Ok(None);
+    }
+    let (mut lo, mut hi) = (from, latest.size());
+    let mut best = latest.clone();
+    // Invariant: `best` (size `hi`) is attested at or after the deadline; every checkpoint of
+    // size below `lo` is attested before it.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let Some(c) = fetch(h, policy, mid)? else {
+            return Err(Error::History(format!(
+                "no checkpoint of size at least {mid}, though one of size {hi} exists"
+            )));
+        };
+        if c.size() > hi {
+            return Err(Error::History(format!(
+                "the first checkpoint of size at least {mid} has size {}, above {hi}",
+                c.size()
+            )));
+        }
+        if c.time >= deadline {
+            hi = c.size();
+            best = c;
+        } else {
+            lo = c.size() + 1;
+        }
+    }
+    Ok(Some(best))
+}
+
+/// A history held in memory (tests, and a log store's table once read).
+impl History for std::collections::BTreeMap<u64, Vec<u8>> {
+    fn first_at_or_after(&self, size: u64) -> std::result::Result<Option<Vec<u8>>, String> {
+        Ok(self.range(size..).next().map(|(_, b)| b.clone()))
+    }
+}
