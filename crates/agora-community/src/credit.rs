@@ -23,7 +23,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use agora_core::dsse::Envelope;
-use agora_core::identity::PeerId;
 use agora_core::statement::{
     CreditLine, DatasetPredicate, Ledger, ModelPredicate, Sha256, Statement, TreeHead,
 };
@@ -31,6 +30,7 @@ use agora_tlog::hash::{Hash, leaf_hash};
 use agora_tlog::merkle::MemoryTree;
 
 use crate::rules::Rules;
+use crate::tally::Voter;
 use crate::{Error, Result};
 
 /// Longest base-model or derived-from chain followed.
@@ -53,9 +53,9 @@ enum Seen {
     Other,
     Receipt {
         id: Sha256,
-        worker: PeerId,
+        worker: Voter,
         model: Sha256,
-        tokens: u64,
+        tokens: u32,
     },
     Rejected(Sha256),
     Model(Sha256, Box<ModelPredicate>),
@@ -135,8 +135,14 @@ pub struct Ledgerer<'a> {
     to: u64,
     threads: usize,
     next: u64,
-    receipts: HashMap<Sha256, (PeerId, Sha256, u64)>,
+    /// Receipts of the period: worker and model as indices into `workers` and `answering`.
+    receipts: HashMap<Sha256, (u32, u32, u32)>,
+    workers: Vec<Voter>,
+    worker_ids: HashMap<Voter, u32>,
+    answering: Vec<Sha256>,
+    answering_ids: HashMap<Sha256, u32>,
     rejected: HashSet<Sha256>,
+    keys: crate::keys::KeyCache,
     models: HashMap<Sha256, Model>,
     datasets: HashMap<Sha256, Dataset>,
     by_name: HashMap<String, Sha256>,
@@ -160,7 +166,12 @@ impl<'a> Ledgerer<'a> {
             threads: crate::parallel::threads(),
             next: 0,
             receipts: HashMap::new(),
+            workers: Vec::new(),
+            worker_ids: HashMap::new(),
+            answering: Vec::new(),
+            answering_ids: HashMap::new(),
             rejected: HashSet::new(),
+            keys: crate::keys::KeyCache::with(rules.validators.iter().copied()),
             models: HashMap::new(),
             datasets: HashMap::new(),
             by_name: HashMap::new(),
@@ -199,7 +210,9 @@ impl<'a> Ledgerer<'a> {
                     model,
                     tokens,
                 } => {
-                    self.receipts.entry(id).or_insert((worker, model, tokens));
+                    let w = intern(&mut self.workers, &mut self.worker_ids, worker);
+                    let m = intern(&mut self.answering, &mut self.answering_ids, model);
+                    self.receipts.entry(id).or_insert((w, m, tokens));
                 }
                 Seen::Rejected(r) => {
                     self.rejected.insert(r);
@@ -230,15 +243,15 @@ impl<'a> Ledgerer<'a> {
         if !in_period && contains(&env.payload, b"https://agora.network/receipt/") {
             return Seen::Other;
         }
-        let Ok((signers, st)) = Statement::open(&env) else {
+        let Ok((signers, st)) = Statement::open_with(&env, &|s| self.keys.resolve(s)) else {
             return Seen::Other;
         };
         match st {
             Statement::Receipt(r) if in_period && signers.contains(&r.worker) => Seen::Receipt {
                 id: Sha256::of(&env.payload),
-                worker: r.worker,
+                worker: r.worker.into(),
                 model: r.model,
-                tokens: u64::from(r.completion_tokens.saturating_sub(r.resumed)),
+                tokens: r.completion_tokens.saturating_sub(r.resumed),
             },
             Statement::Verdict(v)
                 if !v.accept
@@ -273,14 +286,20 @@ impl<'a> Ledgerer<'a> {
         let mut compute: BTreeMap<String, u64> = BTreeMap::new();
         let mut per_model: BTreeMap<Sha256, u64> = BTreeMap::new();
         let (mut receipts, mut rejected) = (0u64, 0u64);
-        for (id, (worker, model, tokens)) in &self.receipts {
+        let mut per_worker = vec![0u64; self.workers.len()];
+        for (id, &(worker, model, tokens)) in &self.receipts {
             if self.rejected.contains(id) {
                 rejected += 1;
                 continue;
             }
             receipts += 1;
-            *compute.entry(worker.to_string()).or_default() += tokens;
-            *per_model.entry(*model).or_default() += tokens;
+            per_worker[worker as usize] += u64::from(tokens);
+            *per_model.entry(self.answering[model as usize]).or_default() += u64::from(tokens);
+        }
+        for (w, tokens) in self.workers.iter().zip(per_worker) {
+            if tokens > 0 {
+                *compute.entry(w.to_string()).or_default() += tokens;
+            }
         }
         let mut flow = Flow::default();
         for (model, tokens) in per_model {
@@ -393,6 +412,18 @@ impl<'a> Ledgerer<'a> {
             *flow.data.entry(c.key.clone()).or_default() += t;
         }
     }
+}
+
+/// The index of `v` in `list`, added when new.
+fn intern<T: Copy + Eq + std::hash::Hash>(
+    list: &mut Vec<T>,
+    ids: &mut HashMap<T, u32>,
+    v: T,
+) -> u32 {
+    *ids.entry(v).or_insert_with(|| {
+        list.push(v);
+        (list.len() - 1) as u32
+    })
 }
 
 fn share(tokens: u64, percent: u64) -> u64 {

@@ -115,22 +115,27 @@ pub fn first_attested_at(
     }
     let (mut lo, mut hi) = (from, latest.size());
     let mut best = latest.clone();
-    // Invariant: `best` (size `hi`) is attested at or after the deadline; every checkpoint of
-    // size below `lo` is attested before it.
+    // Invariant: `best` is attested at or after the deadline, and no checkpoint of size in
+    // `hi..best.size()` exists; every checkpoint of size below `lo` is attested before it.
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let Some(c) = fetch(h, policy, mid)? else {
             return Err(Error::History(format!(
-                "no checkpoint of size at least {mid}, though one of size {hi} exists"
+                "no checkpoint of size at least {mid}, though one of size {} exists",
+                best.size()
             )));
         };
-        if c.size() > hi {
+        if c.size() > best.size() {
             return Err(Error::History(format!(
-                "the first checkpoint of size at least {mid} has size {}, above {hi}",
-                c.size()
+                "the first checkpoint of size at least {mid} has size {}, above {}",
+                c.size(),
+                best.size()
             )));
         }
-        if c.time >= deadline {
+        if c.size() >= hi {
+            // Nothing between `mid` and `hi`.
+            hi = mid;
+        } else if c.time >= deadline {
             hi = c.size();
             best = c;
         } else {
@@ -144,5 +149,68 @@ pub fn first_attested_at(
 impl History for std::collections::BTreeMap<u64, Vec<u8>> {
     fn first_at_or_after(&self, size: u64) -> std::result::Result<Option<Vec<u8>>, String> {
         Ok(self.range(size..).next().map(|(_, b)| b.clone()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Checkpoints of the given sizes, cosigned at the given times.
+    fn history(points: &[(u64, u64)]) -> (Policy, BTreeMap<u64, Vec<u8>>) {
+        use agora_core::Identity;
+        use agora_tlog::checkpoint::Checkpoint;
+        let log = Identity::from_seed(&[1; 32]);
+        let w = Identity::from_seed(&[2; 32]);
+        let origin = log.default_log_origin();
+        let policy = Policy::parse(
+            format!(
+                "log {}\nwitness w1 {}\nquorum w1\n",
+                log.vkey(&origin).unwrap(),
+                w.witness_vkey("w1").unwrap()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut h = BTreeMap::new();
+        for &(size, time) in points {
+            let cp = Checkpoint::new(&origin, size, agora_tlog::Hash([size as u8; 32]));
+            let mut sc = SignedCheckpoint::sign(cp, &log.log_signer(&origin).unwrap()).unwrap();
+            let sig = w
+                .cosigner("w1")
+                .unwrap()
+                .cosign(&sc.note.text, time)
+                .unwrap();
+            sc.note.sigs.push(sig);
+            h.insert(size, sc.to_bytes());
+        }
+        (policy, h)
+    }
+
+    fn close(points: &[(u64, u64)], from: u64, deadline: u64) -> Option<u64> {
+        let (policy, h) = history(points);
+        let latest = attest(&policy, h.values().last().unwrap()).unwrap();
+        first_attested_at(&h, &policy, from, &latest, deadline)
+            .unwrap()
+            .map(|a| a.size())
+    }
+
+    #[test]
+    fn the_first_checkpoint_at_or_after_the_deadline() {
+        // Two checkpoints far apart (a quiet log): the later one closes.
+        assert_eq!(
+            close(&[(1, 100), (1_000_001, 9_000)], 1, 3_700),
+            Some(1_000_001)
+        );
+        // Many: the first at or after.
+        let many: Vec<(u64, u64)> = (1..=300).map(|i| (i * 7, 1_000 + i * 10)).collect();
+        for d in [1_005, 1_010, 1_011, 2_000, 3_990, 4_000] {
+            let want = many.iter().find(|&&(_, t)| t >= d).map(|&(s, _)| s);
+            assert_eq!(close(&many, 7, d), want, "deadline {d}");
+        }
+        // Not yet.
+        assert_eq!(close(&many, 7, 5_000), None);
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod credit;
 pub mod history;
+pub mod keys;
 pub mod parallel;
 pub mod read;
 pub mod rules;

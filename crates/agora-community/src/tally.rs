@@ -168,15 +168,52 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// A voter's key, kept as its 32 bytes (a re-tally of a million votes keeps one per vote).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Voter(pub [u8; 32]);
+
+impl From<PeerId> for Voter {
+    fn from(p: PeerId) -> Voter {
+        Voter(p.0.to_bytes())
+    }
+}
+
+impl Voter {
+    /// The voter's peer id.
+    pub fn peer_id(&self) -> Option<PeerId> {
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .ok()
+            .map(PeerId)
+    }
+}
+
+impl std::fmt::Display for Voter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.peer_id() {
+            Some(p) => write!(f, "{p}"),
+            None => write!(f, "key {}", hex::encode(self.0)),
+        }
+    }
+}
+
 /// A vote not counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
     /// Its log index.
     pub index: u64,
     /// The voter it names, when it could be read.
-    pub voter: Option<PeerId>,
+    pub voter: Option<Voter>,
     /// Why.
     pub reason: Reason,
+}
+
+/// A vote naming the proposal, before membership and supersession are settled.
+struct Cast {
+    index: u64,
+    voter: Voter,
+    choice: Choice,
+    digest: Sha256,
+    reason: Option<Box<str>>,
 }
 
 /// A vote counted.
@@ -257,8 +294,8 @@ impl Tally {
 
 enum Seen {
     Other,
-    Verdict { worker: PeerId, receipt: Sha256 },
-    Vote(Counted),
+    Verdict { worker: Voter, receipt: Sha256 },
+    Vote(Cast),
     Refused(Refused),
     Decision(Logged),
 }
@@ -272,8 +309,10 @@ pub struct Tallier<'a> {
     close: Option<u64>,
     threads: usize,
     next: u64,
-    accepted: HashMap<PeerId, HashSet<Sha256>>,
-    votes: Vec<Counted>,
+    members: HashMap<Voter, u64>,
+    keys: crate::keys::KeyCache,
+    accepted: HashMap<Voter, HashSet<Sha256>>,
+    votes: Vec<Cast>,
     refused: Vec<Refused>,
     logged: Vec<Logged>,
 }
@@ -295,6 +334,18 @@ impl<'a> Tallier<'a> {
             close,
             threads: crate::parallel::threads(),
             next: 0,
+            members: rules
+                .members
+                .iter()
+                .map(|(p, w)| (Voter::from(*p), *w))
+                .collect(),
+            keys: crate::keys::KeyCache::with(
+                rules
+                    .member_list
+                    .iter()
+                    .chain(rules.validators.iter())
+                    .copied(),
+            ),
             accepted: HashMap::new(),
             votes: Vec::new(),
             refused: Vec::new(),
@@ -348,7 +399,7 @@ impl<'a> Tallier<'a> {
         if !(names_us || verdict) {
             return Seen::Other;
         }
-        let opened = Statement::open(&env);
+        let opened = Statement::open_with(&env, &|s| self.keys.resolve(s));
         let (signers, st) = match opened {
             Ok(x) => x,
             Err(e) => {
@@ -376,7 +427,7 @@ impl<'a> Tallier<'a> {
                         && self.rules.validators.contains(&v.validator) =>
                 {
                     Seen::Verdict {
-                        worker,
+                        worker: worker.into(),
                         receipt: v.receipt,
                     }
                 }
@@ -386,7 +437,7 @@ impl<'a> Tallier<'a> {
                 let refuse = |reason| {
                     Seen::Refused(Refused {
                         index,
-                        voter: Some(v.voter),
+                        voter: Some(v.voter.into()),
                         reason,
                     })
                 };
@@ -407,13 +458,12 @@ impl<'a> Tallier<'a> {
                 if self.close.is_some_and(|c| index >= c) {
                     return refuse(Reason::Late);
                 }
-                Seen::Vote(Counted {
+                Seen::Vote(Cast {
                     index,
-                    voter: v.voter,
+                    voter: v.voter.into(),
                     choice: v.choice,
-                    weight: 0,
                     digest: Sha256::of(&env.payload),
-                    reason: v.reason.clone(),
+                    reason: v.reason.map(String::into_boxed_str),
                 })
             }
             Statement::Decision(d) if d.proposal.statement == self.proposal.id() => {
@@ -431,33 +481,32 @@ impl<'a> Tallier<'a> {
     /// Close the tally: membership, supersession, counts and the votes' root.
     pub fn finish(self) -> Tally {
         let rules = self.rules;
-        let weight = |p: &PeerId| -> Option<u64> {
-            rules.members.get(p).copied().or_else(|| {
-                (rules.min_accepted_verdicts > 0
-                    && self
-                        .accepted
-                        .get(p)
-                        .is_some_and(|r| r.len() as u64 >= rules.min_accepted_verdicts))
-                .then_some(1)
-            })
+        let qualified = |v: &Voter| {
+            rules.min_accepted_verdicts > 0
+                && self
+                    .accepted
+                    .get(v)
+                    .is_some_and(|r| r.len() as u64 >= rules.min_accepted_verdicts)
         };
-        let mut eligible: u64 = rules.members.values().sum();
-        if rules.min_accepted_verdicts > 0 {
-            eligible += self
-                .accepted
-                .iter()
-                .filter(|(p, r)| {
-                    !rules.members.contains_key(p) && r.len() as u64 >= rules.min_accepted_verdicts
-                })
-                .count() as u64;
-        }
+        let weight = |v: &Voter| -> Option<u64> {
+            self.members
+                .get(v)
+                .copied()
+                .or_else(|| qualified(v).then_some(1))
+        };
+        let mut eligible: u64 = self.members.values().sum();
+        eligible += self
+            .accepted
+            .keys()
+            .filter(|v| !self.members.contains_key(v) && qualified(v))
+            .count() as u64;
         let mut refused = self.refused;
-        let mut last: HashMap<PeerId, u64> = HashMap::new();
+        let mut last: HashMap<Voter, u64> = HashMap::new();
         for c in &self.votes {
             last.insert(c.voter, c.index);
         }
         let mut counted = Vec::new();
-        for mut c in self.votes {
+        for c in self.votes {
             let Some(w) = weight(&c.voter) else {
                 refused.push(Refused {
                     index: c.index,
@@ -472,10 +521,21 @@ impl<'a> Tallier<'a> {
                     voter: Some(c.voter),
                     reason: Reason::Superseded(l),
                 }),
-                _ => {
-                    c.weight = w;
-                    counted.push(c);
-                }
+                _ => match c.voter.peer_id() {
+                    Some(voter) => counted.push(Counted {
+                        index: c.index,
+                        voter,
+                        choice: c.choice,
+                        weight: w,
+                        digest: c.digest,
+                        reason: c.reason.map(String::from),
+                    }),
+                    None => refused.push(Refused {
+                        index: c.index,
+                        voter: Some(c.voter),
+                        reason: Reason::Malformed("not an Ed25519 key".into()),
+                    }),
+                },
             }
         }
         refused.sort_by_key(|r| r.index);

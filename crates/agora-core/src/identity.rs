@@ -163,20 +163,51 @@ impl FromStr for PeerId {
         if s.len() > 64 {
             return Err(Error::MalformedPeerId("too long"));
         }
-        let b = bs58::decode(s)
-            .into_vec()
-            .map_err(|_| Error::MalformedPeerId("not base58btc"))?;
-        if b.len() != 38 || b[..6] != PEER_ID_PREFIX {
-            return Err(Error::MalformedPeerId(
-                "not an identity multihash of an Ed25519 public key",
-            ));
+        if let Some(p) = LAST.with(|l| {
+            l.borrow()
+                .as_ref()
+                .filter(|(b, n, _)| &b[..*n] == s.as_bytes())
+                .map(|(_, _, p)| *p)
+        }) {
+            return Ok(p);
         }
-        let mut k = [0u8; 32];
-        k.copy_from_slice(&b[6..]);
-        let key = VerifyingKey::from_bytes(&k)
-            .map_err(|_| Error::MalformedPeerId("not a valid Ed25519 public key"))?;
-        Ok(PeerId(key))
+        let p = parse_peer_id(s)?;
+        remember(s, p);
+        Ok(p)
     }
+}
+
+thread_local! {
+    /// A statement names its signer twice (the DSSE keyid and a field such as `voter` or
+    /// `worker`): the last PeerId parsed (or resolved) on this thread is kept, so the second
+    /// parse costs no point decompression (a large part of re-checking a log).
+    static LAST: std::cell::RefCell<Option<([u8; 64], usize, PeerId)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Keep `p` as the PeerId `s` parses to (the last one of this thread).
+pub(crate) fn remember(s: &str, p: PeerId) {
+    if s.len() <= 64 {
+        let mut b = [0u8; 64];
+        b[..s.len()].copy_from_slice(s.as_bytes());
+        LAST.with(|l| *l.borrow_mut() = Some((b, s.len(), p)));
+    }
+}
+
+fn parse_peer_id(s: &str) -> Result<PeerId> {
+    let b = bs58::decode(s)
+        .into_vec()
+        .map_err(|_| Error::MalformedPeerId("not base58btc"))?;
+    if b.len() != 38 || b[..6] != PEER_ID_PREFIX {
+        return Err(Error::MalformedPeerId(
+            "not an identity multihash of an Ed25519 public key",
+        ));
+    }
+    let mut k = [0u8; 32];
+    k.copy_from_slice(&b[6..]);
+    let key = VerifyingKey::from_bytes(&k)
+        .map_err(|_| Error::MalformedPeerId("not a valid Ed25519 public key"))?;
+    Ok(PeerId(key))
 }
 
 #[cfg(test)]

@@ -1048,7 +1048,16 @@ impl Statement {
     /// Verify an envelope's signatures over its exact payload bytes, then parse the statement
     /// from those bytes. Returns the signers and the statement.
     pub fn open(env: &Envelope) -> Result<(Vec<PeerId>, Statement)> {
-        let signers = env.verify()?;
+        Statement::open_with(env, &|_| None)
+    }
+
+    /// [`Statement::open`] with keyids already known resolved by `known`
+    /// ([`Envelope::verify_with`]).
+    pub fn open_with(
+        env: &Envelope,
+        known: &dyn Fn(&str) -> Option<PeerId>,
+    ) -> Result<(Vec<PeerId>, Statement)> {
+        let signers = env.verify_with(known)?;
         let st = Statement::from_payload(&env.payload_type, &env.payload)?;
         Ok((signers, st))
     }
