@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod community;
 pub mod datasets;
 pub mod error;
 pub mod keepalive;

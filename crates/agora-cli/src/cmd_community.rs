@@ -10,7 +10,7 @@ use agora_api::tlog::LogClient;
 use agora_community::history::{self, Attested, History};
 use agora_community::read::{self, EntrySource};
 use agora_community::rules::Rules;
-use agora_community::tally::{Opened, Reason, check_proposal};
+use agora_community::tally::{Opened, check_proposal};
 use agora_core::dsse::Envelope;
 use agora_core::statement::{
     Choice, Claim, Decision, Evidence, Motion, Proposal, Sha256, Statement, Vote, mix_digest,
@@ -419,7 +419,7 @@ pub fn tally(home: &Path, a: TallyArgs) -> Result<i32> {
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report_json(&report, decision.as_ref(), &disputes))?
+            serde_json::to_string_pretty(&report.to_json(&c.network))?
         );
     } else {
         print_report(
@@ -580,45 +580,6 @@ fn print_report(
         r.latest.size(),
         took.as_secs_f64()
     );
-}
-
-fn report_json(
-    r: &read::Report,
-    decision: Option<&Decision>,
-    disputes: &[(&agora_community::tally::Logged, bool)],
-) -> Value {
-    let t = &r.tally;
-    json!({
-        "proposal": {"index": r.proposal.at.index, "id": r.proposal.id().to_string(),
-                     "title": r.proposal.proposal.title, "subject": r.proposal.subject().to_string()},
-        "deadline": r.deadline,
-        "opened_at": r.opened_at.size(),
-        "closed_at": r.closed_at.as_ref().map(Attested::size),
-        "latest": r.latest.size(),
-        "eligible": t.eligible,
-        "counts": t.counts,
-        "quorum_met": t.quorum_met,
-        "adopted": t.adopted,
-        "counted": t.counted.iter().map(|v| json!({"index": v.index, "voter": v.voter.to_string(),
-            "choice": v.choice.name(), "weight": v.weight})).collect::<Vec<_>>(),
-        "refused": t.refused.iter().map(|x| json!({"index": x.index,
-            "voter": x.voter.map(|v| v.to_string()), "reason": reason_code(&x.reason),
-            "why": x.reason.to_string()})).collect::<Vec<_>>(),
-        "decision": decision.map(|d| serde_json::from_slice::<Value>(&Statement::Decision(d.clone()).to_payload()).unwrap_or(Value::Null)),
-        "logged_decisions": disputes.iter().map(|(l, ok)| json!({"index": l.index, "agrees": ok})).collect::<Vec<_>>(),
-    })
-}
-
-/// A stable code for each reason (for programs).
-fn reason_code(r: &Reason) -> &'static str {
-    match r {
-        Reason::Malformed(_) => "malformed",
-        Reason::BadSignature => "bad-signature",
-        Reason::OtherNetwork(_) => "other-network",
-        Reason::NotAMember => "not-a-member",
-        Reason::Late => "late",
-        Reason::Superseded(_) => "superseded",
-    }
 }
 
 pub fn credit(home: &Path, a: CreditArgs) -> Result<()> {

@@ -113,6 +113,10 @@ pub struct NodeArgs {
     /// are refused with 507; entries already logged stay readable.
     #[arg(long, default_value = "1GiB", value_parser = crate::cmd_log::parse_bytes)]
     pub log_max_bytes: u64,
+    /// The witnesses the log run with --serve-log gathers cosignatures from: a tlog-policy file
+    /// with `witness NAME VKEY URL` lines and a `quorum` (a community's log must be cosigned).
+    #[arg(long, value_name = "FILE", requires = "serve_log")]
+    pub log_witnesses: Option<PathBuf>,
     /// Append receipts to this log (tlog-tiles base URL) instead.
     #[arg(long, value_name = "URL", env = "AGORA_LOG_URL")]
     pub log_url: Option<String>,
@@ -245,6 +249,11 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
     if args.validator {
         trusted.insert(identity.peer_id());
     }
+    let log_witnesses = args
+        .log_witnesses
+        .as_deref()
+        .map(crate::cmd_log::read_policy)
+        .transpose()?;
     let gateway = (!args.no_gateway).then(|| GatewayRole {
         config: GatewayConfig {
             stall_timeout: Duration::from_secs_f64(args.stall_timeout),
@@ -257,6 +266,7 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
             ..GatewayConfig::default()
         },
         serve_log: args.serve_log.then_some(args.log_max_bytes),
+        log_witnesses: log_witnesses.clone(),
         log_url: args.log_url.clone(),
         log_key,
         tokenizers: Some(Arc::new(crate::cmd_trace::StoreTokenizers::new(home))),

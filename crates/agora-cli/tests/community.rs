@@ -516,3 +516,132 @@ fn a_community_decides_its_mix_and_a_forged_decision_is_caught() {
         Some(size.parse().unwrap())
     );
 }
+
+/// A gateway that keeps the community's log (cosigned by a witness) serves its proposals, live
+/// tallies and credit; bad requests get precise errors.
+#[test]
+fn a_node_serves_proposals_tallies_and_credit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_home = common::temp_home();
+    let member = tempfile::tempdir().unwrap();
+    let whome = dir.path().join("witness");
+    for h in [node_home.path(), member.path(), whome.as_path()] {
+        ok(h, &["init"]);
+    }
+    let line = |home: &Path, key: &str| {
+        ok(home, &["id"])
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    let (log_vkey, witness_vkey) = (line(node_home.path(), "vkey"), line(&whome, "witness-vkey"));
+    let witness = Server::start(
+        &[
+            "witness",
+            "serve",
+            "--home",
+            whome.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-key",
+            &log_vkey,
+        ],
+        &dir.path().join("witness.err"),
+    );
+    let witnesses = dir.path().join("witnesses");
+    std::fs::write(
+        &witnesses,
+        format!("witness w1 {witness_vkey} {}\nquorum w1\n", witness.url),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::write(
+        &policy,
+        format!("log {log_vkey}\nwitness w1 {witness_vkey}\nquorum w1\n"),
+    )
+    .unwrap();
+    let m = identity(member.path()).peer_id().to_string();
+    ok(
+        node_home.path(),
+        &[
+            "init",
+            "--network",
+            "web",
+            "--member",
+            &m,
+            "--log-policy",
+            policy.to_str().unwrap(),
+            "--voting-period",
+            "3600",
+        ],
+    );
+    std::fs::copy(
+        node_home.path().join("genesis.toml"),
+        member.path().join("genesis.toml"),
+    )
+    .unwrap();
+    let node = common::Node::start_in(
+        node_home,
+        &[
+            "--no-worker",
+            "--no-mdns",
+            "--serve-log",
+            "--log-witnesses",
+            witnesses.to_str().unwrap(),
+        ],
+    );
+    let log = format!("{}/log", node.url);
+
+    let rules = member.path().join("rules.toml");
+    let genesis = std::fs::read_to_string(member.path().join("genesis.toml")).unwrap();
+    std::fs::write(&rules, genesis.split("[governance]\n").nth(1).unwrap()).unwrap();
+    let out = ok(
+        member.path(),
+        &[
+            "propose",
+            "--title",
+            "Keep the rules",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--log",
+            &log,
+        ],
+    );
+    let p = entry_index(&out, "proposal logged");
+    ok(
+        member.path(),
+        &["vote", &p.to_string(), "yes", "--log", &log],
+    );
+    wait_for(
+        "the vote under a checkpoint",
+        Duration::from_secs(20),
+        || (tlog_common::checkpoint_size(&log)? > p + 1).then_some(()),
+    );
+
+    let (status, list) = node.get("/agora/v1/proposals");
+    assert_eq!(status, 200, "{list}");
+    let listed = &list["proposals"][0];
+    assert_eq!(
+        (listed["index"].as_u64(), listed["kind"].as_str()),
+        (Some(p), Some("rules")),
+        "{list}"
+    );
+    assert_eq!(listed["title"], "Keep the rules");
+    for id in [p.to_string(), listed["id"].as_str().unwrap().to_string()] {
+        let (status, t) = node.get(&format!("/agora/v1/proposals/{id}"));
+        assert_eq!(status, 200, "{t}");
+        assert_eq!(t["counts"]["yes"], 1, "{t}");
+        assert!(t["closed_at"].is_null(), "{t}");
+        assert_eq!(t["eligible"], 1);
+    }
+    let (status, c) = node.get("/agora/v1/credit?period=0..");
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["ledger"]["from"], 0);
+    assert!(c["lines"].as_array().unwrap().is_empty(), "{c}");
+    let (status, e) = node.get("/agora/v1/credit?period=9..3");
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = node.get(&format!("/agora/v1/proposals/{}", p + 1));
+    assert_eq!(status, 404, "{e}");
+    let (status, e) = node.get(&format!("/agora/v1/proposals/{}", "ab".repeat(32)));
+    assert_eq!(status, 404, "{e}");
+}

@@ -93,6 +93,51 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report as JSON (what `agora tally --json` prints and nodes serve): the proposal,
+    /// deadline, checkpoints, counts, every counted vote, every refused one with its reason
+    /// code (`malformed`, `bad-signature`, `other-network`, `not-a-member`, `late`,
+    /// `superseded`), the decision once closed, and whether each decision already logged
+    /// agrees with it.
+    pub fn to_json(&self, network: &str) -> serde_json::Value {
+        use crate::tally::Reason;
+        use serde_json::json;
+        let t = &self.tally;
+        let decision = self.decision(network);
+        let code = |r: &Reason| match r {
+            Reason::Malformed(_) => "malformed",
+            Reason::BadSignature => "bad-signature",
+            Reason::OtherNetwork(_) => "other-network",
+            Reason::NotAMember => "not-a-member",
+            Reason::Late => "late",
+            Reason::Superseded(_) => "superseded",
+        };
+        let p = &self.proposal;
+        json!({
+            "network": network,
+            "proposal": {"index": p.at.index, "id": p.id().to_string(), "title": p.proposal.title,
+                         "proposer": p.proposal.proposer.to_string(),
+                         "subject": p.subject().to_string(), "motion": p.proposal.motion},
+            "deadline": self.deadline,
+            "opened_at": self.opened_at.size(),
+            "closed_at": self.closed_at.as_ref().map(Attested::size),
+            "latest": self.latest.size(),
+            "eligible": t.eligible,
+            "counts": t.counts,
+            "quorum_met": t.quorum_met,
+            "adopted": t.adopted,
+            "counted": t.counted.iter().map(|v| json!({"index": v.index,
+                "voter": v.voter.to_string(), "choice": v.choice.name(), "weight": v.weight,
+                "reason": v.reason})).collect::<Vec<_>>(),
+            "refused": t.refused.iter().map(|x| json!({"index": x.index,
+                "voter": x.voter.map(|v| v.to_string()), "reason": code(&x.reason),
+                "why": x.reason.to_string()})).collect::<Vec<_>>(),
+            "decision": decision.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()),
+            "logged_decisions": t.logged.iter().map(|l| json!({"index": l.index,
+                "signers": l.signers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "agrees": decision.as_ref() == Some(&l.decision)})).collect::<Vec<_>>(),
+        })
+    }
+
     /// The decision, once the vote is closed.
     pub fn decision(&self, network: &str) -> Option<agora_core::statement::Decision> {
         let c = self.closed_at.as_ref()?;

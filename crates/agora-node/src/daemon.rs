@@ -22,6 +22,9 @@ pub struct GatewayRole {
     pub config: GatewayConfig,
     /// Run this node's own transparency log under `/log`, with this disk budget.
     pub serve_log: Option<u64>,
+    /// The witnesses that log gathers cosignatures from (a tlog-policy with their URLs and a
+    /// quorum): a community's log must be cosigned, its witnesses date its votes.
+    pub log_witnesses: Option<agora_tlog::Policy>,
     /// Append receipts to this log instead of the node's own.
     pub log_url: Option<String>,
     /// The key of that log (the node's own log's key is known without it).
@@ -38,6 +41,7 @@ impl std::fmt::Debug for GatewayRole {
         f.debug_struct("GatewayRole")
             .field("config", &self.config)
             .field("serve_log", &self.serve_log)
+            .field("log_witnesses", &self.log_witnesses.is_some())
             .field("log_url", &self.log_url)
             .field("log_key", &self.log_key)
             .field("validator", &self.validator)
@@ -167,6 +171,7 @@ async fn start_gateway(
             identity,
             Duration::from_secs(1),
             max_bytes,
+            role.log_witnesses.clone(),
         )?),
         None => None,
     };
@@ -177,6 +182,25 @@ async fn start_gateway(
     let provenance = log.clone().map(|l| {
         agora_api::provenance::provenance_router(Arc::new(crate::provenance::Served::new(l)))
     });
+    // The community's proposals, tallies and credit, when this node keeps its log.
+    let genesis = std::fs::read_to_string(crate::network::genesis_path(&node.home)).ok();
+    let community = match (&log, &genesis) {
+        (Some(l), Some(g)) if g.contains("[governance]") => {
+            match crate::community::Served::new(g, l.clone()) {
+                Ok(s) => {
+                    lines.push(
+                        "  community:   proposals, tallies and credit at /agora/v1/proposals and /agora/v1/credit".into(),
+                    );
+                    Some(agora_api::community::community_router(Arc::new(s)))
+                }
+                Err(e) => {
+                    lines.push(format!("  community:   not served: {e}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let mut server = crate::bind_backend(node.listen, &node.api, Arc::new(gateway.clone()), log)
         .await?
         .with_routes(agora_api::datasets::datasets_router(Arc::new(
@@ -184,6 +208,9 @@ async fn start_gateway(
         )));
     if let Some(p) = provenance {
         server = server.with_routes(p);
+    }
+    if let Some(c) = community {
+        server = server.with_routes(c);
     }
     if let Some(t) = role.tokenizers.clone() {
         server = server.with_routes(agora_api::trace::trace_router(

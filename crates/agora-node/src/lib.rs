@@ -248,12 +248,14 @@ pub async fn start_network(
 
 /// Opens this node's own log (`$AGORA_HOME/log/log.redb`), checkpoints every `interval`.
 /// The node's log takes only signed statements, with the default quotas on entries from the
-/// network and a disk budget of `max_bytes`.
+/// network and a disk budget of `max_bytes`; with `witnesses`, each checkpoint is published once
+/// their quorum cosigned it.
 pub fn open_log(
     home: &Path,
     identity: &agora_core::Identity,
     interval: Duration,
     max_bytes: u64,
+    witnesses: Option<agora_tlog::Policy>,
 ) -> Result<agora_log::Log, NodeError> {
     let dir = home.join("log");
     std::fs::create_dir_all(&dir).map_err(|source| NodeError::Dir {
@@ -263,5 +265,11 @@ pub fn open_log(
     let mut cfg = agora_log::LogConfig::new(&identity.default_log_origin());
     cfg.checkpoint_interval = interval;
     cfg.max_bytes = max_bytes;
-    agora_log::Log::open(&dir.join("log.redb"), identity, cfg, None).map_err(NodeError::Log)
+    let transport = witnesses.is_some().then(|| {
+        Arc::new(agora_api::tlog::HttpWitnessTransport::new(
+            Duration::from_secs(10),
+        )) as Arc<dyn agora_log::WitnessTransport>
+    });
+    cfg.policy = witnesses;
+    agora_log::Log::open(&dir.join("log.redb"), identity, cfg, transport).map_err(NodeError::Log)
 }
