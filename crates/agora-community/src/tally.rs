@@ -297,7 +297,7 @@ enum Seen {
     Verdict { worker: Voter, receipt: Sha256 },
     Vote(Cast),
     Refused(Refused),
-    Decision(Logged),
+    Decision(Box<Logged>),
 }
 
 /// Counts one proposal's votes from log entries fed in order.
@@ -381,7 +381,7 @@ impl<'a> Tallier<'a> {
                 }
                 Seen::Vote(c) => self.votes.push(c),
                 Seen::Refused(r) => self.refused.push(r),
-                Seen::Decision(d) => self.logged.push(d),
+                Seen::Decision(d) => self.logged.push(*d),
             }
         }
         self.next = first + entries.len() as u64;
@@ -467,12 +467,12 @@ impl<'a> Tallier<'a> {
                 })
             }
             Statement::Decision(d) if d.proposal.statement == self.proposal.id() => {
-                Seen::Decision(Logged {
+                Seen::Decision(Box::new(Logged {
                     index,
                     signers,
                     envelope: String::from_utf8_lossy(entry).into_owned(),
                     decision: d,
-                })
+                }))
             }
             _ => Seen::Other,
         }
