@@ -6,16 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agora_api::tlog::LogClient;
-use agora_community::history::{self, Attested, History};
-use agora_community::read::{self, EntrySource};
+use agora_community::history;
+use agora_community::read;
 use agora_community::rules::Rules;
 use agora_community::tally::{Opened, check_proposal};
-use agora_core::dsse::Envelope;
 use agora_core::statement::{
     Choice, Claim, Decision, Evidence, Motion, Proposal, Sha256, Statement, Vote, mix_digest,
 };
 use anyhow::{Context, Result, bail};
+
+use crate::community::{CLog, Community, HttpLog, community, read_utf8};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -125,119 +125,6 @@ pub enum CreditCommand {
         /// The proof file (- for standard input)
         file: PathBuf,
     },
-}
-
-/// A community as this machine knows it: its rules and network id, from its genesis.
-struct Community {
-    rules: Rules,
-    network: String,
-}
-
-fn community(home: &Path, genesis: Option<&Path>) -> Result<Community> {
-    let path = genesis
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| agora_node::network::genesis_path(home));
-    let bytes = read_utf8(&path, agora_community::rules::MAX_RULES_BYTES)
-        .with_context(|| {
-            format!(
-                "{}: a community's commands need its genesis file (agora init --network NAME --member … --log-policy FILE)",
-                path.display()
-            )
-        })?;
-    let rules = Rules::from_genesis(&bytes)
-        .with_context(|| path.display().to_string())?
-        .ok_or(agora_community::Error::NoGovernance)
-        .with_context(|| path.display().to_string())?;
-    Ok(Community {
-        network: agora_net::NetworkId::from_genesis(bytes.as_bytes()).to_string(),
-        rules,
-    })
-}
-
-/// The community's log, at a checkpoint its policy verifies.
-struct CLog {
-    client: LogClient,
-    url: String,
-    latest: Attested,
-}
-
-impl CLog {
-    fn open(c: &Community, url: Option<&str>) -> Result<CLog> {
-        let url = match url {
-            Some(u) => u.to_string(),
-            None => c
-                .rules
-                .log
-                .logs
-                .first()
-                .and_then(|l| l.url.clone())
-                .context("the genesis names no URL for the community's log: give --log URL")?,
-        };
-        let client = LogClient::new(&url);
-        let latest = latest(&client, c, &url)?;
-        Ok(CLog {
-            client,
-            url,
-            latest,
-        })
-    }
-
-    /// Re-read the checkpoint until it holds entry `index` (up to 15 s: the next checkpoint
-    /// must be cosigned).
-    fn cover(&mut self, c: &Community, index: u64) -> Result<()> {
-        let t0 = std::time::Instant::now();
-        while index >= self.latest.size() {
-            if t0.elapsed() > Duration::from_secs(15) {
-                bail!(
-                    "no cosigned checkpoint holds entry {index} after 15 s: are the community's witnesses up?"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            self.latest = latest(&self.client, c, &self.url)?;
-        }
-        Ok(())
-    }
-
-    fn append(&self, st: &Statement, id: &agora_core::Identity) -> Result<u64> {
-        let entry = st.sign(id).to_json();
-        self.client
-            .add(entry.as_bytes())
-            .with_context(|| format!("appending the {} to {}", st.kind().name(), self.url))
-    }
-}
-
-fn latest(client: &LogClient, c: &Community, url: &str) -> Result<Attested> {
-    let t0 = std::time::Instant::now();
-    let bytes = loop {
-        match client.checkpoint() {
-            Err(agora_api::tlog::TlogHttpError::Status { status: 503, .. })
-                if t0.elapsed() < Duration::from_secs(5) =>
-            {
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            r => break r.with_context(|| format!("reading the checkpoint of {url}"))?,
-        }
-    };
-    history::attest(&c.rules.log, &bytes).with_context(|| {
-        format!("the checkpoint of {url} does not verify under the community's log policy")
-    })
-}
-
-/// A log over HTTP, read as a community reads any log.
-struct HttpLog<'a>(&'a LogClient);
-
-impl EntrySource for HttpLog<'_> {
-    fn bundle(&self, index: u64, width: u16) -> std::result::Result<Vec<Vec<u8>>, String> {
-        self.0.entries(index, width).map_err(|e| e.to_string())
-    }
-}
-
-impl History for HttpLog<'_> {
-    fn first_at_or_after(&self, size: u64) -> std::result::Result<Option<Vec<u8>>, String> {
-        self.0
-            .checkpoint_at_or_after(size)
-            .map_err(|e| e.to_string())
-    }
 }
 
 fn when(t: u64) -> String {
@@ -609,7 +496,9 @@ pub fn credit(home: &Path, a: CreditArgs) -> Result<()> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&json!({"ledger": l, "lines": computed.lines,
-                        "receipts": computed.receipts, "rejected": computed.rejected}))?
+                        "receipts": computed.receipts, "rejected": computed.rejected,
+                        "logged_ledgers": computed.logged.iter().map(|(i, s, ok)|
+                            json!({"index": i, "signers": s, "agrees": ok})).collect::<Vec<_>>()}))?
                 );
             } else {
                 println!(
@@ -629,6 +518,17 @@ pub fn credit(home: &Path, a: CreditArgs) -> Result<()> {
                     "  total compute {} tokens, data {} tokens, unattributed {}; root sha256:{}",
                     l.compute, l.data, l.unattributed, l.root
                 );
+                for (i, signers, agrees) in &computed.logged {
+                    println!(
+                        "  ledger at entry {i} signed by {}: {}",
+                        signers.join(", "),
+                        if *agrees {
+                            "agrees with this computation, byte for byte"
+                        } else {
+                            "DISAGREES with this computation"
+                        }
+                    );
+                }
             }
             if a.sign {
                 let id = load_identity(home).context("a ledger is signed with this node's key")?;
@@ -639,6 +539,9 @@ pub fn credit(home: &Path, a: CreditArgs) -> Result<()> {
                 );
             }
             let _ = c;
+            if computed.logged.iter().any(|(_, _, ok)| !ok) {
+                std::process::exit(3);
+            }
             Ok(())
         }
     }
@@ -688,70 +591,6 @@ fn check_proof(file: &Path) -> Result<()> {
         line.key, line.compute, line.data, ledger.from, ledger.to.size, ledger.log, ledger.root
     );
     Ok(())
-}
-
-/// The decision at `index` of the community's log at `log_url`, checked: it adopted the mix
-/// whose digest is `mix`, and a re-count of its proposal under this machine's genesis rules
-/// gives the same decision byte for byte. Returns where it is, for a manifest to cite.
-pub fn confirm_decision(
-    home: &Path,
-    log_url: &str,
-    index: u64,
-    mix: &Sha256,
-) -> Result<agora_core::statement::LogRef> {
-    let c = community(home, None).context("checking the decision needs the community's rules")?;
-    let mut log = CLog::open(&c, Some(log_url))?;
-    log.cover(&c, index)?;
-    let entry = log
-        .client
-        .entry(index, log.latest.size())
-        .with_context(|| format!("reading entry {index} of {log_url}"))?;
-    let env = Envelope::from_json(&entry).context("the decision is not a signed statement")?;
-    let (_, st) = Statement::open(&env).context("the decision does not check")?;
-    let Statement::Decision(d) = st else {
-        bail!(
-            "entry {index} is a {} statement, not a decision",
-            st.kind().name()
-        );
-    };
-    if d.subject != *mix {
-        bail!(
-            "the decision at entry {index} is about the mix sha256:{}, not this one (sha256:{mix}): publish the mix it adopted, exactly",
-            d.subject
-        );
-    }
-    if !d.adopted {
-        bail!("the decision at entry {index} did not adopt its mix");
-    }
-    let report = read::tally(
-        &c.rules,
-        &c.network,
-        &HttpLog(&log.client),
-        &HttpLog(&log.client),
-        log.latest.clone(),
-        d.proposal.index,
-    )?;
-    if report.decision(&c.network).as_ref() != Some(&d) {
-        bail!(
-            "the decision at entry {index} is not what its proposal's votes give: `agora tally {}` shows the count",
-            d.proposal.index
-        );
-    }
-    println!(
-        "  decision entry {index}: proposal {} adopted (yes {} / no {} / abstain {}), re-counted here",
-        d.proposal.index, d.counts.yes, d.counts.no, d.counts.abstain
-    );
-    Ok(agora_core::statement::LogRef {
-        log: log.latest.checkpoint.checkpoint.origin.clone(),
-        index,
-        statement: Sha256::of(&env.payload),
-    })
-}
-
-/// A UTF-8 file (or `-`: standard input) of at most `max` bytes.
-fn read_utf8(path: &Path, max: usize) -> Result<String> {
-    let bytes = crate::cmd_provenance::read_text(path, max)?;
-    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 fn printable(s: &str) -> String {

@@ -314,7 +314,7 @@ fn publish(
 
     let data_mix = logged_datasets(home, &mix, &mut tlog, log_url)?;
     let decision = match decision {
-        Some(i) => Some(crate::cmd_community::confirm_decision(
+        Some(i) => Some(crate::community::confirm_decision(
             home,
             log_url,
             i,

@@ -12,6 +12,7 @@ mod cmd_node;
 mod cmd_provenance;
 mod cmd_trace;
 mod cmd_verify;
+mod community;
 mod provenance;
 
 use std::path::PathBuf;

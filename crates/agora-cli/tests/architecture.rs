@@ -1,8 +1,8 @@
 //! The architecture invariants of ARCHITECTURE.md, enforced: reads `cargo metadata` and fails
 //! when a crate depends on what it must not.
 //!
-//! - The pure crates (`agora-core`, `agora-tlog`, `agora-sampling`, `agora-verify`, `agora-data`)
-//!   do no I/O:
+//! - The pure crates (`agora-core`, `agora-tlog`, `agora-sampling`, `agora-verify`, `agora-data`,
+//!   `agora-community`) do no I/O:
 //!   none of them, nor any workspace crate they depend on, depends on an async runtime, a
 //!   network, HTTP or storage library, or llama.cpp.
 //! - Only `agora-net` knows libp2p; only `agora-api` knows axum and hyper; only `agora-llama`
@@ -25,6 +25,7 @@ const PURE: &[&str] = &[
     "agora-sampling",
     "agora-verify",
     "agora-data",
+    "agora-community",
 ];
 
 /// Libraries that do I/O (runtimes, networks, HTTP, storage, llama.cpp): never in a pure crate.

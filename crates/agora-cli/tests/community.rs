@@ -515,6 +515,28 @@ fn a_community_decides_its_mix_and_a_forged_decision_is_caught() {
         l1["ledger"]["to"]["size"].as_u64(),
         Some(size.parse().unwrap())
     );
+    // A ledger signed for the period agrees with another machine's count; a forged one does not.
+    let out = ok(&h[0], &["credit", "--to", &size, "--sign"]);
+    let li = entry_index(&out, "ledger signed");
+    let _ = entry(&log, li);
+    let out = ok(&h[4], &["credit", "--to", &size]);
+    assert!(
+        out.contains(&format!("ledger at entry {li}"))
+            && out.contains("agrees with this computation, byte for byte"),
+        "{out}"
+    );
+    let mut forged: agora_core::statement::Ledger =
+        serde_json::from_value(l1["ledger"].clone()).unwrap();
+    forged.compute += 1000;
+    let fl = post_statement(&log, &Statement::Ledger(forged), &outsider);
+    let _ = entry(&log, fl);
+    let o = run(&h[4], &["credit", "--to", &size]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("ledger at entry {fl}")) && text(&o).contains("DISAGREES"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// A gateway that keeps the community's log (cosigned by a witness) serves its proposals, live

@@ -59,6 +59,7 @@ enum Seen {
     },
     Rejected(Sha256),
     Model(Sha256, Box<ModelPredicate>),
+    Ledger(u64, Vec<String>, Box<Ledger>),
     Dataset(Sha256, Box<DatasetPredicate>, String),
 }
 
@@ -73,6 +74,9 @@ pub struct Computed {
     pub receipts: u64,
     /// Receipts of the period a recognised validator rejected (no compute or data credit).
     pub rejected: u64,
+    /// Ledgers of the same period already in the log: index, signers, and whether each is
+    /// this one byte for byte.
+    pub logged: Vec<(u64, Vec<String>, bool)>,
 }
 
 impl Computed {
@@ -146,6 +150,7 @@ pub struct Ledgerer<'a> {
     models: HashMap<Sha256, Model>,
     datasets: HashMap<Sha256, Dataset>,
     by_name: HashMap<String, Sha256>,
+    logged: Vec<(u64, Vec<String>, Ledger)>,
 }
 
 #[derive(Default)]
@@ -175,6 +180,7 @@ impl<'a> Ledgerer<'a> {
             models: HashMap::new(),
             datasets: HashMap::new(),
             by_name: HashMap::new(),
+            logged: Vec::new(),
         }
     }
 
@@ -184,8 +190,8 @@ impl<'a> Ledgerer<'a> {
         self
     }
 
-    /// Feed the next entries, from index `first`; entries at or past the period's end are
-    /// ignored.
+    /// Feed the next entries, from index `first`; past the period's end only ledgers of the
+    /// period are looked at.
     pub fn push(&mut self, first: u64, entries: &[Vec<u8>]) -> Result<()> {
         if first != self.next {
             return Err(Error::History(format!(
@@ -194,8 +200,7 @@ impl<'a> Ledgerer<'a> {
             )));
         }
         self.next = first + entries.len() as u64;
-        let keep = self.to.saturating_sub(first).min(entries.len() as u64) as usize;
-        let indexed: Vec<(u64, &[u8])> = entries[..keep]
+        let indexed: Vec<(u64, &[u8])> = entries
             .iter()
             .enumerate()
             .map(|(i, e)| (first + i as u64, e.as_slice()))
@@ -220,6 +225,7 @@ impl<'a> Ledgerer<'a> {
                 Seen::Model(w, p) => {
                     self.models.entry(w).or_insert(Model { predicate: *p });
                 }
+                Seen::Ledger(i, signers, l) => self.logged.push((i, signers, *l)),
                 Seen::Dataset(id, p, signer) => {
                     let name = format!("{}@{}", p.name, p.version);
                     self.by_name.entry(name).or_insert(id);
@@ -238,8 +244,12 @@ impl<'a> Ledgerer<'a> {
             return Seen::Other;
         };
         // Cheap look at the type before the signature check: most entries are receipts, and
-        // receipts outside the period need no check at all.
-        let in_period = index >= self.from;
+        // receipts outside the period need no check at all. After the period's end only ledgers
+        // of this period are looked at (to compare them with this one).
+        if index >= self.to && !contains(&env.payload, b"https://agora.network/ledger/") {
+            return Seen::Other;
+        }
+        let in_period = index >= self.from && index < self.to;
         if !in_period && contains(&env.payload, b"https://agora.network/receipt/") {
             return Seen::Other;
         }
@@ -253,12 +263,22 @@ impl<'a> Ledgerer<'a> {
                 model: r.model,
                 tokens: r.completion_tokens.saturating_sub(r.resumed),
             },
+            _ if index >= self.to && !matches!(st, Statement::Ledger(_)) => Seen::Other,
             Statement::Verdict(v)
                 if !v.accept
                     && signers.contains(&v.validator)
                     && self.rules.validators.contains(&v.validator) =>
             {
                 Seen::Rejected(v.receipt)
+            }
+            Statement::Ledger(l)
+                if l.from == self.from && l.to.size == self.to && l.network == self.network =>
+            {
+                Seen::Ledger(
+                    index,
+                    signers.iter().map(ToString::to_string).collect(),
+                    Box::new(l),
+                )
             }
             Statement::Model { subject, predicate } => match subject.first() {
                 Some(s) => Seen::Model(s.digest.sha256, Box::new(predicate)),
@@ -348,11 +368,17 @@ impl<'a> Ledgerer<'a> {
             lines: lines.len() as u64,
             root: Sha256(tree.root().0),
         };
+        let logged = self
+            .logged
+            .into_iter()
+            .map(|(i, s, l)| (i, s, l == ledger))
+            .collect();
         Ok(Computed {
             ledger,
             lines,
             receipts,
             rejected,
+            logged,
         })
     }
 
