@@ -496,3 +496,220 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod ledger_tests {
+    use super::*;
+    use crate::tally::tests::World;
+    use agora_core::Identity;
+    use agora_core::statement::{
+        BaseModel, Contribution, DigestSet, MixEntry, Receipt, Subject, Verdict,
+    };
+
+    fn dataset(
+        w: &mut World,
+        by: &Identity,
+        name: &str,
+        derived: Option<&str>,
+        who: &[(&str, u64)],
+    ) -> (u64, Sha256) {
+        let st = Statement::Dataset {
+            subject: vec![Subject {
+                name: format!("{name}.jsonl"),
+                digest: DigestSet {
+                    sha256: Sha256::of(name.as_bytes()),
+                },
+            }],
+            predicate: DatasetPredicate {
+                name: name.into(),
+                license: "CC0-1.0".into(),
+                source: "test".into(),
+                version: 1,
+                records_root: Sha256([1; 32]),
+                ids_root: None,
+                records: 3,
+                size: 10,
+                derived_from: derived.map(String::from),
+                contributors: who
+                    .iter()
+                    .map(|(k, r)| Contribution {
+                        key: (*k).into(),
+                        label: None,
+                        records: *r,
+                    })
+                    .collect(),
+            },
+        };
+        let i = w.append(&st, by);
+        (i, Sha256::of(&st.to_payload()))
+    }
+
+    fn model(w: &mut World, by: &Identity, weights: u8, base: Option<u8>, mix: Vec<MixEntry>) {
+        let st = Statement::Model {
+            subject: vec![Subject {
+                name: "m.gguf".into(),
+                digest: DigestSet {
+                    sha256: Sha256([weights; 32]),
+                },
+            }],
+            predicate: ModelPredicate {
+                name: format!("m{weights}"),
+                architecture: "llama".into(),
+                tokenizer: Sha256([0; 32]),
+                license: "Apache-2.0".into(),
+                resources: vec![],
+                base_model: base.map(|b| BaseModel {
+                    weights: Sha256([b; 32]),
+                    name: None,
+                    statement: None,
+                }),
+                data_mix: mix,
+                declared_data: vec![],
+                recipe: None,
+                unknown: vec![],
+                decision: None,
+            },
+        };
+        w.append(&st, by);
+    }
+
+    fn receipt(w: &mut World, worker: &Identity, tokens: u32, n: u64) -> Sha256 {
+        let st = Statement::Receipt(Receipt {
+            model: Sha256([2; 32]),
+            request: Sha256::of(&n.to_be_bytes()),
+            output: Sha256([0; 32]),
+            seed: n,
+            prompt_tokens: 5,
+            completion_tokens: tokens,
+            proof: Sha256([0; 32]),
+            worker: worker.peer_id(),
+            time: n,
+            resumed: 0,
+            text: None,
+            fingerprint: None,
+        });
+        w.append(&st, worker);
+        Sha256::of(&st.to_payload())
+    }
+
+    fn reject(w: &mut World, by: &Identity, receipt: Sha256) {
+        let st = Statement::Verdict(Verdict {
+            receipt,
+            worker: None,
+            validator: by.peer_id(),
+            accept: false,
+            stats: Default::default(),
+            reason: None,
+            time: 0,
+        });
+        w.append(&st, by);
+    }
+
+    /// Base model, mix weights, a derived dataset, contributors by records, a publisher with
+    /// no contributors named, a rejected receipt and a rejection by someone who is no validator:
+    /// the ledger equals the computation by hand.
+    #[test]
+    fn the_ledger_is_the_hand_count() {
+        let mut w = World::new(2, 60);
+        let publisher = Identity::from_seed(&[50; 32]);
+        let (a, b, c) = (
+            Identity::from_seed(&[51; 32]),
+            Identity::from_seed(&[52; 32]),
+            Identity::from_seed(&[53; 32]),
+        );
+        let origin = w.origin();
+        let (i0, d0) = dataset(&mut w, &publisher, "base-data", None, &[("zed", 1)]);
+        let (i1, d1) = dataset(
+            &mut w,
+            &publisher,
+            "stories",
+            None,
+            &[("alice", 2), ("bob", 1)],
+        );
+        let (i2, d2) = dataset(&mut w, &publisher, "poems", Some("base-data@1"), &[]);
+        let entry = |name: &str, index, dataset, weight| MixEntry {
+            name: name.into(),
+            log: origin.clone(),
+            index,
+            dataset,
+            weight,
+            tokens: None,
+        };
+        model(
+            &mut w,
+            &publisher,
+            1,
+            None,
+            vec![entry("base-data@1", i0, d0, 1.0)],
+        );
+        model(
+            &mut w,
+            &publisher,
+            2,
+            Some(1),
+            vec![
+                entry("stories@1", i1, d1, 3.0),
+                entry("poems@1", i2, d2, 1.0),
+            ],
+        );
+        let from = w.entries.len() as u64;
+        receipt(&mut w, &a, 100, 1);
+        receipt(&mut w, &b, 60, 2);
+        let bad = receipt(&mut w, &c, 40, 3);
+        receipt(&mut w, &c, 10, 4);
+        let validator = w.members[0].clone();
+        reject(&mut w, &validator, bad);
+        // A rejection by a key that is no validator of the rules changes nothing.
+        let good = receipt(&mut w, &a, 0, 5);
+        reject(&mut w, &publisher, good);
+        let to = w.entries.len() as u64;
+
+        let compute = |threads| {
+            let mut l = Ledgerer::new(&w.rules, &w.network, &origin, from, to).threads(threads);
+            for (k, chunk) in w.entries.chunks(4).enumerate() {
+                l.push(k as u64 * 4, chunk).unwrap();
+            }
+            l.finish(Sha256([9; 32])).unwrap()
+        };
+        let got = compute(2);
+        assert_eq!(
+            got.ledger,
+            compute(1).ledger,
+            "the thread count changes nothing"
+        );
+        assert_eq!((got.receipts, got.rejected), (4, 1), "credited, rejected");
+        let lines: BTreeMap<String, (u64, u64)> = got
+            .lines
+            .iter()
+            .map(|l| (l.key.clone(), (l.compute, l.data)))
+            .collect();
+        // Compute: a 100, b 60, c 10 (its 40 rejected). Data: 170 tokens of model 2: 85 to its
+        // base (all to base-data: zed), 85 split 3:1 → stories 64 (alice 43, bob 21; the left
+        // token to the larger remainder), poems 21 → 10 to base-data (zed), 11 to the publisher.
+        let want: BTreeMap<String, (u64, u64)> = [
+            (a.peer_id().to_string(), (100, 0)),
+            (b.peer_id().to_string(), (60, 0)),
+            (c.peer_id().to_string(), (10, 0)),
+            ("zed".to_string(), (0, 95)),
+            ("alice".to_string(), (0, 43)),
+            ("bob".to_string(), (0, 21)),
+            (publisher.peer_id().to_string(), (0, 11)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(lines, want);
+        assert_eq!(
+            (got.ledger.compute, got.ledger.data, got.ledger.unattributed),
+            (170, 170, 0)
+        );
+        // Every line proves into the root; a changed line does not.
+        for l in &got.lines {
+            let (i, proof) = got.prove(&l.key).unwrap();
+            assert!(verify_line(&got.ledger, l, i, &proof));
+            let mut x = l.clone();
+            x.data += 1;
+            assert!(!verify_line(&got.ledger, &x, i, &proof));
+        }
+    }
+}
