@@ -825,6 +825,67 @@ pub(crate) mod tests {
         assert!(e.contains("only members may propose"), "{e}");
     }
 
+    #[test]
+    fn workers_with_enough_accepted_verdicts_vote() {
+        use agora_core::statement::Verdict;
+        let mut w = World::new(2, 100);
+        w.rules.min_accepted_verdicts = 2;
+        let (x, y, z) = (
+            Identity::from_seed(&[60; 32]),
+            Identity::from_seed(&[61; 32]),
+            Identity::from_seed(&[62; 32]),
+        );
+        let validator = w.members[0].clone();
+        let outsider = Identity::from_seed(&[63; 32]);
+        let mut n = 0u8;
+        let mut verdict = |w: &mut World, worker: &Identity, by: &Identity, accept: bool| {
+            n += 1;
+            let v = Verdict {
+                receipt: Sha256([n; 32]),
+                worker: Some(worker.peer_id()),
+                validator: by.peer_id(),
+                accept,
+                stats: Default::default(),
+                reason: None,
+                time: 0,
+            };
+            w.append(&Statement::Verdict(v), by);
+        };
+        verdict(&mut w, &x, &validator, true);
+        verdict(&mut w, &x, &validator, true); // x: two receipts accepted by a validator
+        verdict(&mut w, &y, &validator, true);
+        verdict(&mut w, &y, &validator, false); // y: one accepted, one rejected
+        verdict(&mut w, &z, &outsider, true);
+        verdict(&mut w, &z, &outsider, true); // z: accepted by someone who is no validator
+        let (pi, _) = w.propose(0);
+        verdict(&mut w, &y, &validator, true); // after the proposal: does not count
+        w.checkpoint(1000);
+        let id = Sha256::of(
+            &Envelope::from_json(&w.entries[pi as usize])
+                .unwrap()
+                .payload,
+        );
+        let vx = w.vote(&x, id, Choice::Yes);
+        let vy = w.vote(&y, id, Choice::Yes);
+        let vz = w.vote(&z, id, Choice::Yes);
+        w.checkpoint(1200);
+        let (_, _, t) = w.tally(pi);
+        assert_eq!(t.eligible, 3, "two members and x");
+        assert_eq!(
+            t.counted.iter().map(|c| c.index).collect::<Vec<_>>(),
+            vec![vx]
+        );
+        let refused: Vec<(u64, Reason)> = t
+            .refused
+            .iter()
+            .map(|r| (r.index, r.reason.clone()))
+            .collect();
+        assert_eq!(
+            refused,
+            vec![(vy, Reason::NotAMember), (vz, Reason::NotAMember)]
+        );
+    }
+
     impl World {
         /// An entry that is not a statement (logs taking `any` bytes hold such).
         fn checkpoint_noop(&mut self) {
