@@ -194,7 +194,7 @@ pub fn propose(home: &Path, a: ProposeArgs) -> Result<()> {
     if let Some(o) = opened {
         println!(
             "  voting closes at {} ({} s after checkpoint {} was cosigned): agora vote {index} yes|no|abstain",
-            when(o.time + c.rules.voting_period_secs),
+            when(o.time.saturating_add(c.rules.voting_period_secs)),
             c.rules.voting_period_secs,
             o.size()
         );
@@ -204,25 +204,7 @@ pub fn propose(home: &Path, a: ProposeArgs) -> Result<()> {
 
 /// Read and check proposal `index` (as a tallier will).
 fn read_proposal(c: &Community, log: &CLog, index: u64) -> Result<Opened> {
-    if index >= log.latest.size() {
-        bail!(
-            "entry {index} is beyond the log's checkpoint ({} entries)",
-            log.latest.size()
-        );
-    }
-    let entry = log
-        .client
-        .entry(index, log.latest.size())
-        .with_context(|| format!("reading entry {index} of {}", log.url))?;
-    let proof = log.client.inclusion_proof(index, log.latest.size())?;
-    agora_tlog::merkle::verify_inclusion(
-        index,
-        log.latest.size(),
-        &agora_tlog::hash::leaf_hash(&entry),
-        &proof,
-        &log.latest.checkpoint.checkpoint.root,
-    )
-    .with_context(|| format!("entry {index} is not in the log under its checkpoint"))?;
+    let entry = log.entry_checked(index)?;
     Ok(agora_community::tally::open_proposal(
         &c.rules,
         &c.network,
@@ -254,7 +236,7 @@ pub fn vote(home: &Path, a: VoteArgs) -> Result<()> {
     }
     let hist = HttpLog(&log.client);
     if let Some(o) = history::first_holding(&hist, &c.rules.log, a.proposal)? {
-        let deadline = o.time + c.rules.voting_period_secs;
+        let deadline = o.time.saturating_add(c.rules.voting_period_secs);
         if let Some(closed) =
             history::first_attested_at(&hist, &c.rules.log, o.size(), &log.latest, deadline)?
         {
@@ -397,11 +379,18 @@ fn print_report(
             c.size(),
             c.time
         ),
-        None => println!(
-            "  OPEN: the latest checkpoint ({}) is cosigned at {}; these counts are live",
-            r.latest.size(),
-            r.latest.time
-        ),
+        None => {
+            println!(
+                "  OPEN: the latest checkpoint ({}) is cosigned at {}; these counts are live",
+                r.latest.size(),
+                r.latest.time
+            );
+            if now() >= r.deadline {
+                println!(
+                    "  the deadline has passed by this machine's clock: the vote closes at the next cosigned checkpoint, i.e. with the next entry anyone logs"
+                );
+            }
+        }
     }
     let t = &r.tally;
     println!(

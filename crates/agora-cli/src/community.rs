@@ -84,6 +84,31 @@ impl CLog {
         Ok(())
     }
 
+    /// Entry `index`, checked by its inclusion proof under the latest checkpoint.
+    pub fn entry_checked(&self, index: u64) -> Result<Vec<u8>> {
+        if index >= self.latest.size() {
+            bail!(
+                "entry {index} is beyond the log's checkpoint ({} entries)",
+                self.latest.size()
+            );
+        }
+        let size = self.latest.size();
+        let entry = self
+            .client
+            .entry(index, size)
+            .with_context(|| format!("reading entry {index} of {}", self.url))?;
+        let proof = self.client.inclusion_proof(index, size)?;
+        agora_tlog::merkle::verify_inclusion(
+            index,
+            size,
+            &agora_tlog::hash::leaf_hash(&entry),
+            &proof,
+            &self.latest.checkpoint.checkpoint.root,
+        )
+        .with_context(|| format!("entry {index} is not in the log under its checkpoint"))?;
+        Ok(entry)
+    }
+
     pub fn append(&self, st: &Statement, id: &agora_core::Identity) -> Result<u64> {
         let entry = st.sign(id).to_json();
         self.client
@@ -138,10 +163,7 @@ pub fn confirm_decision(
     let c = community(home, None).context("checking the decision needs the community's rules")?;
     let mut log = CLog::open(&c, Some(log_url))?;
     log.cover(&c, index)?;
-    let entry = log
-        .client
-        .entry(index, log.latest.size())
-        .with_context(|| format!("reading entry {index} of {log_url}"))?;
+    let entry = log.entry_checked(index)?;
     let env = Envelope::from_json(&entry).context("the decision is not a signed statement")?;
     let (_, st) = Statement::open(&env).context("the decision does not check")?;
     let Statement::Decision(d) = st else {

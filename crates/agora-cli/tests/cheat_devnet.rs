@@ -330,7 +330,7 @@ mod credit {
             "license = \"Apache-2.0\"\n[[dataset]]\nname = \"stories@1\"\nweight = 3.0\n[[dataset]]\nname = \"poems@1\"\nweight = 1.0\n",
         )
         .unwrap();
-        agora(
+        let published = agora(
             p,
             &[
                 "model",
@@ -365,17 +365,17 @@ mod credit {
         )
         .unwrap();
         // Wait until the manifest is under a checkpoint, then fix the period's end.
+        let manifest: u64 = published
+            .lines()
+            .find(|l| l.contains("manifest logged at"))
+            .and_then(|l| l.split(" entry ").nth(1))
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no manifest index in: {published}"));
         let size = super::tlog_common::wait_for(
             "the manifest under a checkpoint",
             std::time::Duration::from_secs(20),
-            || {
-                let s = super::tlog_common::checkpoint_size(log)?;
-                let c = agora_api::tlog::LogClient::new(log);
-                let last = c.entry(s - 1, s).ok()?;
-                String::from_utf8_lossy(&last)
-                    .contains("application/vnd.in-toto+json")
-                    .then_some(s)
-            },
+            || super::tlog_common::checkpoint_size(log).filter(|&s| s > manifest),
         );
         let to = size.to_string();
         let ledgers: Vec<Value> = homes

@@ -33,8 +33,11 @@ use crate::rules::Rules;
 use crate::tally::Voter;
 use crate::{Error, Result};
 
-/// Longest base-model or derived-from chain followed.
+/// Longest base-model chain, and longest derived-from chain, followed.
 pub const MAX_DEPTH: usize = 8;
+/// Most datasets of a mix credited (a manifest naming more credits its own mix to nobody);
+/// a dataset may name a hundred times as many contributors.
+pub const MAX_PARTS: usize = 1024;
 /// Mix weights are counted in millionths.
 const WEIGHT_SCALE: f64 = 1e6;
 /// Largest integer mix weight (keeps `tokens × weight` within u128).
@@ -58,6 +61,9 @@ enum Seen {
         tokens: u32,
     },
     Rejected(Sha256),
+    /// A receipt logged before the period (its payload digest): a copy of it logged again in the
+    /// period is not credited twice.
+    Earlier(Sha256),
     Model(Sha256, Box<ModelPredicate>),
     Ledger(u64, Vec<String>, Box<Ledger>),
     Dataset(Sha256, Box<DatasetPredicate>, String),
@@ -146,6 +152,7 @@ pub struct Ledgerer<'a> {
     answering: Vec<Sha256>,
     answering_ids: HashMap<Sha256, u32>,
     rejected: HashSet<Sha256>,
+    earlier: HashSet<Sha256>,
     keys: crate::keys::KeyCache,
     models: HashMap<Sha256, Model>,
     datasets: HashMap<Sha256, Dataset>,
@@ -155,6 +162,11 @@ pub struct Ledgerer<'a> {
 
 #[derive(Default)]
 struct Flow {
+    /// Tokens per dataset (by statement digest), over every path that reaches it.
+    datasets: BTreeMap<Sha256, u64>,
+    /// Tokens per dataset left to its own contributors (after derived-from shares).
+    own: BTreeMap<Sha256, u64>,
+    /// Tokens per contributor key.
     data: BTreeMap<String, u64>,
     unattributed: u64,
 }
@@ -176,6 +188,7 @@ impl<'a> Ledgerer<'a> {
             answering: Vec::new(),
             answering_ids: HashMap::new(),
             rejected: HashSet::new(),
+            earlier: HashSet::new(),
             keys: crate::keys::KeyCache::with(rules.validators.iter().copied()),
             models: HashMap::new(),
             datasets: HashMap::new(),
@@ -222,6 +235,9 @@ impl<'a> Ledgerer<'a> {
                 Seen::Rejected(r) => {
                     self.rejected.insert(r);
                 }
+                Seen::Earlier(r) => {
+                    self.earlier.insert(r);
+                }
                 Seen::Model(w, p) => {
                     self.models.entry(w).or_insert(Model { predicate: *p });
                 }
@@ -250,8 +266,8 @@ impl<'a> Ledgerer<'a> {
             return Seen::Other;
         }
         let in_period = index >= self.from && index < self.to;
-        if !in_period && contains(&env.payload, b"https://agora.network/receipt/") {
-            return Seen::Other;
+        if index < self.from && contains(&env.payload, b"https://agora.network/receipt/") {
+            return Seen::Earlier(Sha256::of(&env.payload));
         }
         let Ok((signers, st)) = Statement::open_with(&env, &|s| self.keys.resolve(s)) else {
             return Seen::Other;
@@ -308,6 +324,9 @@ impl<'a> Ledgerer<'a> {
         let (mut receipts, mut rejected) = (0u64, 0u64);
         let mut per_worker = vec![0u64; self.workers.len()];
         for (id, &(worker, model, tokens)) in &self.receipts {
+            if self.earlier.contains(id) {
+                continue;
+            }
             if self.rejected.contains(id) {
                 rejected += 1;
                 continue;
@@ -321,9 +340,17 @@ impl<'a> Ledgerer<'a> {
                 *compute.entry(w.to_string()).or_default() += tokens;
             }
         }
+        // Models → datasets → their sources → contributors, each stage summed before it is
+        // split, so the work is linear in the statements, however they are linked.
         let mut flow = Flow::default();
         for (model, tokens) in per_model {
             self.model(&model, tokens, 0, &mut flow);
+        }
+        for (d, tokens) in std::mem::take(&mut flow.datasets) {
+            self.dataset(&d, tokens, 0, &mut flow);
+        }
+        for (d, tokens) in std::mem::take(&mut flow.own) {
+            self.contributors(&d, tokens, &mut flow);
         }
         let mut lines: BTreeMap<String, CreditLine> = BTreeMap::new();
         for (k, c) in compute {
@@ -382,6 +409,7 @@ impl<'a> Ledgerer<'a> {
         })
     }
 
+    /// A model's tokens: the base model's share (recursively), the rest to its mix's datasets.
     fn model(&self, weights: &Sha256, tokens: u64, depth: usize, flow: &mut Flow) {
         let Some(m) = self.models.get(weights).filter(|_| depth <= MAX_DEPTH) else {
             flow.unattributed += tokens;
@@ -393,7 +421,7 @@ impl<'a> Ledgerer<'a> {
             .as_ref()
             .map(|b| b.weights)
             .filter(|b| b != weights && self.models.contains_key(b));
-        let own = !p.data_mix.is_empty();
+        let own = !p.data_mix.is_empty() && p.data_mix.len() <= MAX_PARTS;
         let to_base = match (base, own) {
             (Some(_), true) => share(tokens, self.rules.base_share_percent),
             (Some(_), false) => tokens,
@@ -409,17 +437,19 @@ impl<'a> Ledgerer<'a> {
         }
         let w: Vec<u64> = p.data_mix.iter().map(|e| int_weight(e.weight)).collect();
         for (e, t) in p.data_mix.iter().zip(split(rest, &w)) {
-            self.dataset(&e.dataset, t, depth + 1, flow);
+            *flow.datasets.entry(e.dataset).or_default() += t;
         }
     }
 
+    /// A dataset's tokens: the share of the dataset it derives from (recursively), the rest its
+    /// own.
     fn dataset(&self, id: &Sha256, tokens: u64, depth: usize, flow: &mut Flow) {
         let Some(d) = self.datasets.get(id).filter(|_| depth <= MAX_DEPTH) else {
             flow.unattributed += tokens;
             return;
         };
-        let p = &d.predicate;
-        let source = p
+        let source = d
+            .predicate
             .derived_from
             .as_ref()
             .and_then(|n| self.by_name.get(n))
@@ -428,14 +458,30 @@ impl<'a> Ledgerer<'a> {
         if let Some(s) = source {
             self.dataset(s, to_source, depth + 1, flow);
         }
-        let rest = tokens - to_source;
-        let records: Vec<u64> = p.contributors.iter().map(|c| c.records).collect();
-        if records.iter().all(|&r| r == 0) {
-            *flow.data.entry(d.signer.clone()).or_default() += rest;
+        *flow.own.entry(*id).or_default() += tokens - to_source;
+    }
+
+    /// A dataset's own tokens across its contributors by records (its publisher when it names
+    /// none).
+    fn contributors(&self, id: &Sha256, tokens: u64, flow: &mut Flow) {
+        let Some(d) = self.datasets.get(id) else {
+            flow.unattributed += tokens;
+            return;
+        };
+        let c = &d.predicate.contributors;
+        if c.len() > MAX_PARTS * 100 {
+            flow.unattributed += tokens;
             return;
         }
-        for (c, t) in p.contributors.iter().zip(split(rest, &records)) {
-            *flow.data.entry(c.key.clone()).or_default() += t;
+        let records: Vec<u64> = c.iter().map(|c| c.records).collect();
+        if records.iter().all(|&r| r == 0) {
+            *flow.data.entry(d.signer.clone()).or_default() += tokens;
+            return;
+        }
+        for (c, t) in c.iter().zip(split(tokens, &records)) {
+            if t > 0 {
+                *flow.data.entry(c.key.clone()).or_default() += t;
+            }
         }
     }
 }
@@ -702,6 +748,19 @@ mod ledger_tests {
         assert_eq!(
             (got.ledger.compute, got.ledger.data, got.ledger.unattributed),
             (170, 170, 0)
+        );
+        // A receipt logged again in a later period (re-wrapped) is not paid twice.
+        let copy = {
+            let v: serde_json::Value = serde_json::from_slice(&w.entries[from as usize]).unwrap();
+            serde_json::to_vec_pretty(&v).unwrap()
+        };
+        w.entries.push(copy);
+        let mut l = Ledgerer::new(&w.rules, &w.network, &origin, to, to + 1);
+        l.push(0, &w.entries).unwrap();
+        let later = l.finish(Sha256([9; 32])).unwrap();
+        assert_eq!(
+            (later.receipts, later.ledger.compute, later.ledger.lines),
+            (0, 0, 0)
         );
         // Every line proves into the root; a changed line does not.
         for l in &got.lines {

@@ -8,9 +8,12 @@
 //! A log keeps every checkpoint it published (`GET /checkpoints/{size}` gives the first of size at
 //! least `size`): [`first_attested_at`] finds the first one attested at or after a deadline by a
 //! binary search over sizes, each checkpoint checked against the policy. Witnesses only cosign
-//! growing trees with clocks that do not go back, so attested times grow with size; a log that
-//! withheld a checkpoint from its history could only make a vote close later than it should, by
-//! the gap between the two it shows (printed by `agora tally`).
+//! growing trees with clocks that do not go back, so attested times grow with size; a tally that
+//! sees them go back (witnesses of one quorum with clocks apart) refuses to decide rather than
+//! pick a checkpoint another tallier might not. The cosignatures of a checkpoint's quorum must
+//! lie within [`MAX_SKEW_SECS`] of the newest one, so a log that keeps only the cosignature of
+//! a witness with a slow clock cannot move a deadline. A log that withheld a checkpoint from its
+//! history could still make a vote close later than it should, by the gap it hides.
 
 use std::collections::HashSet;
 
@@ -18,6 +21,11 @@ use agora_tlog::checkpoint::SignedCheckpoint;
 use agora_tlog::policy::Policy;
 
 use crate::{Error, Result};
+
+/// Most seconds between the earliest and the latest timestamp of the cosignatures that make a
+/// checkpoint's quorum: beyond, the witnesses' clocks disagree too much for the checkpoint to
+/// date anything (a log keeping only a witness with a slow clock cannot move a deadline).
+pub const MAX_SKEW_SECS: u64 = 600;
 
 /// A log's checkpoint history.
 pub trait History {
@@ -70,6 +78,12 @@ pub fn attest(policy: &Policy, bytes: &[u8]) -> agora_tlog::Result<Attested> {
             .map(|&(i, _)| i)
             .collect();
         if policy.quorum_satisfied(&set) {
+            let newest = stamps.iter().map(|&(_, ts)| ts).max().unwrap_or(t);
+            if newest.saturating_sub(t) > MAX_SKEW_SECS {
+                return Err(agora_tlog::Error::QuorumNotMet {
+                    cosigned: set.len(),
+                });
+            }
             return Ok(Attested {
                 checkpoint,
                 bytes: bytes.to_vec(),
@@ -115,6 +129,8 @@ pub fn first_attested_at(
     }
     let (mut lo, mut hi) = (from, latest.size());
     let mut best = latest.clone();
+    // Every checkpoint seen, to check that attested times grow with size.
+    let mut seen: Vec<(u64, u64)> = vec![(latest.size(), latest.time)];
     // Invariant: `best` is attested at or after the deadline, and no checkpoint of size in
     // `hi..best.size()` exists; every checkpoint of size below `lo` is attested before it.
     while lo < hi {
@@ -132,6 +148,7 @@ pub fn first_attested_at(
                 best.size()
             )));
         }
+        seen.push((c.size(), c.time));
         if c.size() >= hi {
             // Nothing between `mid` and `hi`.
             hi = mid;
@@ -141,6 +158,13 @@ pub fn first_attested_at(
         } else {
             lo = c.size() + 1;
         }
+    }
+    seen.sort_unstable();
+    if let Some(w) = seen.windows(2).find(|w| w[1].1 < w[0].1) {
+        return Err(Error::History(format!(
+            "attested times go back: checkpoint {} at {} but checkpoint {} at {} (the witnesses' clocks disagree; no checkpoint can close the vote for every tallier alike)",
+            w[0].0, w[0].1, w[1].0, w[1].1
+        )));
     }
     Ok(Some(best))
 }
@@ -212,5 +236,10 @@ mod tests {
         }
         // Not yet.
         assert_eq!(close(&many, 7, 5_000), None);
+        // Times that go back, where the search sees them, are refused, not guessed around.
+        let (policy, h) = history(&[(1, 100), (6, 3_500), (9, 1_500), (12, 3_000)]);
+        let latest = attest(&policy, h.values().last().unwrap()).unwrap();
+        let e = first_attested_at(&h, &policy, 1, &latest, 1_800).unwrap_err();
+        assert!(e.to_string().contains("go back"), "{e}");
     }
 }

@@ -96,7 +96,7 @@ impl Report {
     /// The report as JSON (what `agora tally --json` prints and nodes serve): the proposal,
     /// deadline, checkpoints, counts, every counted vote, every refused one with its reason
     /// code (`malformed`, `bad-signature`, `other-network`, `not-a-member`, `late`,
-    /// `superseded`), the decision once closed, and whether each decision already logged
+    /// `superseded`, `replayed`), the decision once closed, and whether each decision already logged
     /// agrees with it.
     pub fn to_json(&self, network: &str) -> serde_json::Value {
         use crate::tally::Reason;
@@ -110,6 +110,7 @@ impl Report {
             Reason::NotAMember => "not-a-member",
             Reason::Late => "late",
             Reason::Superseded(_) => "superseded",
+            Reason::Replayed(_) => "replayed",
         };
         let p = &self.proposal;
         json!({

@@ -46,7 +46,7 @@ pub const MAX_PERIOD_SECS: u64 = 366 * 86_400;
 /// Who may propose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proposers {
-    /// Any eligible voter.
+    /// Listed members only (not workers qualified by verdicts).
     Members,
     /// Any key.
     Anyone,

@@ -153,6 +153,9 @@ pub enum Reason {
     Late,
     /// The voter voted again later (at this index) before the deadline.
     Superseded(u64),
+    /// A copy of the vote logged at this index (the same signed payload, wrapped again): it
+    /// counts once, where it was first logged, and supersedes nothing.
+    Replayed(u64),
 }
 
 impl std::fmt::Display for Reason {
@@ -164,6 +167,7 @@ impl std::fmt::Display for Reason {
             Reason::NotAMember => f.write_str("not a member"),
             Reason::Late => f.write_str("late (after the closing checkpoint)"),
             Reason::Superseded(i) => write!(f, "superseded by the voter's vote at entry {i}"),
+            Reason::Replayed(i) => write!(f, "a copy of the vote at entry {i}"),
         }
     }
 }
@@ -295,6 +299,7 @@ impl Tally {
 enum Seen {
     Other,
     Verdict { worker: Voter, receipt: Sha256 },
+    Receipt { worker: Voter, receipt: Sha256 },
     Vote(Cast),
     Refused(Refused),
     Decision(Box<Logged>),
@@ -312,6 +317,9 @@ pub struct Tallier<'a> {
     members: HashMap<Voter, u64>,
     keys: crate::keys::KeyCache,
     accepted: HashMap<Voter, HashSet<Sha256>>,
+    /// Receipts logged before the proposal, with their worker (only with membership by
+    /// verdicts: a verdict vouches for a worker only on a receipt it signed).
+    receipts: HashMap<Sha256, Voter>,
     votes: Vec<Cast>,
     refused: Vec<Refused>,
     logged: Vec<Logged>,
@@ -347,6 +355,7 @@ impl<'a> Tallier<'a> {
                     .copied(),
             ),
             accepted: HashMap::new(),
+            receipts: HashMap::new(),
             votes: Vec::new(),
             refused: Vec::new(),
             logged: Vec::new(),
@@ -379,6 +388,9 @@ impl<'a> Tallier<'a> {
                 Seen::Verdict { worker, receipt } => {
                     self.accepted.entry(worker).or_default().insert(receipt);
                 }
+                Seen::Receipt { worker, receipt } => {
+                    self.receipts.entry(receipt).or_insert(worker);
+                }
                 Seen::Vote(c) => self.votes.push(c),
                 Seen::Refused(r) => self.refused.push(r),
                 Seen::Decision(d) => self.logged.push(*d),
@@ -395,7 +407,9 @@ impl<'a> Tallier<'a> {
         let before = index < self.proposal.at.index;
         let wants_verdicts = before && self.rules.min_accepted_verdicts > 0;
         let names_us = contains(&env.payload, self.needle.as_bytes());
-        let verdict = wants_verdicts && contains(&env.payload, b"/verdict/");
+        let verdict = wants_verdicts
+            && (contains(&env.payload, b"https://agora.network/verdict/")
+                || contains(&env.payload, b"https://agora.network/receipt/"));
         if !(names_us || verdict) {
             return Seen::Other;
         }
@@ -433,6 +447,12 @@ impl<'a> Tallier<'a> {
                 }
                 _ => Seen::Other,
             },
+            Statement::Receipt(r) if wants_verdicts && signers.contains(&r.worker) => {
+                Seen::Receipt {
+                    worker: r.worker.into(),
+                    receipt: Sha256::of(&env.payload),
+                }
+            }
             Statement::Vote(v) if v.proposal == self.proposal.id() => {
                 let refuse = |reason| {
                     Seen::Refused(Refused {
@@ -481,12 +501,15 @@ impl<'a> Tallier<'a> {
     /// Close the tally: membership, supersession, counts and the votes' root.
     pub fn finish(self) -> Tally {
         let rules = self.rules;
+        // A worker's accepted receipts: those a validator accepted that are in the log before
+        // the proposal, signed by that worker.
+        let vouched = |v: &Voter| -> u64 {
+            self.accepted.get(v).map_or(0, |r| {
+                r.iter().filter(|d| self.receipts.get(d) == Some(v)).count() as u64
+            })
+        };
         let qualified = |v: &Voter| {
-            rules.min_accepted_verdicts > 0
-                && self
-                    .accepted
-                    .get(v)
-                    .is_some_and(|r| r.len() as u64 >= rules.min_accepted_verdicts)
+            rules.min_accepted_verdicts > 0 && vouched(v) >= rules.min_accepted_verdicts
         };
         let weight = |v: &Voter| -> Option<u64> {
             self.members
@@ -501,12 +524,30 @@ impl<'a> Tallier<'a> {
             .filter(|v| !self.members.contains_key(v) && qualified(v))
             .count() as u64;
         let mut refused = self.refused;
+        // A copy of a vote logged again (the same signed payload) counts where it was first
+        // logged and supersedes nothing: nobody can bring back a voter's earlier choice.
+        let mut first: HashMap<Sha256, u64> = HashMap::new();
+        let mut votes = Vec::with_capacity(self.votes.len());
+        for c in self.votes {
+            match first.get(&c.digest) {
+                Some(&i) => refused.push(Refused {
+                    index: c.index,
+                    voter: Some(c.voter),
+                    reason: Reason::Replayed(i),
+                }),
+                None => {
+                    first.insert(c.digest, c.index);
+                    votes.push(c);
+                }
+            }
+        }
+        drop(first);
         let mut last: HashMap<Voter, u64> = HashMap::new();
-        for c in &self.votes {
+        for c in &votes {
             last.insert(c.voter, c.index);
         }
         let mut counted = Vec::new();
-        for c in self.votes {
+        for c in votes {
             let Some(w) = weight(&c.voter) else {
                 refused.push(Refused {
                     index: c.index,
@@ -745,6 +786,15 @@ pub(crate) mod tests {
         w.vote(&m[0], id, Choice::Yes); // changes its vote: the last counts
         w.vote(&m[1], id, Choice::Yes);
         w.vote(&m[2], id, Choice::No);
+        // Someone logs member 0's first vote again, wrapped anew: it brings nothing back.
+        let copy = {
+            let v: serde_json::Value =
+                serde_json::from_slice(&w.entries[changed as usize]).unwrap();
+            let b = serde_json::to_vec_pretty(&v).unwrap();
+            w.tree.append(&b);
+            w.entries.push(b);
+            w.entries.len() as u64 - 1
+        };
         let outsider_vote = w.vote(&outsider, id, Choice::Yes);
         let replayed = w.vote_in(&m[3], id, Choice::Yes, &"cd".repeat(32));
         // A vote whose signature is not its voter's.
@@ -789,6 +839,7 @@ pub(crate) mod tests {
             why,
             vec![
                 (changed, Reason::Superseded(changed + 1)),
+                (copy, Reason::Replayed(changed)),
                 (outsider_vote, Reason::NotAMember),
                 (replayed, Reason::OtherNetwork("cd".repeat(32))),
                 (forged, Reason::BadSignature),
@@ -837,28 +888,48 @@ pub(crate) mod tests {
         );
         let validator = w.members[0].clone();
         let outsider = Identity::from_seed(&[63; 32]);
-        let mut n = 0u8;
-        let mut verdict = |w: &mut World, worker: &Identity, by: &Identity, accept: bool| {
-            n += 1;
-            let v = Verdict {
-                receipt: Sha256([n; 32]),
-                worker: Some(worker.peer_id()),
-                validator: by.peer_id(),
-                accept,
-                stats: Default::default(),
-                reason: None,
-                time: 0,
+        let mut n = 0u64;
+        // A receipt signed by `worker` (or, with `forged`, by someone else in its name), and a
+        // verdict on it.
+        let mut verdict =
+            |w: &mut World, worker: &Identity, by: &Identity, accept: bool, signer: &Identity| {
+                n += 1;
+                let r = Statement::Receipt(agora_core::statement::Receipt {
+                    model: Sha256([1; 32]),
+                    request: Sha256::of(&n.to_be_bytes()),
+                    output: Sha256([0; 32]),
+                    seed: n,
+                    prompt_tokens: 1,
+                    completion_tokens: 1,
+                    proof: Sha256([0; 32]),
+                    worker: worker.peer_id(),
+                    time: n,
+                    resumed: 0,
+                    text: None,
+                    fingerprint: None,
+                });
+                w.append(&r, signer);
+                let v = Verdict {
+                    receipt: Sha256::of(&r.to_payload()),
+                    worker: Some(worker.peer_id()),
+                    validator: by.peer_id(),
+                    accept,
+                    stats: Default::default(),
+                    reason: None,
+                    time: 0,
+                };
+                w.append(&Statement::Verdict(v), by);
             };
-            w.append(&Statement::Verdict(v), by);
-        };
-        verdict(&mut w, &x, &validator, true);
-        verdict(&mut w, &x, &validator, true); // x: two receipts accepted by a validator
-        verdict(&mut w, &y, &validator, true);
-        verdict(&mut w, &y, &validator, false); // y: one accepted, one rejected
-        verdict(&mut w, &z, &outsider, true);
-        verdict(&mut w, &z, &outsider, true); // z: accepted by someone who is no validator
+        let (x2, y2, z2, o2) = (x.clone(), y.clone(), z.clone(), outsider.clone());
+        verdict(&mut w, &x, &validator, true, &x2);
+        verdict(&mut w, &x, &validator, true, &x2); // x: two receipts accepted by a validator
+        verdict(&mut w, &y, &validator, true, &y2);
+        verdict(&mut w, &y, &validator, false, &y2); // y: one accepted, one rejected
+        verdict(&mut w, &y, &validator, true, &o2); // and one on a receipt y did not sign
+        verdict(&mut w, &z, &outsider, true, &z2);
+        verdict(&mut w, &z, &outsider, true, &z2); // z: accepted by someone who is no validator
         let (pi, _) = w.propose(0);
-        verdict(&mut w, &y, &validator, true); // after the proposal: does not count
+        verdict(&mut w, &y, &validator, true, &y2); // after the proposal: does not count
         w.checkpoint(1000);
         let id = Sha256::of(
             &Envelope::from_json(&w.entries[pi as usize])

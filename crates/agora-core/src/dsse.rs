@@ -176,11 +176,12 @@ impl Envelope {
         let mut signers = Vec::new();
         for (index, s) in self.signatures.iter().enumerate() {
             let peer: PeerId = match known(&s.keyid) {
-                Some(p) => {
+                // Only a resolution that is the keyid's own text is kept for later parses.
+                Some(p) if p.to_string() == s.keyid => {
                     crate::identity::remember(&s.keyid, p);
                     p
                 }
-                None => s.keyid.parse().map_err(|_| Error::UnknownKeyId {
+                _ => s.keyid.parse().map_err(|_| Error::UnknownKeyId {
                     index,
                     keyid: s.keyid.clone(),
                 })?,

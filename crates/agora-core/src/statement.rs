@@ -494,8 +494,10 @@ pub enum Motion {
     },
 }
 
-/// SHA-256 of a data mix's canonical JSON (its entries in order, keys sorted): what binds a
-/// proposal, a decision and a model manifest to one mix.
+/// SHA-256 of a data mix's JSON as serde writes `Vec<MixEntry>`: the entries in order, each
+/// `{"name","log","index","dataset","weight"[,"tokens"]}` in that field order, no spaces, weights
+/// as serde_json writes an f64 (shortest round-trip form): what binds a proposal, a decision and
+/// a model manifest to one mix.
 pub fn mix_digest(mix: &[MixEntry]) -> Sha256 {
     Sha256::of(&serde_json::to_vec(mix).unwrap_or_default())
 }
@@ -1029,7 +1031,7 @@ impl Statement {
             });
         }
         let v = serde_json::Value::Object(map);
-        Ok(match kind {
+        let st = match kind {
             Kind::Receipt => Statement::Receipt(typed(kind, v)?),
             Kind::Verdict => Statement::Verdict(typed(kind, v)?),
             Kind::Proposal => Statement::Proposal(typed(kind, v)?),
@@ -1037,7 +1039,18 @@ impl Statement {
             Kind::Decision => Statement::Decision(typed(kind, v)?),
             Kind::Ledger => Statement::Ledger(typed(kind, v)?),
             _ => Statement::Evidence(typed(kind, v)?),
-        })
+        };
+        // One statement, one byte string: a payload must be exactly what `to_payload` writes
+        // (keys sorted, no spaces, no needless escapes, no duplicate keys). Otherwise one vote or
+        // receipt could be logged again under another digest, and readers that look at the
+        // bytes before parsing would see what others do not.
+        if st.to_payload() != payload {
+            return Err(malformed(
+                kind,
+                "the payload is not in canonical form (as to_payload writes it)",
+            ));
+        }
+        Ok(st)
     }
 
     /// Sign into a DSSE envelope.
@@ -1459,6 +1472,30 @@ mod tests {
         let st = Statement::Evidence(ev);
         let (_, back) = Statement::open(&st.sign(&id)).unwrap();
         assert_eq!(back, st);
+    }
+
+    #[test]
+    fn payloads_must_be_canonical() {
+        let id = Identity::from_seed(&[4; 32]);
+        for st in samples(&id).into_iter().filter(|s| !s.kind().is_intoto()) {
+            let p = String::from_utf8(st.to_payload()).unwrap();
+            assert!(Statement::from_payload(AGORA_PAYLOAD_TYPE, p.as_bytes()).is_ok());
+            // The same statement with a space, an escaped character or keys out of order is
+            // refused: one statement has one byte string.
+            let spaced = p.replacen(',', ", ", 1);
+            let escaped = p.replacen("https:", "https\\u003a", 1);
+            let reordered = format!("{{\"zz\":0,{}", &p[1..]);
+            for bad in [spaced, escaped] {
+                assert!(
+                    matches!(
+                        Statement::from_payload(AGORA_PAYLOAD_TYPE, bad.as_bytes()),
+                        Err(Error::MalformedStatement { .. })
+                    ),
+                    "{bad}"
+                );
+            }
+            assert!(Statement::from_payload(AGORA_PAYLOAD_TYPE, reordered.as_bytes()).is_err());
+        }
     }
 
     #[test]
