@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this). Installs what it needs:
 # Debian packages (cmake, clang, libclang-dev, golang-go, golang-golang-x-mod-dev, python3-venv),
-# a Python venv with the `openai` package, the default model, cargo-fuzz; then runs fmt, clippy,
-# every test (unit, property, integration with real processes and the real model, Merkle
+# a Python venv with the `openai` package, the default model, cargo-fuzz, the wasm32 target; then
+# runs fmt, clippy, a wasm32 build of the pure crates, every test (unit, property, integration with real processes and the real model, Merkle
 # vectors, Go interop, crash tests), the cheating-worker devnet test (built with the `cheat`
 # feature) and a short run of every fuzz target (FUZZ_SECONDS, 20).
 set -euo pipefail
@@ -41,6 +41,12 @@ step "default model"
 
 step "clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "the pure crates build for the browser (wasm32-unknown-unknown): what a page checks with"
+rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
+    || rustup target add wasm32-unknown-unknown
+cargo build --release --target wasm32-unknown-unknown \
+    -p agora-core -p agora-tlog -p agora-verify -p agora-data -p agora-community
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
