@@ -15,6 +15,7 @@ use agora_core::statement::{
 };
 use anyhow::{Context, Result, bail};
 
+use crate::cmd_model::printable;
 use crate::community::{CLog, Community, HttpLog, community, read_utf8};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -270,14 +271,7 @@ pub fn tally(home: &Path, a: TallyArgs) -> Result<i32> {
     let c = community(home, a.community.genesis.as_deref())?;
     let log = CLog::open(&c, a.community.log.as_deref())?;
     let started = std::time::Instant::now();
-    let report = read::tally(
-        &c.rules,
-        &c.network,
-        &HttpLog(&log.client),
-        &HttpLog(&log.client),
-        log.latest.clone(),
-        a.proposal,
-    )?;
+    let report = log.tally(&c, a.proposal)?;
     let decision = report.decision(&c.network);
     let disputes: Vec<(&agora_community::tally::Logged, bool)> = report
         .tally
@@ -580,14 +574,6 @@ fn check_proof(file: &Path) -> Result<()> {
         line.key, line.compute, line.data, ledger.from, ledger.to.size, ledger.log, ledger.root
     );
     Ok(())
-}
-
-fn printable(s: &str) -> String {
-    if s.chars().any(|c| c.is_control()) {
-        format!("{s:?}")
-    } else {
-        s.to_string()
-    }
 }
 
 fn now() -> u64 {

@@ -405,7 +405,7 @@ fn publish(
 }
 
 /// `s` as is, or escaped (`"\u{1b}…"`) when it holds a control or invisible character.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     if s.chars().any(store::is_unsafe_char) {
         format!("{s:?}")
     } else {

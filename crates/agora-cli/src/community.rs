@@ -84,6 +84,19 @@ impl CLog {
         Ok(())
     }
 
+    /// Proposal `index`'s tally, every entry read from this log and checked.
+    pub fn tally(&self, c: &Community, index: u64) -> Result<read::Report> {
+        let src = HttpLog(&self.client);
+        Ok(read::tally(
+            &c.rules,
+            &c.network,
+            &src,
+            &src,
+            self.latest.clone(),
+            index,
+        )?)
+    }
+
     /// Entry `index`, checked by its inclusion proof under the latest checkpoint.
     pub fn entry_checked(&self, index: u64) -> Result<Vec<u8>> {
         if index >= self.latest.size() {
@@ -181,14 +194,7 @@ pub fn confirm_decision(
     if !d.adopted {
         bail!("the decision at entry {index} did not adopt its mix");
     }
-    let report = read::tally(
-        &c.rules,
-        &c.network,
-        &HttpLog(&log.client),
-        &HttpLog(&log.client),
-        log.latest.clone(),
-        d.proposal.index,
-    )?;
+    let report = log.tally(&c, d.proposal.index)?;
     if report.decision(&c.network).as_ref() != Some(&d) {
         bail!(
             "the decision at entry {index} is not what its proposal's votes give: `agora tally {}` shows the count",

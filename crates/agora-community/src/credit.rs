@@ -31,7 +31,7 @@ use agora_tlog::merkle::MemoryTree;
 
 use crate::rules::Rules;
 use crate::tally::Voter;
-use crate::{Error, Result};
+use crate::{Error, Result, contains};
 
 /// Longest base-model chain, and longest derived-from chain, followed.
 pub const MAX_DEPTH: usize = 8;
@@ -353,25 +353,18 @@ impl<'a> Ledgerer<'a> {
             self.contributors(&d, tokens, &mut flow);
         }
         let mut lines: BTreeMap<String, CreditLine> = BTreeMap::new();
-        for (k, c) in compute {
-            lines
-                .entry(k.clone())
-                .or_insert(CreditLine {
-                    key: k,
-                    compute: 0,
-                    data: 0,
-                })
-                .compute = c;
-        }
-        for (k, d) in flow.data {
-            lines
-                .entry(k.clone())
-                .or_insert(CreditLine {
-                    key: k,
-                    compute: 0,
-                    data: 0,
-                })
-                .data = d;
+        let parts = compute
+            .into_iter()
+            .map(|(k, c)| (k, c, 0))
+            .chain(flow.data.into_iter().map(|(k, d)| (k, 0, d)));
+        for (k, c, d) in parts {
+            let l = lines.entry(k.clone()).or_insert(CreditLine {
+                key: k,
+                compute: 0,
+                data: 0,
+            });
+            l.compute += c;
+            l.data += d;
         }
         let lines: Vec<CreditLine> = lines
             .into_values()
@@ -512,10 +505,6 @@ fn int_weight(w: f64) -> u64 {
     } else {
         v as u64
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

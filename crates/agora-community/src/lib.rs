@@ -51,5 +51,11 @@ pub enum Error {
     Statement(#[from] agora_core::Error),
 }
 
+/// Whether `needle` (not empty) occurs in `hay`: the cheap look at a payload's bytes before
+/// its signature is checked.
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Result with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

@@ -17,7 +17,7 @@ use agora_core::statement::{
 use agora_tlog::merkle::MemoryTree;
 
 use crate::rules::{Proposers, Rules};
-use crate::{Error, Result};
+use crate::{Error, Result, contains};
 
 /// Longest proposal title, in bytes.
 pub const MAX_TITLE: usize = 256;
@@ -602,10 +602,6 @@ impl<'a> Tallier<'a> {
             logged: self.logged,
         }
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn is_vote(payload: &[u8]) -> bool {
