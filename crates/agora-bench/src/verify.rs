@@ -220,7 +220,7 @@ async fn generate(w: &Worker, case: &Case) -> Result<(Transcript, f64, usize)> {
     };
     let gen_secs = t0.elapsed().as_secs_f64();
     let a = finish.attestation.context("no attestation")?;
-    let t = Transcript::new(
+    let t = agora_node::transcript::transcript(
         &w.engine.info().name,
         &a,
         finish.tokens.clone(),

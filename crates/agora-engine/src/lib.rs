@@ -12,6 +12,7 @@ pub mod template;
 pub mod text;
 
 pub use agora_sampling::SamplingParams;
+pub use agora_verify::answer::{FinishReason, JobSpec, LogRef, PromptSpec};
 pub use echo::EchoEngine;
 pub use template::{ChatMessage, Segment};
 
@@ -89,25 +90,6 @@ pub struct GenRequest {
     pub resume: Vec<u32>,
     /// Added to the named tokens' logits before sampling (see [`JobSpec::logit_bias`]).
     pub logit_bias: std::collections::BTreeMap<u32, f32>,
-}
-
-/// Why a generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// End-of-generation token or a stop sequence.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Length => "length",
-        }
-    }
 }
 
 /// One generated token.
@@ -244,13 +226,6 @@ mod wire {
             Ok(salt)
         }
     }
-}
-
-/// A statement's place in a transparency log.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct LogRef {
-    pub url: String,
-    pub index: u64,
 }
 
 /// What a running generation reports, in order: tokens, then exactly one `Done` or `Error`.
@@ -445,39 +420,6 @@ pub fn check_fits(req: &GenRequest, n_ctx: u32) -> Result<(), SubmitError> {
         });
     }
     Ok(())
-}
-
-/// A prompt as a client gives it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PromptSpec {
-    /// Chat messages, formatted with the model's template.
-    Chat(Vec<ChatMessage>),
-    /// Raw text, tokenized as is.
-    Text(String),
-}
-
-/// A generation as a client asks for it, before tokenization: what travels from a gateway to
-/// whichever worker runs it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct JobSpec {
-    pub prompt: PromptSpec,
-    pub params: SamplingParams,
-    /// `None`: as many as fit in the context window.
-    pub max_tokens: Option<u32>,
-    pub stop: Vec<String>,
-    #[serde(default)]
-    pub ignore_eos: bool,
-    /// OpenAI's `logit_bias`: added to the named tokens' logits before sampling (each in
-    /// -100..=100). Part of what the receipt's request digest covers, so a verifier applies it
-    /// too. Absent from the JSON when empty (digests of requests without it are unchanged).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub logit_bias: std::collections::BTreeMap<u32, f32>,
-    /// The client asked for a fingerprint of the answer in its receipt (`"agora":
-    /// {"provenance": "fingerprint"}`), so that edited copies can be found. Absent from the
-    /// JSON when false (digests of requests without it are unchanged).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fingerprint: bool,
 }
 
 /// Why a [`JobSpec`] cannot run on an engine.

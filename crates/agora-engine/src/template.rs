@@ -3,21 +3,14 @@
 //! GGUF files are untrusted input: the template runs with a fuel limit (no unbounded loops) and a
 //! bound on the output size, and every failure is an error, never a panic.
 
+pub use agora_verify::answer::ChatMessage;
 use minijinja::{Environment, Error, ErrorKind, Value, context};
-use serde::{Deserialize, Serialize};
 
 /// Fuel for one rendering: ample for real templates (SmolLM2 uses a few hundred units per
 /// message), small enough that a hostile template cannot spin for long.
 const FUEL: u64 = 5_000_000;
 /// Largest rendered prompt accepted (bytes); far above any context window.
 const MAX_RENDERED: usize = 16 << 20;
-
-/// One chat message as the template sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
 
 /// Errors from compiling or rendering a chat template.
 #[derive(Debug, thiserror::Error)]

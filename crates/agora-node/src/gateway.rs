@@ -1108,7 +1108,7 @@ impl Gateway {
                 }
             },
         };
-        let t = Transcript::new(model, a, tokens.to_vec(), text, reason);
+        let t = crate::transcript::transcript(model, a, tokens.to_vec(), text, reason);
         self.transcripts.insert(digest, t, leaf.0);
     }
 

@@ -1,5 +1,6 @@
 //! Verifiable inference for Agora (no I/O).
 //!
+//! - [`answer`]: requests, answers and transcripts, and the model-free check of a receipt.
 //! - [`proof`]: the activation proof a worker commits to while generating, and its byte format.
 //! - [`Checker`]: what a verifier runs over the rows of one prefill of prompt + output on the
 //!   same model: every commitment within tolerance, and every output token the seed's choice.
@@ -8,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod answer;
 pub mod proof;
 
 use agora_sampling::{SamplingParams, gumbel};
