@@ -58,7 +58,8 @@ agora_build_deps() {
 }
 
 # Test dependencies beyond the build: Go's sumdb note/tlog packages (an independent C2SP
-# implementation the interop test checks against) and python3-venv for the OpenAI client.
+# implementation the interop test checks against), python3-venv for the OpenAI client, and
+# Chromium with its WebDriver for the dashboard's browser test.
 agora_test_deps() {
-    agora_install_debs golang-go golang-golang-x-mod-dev python3-venv
+    agora_install_debs golang-go golang-golang-x-mod-dev python3-venv chromium chromium-driver
 }

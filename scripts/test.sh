@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this). Installs what it needs:
-# Debian packages (cmake, clang, libclang-dev, golang-go, golang-golang-x-mod-dev, python3-venv),
+# Debian packages (cmake, clang, libclang-dev, golang-go, golang-golang-x-mod-dev, python3-venv,
+# chromium, chromium-driver),
 # a Python venv with the `openai` package, the default model, cargo-fuzz, the wasm32 target; then
 # runs fmt, clippy, a wasm32 build of the pure crates, every test (unit, property, integration with real processes and the real model, Merkle
 # vectors, Go interop, crash tests), the cheating-worker devnet test (built with the `cheat`
@@ -47,7 +48,14 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
     || rustup target add wasm32-unknown-unknown
 # (No target-cpu=native there: .cargo/config.toml's flags are for this x86-64 CPU.)
 RUSTFLAGS="" cargo build --release --target wasm32-unknown-unknown \
-    -p agora-core -p agora-tlog -p agora-verify -p agora-data -p agora-community
+    -p agora-core -p agora-tlog -p agora-verify -p agora-data -p agora-community -p agora-wasm
+
+step "dashboard: the committed agora.wasm is exactly what its sources build (scripts/build-wasm.sh)"
+scripts/build-wasm.sh "$CARGO_TARGET_DIR/agora.wasm.check"
+if ! cmp -s "$CARGO_TARGET_DIR/agora.wasm.check" crates/agora-web/assets/agora.wasm; then
+    echo "error: crates/agora-web/assets/agora.wasm differs from what its sources build: run scripts/build-wasm.sh and commit it" >&2
+    exit 1
+fi
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod client;
 pub mod community;
+pub mod dashboard;
 pub mod datasets;
 pub mod error;
 pub mod keepalive;

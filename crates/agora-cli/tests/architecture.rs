@@ -2,7 +2,7 @@
 //! when a crate depends on what it must not.
 //!
 //! - The pure crates (`agora-core`, `agora-tlog`, `agora-sampling`, `agora-verify`, `agora-data`,
-//!   `agora-community`) do no I/O:
+//!   `agora-community`, and the dashboard's `agora-wasm` and `agora-web`) do no I/O:
 //!   none of them, nor any workspace crate they depend on, depends on an async runtime, a
 //!   network, HTTP or storage library, or llama.cpp.
 //! - Only `agora-net` knows libp2p; only `agora-api` knows axum and hyper; only `agora-llama`
@@ -26,6 +26,8 @@ const PURE: &[&str] = &[
     "agora-verify",
     "agora-data",
     "agora-community",
+    "agora-wasm",
+    "agora-web",
 ];
 
 /// Libraries that do I/O (runtimes, networks, HTTP, storage, llama.cpp): never in a pure crate.

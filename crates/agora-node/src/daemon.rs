@@ -153,6 +153,42 @@ impl Daemon {
     }
 }
 
+/// What the dashboard is told: where receipts are logged (the node's own log as `/log`, so the
+/// page reads it from the origin it came from) and the tlog-policy to check that log with — its
+/// key, and for the node's own log the witnesses and quorum it gathers cosignatures from.
+fn dashboard(
+    log_url: &Option<String>,
+    witnesses: &Option<agora_tlog::Policy>,
+    own_log: bool,
+    key: Option<&Vkey>,
+) -> agora_api::dashboard::DashboardConfig {
+    let url = match (log_url, own_log) {
+        (Some(u), _) => u.clone(),
+        (None, true) => "/log".to_string(),
+        (None, false) => return Default::default(),
+    };
+    let Some(key) = key else {
+        return Default::default();
+    };
+    let mut policy =
+        witnesses
+            .clone()
+            .filter(|_| log_url.is_none())
+            .unwrap_or(agora_tlog::Policy {
+                logs: Vec::new(),
+                witnesses: Vec::new(),
+                groups: Vec::new(),
+                quorum: agora_tlog::policy::Quorum::None,
+            });
+    policy.logs = vec![agora_tlog::policy::PolicyLog {
+        vkey: key.clone(),
+        url: None,
+    }];
+    agora_api::dashboard::DashboardConfig {
+        log: Some((url, policy.to_text())),
+    }
+}
+
 /// The gateway role and what hangs off it: the log, receipts, transcripts, verdicts and the
 /// validator. Returns the bound (not yet serving) HTTP server.
 async fn start_gateway(
@@ -231,6 +267,13 @@ async fn start_gateway(
     if let Some(u) = &log_url {
         gateway.set_log(u, receipts_key.clone(), own_log);
     }
+    server = server.with_routes(agora_api::dashboard::dashboard_router(dashboard(
+        &role.log_url,
+        &role.log_witnesses,
+        own_vkey.is_some(),
+        receipts_key.as_ref(),
+    )));
+
     tokio::spawn(gateway.clone().serve_transcripts());
     let model_here = engine.is_some();
     lines.push(if trusted.is_empty() {

@@ -361,6 +361,43 @@ impl Policy {
         }
     }
 
+    /// The policy as a tlog-policy file that [`Policy::parse`] reads back as this policy (names
+    /// that are not UTF-8 are written lossily; parsed policies' names always are).
+    pub fn to_text(&self) -> String {
+        let name = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let member = |m: &Member| match m {
+            Member::Witness(i) => self.witnesses.get(*i).map(|w| name(&w.name)),
+            Member::Group(i) => self.groups.get(*i).map(|g| name(&g.name)),
+        };
+        let mut s = String::new();
+        let url = |u: &Option<String>| u.as_ref().map(|u| format!(" {u}")).unwrap_or_default();
+        for l in &self.logs {
+            s.push_str(&format!("log {}{}\n", l.vkey, url(&l.url)));
+        }
+        for w in &self.witnesses {
+            s.push_str(&format!(
+                "witness {} {}{}\n",
+                name(&w.name),
+                w.vkey,
+                url(&w.url)
+            ));
+        }
+        for g in &self.groups {
+            let members: Vec<String> = g.members.iter().filter_map(member).collect();
+            s.push_str(&format!(
+                "group {} {} {}\n",
+                name(&g.name),
+                g.threshold,
+                members.join(" ")
+            ));
+        }
+        match &self.quorum {
+            Quorum::None => s.push_str("quorum none\n"),
+            Quorum::Member(m) => s.push_str(&format!("quorum {}\n", member(m).unwrap_or_default())),
+        }
+        s
+    }
+
     /// Witness vkeys, in order.
     pub fn witness_vkeys(&self) -> Vec<Vkey> {
         self.witnesses.iter().map(|w| w.vkey.clone()).collect()
@@ -434,6 +471,17 @@ mod tests {
             ws[5].vkey()
         );
         (p, log, ws)
+    }
+
+    #[test]
+    fn text_round_trips() {
+        let (p, _, _) = spec_policy();
+        let policy = Policy::parse(p.as_bytes()).unwrap();
+        assert_eq!(Policy::parse(policy.to_text().as_bytes()).unwrap(), policy);
+        let none =
+            Policy::parse(format!("log {}\nquorum none\n", spec_policy().1.vkey()).as_bytes())
+                .unwrap();
+        assert_eq!(Policy::parse(none.to_text().as_bytes()).unwrap(), none);
     }
 
     #[test]
