@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_core::Identity;
-use agora_core::statement::{Kind, Motion, Proposal, Statement};
+use agora_core::statement::{Kind, Statement};
 use base64::Engine as _;
 use common::{Node, args};
 use serde_json::{Value, json};
@@ -339,8 +339,9 @@ fn run_ok(home: &Path, a: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// Statements with hostile names, logged in the gateway's log.
-fn log_hostile_names(log: &str, by: &Identity) {
+/// A model statement with a hostile name, logged in the gateway's log (the proposal with one
+/// comes through `agora propose`).
+fn log_hostile_model(log: &str, by: &Identity) {
     let model = json!({
         "_type": "https://in-toto.io/Statement/v1",
         "subject": [{"name": XSS, "digest": {"sha256": "ab".repeat(32)}}],
@@ -353,22 +354,8 @@ fn log_hostile_names(log: &str, by: &Identity) {
         &serde_json::to_vec(&model).unwrap(),
     )
     .unwrap();
-    let text = "[governance]\n".to_string();
-    let proposal = Statement::Proposal(Proposal {
-        network: "00".repeat(32),
-        title: XSS.into(),
-        body: XSS.into(),
-        motion: Motion::Rules {
-            digest: agora_core::Sha256::of(text.as_bytes()),
-            text,
-        },
-        proposer: by.peer_id(),
-        time: 1,
-    });
-    for st in [model, proposal] {
-        let (status, body, _) = post(&format!("{log}/add"), st.sign(by).to_json().as_bytes());
-        assert_eq!(status, 200, "{body}");
-    }
+    let (status, body, _) = post(&format!("{log}/add"), model.sign(by).to_json().as_bytes());
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]
@@ -378,10 +365,12 @@ fn the_dashboard_verifies_in_the_browser() {
     let gw_home = common::temp_home();
     run_ok(gw_home.path(), &["init"]);
     let id = run_ok(gw_home.path(), &["id"]);
-    let log_vkey = id
-        .lines()
-        .find_map(|l| l.strip_prefix("vkey").map(|v| v.trim().to_string()))
-        .unwrap();
+    let field = |name: &str| {
+        id.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    let (log_vkey, gw_peer) = (field("vkey"), field("peer-id"));
     let whome = dir.path().join("witness");
     run_ok(&whome, &["init"]);
     let witness_vkey = run_ok(&whome, &["id"])
@@ -407,10 +396,32 @@ fn the_dashboard_verifies_in_the_browser() {
         format!("witness w1 {witness_vkey} {}\nquorum w1\n", witness.url),
     )
     .unwrap();
+    // A community of one member whose log is the gateway's, cosigned by the witness.
+    let community = dir.path().join("community-policy");
+    std::fs::write(
+        &community,
+        format!("log {log_vkey}\nwitness w1 {witness_vkey}\nquorum w1\n"),
+    )
+    .unwrap();
+    run_ok(
+        gw_home.path(),
+        &[
+            "init",
+            "--network",
+            "dashland",
+            "--log-policy",
+            community.to_str().unwrap(),
+            "--member",
+            &gw_peer,
+        ],
+    );
+    let genesis = gw_home.path().join("genesis.toml");
     let gw = Node::start_in(
         gw_home,
         &args(&[
-            &["--no-mdns", "--serve-log", "--log-witnesses"],
+            &["--no-mdns", "--validator", "--check-probability", "1"],
+            &["--probation-probability", "1"],
+            &["--serve-log", "--log-witnesses"],
             &[policy.to_str().unwrap()],
             &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"],
             SMALL,
@@ -420,6 +431,7 @@ fn the_dashboard_verifies_in_the_browser() {
     let worker = Node::start(&args(&[
         &["--no-gateway", "--no-mdns", "--bootstrap"],
         &[gw.p2p[0].as_str()],
+        &["--network-file", genesis.to_str().unwrap()],
         &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"],
         SMALL,
     ]));
@@ -427,7 +439,46 @@ fn the_dashboard_verifies_in_the_browser() {
     let gw_id =
         Identity::from_key_file(&std::fs::read_to_string(gw.home.path().join("key")).unwrap())
             .unwrap();
-    log_hostile_names(&format!("{}/log", gw.url), &gw_id);
+    let log = format!("{}/log", gw.url);
+    log_hostile_model(&log, &gw_id);
+    // The default model's manifest (the catalog's mix), and a proposal with a hostile title
+    // that the member votes for.
+    let home = gw.home.path();
+    run_ok(
+        home,
+        &[
+            "model",
+            "publish",
+            "smollm2-135m",
+            "--log",
+            &log,
+            "--log-key",
+            &log_vkey,
+        ],
+    );
+    let rules = dir.path().join("rules.toml");
+    let g = std::fs::read_to_string(&genesis).unwrap();
+    std::fs::write(&rules, g.split("[governance]\n").nth(1).unwrap()).unwrap();
+    let out = run_ok(
+        home,
+        &[
+            "propose",
+            "--title",
+            XSS,
+            "--rules",
+            rules.to_str().unwrap(),
+            "--log",
+            &log,
+        ],
+    );
+    let proposal = out
+        .lines()
+        .find(|l| l.contains("proposal logged"))
+        .and_then(|l| l.rsplit("entry ").next())
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no proposal index in: {out}"));
+    run_ok(home, &["vote", &proposal.to_string(), "yes", "--log", &log]);
 
     let b = Browser::start();
 
@@ -515,17 +566,22 @@ fn the_dashboard_verifies_in_the_browser() {
             ms.as_str().unwrap().parse().unwrap(),
         )
     };
-    // Wait until the saved answer's receipt is under a cosigned checkpoint.
-    std::thread::sleep(Duration::from_secs(2));
+    // The gateway's validator re-checks every receipt: wait for its verdict on this one.
+    let t: Value = serde_json::from_str(&good).unwrap();
+    let digest = agora_core::text::digest(t["output"]["text"].as_str().unwrap()).unwrap();
+    wait_for("the validator's verdict", Duration::from_secs(120), || {
+        let (_, v) = gw.get(&format!("/agora/v1/provenance?digest={digest}"));
+        (!v["receipts"][0]["verdicts"].as_array()?.is_empty()).then_some(())
+    });
     let mut times = Vec::new();
     for _ in 0..5 {
         let (v, text, ms) = verify_file(&b, &gw.url, &saved);
         assert_eq!(v, "ok", "saved transcript not verified:\n{text}");
+        assert!(text.contains("accepted this answer"), "{text}");
         times.push(ms);
     }
     b.screenshot("verify");
     // One byte of the answer's text altered: the text digest no longer matches.
-    let t: Value = serde_json::from_str(&good).unwrap();
     let text = t["output"]["text"].as_str().unwrap();
     let mut bytes = text.as_bytes().to_vec();
     let at = bytes.iter().position(u8::is_ascii_alphabetic).unwrap();
@@ -603,10 +659,29 @@ fn the_dashboard_verifies_in_the_browser() {
     );
     b.screenshot("log");
 
-    // ---- Models, Community: render (what this node has) ----
+    // ---- Models: the manifest's statement checked and proved in the page ----
     b.page(&gw.url, "models");
+    let checked = b.js("return document.querySelectorAll('.model .checked').length");
+    assert!(
+        checked.as_u64().unwrap() >= 1,
+        "{}",
+        b.js("return document.querySelector('main').innerText")
+    );
     b.screenshot("models");
+
+    // ---- Community: the proposal, its hostile title as text, its live tally ----
     b.page(&gw.url, "community");
+    let card = b.js(&format!(
+        "const c = document.querySelector('.proposal[data-index=\"{proposal}\"]'); \
+         return c && {{title: c.querySelector('h2').textContent, tally: c.querySelector('.tally').textContent}}"
+    ));
+    assert_eq!(card["title"], XSS, "{card}");
+    assert!(
+        card["tally"].as_str().unwrap().starts_with("yes 1"),
+        "{card}"
+    );
+    assert_eq!(b.js("return document.querySelectorAll('img').length"), 0);
+    assert!(!b.alert_open(), "a script from a proposal ran");
     b.screenshot("community");
 
     // ---- Chinese catalogue ----

@@ -133,16 +133,17 @@ fn transcript(req: &Value) -> R<Value> {
         "entry": STANDARD.encode(env.to_json()),
         "leaf": hex::encode(leaf_hash(env.to_json().as_bytes()).0),
         "text_digest": r.text.as_ref().map(|d| d.to_string()),
+        // Codes for the page's catalogues, with the English text.
         "checked": [
-            "receipt signed by the worker it names (Ed25519, DSSE)",
-            "request digest (salted) matches the request",
-            "output digest matches the tokens",
-            "proof digest matches the proof, whose format decodes",
-            "text digest matches the text",
-            "seed and token count match the receipt",
+            {"code": "signature", "text": "receipt signed by the worker it names (Ed25519, DSSE)"},
+            {"code": "request", "text": "request digest (salted) matches the request"},
+            {"code": "output", "text": "output digest matches the tokens"},
+            {"code": "proof", "text": "proof digest matches the proof, whose format decodes"},
+            {"code": "text", "text": "text digest matches the text"},
+            {"code": "counts", "text": "seed and token count match the receipt"},
         ],
         "not_checked": [
-            "that the model computed these tokens: re-running it is a validator's job (see verdicts)",
+            {"code": "model", "text": "that the model computed these tokens: re-running it is a validator's job (see verdicts)"},
         ],
     }))
 }

@@ -38,8 +38,10 @@ function t(key, ...args) {
   return s;
 }
 
+let EN = null; // the English catalogue, fetched once (the fallback for missing keys)
+
 async function loadLanguage(lang) {
-  FALLBACK = await getJson("/ui/i18n/en.json");
+  FALLBACK = await (EN || (EN = getJson("/ui/i18n/en.json")));
   CAT = lang === "en" ? FALLBACK : await getJson(`/ui/i18n/${encodeURIComponent(lang)}.json`).catch(() => FALLBACK);
   document.documentElement.lang = lang;
 }
@@ -175,7 +177,8 @@ async function verifyTranscript(tr) {
     add("bad", t("verify.failed", r.error));
     return { lines, ok: false, ms: performance.now() - t0 };
   }
-  for (const c of r.checked) add("ok", c);
+  const said = (c) => (CAT["check." + c.code] ?? c.text);
+  for (const c of r.checked) add("ok", said(c));
   add("ok", t("verify.worker", r.worker));
   let ok = true;
   // Where the receipt is logged.
@@ -233,7 +236,7 @@ async function verifyTranscript(tr) {
       add("warn", t("verify.noVerdict"));
     }
   }
-  for (const c of r.not_checked) add("warn", c);
+  for (const c of r.not_checked) add("warn", said(c));
   return { lines, ok, ms: performance.now() - t0, receipt: r };
 }
 
@@ -270,8 +273,10 @@ const PAGES = ["chat", "network", "log", "models", "community", "verify"];
 let stopPage = () => {};
 
 async function chatPage(main) {
-  const models = await getJson("/v1/models").catch(() => ({ data: [] }));
-  const model = h("select", { id: "model" }, (models.data || []).map((m) => h("option", { value: m.id }, m.id)));
+  const model = h("select", { id: "model" });
+  // Filled when the list arrives; the page is usable before.
+  getJson("/v1/models").then((models) =>
+    model.replaceChildren(...(models.data || []).map((m) => h("option", { value: m.id }, m.id)))).catch(() => {});
   const seed = h("input", { type: "number", id: "seed", value: 42, min: 0 });
   const temp = h("input", { type: "number", id: "temperature", value: 0.7, step: 0.1, min: 0, max: 2 });
   const maxTok = h("input", { type: "number", id: "max_tokens", value: 128, min: 1, max: 4096 });
@@ -533,19 +538,75 @@ function tree(v, depth = 0) {
   return h("ul", {}, items.slice(0, 200).map(([k, x]) => h("li", {}, h("strong", {}, String(k)), ": ", tree(x, depth + 1))));
 }
 
+// A logged statement of a provenance tree, checked here: its entry (as the node returned it)
+// opens with a valid signature, its payload digest is the one the tree names, and it is in
+// the log under a cosigned checkpoint (proved from tiles).
+async function checkedEntry(logged, entries, pol) {
+  const text = entries[String(logged.index)];
+  if (text === undefined) return h("span", { class: "warn" }, t("models.noEntry", logged.index));
+  const s = check("statement", { entry_text: text });
+  if (!s.ok) return h("span", { class: "bad" }, s.error);
+  if (s.digest !== logged.payload_sha256) return h("span", { class: "bad" }, t("models.otherEntry", logged.index));
+  let proved = null;
+  if (pol) {
+    const inc = await proveInclusion(pol, pol.url, logged.index, b64(new TextEncoder().encode(text))).catch((e) => ({ ok: false, error: e.message }));
+    proved = inc.ok ? t("models.proved") : t("models.notProved", inc.error);
+    if (!inc.ok) return h("span", { class: "bad" }, proved);
+  }
+  return h("span", { class: "ok checked" }, t("models.checked", logged.index, short(s.signers[0], 16)), proved ? " · " + proved : "");
+}
+
+async function modelNode(node, entries, pol, depth = 0) {
+  if (!node || depth > 8) return h("span", {}, "…");
+  const m = node.manifest;
+  const items = [];
+  if (m) {
+    const pr = m.predicate || {};
+    items.push(h("li", {}, h("strong", {}, pr.name ?? ""), " · ", t("models.licence"), " ", pr.license ?? "?", " · ", pr.architecture ?? "", " · ", await checkedEntry(m, entries, pol)));
+    if (pr.declared_data?.length) items.push(h("li", {}, t("models.declared"), " ", pr.declared_data.map((d) => d.name ?? JSON.stringify(d)).join(", ")));
+    if (pr.unknown?.length) items.push(h("li", { class: "warn" }, t("models.unknown"), " ", pr.unknown.join("; ")));
+  } else {
+    items.push(h("li", { class: "muted" }, t("models.noManifest")));
+  }
+  for (const d of node.datasets || []) items.push(h("li", {}, await datasetNode(d, entries, pol, depth + 1)));
+  if (node.decision) {
+    const c = node.decision.decision?.predicate?.counts || {};
+    items.push(h("li", {}, t("models.decision", node.decision.title, c.yes ?? 0, c.no ?? 0, c.abstain ?? 0), " ", await checkedEntry(node.decision.decision, entries, pol)));
+  }
+  if (node.base) items.push(h("li", {}, t("models.base"), " ", await modelNode(node.base, entries, pol, depth + 1)));
+  for (const p of node.problems || []) items.push(h("li", { class: "warn" }, p));
+  return h("ul", {}, h("li", { class: "mono" }, "sha256:" + node.weights), items);
+}
+
+async function datasetNode(d, entries, pol, depth) {
+  const items = [];
+  const st = d.statement;
+  if (st) {
+    const pr = st.predicate || {};
+    items.push(h("li", {}, t("models.licence"), " ", pr.license ?? "?", " · ", t("models.records", pr.records ?? "?"), " · ", await checkedEntry(st, entries, pol)));
+    const people = (pr.contributors || []).slice(0, 50).map((c) => h("li", {}, c.label ? `${c.label} (${short(c.key, 16)})` : short(c.key, 24), " · ", t("models.records", c.records)));
+    if (people.length) items.push(h("li", {}, t("models.contributors"), h("ul", {}, people)));
+  }
+  if (d.derived_from && depth < 8) items.push(h("li", {}, t("models.derived"), " ", await datasetNode(d.derived_from, entries, pol, depth + 1)));
+  for (const p of d.problems || []) items.push(h("li", { class: "warn" }, p));
+  return h("span", {}, h("strong", {}, t("models.dataset"), " ", d.name), h("ul", {}, items));
+}
+
 async function modelsPage(main) {
   main.append(h("h1", {}, t("nav.models")));
+  await WASM_READY;
+  const pol = await policy().catch(() => null);
   const models = await getJson("/v1/models").catch(() => ({ data: [] }));
   for (const m of models.data || []) {
     const box = h("div", { class: "card model" }, h("h2", {}, m.id), h("p", { class: "mono" }, m.agora?.digest ?? ""));
     main.append(box);
     const digest = (m.agora?.digest || "").replace(/^sha256:/, "");
-    if (!digest) continue;
+    if (!/^[0-9a-f]{64}$/.test(digest)) continue;
     try {
       const p = await getJson(`/agora/v1/models/${digest}/provenance`);
-      box.append(h("div", { class: "tree" }, tree(p.manifest ?? p)));
+      box.append(h("div", { class: "tree" }, await modelNode(p.tree?.model, p.entries || {}, pol)));
     } catch (e) {
-      box.append(h("p", { class: "muted" }, t("models.noManifest")));
+      box.append(h("p", { class: "muted" }, e.status === 404 ? t("models.noLog") : t("error", e.message)));
     }
   }
   const ds = await getJson("/agora/v1/datasets").catch(() => null);
@@ -570,12 +631,21 @@ async function communityPage(main) {
     if (r.error) { box.append(h("p", { class: "bad" }, r.error)); continue; }
     const c = r.counts || {};
     box.append(h("p", { class: "tally" }, t("community.tally", c.yes ?? 0, c.no ?? 0, c.abstain ?? 0, r.eligible ?? "?")),
-      h("p", {}, r.adopted === true ? h("span", { class: "ok" }, t("community.adopted"))
-        : r.adopted === false ? h("span", { class: "bad" }, t("community.rejected")) : h("span", { class: "warn" }, t("community.open"))),
+      h("p", { class: "state" }, r.closed_at == null
+        ? h("span", { class: "warn" }, t("community.open"), r.deadline ? " · " + t("community.closes", new Date(r.deadline * 1000).toISOString()) : "",
+            r.adopted === true ? " · " + t("community.leading") : "")
+        : r.adopted === true ? h("span", { class: "ok" }, t("community.adopted")) : h("span", { class: "bad" }, t("community.rejected"))),
       h("details", {}, h("summary", {}, t("log.statement")), h("pre", {}, JSON.stringify(r, null, 2))));
   }
-  const credit = await getJson("/agora/v1/credit").catch(() => null);
-  if (credit) main.append(h("h2", {}, t("community.credit")), h("div", { class: "card tree" }, tree(credit.lines ?? credit)));
+  const credit = await getJson("/agora/v1/credit?period=0..").catch(() => null);
+  if (credit && Array.isArray(credit.lines)) {
+    const cols = [...new Set(credit.lines.flatMap((l) => Object.keys(l)))].slice(0, 8);
+    main.append(h("h2", {}, t("community.credit")),
+      h("p", { class: "muted" }, t("community.ledger", credit.receipts ?? 0, credit.rejected ?? 0)),
+      h("table", { id: "credit" }, h("thead", {}, h("tr", {}, cols.map((c) => h("th", {}, c)))),
+        h("tbody", {}, credit.lines.slice(0, 500).map((l) => h("tr", {}, cols.map((c) =>
+          h("td", { class: "mono" }, typeof l[c] === "object" ? JSON.stringify(l[c]) : String(l[c] ?? ""))))))));
+  }
 }
 
 async function verifyPage(main) {
@@ -653,6 +723,7 @@ function chrome(langs, lang) {
 
 async function boot() {
   WASM_READY = loadWasm();
+  EN = getJson("/ui/i18n/en.json"); // in parallel with the list of languages
   WASM_READY.catch((e) => $("#footer").replaceChildren(h("span", { class: "bad" }, "agora.wasm: " + e.message)));
   const langs = await getJson("/ui/i18n/index.json").catch(() => ["en"]);
   const want = localStorage.getItem("agora.lang") || (navigator.language || "en").slice(0, 2);
