@@ -15,5 +15,5 @@ target="${AGORA_WASM_TARGET_DIR:-/var/tmp/agora-wasm-target}"
 RUSTFLAGS="--remap-path-prefix=$PWD=/agora --remap-path-prefix=$cargo_home=/cargo" \
     CARGO_TARGET_DIR="$target" \
     cargo build --profile wasm --target wasm32-unknown-unknown -p agora-wasm >&2
-cp "$target/wasm32-unknown-unknown/wasm/agora_wasm.wasm" "$out"
+install -m 644 "$target/wasm32-unknown-unknown/wasm/agora_wasm.wasm" "$out"
 echo "$out: $(wc -c < "$out") bytes, $(gzip -9 -c "$out" | wc -c) gzipped" >&2

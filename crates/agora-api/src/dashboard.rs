@@ -3,47 +3,54 @@
 //! checkpoints with).
 //!
 //! Every response here carries a strict Content-Security-Policy (no inline script, scripts and
-//! fetches only from this origin and the log's), `nosniff`, no referrer and no framing. Nothing
-//! reachable from the page signs with the node's key: the routes are all reads, and chatting is
-//! the OpenAI API any client already has.
+//! fetches only from this origin and the log's), `nosniff`, no referrer and no framing. The
+//! routes are all reads: nothing the page can reach signs with the node's key on the page's
+//! behalf (chatting is the OpenAI API any client already has; a worker signs its receipts as it
+//! does for every client).
+
+use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use sha2::Digest as _;
-use std::sync::Arc;
 
-use crate::error::ApiError;
+/// The log the page checks receipts against.
+#[derive(Clone, Debug)]
+pub struct DashboardLog {
+    /// Its tlog-tiles URL as the page reaches it (`/log` for the node's own).
+    pub url: String,
+    /// The tlog-policy its checkpoints are checked against: the log's key, its witnesses and
+    /// their quorum.
+    pub policy: String,
+}
 
 /// What the page is told about this node.
 #[derive(Clone, Debug, Default)]
 pub struct DashboardConfig {
-    /// The log receipts go to: its tlog-tiles URL as the page reaches it, and the tlog-policy
-    /// (the log's key, its witnesses and their quorum) its checkpoints are checked against.
-    pub log: Option<(String, String)>,
+    /// Where receipts are logged, when they are.
+    pub log: Option<DashboardLog>,
 }
 
 struct Dash {
     csp: HeaderValue,
-    network: serde_json::Value,
+    network: Vec<u8>,
 }
 
 /// The dashboard's routes.
 pub fn dashboard_router(cfg: DashboardConfig) -> Router {
     // The page may fetch the log's tiles and checkpoints where they are, if not from here.
-    let connect: Vec<String> = cfg.log.iter().filter_map(|(url, _)| origin(url)).collect();
+    let connect: Vec<String> = cfg.log.iter().filter_map(|l| origin(&l.url)).collect();
     let csp = HeaderValue::from_str(&agora_web::content_security_policy(&connect))
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
-    let network = json!({
-        "log": cfg.log.as_ref().map(|(url, policy)| json!({
-            "url": url,
-            "policy": policy,
-            "policy_sha256": hex::encode(sha2::Sha256::digest(policy.as_bytes())),
-        })),
-    });
+    // The page computes the policy's fingerprint itself (it pins that, not the node's word).
+    let network = serde_json::to_vec(&json!({
+        "log": cfg.log.as_ref().map(|l| json!({"url": l.url, "policy": l.policy})),
+    }))
+    .unwrap_or_default();
     Router::new()
         .route("/", get(index))
         .route("/ui/i18n/index.json", get(languages))
@@ -62,7 +69,8 @@ fn origin(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| format!("{scheme}://{host}"))
 }
 
-fn page(d: &Dash, status: StatusCode, ctype: &'static str, body: Vec<u8>, cache: bool) -> Response {
+/// A response with the dashboard's headers.
+fn page(d: &Dash, status: StatusCode, ctype: &'static str, body: Body, cache: bool) -> Response {
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
@@ -87,31 +95,75 @@ fn page(d: &Dash, status: StatusCode, ctype: &'static str, body: Vec<u8>, cache:
     r
 }
 
-async fn index(State(d): State<Arc<Dash>>) -> Response {
+/// An embedded asset, gzip-compressed when the browser accepts it (every browser does).
+fn serve(d: &Dash, a: &'static agora_web::Asset, headers: &HeaderMap, cache: bool) -> Response {
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let ctype = agora_web::content_type(a.path);
+    let body = Body::from(if gzip { a.gzip } else { a.bytes });
+    let mut r = page(d, StatusCode::OK, ctype, body, cache);
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip {
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
+}
+
+fn missing(d: &Dash, what: &str) -> Response {
+    let body = serde_json::to_vec(&json!({"error": {
+        "message": format!("no dashboard asset {what:?}"), "type": "not_found_error"}}))
+    .unwrap_or_default();
     page(
-        &d,
-        StatusCode::OK,
-        "text/html; charset=utf-8",
-        agora_web::index().to_vec(),
+        d,
+        StatusCode::NOT_FOUND,
+        "application/json",
+        Body::from(body),
         false,
     )
 }
 
-async fn languages(State(d): State<Arc<Dash>>) -> Response {
-    let body = serde_json::to_vec(&agora_web::languages()).unwrap_or_default();
-    page(&d, StatusCode::OK, "application/json", body, true)
+async fn index(State(d): State<Arc<Dash>>, headers: HeaderMap) -> Response {
+    match agora_web::index() {
+        Some(a) => serve(&d, a, &headers, false),
+        None => missing(&d, "index.html"),
+    }
 }
 
-async fn asset(State(d): State<Arc<Dash>>, Path(path): Path<String>) -> Response {
+async fn languages(State(d): State<Arc<Dash>>) -> Response {
+    let body = serde_json::to_vec(&agora_web::languages()).unwrap_or_default();
+    page(
+        &d,
+        StatusCode::OK,
+        "application/json",
+        Body::from(body),
+        true,
+    )
+}
+
+async fn asset(
+    State(d): State<Arc<Dash>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     match agora_web::asset(&path) {
-        Some((bytes, ctype)) => page(&d, StatusCode::OK, ctype, bytes.to_vec(), true),
-        None => ApiError::not_found(format!("no dashboard asset {path:?}")).into_response(),
+        Some(a) => serve(&d, a, &headers, true),
+        None => missing(&d, &path),
     }
 }
 
 async fn network_info(State(d): State<Arc<Dash>>) -> Response {
-    let body = serde_json::to_vec(&d.network).unwrap_or_default();
-    page(&d, StatusCode::OK, "application/json", body, false)
+    page(
+        &d,
+        StatusCode::OK,
+        "application/json",
+        Body::from(d.network.clone()),
+        false,
+    )
 }
 
 #[cfg(test)]

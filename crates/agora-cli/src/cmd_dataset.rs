@@ -4,20 +4,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use agora_api::tlog::LogClient;
-use agora_core::Envelope;
-use agora_core::statement::Statement;
-use agora_data::{AbsenceProof, RecordProof, Roots, check_license};
+use agora_data::check_license;
 use agora_datastore::DatasetStore;
 use agora_datastore::croissant;
 use agora_datastore::store::parse_ref;
 use agora_datastore::store::{Manifest, Meta, Progress};
-use agora_tlog::hash::{Hash, leaf_hash};
-use agora_tlog::proof::TlogProof;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use agora_node::datasets::{LOG_FILE, PROOF_FORMAT, STATEMENT_FILE, proof_file, statement};
+use agora_node::datasets::{LOG_FILE, STATEMENT_FILE, proof_file, statement};
 
 use crate::cmd_identity::load_identity;
 use crate::cmd_log::read_policy;
@@ -459,74 +455,8 @@ pub fn verify(path: &Path, policy: Option<&Path>) -> Result<String> {
         &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
     )
     .context("the proof is not JSON")?;
-    if v["format"] != PROOF_FORMAT {
-        bail!("not an {PROOF_FORMAT} file");
-    }
-    // The statement exactly as signed and logged (its bytes are the log entry).
-    let env_json = v["statement"]
-        .as_str()
-        .context("`statement` is not a string")?
-        .as_bytes();
-    let envelope = Envelope::from_json(env_json).context("the statement is not a DSSE envelope")?;
-    let (signers, statement) =
-        Statement::open(&envelope).context("the statement's signature does not verify")?;
-    let Statement::Dataset { predicate: d, .. } = statement else {
-        bail!("the statement is not a dataset statement");
-    };
-    let signer = signers.first().map(ToString::to_string).unwrap_or_default();
-    let roots = Roots {
-        records: d.records,
-        record_root: Hash(d.records_root.0),
-        id_root: Hash(d.ids_root.map(|h| h.0).unwrap_or([0; 32])),
-    };
-    let label = format!("{}@{}", d.name, d.version);
-    let what = if let Some(p) = v.get("present") {
-        let p = RecordProof::from_json(p)?;
-        let r = p
-            .verify(&roots)
-            .context("the record proof does not verify")?;
-        format!(
-            "record {:?} ({} bytes of text) is record {} of {label} ({} records, {})",
-            r.id,
-            r.text.len(),
-            p.index,
-            d.records,
-            d.license
-        )
-    } else if let Some(a) = v.get("absent") {
-        if d.ids_root.is_none() {
-            bail!("the statement has no ids root: absence cannot be proven against it");
-        }
-        let a = AbsenceProof::from_json(a)?;
-        a.verify(&roots)
-            .context("the absence proof does not verify")?;
-        format!(
-            "no record of {label} ({} records) has the id {:?}",
-            d.records, a.id
-        )
-    } else {
-        bail!("the proof has neither `present` nor `absent`");
-    };
-    let logged = match (v.get("log"), policy) {
-        (Some(l), Some(policy)) => {
-            let text = l["tlog_proof"]
-                .as_str()
-                .context("`log.tlog_proof` is missing")?;
-            let p = TlogProof::parse(text.as_bytes()).context("the log proof is malformed")?;
-            let policy = read_policy(policy)?;
-            let sc = p
-                .verify(&leaf_hash(env_json), &policy)
-                .context("the statement's log proof does not verify")?;
-            format!(
-                "; the statement is entry {} of {} (checkpoint of {}, log signature and {} witness cosignature(s) verified)",
-                p.index,
-                sc.checkpoint.origin,
-                sc.checkpoint.size,
-                policy.cosigners(sc)?.len()
-            )
-        }
-        (Some(_), None) => "; its log proof was not checked (pass --policy)".to_string(),
-        (None, _) => "; the statement carries no log proof".to_string(),
-    };
-    Ok(format!("OK: {what}; signed by {signer}{logged}"))
+    let policy = policy.map(read_policy).transpose()?;
+    agora_data::file::check(&v, policy.as_ref())
+        .map(|p| p.line)
+        .map_err(anyhow::Error::msg)
 }

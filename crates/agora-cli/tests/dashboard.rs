@@ -441,15 +441,53 @@ fn the_dashboard_verifies_in_the_browser() {
             .unwrap();
     let log = format!("{}/log", gw.url);
     log_hostile_model(&log, &gw_id);
-    // The default model's manifest (the catalog's mix), and a proposal with a hostile title
-    // that the member votes for.
+    // A dataset (one record's text is hostile), signed and logged; the default model's
+    // manifest naming it in its mix; and a proposal with a hostile title that the member
+    // votes for.
     let home = gw.home.path();
+    let corpus = dir.path().join("corpus.jsonl");
+    std::fs::write(
+        &corpus,
+        format!(
+            "{}\n{}\n",
+            json!({"id": "doc-1", "text": "The sea is wide and the sky is blue."}),
+            json!({"id": "doc-2", "text": XSS}),
+        ),
+    )
+    .unwrap();
+    run_ok(
+        home,
+        &[
+            "dataset",
+            "add",
+            corpus.to_str().unwrap(),
+            "--name",
+            "dashdata",
+            "--license",
+            "CC-BY-4.0",
+            "--source",
+            "test",
+            "--contributor",
+            "ada=Ada Lovelace",
+            "--log",
+            &log,
+        ],
+    );
+    let mix = dir.path().join("mix.toml");
+    std::fs::write(
+        &mix,
+        "license = \"Apache-2.0\"\nname = \"smol-dash\"\n\
+         [[dataset]]\nname = \"dashdata@1\"\nweight = 1.0\n",
+    )
+    .unwrap();
     run_ok(
         home,
         &[
             "model",
             "publish",
             "smollm2-135m",
+            "--mix",
+            mix.to_str().unwrap(),
             "--log",
             &log,
             "--log-key",
@@ -479,6 +517,40 @@ fn the_dashboard_verifies_in_the_browser() {
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no proposal index in: {out}"));
     run_ok(home, &["vote", &proposal.to_string(), "yes", "--log", &log]);
+
+    // The page's headers: a strict policy on every dashboard response (404s too), assets sent
+    // compressed; the log readable from any origin.
+    let a = agent();
+    let r = a.get(&format!("{}/", gw.url)).call().unwrap();
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self' 'wasm-unsafe-eval'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let r = a.get(&format!("{}/ui/nope.js", gw.url)).call().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.headers().get("content-security-policy").is_some());
+    let r = a
+        .get(&format!("{}/ui/agora.wasm", gw.url))
+        .header("accept-encoding", "gzip")
+        .call()
+        .unwrap();
+    assert_eq!(r.headers().get("content-encoding").unwrap(), "gzip");
+    let served = r
+        .into_body()
+        .with_config()
+        .limit(8 << 20)
+        .read_to_vec()
+        .unwrap();
+    assert!(served.len() < 400 << 10, "{} bytes", served.len());
+    let r = a.get(&format!("{log}/checkpoint")).call().unwrap();
+    assert_eq!(r.headers().get("access-control-allow-origin").unwrap(), "*");
 
     let b = Browser::start();
 
@@ -620,8 +692,17 @@ fn the_dashboard_verifies_in_the_browser() {
             worker.peer_id
         ),
     );
-    let net = b.js("return document.querySelector('main').innerText");
-    assert!(net.as_str().unwrap().contains(&gw.peer_id[..20]), "{net}");
+    // The gateway works too: it is listed as a worker beside the other one.
+    for id in [&gw.peer_id, &worker.peer_id] {
+        let row = b.js(&format!(
+            "const r = document.querySelector('tr.peer[data-peer=\"{id}\"]'); \
+             return r && r.children[1].textContent"
+        ));
+        assert!(
+            row.as_str().is_some_and(|r| r.contains("worker")),
+            "{id}: {row}"
+        );
+    }
     b.screenshot("network");
 
     // ---- Log: a cosigned checkpoint; hostile names shown as text ----
@@ -659,14 +740,36 @@ fn the_dashboard_verifies_in_the_browser() {
     );
     b.screenshot("log");
 
-    // ---- Models: the manifest's statement checked and proved in the page ----
+    // ---- Models: the manifest's and the dataset's statements checked and proved in the
+    // page; a record looked up and proven; its hostile text shown as text ----
     b.page(&gw.url, "models");
+    let main_text = b.js("return document.querySelector('main').innerText");
     let checked = b.js("return document.querySelectorAll('.model .checked').length");
+    assert!(checked.as_u64().unwrap() >= 2, "{main_text}");
+    let main_text = main_text.as_str().unwrap();
     assert!(
-        checked.as_u64().unwrap() >= 1,
-        "{}",
-        b.js("return document.querySelector('main').innerText")
+        main_text.contains("dashdata@1")
+            && main_text.contains("CC-BY-4.0")
+            && main_text.contains("Ada Lovelace"),
+        "{main_text}"
     );
+    b.type_into("#record-id", "doc-2");
+    b.click("#record-lookup");
+    let v = b.until(
+        "the record's proof",
+        30,
+        "const r = document.querySelector('#record-result [data-verify]'); return r && r.dataset.verify",
+    );
+    let proved = b.js("return document.querySelector('#record-result').innerText");
+    assert_eq!(v, "ok", "{proved}");
+    let proved = proved.as_str().unwrap();
+    assert!(
+        proved.contains("is record 1 of dashdata@1")
+            && proved.contains("witness cosignature")
+            && proved.contains(XSS),
+        "{proved}"
+    );
+    assert_eq!(b.js("return document.querySelectorAll('img').length"), 0);
     b.screenshot("models");
 
     // ---- Community: the proposal, its hostile title as text, its live tally ----

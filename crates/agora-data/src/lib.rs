@@ -7,9 +7,12 @@
 //! anyone check offline that a record is in the dataset ([`RecordProof`]) or that no record has
 //! a given id ([`AbsenceProof`]).
 //!
+//! [`file`] checks the self-contained proof file a node serves and `agora dataset prove` writes.
+//!
 //! Pure: no I/O. Reading files, storing shards and signing statements are the caller's.
 #![warn(missing_docs)]
 
+pub mod file;
 pub mod license;
 pub mod mix;
 pub mod proof;

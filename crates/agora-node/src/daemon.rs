@@ -157,12 +157,12 @@ impl Daemon {
 /// page reads it from the origin it came from) and the tlog-policy to check that log with — its
 /// key, and for the node's own log the witnesses and quorum it gathers cosignatures from.
 fn dashboard(
-    log_url: &Option<String>,
-    witnesses: &Option<agora_tlog::Policy>,
-    own_log: bool,
+    log_url: Option<&String>,
+    witnesses: Option<&agora_tlog::Policy>,
+    serves_log: bool,
     key: Option<&Vkey>,
 ) -> agora_api::dashboard::DashboardConfig {
-    let url = match (log_url, own_log) {
+    let url = match (log_url, serves_log) {
         (Some(u), _) => u.clone(),
         (None, true) => "/log".to_string(),
         (None, false) => return Default::default(),
@@ -172,8 +172,8 @@ fn dashboard(
     };
     let mut policy =
         witnesses
-            .clone()
             .filter(|_| log_url.is_none())
+            .cloned()
             .unwrap_or(agora_tlog::Policy {
                 logs: Vec::new(),
                 witnesses: Vec::new(),
@@ -185,7 +185,10 @@ fn dashboard(
         url: None,
     }];
     agora_api::dashboard::DashboardConfig {
-        log: Some((url, policy.to_text())),
+        log: Some(agora_api::dashboard::DashboardLog {
+            url,
+            policy: policy.to_text(),
+        }),
     }
 }
 
@@ -268,8 +271,8 @@ async fn start_gateway(
         gateway.set_log(u, receipts_key.clone(), own_log);
     }
     server = server.with_routes(agora_api::dashboard::dashboard_router(dashboard(
-        &role.log_url,
-        &role.log_witnesses,
+        role.log_url.as_ref(),
+        role.log_witnesses.as_ref(),
         own_vkey.is_some(),
         receipts_key.as_ref(),
     )));

@@ -18,7 +18,7 @@ pub const STATEMENT_FILE: &str = "statement.json";
 /// Where the statement was logged: `{"url", "index"}`.
 pub const LOG_FILE: &str = "log.json";
 /// The format tag of proof files.
-pub const PROOF_FORMAT: &str = "agora-dataset-proof/1";
+pub use agora_data::file::PROOF_FORMAT;
 
 /// Why a dataset's statement or proof cannot be made.
 #[derive(Debug, thiserror::Error)]

@@ -185,14 +185,17 @@ impl Proof {
         if n_tokens == 0 {
             return Err(ProofError::Header("a proof covers at least one token"));
         }
-        let n = commitments_for(n_tokens, chunk);
-        let expected = HEADER_LEN + n * k as usize * 4;
-        if bytes.len() != expected {
+        // In u64: on 32-bit targets (the dashboard's WebAssembly) these products overflow usize.
+        let n64 = 1 + u64::from(n_tokens).div_ceil(u64::from(chunk));
+        let expected = HEADER_LEN as u64 + n64 * u64::from(k) * 4;
+        if bytes.len() as u64 != expected {
             return Err(ProofError::Length {
-                expected,
+                expected: usize::try_from(expected).unwrap_or(usize::MAX),
                 actual: bytes.len(),
             });
         }
+        // The length matched, so the count fits in memory.
+        let n = usize::try_from(n64).unwrap_or(usize::MAX);
         let mut commitments = Vec::with_capacity(n);
         let mut at = HEADER_LEN;
         for c in 0..n {
@@ -357,6 +360,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn headers_whose_length_overflows_32_bits_are_refused() {
+        // chunk 1, k 1024, n_embd 1024: n_tokens 2^22 - 1 makes n·k·4 = 2^34 (0 in 32 bits), and
+        // u32::MAX tokens make 1 + n wrap; both must be refused by length, not read.
+        for n_tokens in [(1u32 << 22) - 1, u32::MAX] {
+            let mut b = Vec::from(MAGIC);
+            b.push(VERSION);
+            for v in [1u16, 1024, 1024] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend_from_slice(&n_tokens.to_le_bytes());
+            assert!(matches!(Proof::decode(&b), Err(ProofError::Length { .. })));
+        }
+    }
 
     fn sample_proof() -> Proof {
         let mut b = ProofBuilder::new(8, 2, 3);

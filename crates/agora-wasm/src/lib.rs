@@ -19,6 +19,9 @@
 //!   verified checkpoint, the proof computed from the given tiles.
 //! - `statement` `{entry | entry_text}`: a log entry's signatures verified and its statement
 //!   decoded.
+//! - `record_proof` `{proof, policy?}`: a dataset proof file (a record in a dataset, or an id
+//!   absent from it), as `agora dataset verify` checks it.
+//! - `sha256` `{text}`: the SHA-256 of a text (the page pins the log policy by it).
 //! - `text_digest` `{text}`: the digest a receipt records for a text (what provenance looks up).
 
 use std::collections::HashMap;
@@ -69,6 +72,10 @@ fn run(input: &[u8]) -> R<Value> {
         "tiles" => tiles(&req),
         "inclusion" => inclusion(&req),
         "statement" => statement(&entry_field(&req)?),
+        "record_proof" => record_proof(&req),
+        "sha256" => {
+            Ok(json!({ "digest": Sha256::of(str_field(&req, "text")?.as_bytes()).to_string() }))
+        }
         "text_digest" => {
             let d =
                 agora_core::text::digest(str_field(&req, "text")?).map_err(|e| e.to_string())?;
@@ -117,6 +124,33 @@ fn transcript(req: &Value) -> R<Value> {
         .map_err(|e| format!("the activation proof is malformed: {e}"))?;
     let env = receipt_envelope(&t)?;
     let r = &c.receipt;
+    let item = |code: &str, text: &str| json!({"code": code, "text": text});
+    let mut checked = vec![
+        item(
+            "signature",
+            "receipt signed by the worker it names (Ed25519, DSSE)",
+        ),
+        item("request", "request digest (salted) matches the request"),
+        item("output", "output digest matches the tokens"),
+        item(
+            "proof",
+            "proof digest matches the proof, whose format decodes",
+        ),
+    ];
+    let mut not_checked = vec![item(
+        "model",
+        "that the model computed these tokens: re-running it is a validator's job (see verdicts)",
+    )];
+    // Only a receipt with a text digest binds the text shown to the tokens.
+    if r.text.is_some() {
+        checked.push(item("text", "text digest matches the text"));
+    } else {
+        not_checked.push(item(
+            "textUnbound",
+            "the text shown: this receipt carries no text digest, so only the tokens are bound",
+        ));
+    }
+    checked.push(item("counts", "seed and token count match the receipt"));
     Ok(json!({
         "worker": r.worker.to_string(),
         "model": t.model,
@@ -134,17 +168,8 @@ fn transcript(req: &Value) -> R<Value> {
         "leaf": hex::encode(leaf_hash(env.to_json().as_bytes()).0),
         "text_digest": r.text.as_ref().map(|d| d.to_string()),
         // Codes for the page's catalogues, with the English text.
-        "checked": [
-            {"code": "signature", "text": "receipt signed by the worker it names (Ed25519, DSSE)"},
-            {"code": "request", "text": "request digest (salted) matches the request"},
-            {"code": "output", "text": "output digest matches the tokens"},
-            {"code": "proof", "text": "proof digest matches the proof, whose format decodes"},
-            {"code": "text", "text": "text digest matches the text"},
-            {"code": "counts", "text": "seed and token count match the receipt"},
-        ],
-        "not_checked": [
-            {"code": "model", "text": "that the model computed these tokens: re-running it is a validator's job (see verdicts)"},
-        ],
+        "checked": checked,
+        "not_checked": not_checked,
     }))
 }
 
@@ -283,6 +308,19 @@ fn inclusion(req: &Value) -> R<Value> {
         m.insert("proof_hashes".into(), json!(path.len()));
     }
     Ok(out)
+}
+
+/// A dataset proof file (`agora-dataset-proof/1`), checked as `agora dataset verify` checks it.
+fn record_proof(req: &Value) -> R<Value> {
+    let policy = match req.get("policy").and_then(Value::as_str) {
+        Some(p) => Some(Policy::parse(p.as_bytes()).map_err(|e| format!("policy: {e}"))?),
+        None => None,
+    };
+    let proof = req.get("proof").ok_or("missing field \"proof\"")?;
+    let p = agora_data::file::check(proof, policy.as_ref())?;
+    Ok(
+        json!({ "line": p.line, "id": p.id, "text": p.text, "dataset": p.dataset, "logged": p.logged }),
+    )
 }
 
 /// A log entry: its envelope's signatures verified, its statement decoded and shown as signed.

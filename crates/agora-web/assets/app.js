@@ -33,9 +33,9 @@ let CAT = {};
 let FALLBACK = {};
 
 function t(key, ...args) {
-  let s = CAT[key] ?? FALLBACK[key] ?? key;
-  args.forEach((a, i) => { s = s.split("{" + i + "}").join(String(a)); });
-  return s;
+  const s = CAT[key] ?? FALLBACK[key] ?? key;
+  // One pass, so a placeholder inside an argument (a title, say) is never substituted.
+  return s.replace(/\{(\d+)\}/g, (m, i) => (i < args.length ? String(args[i]) : m));
 }
 
 let EN = null; // the English catalogue, fetched once (the fallback for missing keys)
@@ -50,16 +50,48 @@ async function loadLanguage(lang) {
 
 const MAX_BODY = 16 << 20;
 
+const TIMEOUT_MS = 15000;
+
+// A GET whose body is read up to MAX_BODY bytes (refused beyond, not buffered), within
+// TIMEOUT_MS; a 429 (one computation at a time on the node) is retried after Retry-After.
 async function getBytes(url) {
-  const r = await fetch(url, { cache: "no-store", credentials: "omit" });
-  if (!r.ok) {
-    const err = new Error(`${url}: HTTP ${r.status}`);
-    err.status = r.status;
-    throw err;
+  for (let attempt = 0; ; attempt++) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+    try {
+      const r = await fetch(url, { cache: "no-store", credentials: "omit", signal: abort.signal });
+      if (r.status === 429 && attempt < 5) {
+        const wait = Math.min(5, Number(r.headers.get("retry-after")) || 1);
+        await new Promise((ok) => setTimeout(ok, wait * 1000));
+        continue;
+      }
+      if (!r.ok) {
+        const err = new Error(`${url}: HTTP ${r.status}`);
+        err.status = r.status;
+        throw err;
+      }
+      if (Number(r.headers.get("content-length")) > MAX_BODY) throw new Error(`${url}: larger than ${MAX_BODY} bytes`);
+      const reader = r.body.getReader();
+      const parts = [];
+      let n = 0;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        n += value.length;
+        if (n > MAX_BODY) { abort.abort(); throw new Error(`${url}: larger than ${MAX_BODY} bytes`); }
+        parts.push(value);
+      }
+      const b = new Uint8Array(n);
+      let at = 0;
+      for (const p of parts) { b.set(p, at); at += p.length; }
+      return b;
+    } catch (e) {
+      if (e.name === "AbortError") throw new Error(`${url}: no answer within ${TIMEOUT_MS / 1000} s`);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
   }
-  const b = new Uint8Array(await r.arrayBuffer());
-  if (b.length > MAX_BODY) throw new Error(`${url}: larger than ${MAX_BODY} bytes`);
-  return b;
 }
 
 async function getText(url) { return new TextDecoder().decode(await getBytes(url)); }
@@ -111,45 +143,65 @@ async function network() {
 async function policy() {
   const n = await network();
   if (!n.log || !n.log.policy) return null;
-  const fp = n.log.policy_sha256;
+  await WASM_READY;
+  // The fingerprint is computed here, from the policy text the checks will use.
+  const fp = check("sha256", { text: n.log.policy }).digest;
   const pinned = localStorage.getItem("agora.policy");
   if (!pinned) localStorage.setItem("agora.policy", fp);
-  return { text: n.log.policy, url: n.log.url, fingerprint: fp, changed: pinned && pinned !== fp };
+  return { text: n.log.policy, url: n.log.url, fingerprint: fp, changed: Boolean(pinned && pinned !== fp) };
+}
+
+// Accepting a changed policy is the visitor's decision, made knowingly.
+function repinButton(pol) {
+  const b = h("button", { class: "secondary" }, t("policy.accept"));
+  b.addEventListener("click", () => { localStorage.setItem("agora.policy", pol.fingerprint); location.reload(); });
+  return h("p", { class: "bad" }, t("verify.policyChanged"), " ", b);
 }
 
 // Tiles an inclusion proof needs, fetched from the log; a missing partial tile falls back to
 // the full one (cut to the partial width), as tlog-tiles allows.
-async function fetchTiles(logUrl, paths) {
+async function fetchTiles(logUrl, paths, seen) {
   const tiles = {};
-  for (const p of paths) {
+  await Promise.all(paths.map(async (p) => {
+    const key = `${logUrl}/${p}`;
+    if (seen && seen.has(key)) { tiles[p] = seen.get(key); return; }
     try {
-      tiles[p] = b64(await getBytes(`${logUrl}/${p}`));
+      tiles[p] = b64(await getBytes(key));
     } catch (e) {
       const m = /^(tile\/\d+\/.*)\.p\/(\d+)$/.exec(p);
       if (!m || e.status !== 404) throw e;
       const full = await getBytes(`${logUrl}/${m[1]}`);
       tiles[p] = b64(full.subarray(0, Number(m[2]) * 32));
     }
-  }
+    if (seen) seen.set(key, tiles[p]);
+  }));
   return tiles;
 }
 
 // Is `entry` (base64) at `index` of the log, under a checkpoint signed by the log and cosigned
 // by the policy's quorum? Fetches the checkpoint and tiles itself.
 // A fresh entry waits for the next cosigned checkpoint (the log publishes one a second or so).
-async function proveInclusion(pol, logUrl, index, entry) {
+// `session` (optional) keeps the checkpoint and tiles fetched for one report, so that proving
+// several entries (a receipt and its verdicts) fetches each once; every proof is still checked.
+async function proveInclusion(pol, logUrl, index, entry, session) {
   let cp, head;
-  for (let tries = 0; ; tries++) {
-    cp = await getText(`${logUrl}/checkpoint`);
-    head = check("checkpoint", { policy: pol.text, checkpoint: cp });
-    if (!head.ok) return head;
-    if (index < head.size) break;
-    if (tries >= 20) return { ok: false, error: t("log.notYet", index, head.size) };
-    await new Promise((ok) => setTimeout(ok, 500));
+  const kept = session && session.cp && session.cp.url === logUrl ? session.cp : null;
+  if (kept && index < kept.head.size) {
+    ({ cp, head } = kept);
+  } else {
+    for (let tries = 0; ; tries++) {
+      cp = await getText(`${logUrl}/checkpoint`);
+      head = check("checkpoint", { policy: pol.text, checkpoint: cp });
+      if (!head.ok) return head;
+      if (index < head.size) break;
+      if (tries >= 20) return { ok: false, error: t("log.notYet", index, head.size) };
+      await new Promise((ok) => setTimeout(ok, 500));
+    }
+    if (session) session.cp = { url: logUrl, cp, head };
   }
   const need = check("tiles", { index, size: head.size });
   if (!need.ok) return need;
-  const tiles = await fetchTiles(logUrl, need.tiles);
+  const tiles = await fetchTiles(logUrl, need.tiles, session && (session.tiles ||= new Map()));
   return check("inclusion", { policy: pol.text, checkpoint: cp, index, entry, tiles });
 }
 
@@ -170,6 +222,7 @@ function transcriptOf(model, agora, text, finish) {
 async function verifyTranscript(tr) {
   await WASM_READY;
   const t0 = performance.now();
+  const session = {};
   const lines = [];
   const add = (cls, text) => lines.push({ cls, text });
   const r = check("transcript", { transcript: tr });
@@ -183,29 +236,31 @@ async function verifyTranscript(tr) {
   let ok = true;
   // Where the receipt is logged.
   const pol = await policy().catch(() => null);
-  let index = r.log ? r.log.index : undefined;
-  let logUrl = pol ? pol.url : null;
-  if (r.log && pol && !sameLog(r.log.url, pol.url)) {
-    // Logged elsewhere: read that log (if this page's policy admits it, its checkpoint verifies).
-    logUrl = r.log.url;
-    add("warn", t("verify.otherLog", r.log.url));
-  }
-  if (index === undefined && pol) {
+  // Where the receipt is: this node's log, if it holds it (whatever the transcript says: the
+  // inclusion proof below is what counts), else the log the transcript names.
+  let index, logUrl = pol ? pol.url : null;
+  if (pol) {
     try {
       index = (await getJson(`/agora/v1/log/entries/${r.leaf}`)).index;
-    } catch (_) { /* not logged (yet) */ }
+    } catch (_) { /* not in this node's log (yet) */ }
+  }
+  if (index === undefined && r.log && pol) {
+    index = r.log.index;
+    logUrl = r.log.url;
+    add("warn", t("verify.otherLog", r.log.url));
   }
   if (!pol) {
     add("warn", t("verify.noPolicy"));
   } else if (index === undefined) {
     add("warn", t("verify.notLogged"));
   } else {
-    if (pol.changed) add("bad", t("verify.policyChanged"));
+    if (pol.changed) { ok = false; add("bad", t("verify.policyChanged")); }
     try {
-      const inc = await proveInclusion(pol, logUrl, index, r.entry);
+      const inc = await proveInclusion(pol, logUrl, index, r.entry, session);
       if (inc.ok) {
         add("ok", t("verify.included", index, inc.origin, inc.size, inc.proof_hashes));
-        add("ok", t("verify.cosigned", inc.cosigners.map((c) => c.name).join(", ") || t("none"), inc.witnesses));
+        if (inc.cosigners.length) add("ok", t("verify.cosigned", inc.cosigners.map((c) => c.name).join(", "), inc.witnesses));
+        else add("warn", t("verify.uncosigned"));
       } else {
         ok = false;
         add("bad", t("verify.notIncluded", inc.error));
@@ -221,14 +276,21 @@ async function verifyTranscript(tr) {
       const found = await getJson(`/agora/v1/provenance?digest=${r.text_digest}`);
       let n = 0;
       for (const rec of found.receipts || []) {
-        for (const v of rec.verdicts || []) {
+        for (const v of (rec.verdicts || []).slice(0, 16)) {
           const s = check("statement", { entry_text: v.entry });
           if (!s.ok || s.kind !== "verdict") continue;
           if (s.statement.receipt !== r.receipt_digest) continue;
+          // Signed by the validator it names, and in the log.
+          if (!s.signers.includes(s.statement.validator)) continue;
+          if (pol) {
+            const inc = await proveInclusion(pol, pol.url, v.index, b64(new TextEncoder().encode(v.entry)), session).catch(() => ({ ok: false }));
+            if (!inc.ok) continue;
+          }
           n++;
+          // A verdict is its validator's word, shown as such: it does not change what this
+          // page checked (whom to believe is the visitor's call; the CLI can re-run the model).
           const accepted = s.statement.accept === true;
-          add(accepted ? "ok" : "bad", t(accepted ? "verify.accepted" : "verify.rejected", short(s.signers[0], 16), s.statement.reason ?? ""));
-          if (!accepted) ok = false;
+          add(accepted ? "ok" : "bad", t(accepted ? "verify.accepted" : "verify.rejected", short(s.statement.validator, 16), s.statement.reason ?? ""));
         }
       }
       if (n === 0) add("warn", t("verify.noVerdict"));
@@ -238,15 +300,6 @@ async function verifyTranscript(tr) {
   }
   for (const c of r.not_checked) add("warn", said(c));
   return { lines, ok, ms: performance.now() - t0, receipt: r };
-}
-
-// Whether a transcript's log URL names the log of this page's policy (the node's own log is
-// "/log" here, and an absolute URL with that path wherever the node was reached).
-function sameLog(url, polUrl) {
-  try {
-    const a = new URL(url, location.href), b = new URL(polUrl, location.href);
-    return a.href === b.href || (polUrl.startsWith("/") && a.pathname === b.pathname);
-  } catch (_) { return false; }
 }
 
 function report(res) {
@@ -271,6 +324,7 @@ function download(name, obj) {
 
 const PAGES = ["chat", "network", "log", "models", "community", "verify"];
 let stopPage = () => {};
+let GENERATION = 0;
 
 async function chatPage(main) {
   const model = h("select", { id: "model" });
@@ -306,28 +360,30 @@ async function chatPage(main) {
         const where = h("span", { class: "muted log-index" });
         const result = h("div");
         const verify = h("button", { class: "secondary verify" }, t("chat.verify"));
+        const rc = check("transcript", { transcript: tr });
         verify.addEventListener("click", async () => {
           verify.disabled = true;
-          if (tr.log === undefined) {
-            // The receipt reaches the log a moment after the answer.
-            const r = check("transcript", { transcript: tr });
-            if (r.ok) {
+          try {
+            if (tr.log === undefined && rc.ok) {
+              // The receipt reaches the log a moment after the answer.
               for (let i = 0; i < 50 && tr.log === undefined; i++) {
                 try {
-                  const found = await getJson(`/agora/v1/log/entries/${r.leaf}`);
+                  const found = await getJson(`/agora/v1/log/entries/${rc.leaf}`);
                   const n = await network();
-                  tr.log = { url: n.log.url, index: found.index };
+                  // Absolute, so that the saved transcript is usable anywhere.
+                  tr.log = { url: new URL(n.log.url, location.href).href, index: found.index };
                 } catch (_) { await new Promise((ok) => setTimeout(ok, 100)); }
               }
             }
+            if (tr.log) where.textContent = t("chat.logIndex", tr.log.index);
+            result.replaceChildren(report(await verifyTranscript(tr)));
+          } catch (e) {
+            result.replaceChildren(h("p", { class: "bad" }, t("error", e.message)));
           }
-          if (tr.log) where.textContent = t("chat.logIndex", tr.log.index);
-          result.replaceChildren(report(await verifyTranscript(tr)));
           verify.disabled = false;
         });
         const save = h("button", { class: "secondary" }, t("chat.save"));
         save.addEventListener("click", () => download("answer.agora.json", tr));
-        const rc = check("transcript", { transcript: tr });
         msg.append(h("div", { class: "row" },
           h("span", { class: "muted" }, t("chat.receipt", short(rc.receipt_digest || "?", 16), short(rc.worker || "?", 16))),
           where, verify, save), result);
@@ -368,6 +424,7 @@ async function streamChat(body, onDelta) {
         const data = line.slice(6);
         if (data === "[DONE]") continue;
         const v = JSON.parse(data);
+        if (v.error) throw new Error(v.error.message || JSON.stringify(v.error));
         const ch = (v.choices || [])[0];
         if (ch && ch.delta && ch.delta.content) { text += ch.delta.content; onDelta(ch.delta.content); }
         if (ch && ch.finish_reason) finish = ch.finish_reason;
@@ -468,7 +525,8 @@ function summary(s) {
     case "proposal": return st.title ?? "";
     case "vote": return `${st.choice ?? ""} · ${st.proposal ?? ""}`;
     case "decision": return `yes ${st.counts?.yes ?? 0} · no ${st.counts?.no ?? 0} · abstain ${st.counts?.abstain ?? 0}`;
-    case "evidence": return `${st.claim?.kind ?? ""}`;
+    case "evidence": return st.claim && typeof st.claim === "object" ? Object.keys(st.claim)[0] ?? "" : String(st.claim ?? "");
+    case "ledger": return `${st.from ?? 0}..${st.to?.size ?? "?"} · compute ${st.compute ?? 0} · data ${st.data ?? 0}`;
     default: return "";
   }
 }
@@ -499,18 +557,31 @@ async function logPage(main) {
       c.cosigners.length ? c.cosigners.map((w) => h("span", { class: "ok cosigner" }, `✓ ${w.name} (${w.time ? new Date(w.time * 1000).toISOString() : "?"}) `)) : h("span", { class: "warn" }, t("none"))),
     h("p", { class: "muted" }, t("log.policy", short(pol.fingerprint, 16))),
     h("details", {}, h("summary", {}, t("log.raw")), h("pre", {}, cp)));
-  if (pol.changed) head.append(h("p", { class: "bad" }, t("verify.policyChanged")));
-  // The last bundle of entries (up to 256), newest first, at most 50 shown.
+  if (pol.changed) head.append(repinButton(pol));
+  // The latest 50 entries, newest first, from the last bundle (and the one before it when the
+  // last holds fewer); a partial bundle falls back to the full one, cut to its width.
   if (c.size === 0) return;
   const last = Math.floor((c.size - 1) / 256);
-  const width = c.size - last * 256;
-  const path = `tile/entries/${tileIndex(last)}${width < 256 ? ".p/" + width : ""}`;
-  let bundle;
-  try { bundle = decodeBundle(await getBytes(`${pol.url}/${path}`)); } catch (e) { entries.append(h("tr", {}, h("td", { class: "bad" }, e.message))); return; }
+  const bundles = [];
+  try {
+    for (let b = last; b >= 0 && b >= last - 1; b--) {
+      const width = Math.min(256, c.size - b * 256);
+      const full = `tile/entries/${tileIndex(b)}`;
+      let bytes;
+      try {
+        bytes = await getBytes(`${pol.url}/${full}${width < 256 ? ".p/" + width : ""}`);
+      } catch (e) {
+        if (width === 256 || e.status !== 404) throw e;
+        bytes = await getBytes(`${pol.url}/${full}`);
+      }
+      bundles.push([b, decodeBundle(bytes).slice(0, width)]);
+      if (width >= 50) break;
+    }
+  } catch (e) { entries.append(h("tr", {}, h("td", { class: "bad" }, e.message))); return; }
   const rows = [];
-  for (let i = bundle.length - 1; i >= 0 && rows.length < 50; i--) {
-    const index = last * 256 + i;
-    const entry = b64(bundle[i]);
+  const listed = bundles.flatMap(([b, es]) => es.map((e, i) => [b * 256 + i, e]).reverse());
+  for (const [index, bytes] of listed.slice(0, 50)) {
+    const entry = b64(bytes);
     const s = check("statement", { entry });
     const status = h("td", {});
     const prove = h("button", { class: "secondary" }, t("log.prove"));
@@ -531,47 +602,53 @@ async function logPage(main) {
   entries.replaceChildren(...rows);
 }
 
-function tree(v, depth = 0) {
-  if (depth > 12) return h("span", {}, "…");
-  if (v === null || typeof v !== "object") return h("span", { class: typeof v === "string" ? "" : "mono" }, String(v));
-  const items = Array.isArray(v) ? v.map((x, i) => [i, x]) : Object.entries(v);
-  return h("ul", {}, items.slice(0, 200).map(([k, x]) => h("li", {}, h("strong", {}, String(k)), ": ", tree(x, depth + 1))));
-}
 
 // A logged statement of a provenance tree, checked here: its entry (as the node returned it)
-// opens with a valid signature, its payload digest is the one the tree names, and it is in
-// the log under a cosigned checkpoint (proved from tiles).
-async function checkedEntry(logged, entries, pol) {
+// opens with a valid signature, is of the expected kind and is the statement the tree names
+// (payload digest), and it is in the log under a cosigned checkpoint (proved from tiles).
+// Returns the statement as signed (what the page shows) and a badge saying what was checked.
+async function checkedEntry(logged, entries, pol, kind) {
+  const fail = (text) => ({ st: null, badge: h("span", { class: "bad" }, text) });
   const text = entries[String(logged.index)];
-  if (text === undefined) return h("span", { class: "warn" }, t("models.noEntry", logged.index));
+  if (text === undefined) return { st: null, badge: h("span", { class: "warn" }, t("models.noEntry", logged.index)) };
   const s = check("statement", { entry_text: text });
-  if (!s.ok) return h("span", { class: "bad" }, s.error);
-  if (s.digest !== logged.payload_sha256) return h("span", { class: "bad" }, t("models.otherEntry", logged.index));
-  let proved = null;
-  if (pol) {
-    const inc = await proveInclusion(pol, pol.url, logged.index, b64(new TextEncoder().encode(text))).catch((e) => ({ ok: false, error: e.message }));
-    proved = inc.ok ? t("models.proved") : t("models.notProved", inc.error);
-    if (!inc.ok) return h("span", { class: "bad" }, proved);
-  }
-  return h("span", { class: "ok checked" }, t("models.checked", logged.index, short(s.signers[0], 16)), proved ? " · " + proved : "");
+  if (!s.ok) return fail(s.error);
+  if (s.kind !== kind || s.digest !== logged.payload_sha256) return fail(t("models.otherEntry", logged.index));
+  if (!pol) return { st: s.statement, badge: h("span", { class: "warn" }, t("models.signedOnly", logged.index, short(s.signers[0], 16))) };
+  if (pol.changed) return fail(t("verify.policyChanged"));
+  const inc = await proveInclusion(pol, pol.url, logged.index, b64(new TextEncoder().encode(text))).catch((e) => ({ ok: false, error: e.message }));
+  if (!inc.ok) return fail(t("models.notProved", inc.error));
+  return { st: s.statement, badge: h("span", { class: "ok checked" }, t("models.checked", logged.index, short(s.signers[0], 16)), " · ", t("models.proved")) };
 }
 
+// A model's provenance: everything shown is read from statements checked here, never from the
+// node's summary of them.
 async function modelNode(node, entries, pol, depth = 0) {
   if (!node || depth > 8) return h("span", {}, "…");
-  const m = node.manifest;
   const items = [];
-  if (m) {
-    const pr = m.predicate || {};
-    items.push(h("li", {}, h("strong", {}, pr.name ?? ""), " · ", t("models.licence"), " ", pr.license ?? "?", " · ", pr.architecture ?? "", " · ", await checkedEntry(m, entries, pol)));
-    if (pr.declared_data?.length) items.push(h("li", {}, t("models.declared"), " ", pr.declared_data.map((d) => d.name ?? JSON.stringify(d)).join(", ")));
-    if (pr.unknown?.length) items.push(h("li", { class: "warn" }, t("models.unknown"), " ", pr.unknown.join("; ")));
+  if (node.manifest) {
+    const { st, badge } = await checkedEntry(node.manifest, entries, pol, "model");
+    const pr = st?.predicate || {};
+    const subject = st?.subject?.[0]?.digest?.sha256;
+    if (st && subject !== node.weights) {
+      items.push(h("li", { class: "bad" }, t("models.otherWeights")));
+    } else {
+      items.push(h("li", {}, st ? h("strong", {}, pr.name ?? "") : null, st ? ` · ${t("models.licence")} ${pr.license ?? "?"} · ${pr.architecture ?? ""} · ` : "", badge));
+      if (pr.declared_data?.length) items.push(h("li", {}, t("models.declared"), " ", pr.declared_data.map((d) => d.name ?? "").join(", ")));
+      if (pr.unknown?.length) items.push(h("li", { class: "warn" }, t("models.unknown"), " ", pr.unknown.join("; ")));
+    }
   } else {
     items.push(h("li", { class: "muted" }, t("models.noManifest")));
   }
   for (const d of node.datasets || []) items.push(h("li", {}, await datasetNode(d, entries, pol, depth + 1)));
   if (node.decision) {
-    const c = node.decision.decision?.predicate?.counts || {};
-    items.push(h("li", {}, t("models.decision", node.decision.title, c.yes ?? 0, c.no ?? 0, c.abstain ?? 0), " ", await checkedEntry(node.decision.decision, entries, pol)));
+    const { st, badge } = await checkedEntry(node.decision.decision, entries, pol, "decision");
+    const c = st?.counts || {};
+    // The title is the proposal's, read from its own entry when the node returned it.
+    const pidx = st?.proposal?.index;
+    const p = pidx !== undefined && entries[String(pidx)] !== undefined ? check("statement", { entry_text: entries[String(pidx)] }) : null;
+    const title = p && p.ok && p.kind === "proposal" ? p.statement.title : t("models.titleUnchecked", node.decision.title);
+    items.push(h("li", {}, st ? t("models.decision", title, c.yes ?? 0, c.no ?? 0, c.abstain ?? 0) : "", " ", badge));
   }
   if (node.base) items.push(h("li", {}, t("models.base"), " ", await modelNode(node.base, entries, pol, depth + 1)));
   for (const p of node.problems || []) items.push(h("li", { class: "warn" }, p));
@@ -580,16 +657,18 @@ async function modelNode(node, entries, pol, depth = 0) {
 
 async function datasetNode(d, entries, pol, depth) {
   const items = [];
-  const st = d.statement;
-  if (st) {
-    const pr = st.predicate || {};
-    items.push(h("li", {}, t("models.licence"), " ", pr.license ?? "?", " · ", t("models.records", pr.records ?? "?"), " · ", await checkedEntry(st, entries, pol)));
+  let label = d.name;
+  if (d.statement) {
+    const { st, badge } = await checkedEntry(d.statement, entries, pol, "dataset");
+    const pr = st?.predicate || {};
+    if (st) label = `${pr.name}@${pr.version}`;
+    items.push(h("li", {}, st ? `${t("models.licence")} ${pr.license ?? "?"} · ${t("models.records", pr.records ?? "?")} · ` : "", badge));
     const people = (pr.contributors || []).slice(0, 50).map((c) => h("li", {}, c.label ? `${c.label} (${short(c.key, 16)})` : short(c.key, 24), " · ", t("models.records", c.records)));
     if (people.length) items.push(h("li", {}, t("models.contributors"), h("ul", {}, people)));
   }
   if (d.derived_from && depth < 8) items.push(h("li", {}, t("models.derived"), " ", await datasetNode(d.derived_from, entries, pol, depth + 1)));
   for (const p of d.problems || []) items.push(h("li", { class: "warn" }, p));
-  return h("span", {}, h("strong", {}, t("models.dataset"), " ", d.name), h("ul", {}, items));
+  return h("span", {}, h("strong", {}, t("models.dataset"), " ", label), h("ul", {}, items));
 }
 
 async function modelsPage(main) {
@@ -611,9 +690,38 @@ async function modelsPage(main) {
   }
   const ds = await getJson("/agora/v1/datasets").catch(() => null);
   main.append(h("h2", {}, t("models.datasets")));
-  const list = Array.isArray(ds) ? ds : (ds?.datasets || []);
-  if (!list.length) main.append(h("p", { class: "muted" }, t("none")));
-  else main.append(h("div", { class: "card tree" }, tree(list)));
+  const list = ds?.datasets || [];
+  if (!list.length) { main.append(h("p", { class: "muted" }, t("none"))); return; }
+  main.append(h("table", { id: "datasets" }, h("thead", {}, h("tr", {},
+    [t("models.dataset"), t("models.licence"), t("models.recordsCol"), t("models.versions")].map((c) => h("th", {}, c)))),
+    h("tbody", {}, list.map((d) => h("tr", {}, h("td", {}, d.name), h("td", {}, d.latest?.license ?? ""),
+      h("td", {}, d.latest?.records ?? ""), h("td", {}, (d.versions || []).join(", ")))))));
+  // A record looked up by id: the node's proof file, checked here like `agora dataset verify`.
+  const which = h("select", { id: "record-dataset" }, list.map((d) => h("option", { value: d.name }, d.name)));
+  const id = h("input", { type: "text", id: "record-id", placeholder: t("models.recordId") });
+  const go = h("button", { id: "record-lookup" }, t("models.lookup"));
+  const out = h("div", { id: "record-result" });
+  go.addEventListener("click", async () => {
+    out.replaceChildren(h("p", { class: "muted" }, t("verify.checking")));
+    const base = `/agora/v1/datasets/${encodeURIComponent(which.value)}/proof?id=${encodeURIComponent(id.value)}`;
+    try {
+      // Present: the record's proof. Not there (404): ask for the proof that no record has the id,
+      // rather than take the node's word for it.
+      const proof = await getJson(base).catch((e) => (e.status === 404 ? getJson(base + "&absent") : Promise.reject(e)));
+      const r = check("record_proof", pol && !pol.changed ? { proof, policy: pol.text } : { proof });
+      let verdict = "ok", problem = null;
+      if (!r.ok) { verdict = "failed"; problem = r.error; }
+      else if (r.id !== id.value) { verdict = "failed"; problem = t("models.otherId", r.id); }
+      else if (r.logged == null) { verdict = "unlogged"; problem = pol && pol.changed ? t("verify.policyChanged") : t("models.unlogged"); }
+      out.replaceChildren(h("div", { class: "card report", "data-verify": verdict },
+        r.ok ? h("p", { class: verdict === "ok" ? "ok" : "warn" }, verdict === "ok" ? "✓ " : "○ ", r.line) : null,
+        problem ? h("p", { class: verdict === "failed" ? "bad" : "warn" }, problem) : null,
+        r.ok && r.text != null ? h("pre", {}, r.text) : null));
+    } catch (e) {
+      out.replaceChildren(h("p", { class: "bad" }, e.message));
+    }
+  });
+  main.append(h("h2", {}, t("models.recordLookup")), h("div", { class: "row" }, which, id, go), out);
 }
 
 async function communityPage(main) {
@@ -659,7 +767,11 @@ async function verifyPage(main) {
       out.replaceChildren(report({ ok: false, ms: 0, lines: [{ cls: "bad", text: t("verify.notJson", e.message) }] }));
       return;
     }
-    out.replaceChildren(report(await verifyTranscript(tr)));
+    try {
+      out.replaceChildren(report(await verifyTranscript(tr)));
+    } catch (e) {
+      out.replaceChildren(report({ ok: false, ms: 0, lines: [{ cls: "bad", text: t("error", e.message) }] }));
+    }
   }
   file.addEventListener("change", () => {
     const f = file.files[0];
@@ -673,18 +785,28 @@ async function verifyPage(main) {
   const look = h("button", { id: "lookup" }, t("verify.lookup"));
   const found = h("div", { id: "provenance-result" });
   look.addEventListener("click", async () => {
-    await WASM_READY;
+    await WASM_READY.catch(() => {});
+    if (!WASM) return;
     const d = check("text_digest", { text: text.value });
     if (!d.ok) { found.replaceChildren(h("p", { class: "bad" }, d.error)); return; }
     const res = await getJson(`/agora/v1/provenance?digest=${d.digest}`).catch((e) => ({ error: e.message }));
     if (res.error) { found.replaceChildren(h("p", { class: "bad" }, res.error)); return; }
+    const pol = await policy().catch(() => null);
     const rows = [];
-    for (const rec of res.receipts || []) {
+    for (const rec of (res.receipts || []).slice(0, 20)) {
+      // A receipt of this text, signed by the worker it names, and in the log.
       const s = check("statement", { entry_text: rec.entry });
-      const mine = s.ok && s.kind === "receipt" && s.statement.text === d.digest;
-      rows.push(h("li", { class: mine ? "ok" : "bad" }, mine
-        ? t("verify.foundReceipt", rec.index, short(s.signers[0], 16), (rec.verdicts || []).length)
-        : t("verify.badReceipt", rec.index, s.error || t("verify.otherText"))));
+      let why = !s.ok ? s.error : s.kind !== "receipt" || s.statement.text !== d.digest ? t("verify.otherText")
+        : !s.signers.includes(s.statement.worker) ? t("verify.notWorker") : null;
+      if (!why && pol && !pol.changed) {
+        const inc = await proveInclusion(pol, pol.url, rec.index, b64(new TextEncoder().encode(rec.entry))).catch((e) => ({ ok: false, error: e.message }));
+        if (!inc.ok) why = inc.error;
+      } else if (!why) {
+        why = t("verify.noPolicy");
+      }
+      rows.push(h("li", { class: why ? "bad" : "ok" }, why
+        ? t("verify.badReceipt", rec.index, why)
+        : t("verify.foundReceipt", rec.index, short(s.statement.worker, 16))));
     }
     found.replaceChildren(h("div", { class: "card report" },
       h("p", {}, t("verify.digest"), " ", h("code", {}, d.digest)),
@@ -702,16 +824,25 @@ async function route() {
   const name = (location.hash.replace(/^#\/?/, "") || "chat").split("/")[0];
   const page = PAGES.includes(name) ? name : "chat";
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
+  // Each visit renders into its own container: a page still loading when the visitor moves
+  // on keeps writing into its detached container, never into the next page.
   const main = $("#main");
-  main.replaceChildren();
+  const view = h("div", { class: "view" });
+  const gen = ++GENERATION;
+  main.replaceChildren(view);
   main.dataset.page = page;
   main.dataset.ready = "";
+  let stop = null;
   try {
-    const stop = await RENDER[page](main);
-    if (typeof stop === "function") stopPage = stop;
+    stop = await RENDER[page](view);
   } catch (e) {
-    main.append(h("p", { class: "bad" }, t("error", e.message)));
+    view.append(h("p", { class: "bad" }, t("error", e.message)));
   }
+  if (gen !== GENERATION) {
+    if (typeof stop === "function") stop();
+    return;
+  }
+  if (typeof stop === "function") stopPage = stop;
   main.dataset.ready = "1";
 }
 

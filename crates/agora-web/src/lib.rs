@@ -6,6 +6,16 @@
 //! rebuilds it and checks the committed file is exactly what its sources give). UI strings live
 //! in one catalogue per language, `assets/i18n/<lang>.json`: adding a language is adding a file.
 
+/// One embedded file.
+pub struct Asset {
+    /// Its path under `/ui/`.
+    pub path: &'static str,
+    /// Its bytes.
+    pub bytes: &'static [u8],
+    /// The same, gzip-compressed (what browsers are sent: they all accept gzip).
+    pub gzip: &'static [u8],
+}
+
 include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
 /// The Content-Security-Policy of every dashboard response: scripts only from this origin (no
@@ -30,28 +40,26 @@ pub fn content_security_policy(connect: &[String]) -> String {
     )
 }
 
-/// The asset at `path` (relative to `/ui/`), with its content type.
-pub fn asset(path: &str) -> Option<(&'static [u8], &'static str)> {
-    ASSETS
-        .iter()
-        .find(|(p, _)| *p == path)
-        .map(|(p, b)| (*b, content_type(p)))
+/// The asset at `path` (relative to `/ui/`).
+pub fn asset(path: &str) -> Option<&'static Asset> {
+    ASSETS.iter().find(|a| a.path == path)
 }
 
 /// The page itself (`/`).
-pub fn index() -> &'static [u8] {
-    asset("index.html").map_or(&[][..], |(b, _)| b)
+pub fn index() -> Option<&'static Asset> {
+    asset("index.html")
 }
 
 /// The languages there are catalogues for (`en`, `zh`, …).
 pub fn languages() -> Vec<&'static str> {
     ASSETS
         .iter()
-        .filter_map(|(p, _)| p.strip_prefix("i18n/")?.strip_suffix(".json"))
+        .filter_map(|a| a.path.strip_prefix("i18n/")?.strip_suffix(".json"))
         .collect()
 }
 
-fn content_type(path: &str) -> &'static str {
+/// The content type of an asset, by its extension.
+pub fn content_type(path: &str) -> &'static str {
     match path.rsplit('.').next() {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
@@ -76,15 +84,18 @@ mod tests {
             "agora.wasm",
             "i18n/en.json",
         ] {
-            assert!(asset(p).is_some_and(|(b, _)| !b.is_empty()), "{p} missing");
+            let a = asset(p).unwrap_or_else(|| panic!("{p} missing"));
+            assert!(!a.bytes.is_empty() && a.gzip.len() > 18, "{p} empty");
         }
+        // The module is served compressed: the figure the README gives.
+        assert!(asset("agora.wasm").is_some_and(|a| a.gzip.len() < 400 << 10));
         assert!(languages().contains(&"en") && languages().contains(&"zh"));
     }
 
     #[test]
     fn catalogues_have_the_same_keys() {
         let keys = |lang: &str| -> Vec<String> {
-            let (b, _) = asset(&format!("i18n/{lang}.json")).unwrap_or((b"{}", ""));
+            let b = asset(&format!("i18n/{lang}.json")).map_or(&b"{}"[..], |a| a.bytes);
             let text = String::from_utf8_lossy(b);
             // "key": "value" lines; the catalogues are flat objects.
             let mut k: Vec<String> = text
@@ -108,7 +119,7 @@ mod tests {
 
     #[test]
     fn the_page_has_no_inline_script_or_style() {
-        let html = String::from_utf8_lossy(index());
+        let html = String::from_utf8_lossy(index().map_or(&[][..], |a| a.bytes));
         assert!(!html.contains("<script>") && !html.contains(" on") && !html.contains("style="));
         assert!(html.contains("<script type=\"module\" src=\"/ui/app.js\"></script>"));
     }

@@ -44,6 +44,17 @@ pub fn log_router(log: Log) -> Router {
         .route("/checkpoints/{size}", get(checkpoint_history))
         .route("/tile/{*path}", get(tile))
         .with_state(log)
+        // A log is public: any page may read it (a dashboard served by another node checks
+        // its receipts against this log's tiles from the visitor's browser).
+        .layer(axum::middleware::map_response(allow_any_origin))
+}
+
+async fn allow_any_origin(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
 }
 
 fn retry_after(mut r: Response, secs: u64) -> Response {
