@@ -87,7 +87,7 @@ struct Community {
     homes: Vec<PathBuf>,
     _homes: Vec<tempfile::TempDir>,
     log: Server,
-    _witness: Server,
+    _witness: tlog_common::Witness,
     network: String,
 }
 
@@ -102,36 +102,14 @@ fn community(period: u64) -> Community {
     for h in &homes {
         ok(h, &["init"]);
     }
-    let (lhome, whome) = (dir.path().join("log"), dir.path().join("witness"));
-    for h in [&lhome, &whome] {
-        ok(h, &["init"]);
-    }
-    let line = |home: &Path, key: &str| {
-        ok(home, &["id"])
-            .lines()
-            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-            .unwrap()
-    };
-    let (log_vkey, witness_vkey) = (line(&lhome, "vkey"), line(&whome, "witness-vkey"));
-    let witness = Server::start(
-        &[
-            "witness",
-            "serve",
-            "--home",
-            whome.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-key",
-            &log_vkey,
-        ],
-        &dir.path().join("witness.err"),
-    );
-    let log_policy = dir.path().join("log-policy");
-    std::fs::write(
-        &log_policy,
-        format!("witness w1 {witness_vkey} {}\nquorum w1\n", witness.url),
-    )
-    .unwrap();
+    let lhome = dir.path().join("log");
+    ok(&lhome, &["init"]);
+    let log_vkey = ok(&lhome, &["id"])
+        .lines()
+        .find_map(|l| l.strip_prefix("vkey").map(|v| v.trim().to_string()))
+        .unwrap();
+    let witness = tlog_common::start_witness(dir.path(), &log_vkey);
+    let (witness_vkey, log_policy) = (witness.vkey.clone(), witness.policy.clone());
     let log = Server::start(
         &[
             "log",
@@ -546,36 +524,15 @@ fn a_node_serves_proposals_tallies_and_credit() {
     let dir = tempfile::tempdir().unwrap();
     let node_home = common::temp_home();
     let member = tempfile::tempdir().unwrap();
-    let whome = dir.path().join("witness");
-    for h in [node_home.path(), member.path(), whome.as_path()] {
+    for h in [node_home.path(), member.path()] {
         ok(h, &["init"]);
     }
-    let line = |home: &Path, key: &str| {
-        ok(home, &["id"])
-            .lines()
-            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-            .unwrap()
-    };
-    let (log_vkey, witness_vkey) = (line(node_home.path(), "vkey"), line(&whome, "witness-vkey"));
-    let witness = Server::start(
-        &[
-            "witness",
-            "serve",
-            "--home",
-            whome.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-key",
-            &log_vkey,
-        ],
-        &dir.path().join("witness.err"),
-    );
-    let witnesses = dir.path().join("witnesses");
-    std::fs::write(
-        &witnesses,
-        format!("witness w1 {witness_vkey} {}\nquorum w1\n", witness.url),
-    )
-    .unwrap();
+    let log_vkey = ok(node_home.path(), &["id"])
+        .lines()
+        .find_map(|l| l.strip_prefix("vkey").map(|v| v.trim().to_string()))
+        .unwrap();
+    let witness = tlog_common::start_witness(dir.path(), &log_vkey);
+    let (witness_vkey, witnesses) = (&witness.vkey, &witness.policy);
     let policy = dir.path().join("policy");
     std::fs::write(
         &policy,

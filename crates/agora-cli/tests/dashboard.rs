@@ -29,7 +29,7 @@ use agora_core::statement::{Kind, Statement};
 use base64::Engine as _;
 use common::{Node, args};
 use serde_json::{Value, json};
-use tlog_common::{Server, post, wait_for};
+use tlog_common::{post, wait_for};
 
 const XSS: &str = "<img src=x onerror=alert(1)>";
 /// Small nodes: one thread each, so two share the two cores with the browser.
@@ -371,31 +371,8 @@ fn the_dashboard_verifies_in_the_browser() {
             .unwrap()
     };
     let (log_vkey, gw_peer) = (field("vkey"), field("peer-id"));
-    let whome = dir.path().join("witness");
-    run_ok(&whome, &["init"]);
-    let witness_vkey = run_ok(&whome, &["id"])
-        .lines()
-        .find_map(|l| l.strip_prefix("witness-vkey").map(|v| v.trim().to_string()))
-        .unwrap();
-    let witness = Server::start(
-        &[
-            "witness",
-            "serve",
-            "--home",
-            whome.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-key",
-            &log_vkey,
-        ],
-        &dir.path().join("witness.err"),
-    );
-    let policy = dir.path().join("witnesses");
-    std::fs::write(
-        &policy,
-        format!("witness w1 {witness_vkey} {}\nquorum w1\n", witness.url),
-    )
-    .unwrap();
+    let witness = tlog_common::start_witness(dir.path(), &log_vkey);
+    let witness_vkey = &witness.vkey;
     // A community of one member whose log is the gateway's, cosigned by the witness.
     let community = dir.path().join("community-policy");
     std::fs::write(
@@ -422,7 +399,7 @@ fn the_dashboard_verifies_in_the_browser() {
             &["--no-mdns", "--validator", "--check-probability", "1"],
             &["--probation-probability", "1"],
             &["--serve-log", "--log-witnesses"],
-            &[policy.to_str().unwrap()],
+            &[witness.policy.to_str().unwrap()],
             &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"],
             SMALL,
         ]),

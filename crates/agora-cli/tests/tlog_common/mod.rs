@@ -63,6 +63,54 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// A running witness of one log, and the tlog-policy file that names it as the quorum.
+#[allow(dead_code)] // not every test binary that includes this module starts a witness
+pub struct Witness {
+    pub server: Server,
+    /// Its cosignature key (`agora id`'s `witness-vkey`).
+    pub vkey: String,
+    /// `witness w1 VKEY URL` and `quorum w1`: what `agora log serve --policy` and
+    /// `agora node --log-witnesses` read.
+    pub policy: PathBuf,
+}
+
+/// Starts a witness for the log whose key is `log_vkey`, its home at `dir/witness`, its stderr
+/// in `dir/witness.err` and its policy file at `dir/witnesses`.
+#[allow(dead_code)]
+pub fn start_witness(dir: &Path, log_vkey: &str) -> Witness {
+    let home = dir.join("witness");
+    init_home(&home);
+    let home = home.to_str().unwrap();
+    let vkey = ok(&["id", "--home", home])
+        .lines()
+        .find_map(|l| l.strip_prefix("witness-vkey").map(|v| v.trim().to_string()))
+        .unwrap();
+    let server = Server::start(
+        &[
+            "witness",
+            "serve",
+            "--home",
+            home,
+            "--listen",
+            "127.0.0.1:0",
+            "--log-key",
+            log_vkey,
+        ],
+        &dir.join("witness.err"),
+    );
+    let policy = dir.join("witnesses");
+    std::fs::write(
+        &policy,
+        format!("witness w1 {vkey} {}\nquorum w1\n", server.url),
+    )
+    .unwrap();
+    Witness {
+        server,
+        vkey,
+        policy,
+    }
+}
+
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
