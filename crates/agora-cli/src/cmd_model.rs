@@ -532,3 +532,16 @@ fn base_model(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_catalog_mix_is_a_valid_mix_with_the_catalog_licence() {
+        for e in agora_models::catalog::CATALOG {
+            let Some(text) = e.mix else { continue };
+            let mix = agora_data::mix::Mix::parse(text)
+                .unwrap_or_else(|err| panic!("{}'s mix: {err}", e.name));
+            assert_eq!(mix.license, e.license, "{}", e.name);
+        }
+    }
+}

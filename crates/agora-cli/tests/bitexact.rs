@@ -1,8 +1,11 @@
 //! Activation proofs rest on one property of the engine: the hidden states and logits of a
 //! token are the same bits however the token was computed — decoded alone, decoded in a batch
 //! with other slots, or recomputed by one scoring prefill with another thread count. Agora's
-//! patched llama.cpp computes Q4_1 products in tiles for batches (vendor/llama-cpp-sys-2); this
-//! test holds it to that property on the real model.
+//! patched llama.cpp computes Q4_1 products in tiles for batches (vendor/llama-cpp-sys-2) and
+//! keeps every other type on its per-row products; these tests hold it to that property on
+//! each catalog model: SmolLM2-135M (Q4_1, llama architecture, chat) and Gemma 3 270M (Q4_K,
+//! Q6_K and Q8_0, gemma3 architecture with sliding-window layers, a base model prompted with
+//! plain text).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -26,21 +29,56 @@ impl ScoreSink for Collect {
     }
 }
 
-fn engine(threads: u32) -> LlamaEngine {
-    let mut c = LlamaConfig::new(common::model_path(), "m".into(), "0".into());
+/// A catalog model, and how to prompt it.
+#[derive(Clone, Copy)]
+struct Model {
+    name: &'static str,
+    /// Instruction-tuned with a chat template; else prompted with plain text.
+    chat: bool,
+}
+
+const SMOLLM2: Model = Model {
+    name: "smollm2-135m",
+    chat: true,
+};
+const GEMMA3: Model = Model {
+    name: "gemma3-270m",
+    chat: false,
+};
+
+fn engine(m: Model, threads: u32) -> LlamaEngine {
+    let mut c = LlamaConfig::new(common::catalog_model_path(m.name), "m".into(), "0".into());
     c.threads = threads;
     c.slots = 8;
     c.ctx = 2048;
     LlamaEngine::load(c).unwrap()
 }
 
-fn request(e: &LlamaEngine, text: &str, seed: u64) -> GenRequest {
-    let prompt = e
-        .tokenize(&PromptSpec::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: text.into(),
-        }]))
-        .unwrap();
+/// The prompt of a conversation: the chat template's, or for a base model the turns as text.
+fn prompt(e: &LlamaEngine, m: Model, messages: &[(&str, &str)]) -> Vec<u32> {
+    let spec = if m.chat {
+        PromptSpec::Chat(
+            messages
+                .iter()
+                .map(|(role, content)| ChatMessage {
+                    role: (*role).into(),
+                    content: (*content).into(),
+                })
+                .collect(),
+        )
+    } else {
+        let mut text: String = messages
+            .iter()
+            .map(|(role, content)| format!("{role}: {}\n", content.trim_start()))
+            .collect();
+        text.push_str("assistant:");
+        PromptSpec::Text(text)
+    };
+    e.tokenize(&spec).unwrap()
+}
+
+fn request(e: &LlamaEngine, m: Model, text: &str, seed: u64) -> GenRequest {
+    let prompt = prompt(e, m, &[("user", text)]);
     GenRequest {
         prompt,
         params: SamplingParams {
@@ -85,8 +123,32 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-#[test]
-fn hidden_states_and_logits_are_the_same_bits_alone_batched_and_rescored() {
+/// The tests, once per catalog model.
+macro_rules! for_each_model {
+    ($($module:ident = $model:expr;)*) => {$(
+        mod $module {
+            #[test]
+            fn hidden_states_and_logits_are_the_same_bits_alone_batched_and_rescored() {
+                super::alone_batched_rescored($model)
+            }
+            #[test]
+            fn a_prefix_prefilled_in_chunks_and_one_computed_row_by_row_give_the_same_rows() {
+                super::chunks_and_rows($model)
+            }
+            #[test]
+            fn a_reused_prompt_prefix_computes_the_same_bits() {
+                super::reused_prefix($model)
+            }
+        }
+    )*};
+}
+
+for_each_model! {
+    smollm2 = super::SMOLLM2;
+    gemma3 = super::GEMMA3;
+}
+
+fn alone_batched_rescored(m: Model) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -101,17 +163,19 @@ fn hidden_states_and_logits_are_the_same_bits_alone_batched_and_rescored() {
         "Name three colours.",
         "Why is the sea salty?",
     ];
-    let two = engine(2);
+    let two = engine(m, 2);
 
     // Alone: one slot busy, every matrix product has one column.
-    let alone = rt.block_on(collect(two.submit(request(&two, prompts[0], 11)).unwrap()));
+    let alone = rt.block_on(collect(
+        two.submit(request(&two, m, prompts[0], 11)).unwrap(),
+    ));
 
     // Batched: eight slots decode together (tiles of columns), the first request among them.
     let batched: Vec<Out> = rt.block_on(async {
         let gens: Vec<_> = prompts
             .iter()
             .enumerate()
-            .map(|(i, p)| two.submit(request(&two, p, 11 + i as u64)).unwrap())
+            .map(|(i, p)| two.submit(request(&two, m, p, 11 + i as u64)).unwrap())
             .collect();
         let mut outs = Vec::new();
         for g in gens {
@@ -132,8 +196,8 @@ fn hidden_states_and_logits_are_the_same_bits_alone_batched_and_rescored() {
     }
 
     // Rescored: one prefill over prompt + output, on an engine with one thread.
-    let one = engine(1);
-    let req = request(&one, prompts[0], 11);
+    let one = engine(m, 1);
+    let req = request(&one, m, prompts[0], 11);
     let from = req.prompt.len() - 1;
     let mut tokens = req.prompt.clone();
     tokens.extend_from_slice(&alone.0[..alone.0.len() - 1]);
@@ -156,8 +220,8 @@ fn hidden_states_and_logits_are_the_same_bits_alone_batched_and_rescored() {
     }
 }
 
-fn engine_with_cache(prefix_cache: bool) -> LlamaEngine {
-    let mut c = LlamaConfig::new(common::model_path(), "m".into(), "0".into());
+fn engine_with_cache(m: Model, prefix_cache: bool) -> LlamaEngine {
+    let mut c = LlamaConfig::new(common::catalog_model_path(m.name), "m".into(), "0".into());
     c.threads = 2;
     c.slots = 1;
     c.ctx = 3072;
@@ -165,22 +229,11 @@ fn engine_with_cache(prefix_cache: bool) -> LlamaEngine {
     LlamaEngine::load(c).unwrap()
 }
 
-fn turn(e: &LlamaEngine, messages: &[(&str, &str)], seed: u64) -> GenRequest {
-    let prompt = e
-        .tokenize(&PromptSpec::Chat(
-            messages
-                .iter()
-                .map(|(role, content)| ChatMessage {
-                    role: (*role).into(),
-                    content: (*content).into(),
-                })
-                .collect(),
-        ))
-        .unwrap();
+fn turn(e: &LlamaEngine, m: Model, messages: &[(&str, &str)], seed: u64) -> GenRequest {
     GenRequest {
-        prompt,
+        prompt: prompt(e, m, messages),
         max_tokens: 24,
-        ..request(e, "", seed)
+        ..request(e, m, "", seed)
     }
 }
 
@@ -188,16 +241,16 @@ fn turn(e: &LlamaEngine, messages: &[(&str, &str)], seed: u64) -> GenRequest {
 /// aligned chunks (what a prompt gets) and after the same prefix computed as output rows (what
 /// a generated or scored token gets) are the same bits. The prefix cache reuses answer tokens'
 /// states in the next turn's prompt because of it.
-#[test]
-fn a_prefix_prefilled_in_chunks_and_one_computed_row_by_row_give_the_same_rows() {
+fn chunks_and_rows(m: Model) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let e = engine_with_cache(false);
+    let e = engine_with_cache(m, false);
     let system = "You are a patient teacher who explains the sea. ".repeat(30);
     let tokens = turn(
         &e,
+        m,
         &[("system", system.as_str()), ("user", "Tell me more.")],
         1,
     )
@@ -235,16 +288,15 @@ fn a_prefix_prefilled_in_chunks_and_one_computed_row_by_row_give_the_same_rows()
 /// A conversation's next turn reuses the states its slot kept — the first turn's prompt and
 /// answer — and computes the same bits as without the cache: token ids, hidden states and
 /// logits of every generated token, and the rows a scoring pass over it reads back.
-#[test]
-fn a_reused_prompt_prefix_computes_the_same_bits() {
+fn reused_prefix(m: Model) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let system = "You are a patient teacher. ".repeat(200);
     let first = [("system", system.as_str()), ("user", "What is the tide?")];
-    let cached = engine_with_cache(true);
-    let first_req = turn(&cached, &first, 3);
+    let cached = engine_with_cache(m, true);
+    let first_req = turn(&cached, m, &first, 3);
     let first_len = first_req.prompt.len();
     let answer = rt.block_on(collect(cached.submit(first_req).unwrap())).0;
     let answer: String = answer
@@ -258,7 +310,9 @@ fn a_reused_prompt_prefix_computes_the_same_bits() {
         ("assistant", answer.as_str()),
         ("user", "Why does the moon cause it?"),
     ];
-    let with = rt.block_on(collect(cached.submit(turn(&cached, &second, 4)).unwrap()));
+    let with = rt.block_on(collect(
+        cached.submit(turn(&cached, m, &second, 4)).unwrap(),
+    ));
     let stats = cached.load().prefix;
     assert_eq!(stats.hits, 1, "{stats:?}");
     // The first prompt, and the answer's tokens as far as the template re-tokenizes them alike.
@@ -267,8 +321,8 @@ fn a_reused_prompt_prefix_computes_the_same_bits() {
         "{stats:?}, first prompt {first_len}"
     );
 
-    let fresh = engine_with_cache(false);
-    let without = rt.block_on(collect(fresh.submit(turn(&fresh, &second, 4)).unwrap()));
+    let fresh = engine_with_cache(m, false);
+    let without = rt.block_on(collect(fresh.submit(turn(&fresh, m, &second, 4)).unwrap()));
     assert_eq!(fresh.load().prefix.hits, 0);
     assert_eq!(with.0, without.0, "the reused prefix changed the tokens");
     for i in 0..with.1.len() {
@@ -284,7 +338,7 @@ fn a_reused_prompt_prefix_computes_the_same_bits() {
 
     // A scoring pass (what a verifier runs) over the same conversation reuses what the
     // generation left, and reads back the same rows.
-    let req = turn(&cached, &second, 4);
+    let req = turn(&cached, m, &second, 4);
     let from = req.prompt.len() - 1;
     let mut tokens = req.prompt.clone();
     tokens.extend_from_slice(&with.0[..with.0.len() - 1]);

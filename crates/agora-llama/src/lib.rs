@@ -189,11 +189,18 @@ impl LlamaEngine {
             return Err(LoadError::Config("threads must be at least 1".into()));
         }
         let backend = backend()?;
-        let model = LlamaModel::load_from_file(backend, &cfg.path, &LlamaModelParams::default())
-            .map_err(|source| LoadError::Model {
+        // No repacked weight layouts (llama.cpp's "extra" CPU buffer types: Q4_0/Q4_K/IQ4_NL 8x8,
+        // AMX): their kernels compute rows in groups of four and the rest one by one, with other
+        // roundings, so a token's numbers would depend on its batch (measured on Gemma 3's Q4_K:
+        // a sequence decoded alone and among eight chose other tokens). Every type then takes
+        // its per-row product (Q4_1 its bit-identical tile), the same bits in any batch.
+        let params = LlamaModelParams::default().with_use_extra_bufts(false);
+        let model = LlamaModel::load_from_file(backend, &cfg.path, &params).map_err(|source| {
+            LoadError::Model {
                 path: cfg.path.clone(),
                 source,
-            })?;
+            }
+        })?;
         let model = Arc::new(model);
         let vocab = model.vocab();
         let n_vocab = u32::try_from(vocab.n_tokens()).unwrap_or(0);

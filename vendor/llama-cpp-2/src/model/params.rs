@@ -560,6 +560,16 @@ impl LlamaModelParams {
         self
     }
 
+    /// Sets whether llama.cpp may move weights into its extra CPU buffer types (repacked
+    /// layouts such as Q4_0/Q4_K 8x8 and AMX tiles). Agora patch: their matrix kernels compute
+    /// a batch's rows other than a single row, so a node that needs a row's numbers to be the
+    /// same in any batch turns them off.
+    #[must_use]
+    pub fn with_use_extra_bufts(mut self, use_extra_bufts: bool) -> Self {
+        self.params.use_extra_bufts = use_extra_bufts;
+        self
+    }
+
     /// sets `devices`
     ///
     /// The devices are specified as indices that correspond to the ggml backend device indices.

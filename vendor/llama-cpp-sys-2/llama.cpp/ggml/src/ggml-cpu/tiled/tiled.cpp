@@ -569,8 +569,18 @@ static void tiled_unpack_src1_q8_K(const block_q8_K * const * rows, int n_rows, 
     }
 }
 
+// AGORA: the tiled K-quant products are never used (see ggml_tiled_matmul_enabled below).
+#define AGORA_NO_TILED 1
+
 // GGML_CPU_TILED_MM: master switch, on by default. If off, we fast return false and normal vec_dot mul_mat resumes
 static bool ggml_tiled_matmul_enabled(void) {
+#ifdef AGORA_NO_TILED
+    // AGORA: batches of 8 rows or more would take these tiles, whose rows round otherwise than
+    // a single row's product, so a token's numbers would depend on its batch (measured on
+    // Gemma 3's Q4_K and Q6_K). Proofs and seeded sampling need them not to: every K-quant
+    // product stays on the per-row vec_dot. See AGORA-PATCH.md.
+    return false;
+#endif
     static bool enabled = true;
     static std::once_flag flag;
     std::call_once(flag, []() {
