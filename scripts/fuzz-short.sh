@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${FUZZ_SECONDS:-20}"
-TARGETS="${FUZZ_TARGETS:-note checkpoint cosignature tlog_proof dsse policy witness openai_request gen_frames node_status proof transcript log_entry transcript_request transcript_reply verdict dataset_record dataset_proof croissant mix gguf_meta text_digest text_index trace_request trace_index_header trace_report community_rules community_entry dashboard_call}"
+TARGETS="${FUZZ_TARGETS:-note checkpoint cosignature tlog_proof dsse policy witness openai_request gen_frames node_status proof transcript log_entry transcript_request transcript_reply verdict dataset_record dataset_proof croissant mix gguf_meta text_digest text_index trace_request trace_index_header trace_report community_rules community_entry dashboard_call model_share}"
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz (cargo install cargo-fuzz --locked)…" >&2
   cargo install cargo-fuzz --locked >&2

@@ -65,12 +65,12 @@ else
     cargo test --release --workspace -- --test-threads=1
 fi
 
-step "cheating workers (the cheat feature): clippy, and a devnet whose validators catch one"
+step "cheating workers and model servers (the cheat feature): clippy, a devnet whose validators catch a cheater, and a model fetched past a corrupting and a dying peer"
 cargo clippy --release --workspace --all-targets --features agora-cli/cheat -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --release -p agora-cli --features cheat --test cheat_devnet --profile ci
+    cargo nextest run --release -p agora-cli --features cheat --test cheat_devnet --test model_peers --profile ci
 else
-    cargo test --release -p agora-cli --features cheat --test cheat_devnet
+    cargo test --release -p agora-cli --features cheat --test cheat_devnet --test model_peers
 fi
 
 if [ -x scripts/fuzz-short.sh ]; then

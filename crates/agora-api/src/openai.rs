@@ -1323,7 +1323,8 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// The `agora` object of a response: receipt (the DSSE envelope as JSON), proof, salt, the
-/// request the receipt covers, the output's tokens, and where the receipt was logged.
+/// request the receipt covers, the output's tokens, where the receipt was logged, and
+/// `"unverifiable": true` when the receipt says so.
 fn attestation_json(a: Option<&agora_engine::Attestation>, tokens: &[u32]) -> Value {
     let Some(a) = a else { return json!({}) };
     let mut v = json!({
@@ -1335,6 +1336,14 @@ fn attestation_json(a: Option<&agora_engine::Attestation>, tokens: &[u32]) -> Va
     });
     if let Some(l) = &a.log {
         v["log"] = json!({ "url": l.url, "index": l.index });
+    }
+    // Said beside the receipt too, so a client need not decode it to know: the worker's engine
+    // failed its self-check, and no verifier can hold this answer to its proof.
+    if let Ok(agora_core::Statement::Receipt(r)) =
+        agora_core::Statement::from_payload(&a.receipt.payload_type, &a.receipt.payload)
+        && r.unverifiable
+    {
+        v["unverifiable"] = json!(true);
     }
     v
 }

@@ -243,6 +243,7 @@ fn fill_receipts(store: &LogStore, frontier: &mut Frontier, receipts: u64) -> Re
             recipe: None,
             unknown: vec![],
             decision: None,
+            chunks: None,
         },
     }
     .sign(&publisher);
@@ -269,6 +270,7 @@ fn fill_receipts(store: &LogStore, frontier: &mut Frontier, receipts: u64) -> Re
                 resumed: 0,
                 text: None,
                 fingerprint: None,
+                unverifiable: false,
             })
             .sign(w);
             let mut out = vec![r.to_json().into_bytes()];

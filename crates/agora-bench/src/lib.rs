@@ -27,6 +27,7 @@ pub mod soak;
 pub mod stats;
 pub mod tokenizers;
 pub mod trace;
+pub mod transfer;
 pub mod verify;
 
 use std::time::Duration;

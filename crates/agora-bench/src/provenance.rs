@@ -172,6 +172,7 @@ fn fill(store: &LogStore, frontier: &mut agora_tlog::tile::Frontier, receipts: u
             resumed: 0,
             text: Some(digest),
             fingerprint: None,
+            unverifiable: false,
         })
         .sign(&worker);
         let payload_digest = Sha256::of(&receipt.payload);

@@ -89,6 +89,15 @@ pub fn run(args: ChatArgs) -> Result<()> {
         let _ = out.flush();
     })?;
     let _ = writeln!(out);
+    if end
+        .events
+        .iter()
+        .any(|e| e.pointer("/agora/unverifiable") == Some(&Value::Bool(true)))
+    {
+        eprintln!(
+            "note: the worker that answered failed its self-check: this answer comes without a proof anyone can check (unverifiable)"
+        );
+    }
     if let Some(path) = &args.save {
         save_transcript(path, &model, &end, text, &client)?;
         eprintln!(
@@ -139,6 +148,9 @@ pub fn nodes(args: NodesArgs) -> Result<()> {
             w["slots_in_use"],
             w["slots"]
         );
+        if let Some(why) = w["unverifiable"].as_str() {
+            println!("  unverifiable: its self-check failed ({why}); answers carry no proof");
+        }
     }
     let peers = v["peers"].as_array().cloned().unwrap_or_default();
     println!("{} peer(s):", peers.len());
@@ -148,9 +160,20 @@ pub fn nodes(args: NodesArgs) -> Result<()> {
     );
     for p in peers {
         let s = &p["status"];
-        let models: Vec<&str> = s["models"]
+        let models: Vec<String> = s["models"]
             .as_array()
-            .map(|m| m.iter().filter_map(|m| m["name"].as_str()).collect())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| {
+                        let name = m["name"].as_str()?;
+                        Some(if m["unverifiable"].as_bool() == Some(true) {
+                            format!("{name} (unverifiable)")
+                        } else {
+                            name.to_string()
+                        })
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let rep = &p["reputation"];
         let verdicts = match (rep["accepted"].as_u64(), rep["rejected"].as_u64()) {

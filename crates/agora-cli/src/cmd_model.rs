@@ -25,8 +25,25 @@ use crate::provenance::{TrustedLog, manifests_dir};
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
-    /// Fetch a catalog model (e.g. smollm2-135m) or `hf:ORG/REPO/FILE.gguf`, verifying its digest.
-    Pull { source: String },
+    /// Fetch a catalog model (e.g. smollm2-135m) or `hf:ORG/REPO/FILE.gguf`, verifying its
+    /// digest; or `sha256:HEX` from peers. A catalog model whose index cannot be reached is
+    /// asked of peers when --bootstrap names one (or with --from-peers).
+    Pull {
+        source: String,
+        /// Ask peers for it (by its digest) instead of the catalog's index.
+        #[arg(long)]
+        from_peers: bool,
+        /// Name to store a model fetched by digest under (default: its catalog name, else
+        /// `sha256-<first 12 hex digits>`).
+        #[arg(long)]
+        name: Option<String>,
+        /// The chunk root of a model fetched by digest (as its log statement gives it): each
+        /// chunk is then checked as it arrives. Catalog models carry theirs.
+        #[arg(long, value_name = "HEX")]
+        root: Option<String>,
+        #[command(flatten)]
+        peers: crate::peers::PeerArgs,
+    },
     /// Copy a local GGUF file into the store.
     Add {
         file: PathBuf,
@@ -131,8 +148,28 @@ pub fn run(home: &Path, cmd: ModelCommand) -> Result<i32> {
             }
             return Ok(if checked.proven() { 0 } else { 1 });
         }
-        ModelCommand::Pull { source } => {
-            let m = store.pull(&source)?;
+        ModelCommand::Pull {
+            source,
+            from_peers,
+            name,
+            root,
+            peers,
+        } => {
+            let by_digest = source.starts_with("sha256:");
+            let m = if from_peers || by_digest {
+                let want = crate::peers::want(&source, name.as_deref(), root.as_deref())?;
+                crate::peers::fetch(home, &want, &peers)?
+            } else {
+                match store.pull(&source) {
+                    Ok(m) => m,
+                    Err(e) if !peers.bootstrap.is_empty() && catalog::find(&source).is_some() => {
+                        eprintln!("{e}\nasking peers for it instead");
+                        let want = crate::peers::want(&source, name.as_deref(), None)?;
+                        crate::peers::fetch(home, &want, &peers)?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             println!("{}  {}  {} bytes", m.name, m.digest(), m.size);
         }
         ModelCommand::Add { file, name } => {
@@ -215,6 +252,15 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
         bail!("{} is larger than {max} bytes", path.display());
     }
     Ok(out)
+}
+
+/// The chunk root of a stored model's weights (what peers' chunks are checked against).
+fn chunk_root(path: &Path) -> Result<Sha256> {
+    let list = agora_models::chunks::ChunkList::of_file(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    list.root()
+        .parse()
+        .map_err(|e: &str| anyhow::anyhow!("chunk root: {e}"))
 }
 
 /// SHA-256 of a file, streamed.
@@ -370,6 +416,7 @@ fn publish(
             recipe,
             unknown: mix.unknown.clone(),
             decision,
+            chunks: Some(chunk_root(&store.blob_path(&m.sha256))?),
         },
     };
     let identity = load_identity(home).context("the manifest is signed with this node's key")?;

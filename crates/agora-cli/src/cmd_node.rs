@@ -152,6 +152,22 @@ pub struct NodeArgs {
     /// How many transcripts a gateway keeps at most (the oldest go first).
     #[arg(long, default_value_t = 10_000)]
     pub transcript_cap: usize,
+    /// Load weights in llama.cpp's repacked layouts where this CPU has them (Q4_0, Q4_K and
+    /// IQ4_NL in 8x8 blocks): faster prefill for those types, but their products can make a
+    /// token's numbers depend on its batch. The self-check at start-up then tells; when it
+    /// fails, the node serves without proofs (unverifiable), and gateways prefer other workers.
+    #[arg(long, env = "AGORA_REPACK")]
+    pub repack: bool,
+    /// Bytes per second this node sends to peers fetching models from it, all together (e.g.
+    /// 20MB, 1GiB; default: no limit). Every node offers the models in its store to its peers.
+    #[arg(long, value_parser = crate::cmd_log::parse_bytes, value_name = "BYTES")]
+    pub upload_limit: Option<u64>,
+    /// Test-only: serve models to peers wrongly, `corrupt:N` (the N-th chunk sent has a byte
+    /// flipped) or `die-at:N` (the process ends instead of sending its N-th chunk). Only in
+    /// builds with the `cheat` feature.
+    #[cfg(feature = "cheat")]
+    #[arg(long, value_name = "MODE", hide = true)]
+    pub cheat_share: Option<agora_share::cheat::Misbehave>,
     /// Cheat, for testing the verifier: swap:FILE, perturb-layer:N, skip-layer:N, system-prompt,
     /// alter-token[:N], unseeded, replay-proof, truncate-proof. Only in builds with the `cheat`
     /// feature.
@@ -278,6 +294,9 @@ pub fn run(home: &Path, args: NodeArgs) -> Result<()> {
     let daemon = DaemonConfig {
         node: cfg,
         p2p,
+        upload_limit: args.upload_limit,
+        #[cfg(feature = "cheat")]
+        share_misbehave: args.cheat_share,
         worker_limits: WorkerLimits {
             rate: args.peer_rate,
             burst: 2.0 * args.peer_rate,
@@ -330,7 +349,30 @@ async fn shutdown_signal() {
 /// engine still claims the resolved model.
 fn load(cfg: &NodeConfig, args: &NodeArgs, home: &Path) -> Result<Arc<LlamaEngine>> {
     let store = ModelStore::open(&cfg.home, true)?;
-    let model = store.resolve_or_fetch(&cfg.model)?;
+    let model = match store.resolve_or_fetch(&cfg.model) {
+        Ok(m) => m,
+        // Not here and not from its index (or the index is out of reach): its peers may have
+        // it, by digest.
+        Err(e) => match crate::peers::want(&cfg.model, None, None) {
+            Ok(want) => {
+                eprintln!(
+                    "{e}\nasking peers for {} (sha256:{})",
+                    want.name, want.sha256
+                );
+                let peers = crate::peers::PeerArgs {
+                    bootstrap: args.bootstrap.clone(),
+                    network_file: args.network_file.clone(),
+                    no_mdns: args.no_mdns,
+                };
+                crate::peers::fetch(home, &want, &peers)?;
+                store.resolve_or_fetch(&format!("sha256:{}", want.sha256))?
+            }
+            Err(_) => return Err(e.into()),
+        },
+    };
+    // Refused here in one sentence rather than inside llama.cpp: a file whose metadata does not
+    // parse, or whose architecture the engine does not run (models fetched from a hub too).
+    agora_models::architectures::check_file(&model.path)?;
     let path = weights(&model.path, args, home)?;
     let mut lc = LlamaConfig::new(path, model.name, model.sha256);
     lc.threads = cfg.threads;
@@ -339,7 +381,28 @@ fn load(cfg: &NodeConfig, args: &NodeArgs, home: &Path) -> Result<Arc<LlamaEngin
     lc.queue = cfg.queue;
     lc.prefix_cache = !args.no_prefix_cache;
     lc.adaptive_threads = !args.fixed_threads;
-    Ok(Arc::new(LlamaEngine::load(lc)?))
+    lc.repack = args.repack;
+    let mut engine = LlamaEngine::load(lc)?;
+    self_check(&mut engine);
+    Ok(Arc::new(engine))
+}
+
+/// Runs the self-check ([`agora_engine::selfcheck`]) and records its outcome in the engine:
+/// a model whose numbers depend on the batch is served, but unverifiable, and says so.
+fn self_check(engine: &mut LlamaEngine) {
+    let t0 = std::time::Instant::now();
+    let verdict = agora_engine::selfcheck::run(engine);
+    match &verdict {
+        Ok(()) => eprintln!(
+            "self-check passed in {:.1} s: the same bits alone, batched and rescored; answers carry proofs",
+            t0.elapsed().as_secs_f64()
+        ),
+        Err(why) => eprintln!(
+            "WARNING: self-check failed ({why}): this model's answers cannot be proven here, so \
+             they are served unverifiable (receipts, status and `agora nodes` say so)"
+        ),
+    }
+    engine.set_unverifiable(verdict.err());
 }
 
 #[cfg(not(feature = "cheat"))]

@@ -38,7 +38,8 @@ pub struct VerifyArgs {
 /// Largest transcript read (bytes).
 const MAX_TRANSCRIPT: u64 = 64 << 20;
 
-/// Exit status: 0 accepted, 1 rejected, 2 could not be checked.
+/// Exit status: 0 accepted, 1 rejected, 2 could not be checked (among others: the worker
+/// marked the answer unverifiable, its engine having failed its self-check).
 pub fn run(home: &Path, a: VerifyArgs) -> Result<i32> {
     let meta =
         std::fs::metadata(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
@@ -148,6 +149,10 @@ pub fn run(home: &Path, a: VerifyArgs) -> Result<i32> {
                 }
             }
             Ok(if report.accept { 0 } else { 1 })
+        }
+        Err(e @ agora_node::verifier::VerifyError::Unverifiable) => {
+            println!("UNVERIFIABLE: {e}");
+            Ok(2)
         }
         Err(e) if e.condemns_worker() => {
             println!("REJECTED: {e}");

@@ -13,6 +13,7 @@ mod cmd_provenance;
 mod cmd_trace;
 mod cmd_verify;
 mod community;
+mod peers;
 mod provenance;
 
 use std::path::PathBuf;
@@ -76,6 +77,9 @@ enum Command {
     BenchBusy(bench::busy::BenchBusyArgs),
     /// Benchmark a community's re-tally (1M votes) and credit ledger (1M receipts) from logs.
     BenchCommunity(bench::community::BenchCommunityArgs),
+    /// Models from peers: `agora model pull` from 1, 2 and 3 peers on loopback against a plain
+    /// TCP copy of the same file, and the pulling process's peak memory.
+    BenchTransfer(bench::transfer::BenchTransferArgs),
     /// Create this node's Ed25519 key in $AGORA_HOME/key (refuses to overwrite).
     Init(cmd_identity::InitArgs),
     /// Print the public key, PeerId and C2SP verifier keys.
@@ -135,6 +139,7 @@ fn main() {
         Command::BenchTrace(args) => bench::trace::run(&home, args),
         Command::BenchBusy(args) => bench::busy::run(&home, args),
         Command::BenchCommunity(args) => bench::community::run(args),
+        Command::BenchTransfer(args) => bench::transfer::run(&home, args),
         Command::Dataset(cmd) => cmd_dataset::run(&home, cmd),
         Command::Init(args) => cmd_identity::init(&home, args),
         Command::Id(args) => cmd_identity::id(&home, args),

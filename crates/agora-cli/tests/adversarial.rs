@@ -73,6 +73,7 @@ impl Hostile {
                 name: name.into(),
                 digest: digest.into(),
                 n_ctx: 512,
+                unverifiable: false,
             }],
             slots: 1_000_000,
             free_slots: 1_000_000,
@@ -539,6 +540,7 @@ fn junk(key: &Identity) -> Transcript {
         resumed: 0,
         text: None,
         fingerprint: None,
+        unverifiable: false,
     };
     let env = Statement::Receipt(receipt).sign(key);
     Transcript {

@@ -139,6 +139,10 @@ macro_rules! for_each_model {
             fn a_reused_prompt_prefix_computes_the_same_bits() {
                 super::reused_prefix($model)
             }
+            #[test]
+            fn the_nodes_self_check_passes() {
+                super::self_check_passes($model)
+            }
         }
     )*};
 }
@@ -146,6 +150,13 @@ macro_rules! for_each_model {
 for_each_model! {
     smollm2 = super::SMOLLM2;
     gemma3 = super::GEMMA3;
+}
+
+/// What `agora node` runs before serving (alone, among eight, rescored; greedy) finds the
+/// same bits on every catalog model, so they are served with proofs.
+fn self_check_passes(m: Model) {
+    let e = engine(m, 2);
+    assert_eq!(agora_engine::selfcheck::run(&e), Ok(()));
 }
 
 fn alone_batched_rescored(m: Model) {

@@ -303,6 +303,7 @@ fn answers_are_found_by_their_text_and_every_claim_is_checked() {
         resumed: 0,
         text: Some(d1.parse().unwrap()),
         fingerprint: None,
+        unverifiable: false,
     })
     .sign(&forger)
     .to_json();

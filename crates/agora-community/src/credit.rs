@@ -273,12 +273,18 @@ impl<'a> Ledgerer<'a> {
             return Seen::Other;
         };
         match st {
-            Statement::Receipt(r) if in_period && signers.contains(&r.worker) => Seen::Receipt {
-                id: Sha256::of(&env.payload),
-                worker: r.worker.into(),
-                model: r.model,
-                tokens: r.completion_tokens.saturating_sub(r.resumed),
-            },
+            // A receipt its worker marked unverifiable (its engine failed its self-check) earns
+            // nothing: no one can check the work it claims.
+            Statement::Receipt(r)
+                if in_period && signers.contains(&r.worker) && !r.unverifiable =>
+            {
+                Seen::Receipt {
+                    id: Sha256::of(&env.payload),
+                    worker: r.worker.into(),
+                    model: r.model,
+                    tokens: r.completion_tokens.saturating_sub(r.resumed),
+                }
+            }
             _ if index >= self.to && !matches!(st, Statement::Ledger(_)) => Seen::Other,
             Statement::Verdict(v)
                 if !v.accept
@@ -604,12 +610,23 @@ mod ledger_tests {
                 recipe: None,
                 unknown: vec![],
                 decision: None,
+                chunks: None,
             },
         };
         w.append(&st, by);
     }
 
     fn receipt(w: &mut World, worker: &Identity, tokens: u32, n: u64) -> Sha256 {
+        receipt_marked(w, worker, tokens, n, false)
+    }
+
+    fn receipt_marked(
+        w: &mut World,
+        worker: &Identity,
+        tokens: u32,
+        n: u64,
+        unverifiable: bool,
+    ) -> Sha256 {
         let st = Statement::Receipt(Receipt {
             model: Sha256([2; 32]),
             request: Sha256::of(&n.to_be_bytes()),
@@ -623,6 +640,7 @@ mod ledger_tests {
             resumed: 0,
             text: None,
             fingerprint: None,
+            unverifiable,
         });
         w.append(&st, worker);
         Sha256::of(&st.to_payload())
@@ -693,6 +711,8 @@ mod ledger_tests {
         receipt(&mut w, &b, 60, 2);
         let bad = receipt(&mut w, &c, 40, 3);
         receipt(&mut w, &c, 10, 4);
+        // A receipt its worker marked unverifiable earns neither compute nor data credit.
+        receipt_marked(&mut w, &a, 500, 6, true);
         let validator = w.members[0].clone();
         reject(&mut w, &validator, bad);
         // A rejection by a key that is no validator of the rules changes nothing.

@@ -903,6 +903,7 @@ pub(crate) mod tests {
                     resumed: 0,
                     text: None,
                     fingerprint: None,
+                    unverifiable: false,
                 });
                 w.append(&r, signer);
                 let v = Verdict {

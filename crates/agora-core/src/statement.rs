@@ -333,6 +333,11 @@ pub struct ModelPredicate {
     /// mix digest is this manifest's), when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<LogRef>,
+    /// The weights' chunk root (SHA-256 of their list of 1 MiB chunk digests, see agora-models'
+    /// `chunks`): what a download from peers checks each chunk against as it arrives, so that
+    /// no peer can serve other bytes under this manifest's weights digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Sha256>,
 }
 
 impl ModelPredicate {
@@ -442,6 +447,15 @@ pub struct Receipt {
     /// asked for it: what finds edited copies of the answer. Absent by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<crate::text::Fingerprint>,
+    /// The worker says its engine failed its self-check (a token's numbers depended on how it
+    /// was computed), so its proof cannot be reproduced: no verifier can hold the answer to it,
+    /// and validators neither accept nor reject it. Absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unverifiable: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -1132,6 +1146,7 @@ mod tests {
                     }),
                     unknown: vec!["the share of each dataset".into()],
                     decision: None,
+                    chunks: None,
                 },
             },
             Statement::Dataset {
@@ -1171,6 +1186,7 @@ mod tests {
                 fingerprint: crate::text::Fingerprint::of(
                     "one two three four five six seven eight nine ten",
                 ),
+                unverifiable: false,
             }),
             Statement::Verdict(Verdict {
                 receipt: d(10),

@@ -35,6 +35,7 @@ impl EchoEngine {
             queue: 0,
             kv_bytes: 0,
             max_token_bytes: 1,
+            unverifiable: None,
         };
         Self {
             info,

@@ -8,6 +8,7 @@
 //! that anyone holding the logits can recompute the choice.
 
 pub mod echo;
+pub mod selfcheck;
 pub mod template;
 pub mod text;
 
@@ -39,6 +40,10 @@ pub struct ModelInfo {
     /// Length of the longest token's text: a text of `n` bytes has at least
     /// `n / max_token_bytes` tokens.
     pub max_token_bytes: u32,
+    /// Why this engine's answers cannot be proven, when its [`selfcheck`] found a token's
+    /// numbers depend on how it was computed (alone, batched, rescored); `None` when they do
+    /// not, or when no check ran. Workers sign such answers' receipts as unverifiable.
+    pub unverifiable: Option<String>,
 }
 
 /// Refuses a prompt of `bytes` bytes that cannot fit the context window whatever its tokens

@@ -63,6 +63,12 @@ pub struct LlamaConfig {
     /// Decode with fewer threads while other processes keep cores busy (see [`cpu`]): up to
     /// `threads`, leaving others the cores they want. Changes no bit of what is computed.
     pub adaptive_threads: bool,
+    /// Load weights into llama.cpp's repacked layouts ("extra" CPU buffer types: Q4_0, Q4_K
+    /// and IQ4_NL in 8x8 blocks, AMX) where the CPU has them. Faster prefill for those types,
+    /// but their kernels compute rows in groups, so a token's numbers can depend on its batch:
+    /// off by default, and a node that turns it on finds out from its self-check
+    /// ([`agora_engine::selfcheck`]) whether its answers can still be proven.
+    pub repack: bool,
 }
 
 impl LlamaConfig {
@@ -81,6 +87,7 @@ impl LlamaConfig {
             n_batch: 2048,
             prefix_cache: true,
             adaptive_threads: true,
+            repack: false,
         }
     }
 }
@@ -189,12 +196,13 @@ impl LlamaEngine {
             return Err(LoadError::Config("threads must be at least 1".into()));
         }
         let backend = backend()?;
-        // No repacked weight layouts (llama.cpp's "extra" CPU buffer types: Q4_0/Q4_K/IQ4_NL 8x8,
-        // AMX): their kernels compute rows in groups of four and the rest one by one, with other
-        // roundings, so a token's numbers would depend on its batch (measured on Gemma 3's Q4_K:
-        // a sequence decoded alone and among eight chose other tokens). Every type then takes
-        // its per-row product (Q4_1 its bit-identical tile), the same bits in any batch.
-        let params = LlamaModelParams::default().with_use_extra_bufts(false);
+        // By default no repacked weight layouts (llama.cpp's "extra" CPU buffer types:
+        // Q4_0/Q4_K/IQ4_NL 8x8, AMX): their kernels compute rows in groups of four and the rest
+        // one by one, with other roundings, so a token's numbers would depend on its batch
+        // (measured on Gemma 3's Q4_K: a sequence decoded alone and among eight chose other
+        // tokens). Every type then takes its per-row product (Q4_1 its bit-identical tile), the
+        // same bits in any batch. `repack` turns them on; the node's self-check then tells.
+        let params = LlamaModelParams::default().with_use_extra_bufts(cfg.repack);
         let model = LlamaModel::load_from_file(backend, &cfg.path, &params).map_err(|source| {
             LoadError::Model {
                 path: cfg.path.clone(),
@@ -236,6 +244,7 @@ impl LlamaEngine {
             queue: cfg.queue,
             kv_bytes: kv_per_token * u64::from(cfg.ctx) * u64::from(cfg.slots),
             max_token_bytes,
+            unverifiable: None,
         };
         let shared = Arc::new(Shared {
             queued: AtomicU32::new(0),
@@ -315,6 +324,12 @@ impl Drop for LlamaEngine {
 }
 
 impl LlamaEngine {
+    /// Records the outcome of the node's self-check ([`agora_engine::selfcheck`]): `Some(why)`
+    /// marks this engine's answers unverifiable in [`Engine::info`].
+    pub fn set_unverifiable(&mut self, why: Option<String>) {
+        self.info.unverifiable = why;
+    }
+
     fn tokenize_segment(&self, text: &str, special: bool, out: &mut Vec<u32>) {
         let toks = self.model.vocab().tokenize(text.as_bytes(), false, special);
         out.extend(toks.into_iter().map(|t| t.0 as u32));

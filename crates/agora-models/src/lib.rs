@@ -4,7 +4,9 @@
 //! Knows files and downloads, not inference: a node opens a GGUF from here and hands its path to
 //! an engine (`agora-llama`).
 
+pub mod architectures;
 pub mod catalog;
+pub mod chunks;
 pub mod gguf;
 pub mod store;
 

@@ -40,6 +40,9 @@ pub enum StoreError {
     },
     #[error("{0} is not a GGUF file (it does not start with the GGUF magic)")]
     NotGguf(PathBuf),
+    /// A GGUF whose metadata does not parse, or whose architecture no node can serve.
+    #[error(transparent)]
+    Unservable(#[from] crate::architectures::ArchError),
     /// `python3 -m pip` cannot run: `source` is why python3 did not start, if that is the
     /// reason (`None` when python3 ran but has no pip).
     #[error(
@@ -498,6 +501,9 @@ impl ModelStore {
         if f.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
             return Err(StoreError::NotGguf(path.into()));
         }
+        // Its metadata read outside llama.cpp (bounded) and its architecture one the engine
+        // runs, before anything is copied.
+        crate::architectures::check_file(path)?;
         let f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
         let total = f.metadata().ok().map(|m| m.len());
         let (tmp, sha256, size) =
@@ -674,7 +680,78 @@ impl ModelStore {
         Ok(stored)
     }
 
-    fn bar(&self, total: Option<u64>, label: &str) -> ProgressBar {
+    /// Where a download of the model with this sha256 from peers is kept while incomplete
+    /// (`tmp/sha256-<hex>.partial`): it survives a crash or a lost peer, and the next pull
+    /// resumes from the chunks it already holds.
+    pub fn partial_path(&self, sha256: &str) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("sha256-{sha256}.partial"))
+    }
+
+    /// Moves a finished download into the store: refuses (and deletes) it when its digest is not
+    /// `sha256`, and records it under `name`. The digest is `hashed` when the caller computed it
+    /// over every byte of the file in order (a download that hashed its chunks as they became
+    /// contiguous), else every byte of `path` is hashed here.
+    pub fn commit_download(
+        &self,
+        path: &Path,
+        sha256: &str,
+        name: &str,
+        source: String,
+        license: Option<String>,
+        hashed: Option<&str>,
+    ) -> Result<StoredModel, StoreError> {
+        check_name(name)?;
+        let f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let size = f
+            .metadata()
+            .map_err(io_err(format!("reading {}", path.display())))?
+            .len();
+        let actual = match hashed {
+            Some(d) => d.to_string(),
+            None => self.hash_file(&f, path, size)?,
+        };
+        // From here the file is the store's: deleted on any error below, renamed on success.
+        let owned = tempfile::TempPath::try_from_path(path)
+            .map_err(io_err(format!("taking {}", path.display())))?;
+        let tmp = tempfile::NamedTempFile::from_parts(f, owned);
+        self.commit(
+            tmp,
+            &actual,
+            Some(sha256),
+            StoredModel {
+                name: name.into(),
+                sha256: actual.clone(),
+                size,
+                source,
+                license,
+                added: now(),
+            },
+        )
+    }
+
+    fn hash_file(&self, f: &File, path: &Path, size: u64) -> Result<String, StoreError> {
+        let bar = self.bar(Some(size), "checking the whole file's sha256");
+        let mut hasher = Sha256::new();
+        let mut r = io::BufReader::with_capacity(1 << 20, f);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .map_err(io_err(format!("reading {}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            bar.inc(n as u64);
+        }
+        bar.finish_and_clear();
+        Ok(hex::encode(hasher.finalize()))
+    }
+
+    /// A progress bar on stderr (hidden when the store was opened without progress).
+    pub fn bar(&self, total: Option<u64>, label: &str) -> ProgressBar {
         if !self.progress {
             return ProgressBar::hidden();
         }
@@ -692,7 +769,8 @@ impl ModelStore {
         bar
     }
 
-    fn note(&self, msg: String) {
+    /// Says `msg` on stderr (when the store was opened with progress).
+    pub fn note(&self, msg: String) {
         if self.progress {
             eprintln!("{msg}");
         }
@@ -820,11 +898,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A GGUF header with one key (`general.architecture`), then `body` (tensor infos and data
+    /// are never read by the store).
+    fn gguf_bytes(arch: &str, body: &[u8]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        let key = b"general.architecture";
+        b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        b.extend_from_slice(key);
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&(arch.len() as u64).to_le_bytes());
+        b.extend_from_slice(arch.as_bytes());
+        b.extend_from_slice(body);
+        b
+    }
+
     fn fake_gguf(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
         let p = dir.join(name);
-        let mut bytes = b"GGUF".to_vec();
-        bytes.extend_from_slice(body);
-        fs::write(&p, bytes).unwrap();
+        fs::write(&p, gguf_bytes("llama", body)).unwrap();
         p
     }
 
@@ -834,13 +927,16 @@ mod tests {
         let store = ModelStore::open(home.path(), false).unwrap();
         let a = fake_gguf(home.path(), "a.gguf", b"one");
         let m = store.add(&a, Some("alpha")).unwrap();
-        assert_eq!(m.sha256, hex::encode(Sha256::digest(b"GGUFone")));
+        assert_eq!(
+            m.sha256,
+            hex::encode(Sha256::digest(gguf_bytes("llama", b"one")))
+        );
         assert_eq!(store.find("alpha").unwrap().unwrap(), m);
         assert_eq!(store.find(&m.digest()).unwrap().unwrap(), m);
         assert_eq!(store.find(&m.sha256[..10]).unwrap().unwrap(), m);
         assert!(store.find("beta").unwrap().is_none());
         let r = store.resolve_or_fetch("alpha").unwrap();
-        assert_eq!(fs::read(&r.path).unwrap(), b"GGUFone");
+        assert_eq!(fs::read(&r.path).unwrap(), gguf_bytes("llama", b"one"));
         // a second name for the same bytes keeps the blob alive when the first goes
         store.add(&a, Some("alpha2")).unwrap();
         // adding the same bytes without a name keeps the existing name
@@ -865,6 +961,32 @@ mod tests {
         fs::write(&p, b"not a model").unwrap();
         assert!(matches!(store.add(&p, None), Err(StoreError::NotGguf(_))));
         assert!(store.list().unwrap().is_empty());
+    }
+
+    /// A GGUF whose metadata is cut short, one of an architecture llama.cpp does not know and
+    /// one of an encoder are refused in one sentence each, before anything is copied.
+    #[test]
+    fn rejects_unservable_ggufs_in_one_sentence() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(home.path(), false).unwrap();
+        let cut = home.path().join("cut.gguf");
+        fs::write(&cut, &gguf_bytes("llama", b"")[..30]).unwrap();
+        let unknown = home.path().join("unknown.gguf");
+        fs::write(&unknown, gguf_bytes("skynet", b"")).unwrap();
+        let encoder = home.path().join("encoder.gguf");
+        fs::write(&encoder, gguf_bytes("bert", b"")).unwrap();
+        for (p, says) in [
+            (&cut, "is not a usable GGUF file"),
+            (&unknown, "architecture `skynet`, which llama.cpp"),
+            (&encoder, "does not generate text"),
+        ] {
+            let e = store.add(p, None).unwrap_err();
+            assert!(matches!(e, StoreError::Unservable(_)), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains(says) && !msg.contains('\n'), "{msg}");
+        }
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

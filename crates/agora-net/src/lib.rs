@@ -16,7 +16,7 @@ pub use libp2p::multiaddr;
 pub mod status;
 pub mod wire;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -150,6 +150,8 @@ pub struct Protocols {
     pub topic: String,
     /// Signed verdicts of validators.
     pub verdict_topic: String,
+    /// Model files, chunk by chunk, from the nodes that store them.
+    pub model: StreamProtocol,
 }
 
 impl Protocols {
@@ -163,6 +165,7 @@ impl Protocols {
             identify: format!("/agora/{n}/1.0.0"),
             topic: format!("agora/{n}/status/1"),
             verdict_topic: format!("agora/{n}/verdicts/1"),
+            model: proto(format!("/agora/{n}/model/1"))?,
         })
     }
 }
@@ -186,7 +189,19 @@ enum Command {
     Ban(PeerId, String),
     Dial(Multiaddr),
     PublishVerdict(Vec<u8>),
+    Provide(Vec<u8>),
+    FindProviders(Vec<u8>, mpsc::Sender<PeerId>),
 }
+
+/// Provider lookups running at once; more are answered "none found" at once.
+const MAX_PROVIDER_QUERIES: usize = 32;
+/// Providers one lookup returns at most.
+const MAX_PROVIDERS: usize = 64;
+/// Keys this node announces it provides at most.
+const MAX_PROVIDED: usize = 1024;
+/// How often provider records are announced again (records expire after 48 h by default, and
+/// a record announced before any peer was known reached no one).
+const REPROVIDE_EVERY: Duration = Duration::from_secs(300);
 
 struct Shared {
     peers: RwLock<status::PeerTable>,
@@ -302,6 +317,38 @@ impl NetHandle {
         self.shared.verdicts.lock().ok()?.take()
     }
 
+    /// Announces on the DHT that this node provides `key` (e.g. a model's digest), now, each
+    /// time its routing table gains a peer shortly after, and every few minutes.
+    pub fn provide(&self, key: Vec<u8>) {
+        let _ = self.commands.try_send(Command::Provide(key));
+    }
+
+    /// The peers that announced they provide `key` (at most 64; this node excluded): those the
+    /// lookup finds within `settle` of the first one (a lookup that runs to its end may wait
+    /// on unreachable peers), or all of them if it ends sooner. Empty when none are found, the
+    /// lookup fails, or too many lookups are running.
+    pub async fn find_providers(&self, key: Vec<u8>, settle: Duration) -> Vec<PeerId> {
+        let (tx, mut rx) = mpsc::channel(MAX_PROVIDERS);
+        if self
+            .commands
+            .send(Command::FindProviders(key, tx))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut found = Vec::new();
+        let Some(first) = rx.recv().await else {
+            return found;
+        };
+        found.push(first);
+        let until = tokio::time::Instant::now() + settle;
+        while let Ok(Some(p)) = tokio::time::timeout_at(until, rx.recv()).await {
+            found.push(p);
+        }
+        found
+    }
+
     /// Dials an address (e.g. one given by a user).
     pub fn dial(&self, addr: Multiaddr) {
         let _ = self.commands.try_send(Command::Dial(addr));
@@ -385,6 +432,9 @@ pub async fn start(cfg: NetConfig) -> Result<Net, NetError> {
         verdict_topic,
         verdict_tx,
         status_interval: cfg.status_interval,
+        provided: HashSet::new(),
+        last_provided: None,
+        provider_queries: HashMap::new(),
     };
     let task = tokio::spawn(driver.run(command_rx, pending_events));
     Ok(Net { handle, task })
@@ -587,6 +637,11 @@ struct Driver {
     verdict_topic: gossipsub::IdentTopic,
     verdict_tx: mpsc::Sender<(PeerId, Vec<u8>)>,
     status_interval: Duration,
+    /// Keys this node provides (re-announced as peers come and every few minutes).
+    provided: HashSet<Vec<u8>>,
+    last_provided: Option<tokio::time::Instant>,
+    /// Running provider lookups: where their providers go, and those found so far.
+    provider_queries: HashMap<kad::QueryId, (mpsc::Sender<PeerId>, HashSet<PeerId>)>,
 }
 
 impl Driver {
@@ -600,6 +655,7 @@ impl Driver {
         }
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
         let mut status_tick = tokio::time::interval(self.status_interval);
+        let mut reprovide_tick = tokio::time::interval(REPROVIDE_EVERY);
         loop {
             tokio::select! {
                 cmd = commands.recv() => match cmd {
@@ -618,11 +674,44 @@ impl Driver {
                             debug!("verdict not gossiped: {e}");
                         }
                     }
+                    Some(Command::Provide(key)) => {
+                        if self.provided.len() < MAX_PROVIDED || self.provided.contains(&key) {
+                            self.provided.insert(key.clone());
+                            self.announce(key);
+                        }
+                    }
+                    Some(Command::FindProviders(key, tx)) => {
+                        // Dropping `tx` answers "none" when too many lookups run.
+                        if self.provider_queries.len() < MAX_PROVIDER_QUERIES {
+                            let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                            self.provider_queries.insert(id, (tx, HashSet::new()));
+                        }
+                    }
                     None => return,
                 },
                 _ = status_tick.tick() => self.publish_status(),
+                _ = reprovide_tick.tick() => self.reprovide(),
                 ev = self.swarm.select_next_some() => self.on_event(ev),
             }
+        }
+    }
+
+    fn announce(&mut self, key: Vec<u8>) {
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .start_providing(kad::RecordKey::new(&key))
+        {
+            debug!("provider record not stored: {e}");
+        }
+    }
+
+    /// Announces every provided key again.
+    fn reprovide(&mut self) {
+        self.last_provided = Some(tokio::time::Instant::now());
+        for key in self.provided.clone() {
+            self.announce(key);
         }
     }
 
@@ -745,14 +834,46 @@ impl Driver {
                     let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
                 }
             }
-            // Keep a small network fully connected so every gateway can reach every worker.
+            // Keep a small network fully connected so every gateway can reach every worker; a
+            // new peer may be one of those that should hold our provider records.
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, ..
-            })) if peer != self.handle.peer_id
-                && !self.swarm.is_connected(&peer)
-                && !self.handle.is_banned(&peer) =>
-            {
-                let _ = self.swarm.dial(peer);
+            })) => {
+                if peer != self.handle.peer_id
+                    && !self.swarm.is_connected(&peer)
+                    && !self.handle.is_banned(&peer)
+                {
+                    let _ = self.swarm.dial(peer);
+                }
+                let recent = self
+                    .last_provided
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+                if !self.provided.is_empty() && !recent {
+                    self.reprovide();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            })) => {
+                if let Some((tx, found)) = self.provider_queries.get_mut(&id)
+                    && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+                {
+                    for p in providers {
+                        if found.len() < MAX_PROVIDERS
+                            && p != self.handle.peer_id
+                            && !self.handle.is_banned(&p)
+                            && found.insert(p)
+                        {
+                            let _ = tx.try_send(p);
+                        }
+                    }
+                }
+                if step.last {
+                    self.provider_queries.remove(&id);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,

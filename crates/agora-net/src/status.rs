@@ -13,6 +13,10 @@ pub struct ServedModel {
     /// `sha256:<hex>` of the GGUF.
     pub digest: String,
     pub n_ctx: u32,
+    /// The worker's engine failed its self-check (a token's numbers depended on its batch), so
+    /// its answers come without proofs anyone can reproduce: gateways prefer other workers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverifiable: bool,
 }
 
 /// A node's status, gossiped every few seconds and answered on the status protocol.
@@ -174,6 +178,7 @@ mod tests {
                 name: "m".into(),
                 digest: "sha256:abcd".into(),
                 n_ctx: 8,
+                unverifiable: false,
             }],
             ..Default::default()
         };

@@ -69,6 +69,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         Ok(())
     }
 
+    /// Sends bytes as one frame (binary payloads, e.g. a model's chunk).
+    pub async fn send_bytes(&mut self, body: &[u8]) -> Result<(), WireError> {
+        if body.len() > self.max {
+            return Err(WireError::TooLarge {
+                len: body.len(),
+                max: self.max,
+            });
+        }
+        self.io
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .await?;
+        self.io.write_all(body).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Receives one frame's bytes, refusing one longer than `max` (and than the stream's limit)
+    /// from its header; `Ok(None)` when the peer closed the stream between frames.
+    pub async fn recv_bytes(&mut self, max: usize) -> Result<Option<Vec<u8>>, WireError> {
+        let mut len = [0u8; 4];
+        match read_exact_or_eof(&mut self.io, &mut len).await? {
+            ReadOutcome::Eof => return Ok(None),
+            ReadOutcome::Partial => return Err(WireError::Truncated),
+            ReadOutcome::Full => {}
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        let max = max.min(self.max);
+        if len > max {
+            return Err(WireError::TooLarge { len, max });
+        }
+        let mut body = vec![0u8; len];
+        match read_exact_or_eof(&mut self.io, &mut body).await? {
+            ReadOutcome::Full => Ok(Some(body)),
+            _ if len == 0 => Ok(Some(body)),
+            _ => Err(WireError::Truncated),
+        }
+    }
+
     /// Sends raw bytes as one frame (tests of misbehaving peers use this).
     pub async fn send_raw(&mut self, declared_len: u32, body: &[u8]) -> Result<(), WireError> {
         self.io.write_all(&declared_len.to_be_bytes()).await?;

@@ -150,7 +150,7 @@ impl Attestor {
                         this.alter_tokens(&mut f.tokens, info.n_vocab);
                         let counts = (f.prompt_tokens, resumed);
                         let text = output_text_claims(vocab.as_ref(), &job, &f.tokens);
-                        match this.attest(&info.sha256, &job, &f.tokens, counts, text, builder) {
+                        match this.attest(&info, &job, &f.tokens, counts, text, builder) {
                             Ok(a) => f.attestation = Some(Box::new(a)),
                             Err(e) => {
                                 let _ = tx
@@ -175,7 +175,7 @@ impl Attestor {
 
     fn attest(
         &self,
-        model_sha256: &str,
+        info: &agora_engine::ModelInfo,
         job: &JobSpec,
         tokens: &[u32],
         (prompt_tokens, resumed): (u32, u32),
@@ -193,7 +193,7 @@ impl Attestor {
         let proof = self.tampered_proof(proof);
         let salt: [u8; agora_engine::SALT_LEN] = rand::random();
         let request_json = serde_json::to_vec(job).map_err(|e| e.to_string())?;
-        let model: Sha256 = model_sha256.parse().map_err(|e: &str| e.to_string())?;
+        let model: Sha256 = info.sha256.parse().map_err(|e: &str| e.to_string())?;
         let receipt = Receipt {
             model,
             request: Sha256(agora_verify::request_digest(&salt, &request_json)),
@@ -210,6 +210,7 @@ impl Attestor {
             resumed,
             text,
             fingerprint,
+            unverifiable: info.unverifiable.is_some(),
         };
         let envelope = Statement::Receipt(receipt).sign(&self.identity);
         Ok(Attestation {

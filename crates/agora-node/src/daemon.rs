@@ -57,6 +57,27 @@ pub struct ValidatorRole {
     pub probation_probability: f64,
 }
 
+/// Offers the models in the node's store to its peers (provider records, and the model
+/// protocol), within the upload limit.
+fn share_models(cfg: &DaemonConfig, net: &agora_net::NetHandle) {
+    let store = match agora_models::ModelStore::open(&cfg.node.home, false) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("not offering models to peers: {e}");
+            return;
+        }
+    };
+    #[cfg(feature = "cheat")]
+    let sharing = match cfg.share_misbehave {
+        Some(m) => agora_share::Sharing::misbehaving(store, cfg.upload_limit, m),
+        None => agora_share::Sharing::new(store, cfg.upload_limit),
+    };
+    #[cfg(not(feature = "cheat"))]
+    let sharing = agora_share::Sharing::new(store, cfg.upload_limit);
+    sharing.announce(net);
+    tokio::spawn(sharing.serve(net.clone()));
+}
+
 /// Everything a node runs, decided.
 pub struct DaemonConfig {
     pub node: NodeConfig,
@@ -64,6 +85,12 @@ pub struct DaemonConfig {
     pub worker_limits: WorkerLimits,
     /// `None`: a pure worker (no HTTP API).
     pub gateway: Option<GatewayRole>,
+    /// Bytes per second sent to peers fetching models from this node's store (`None`: no
+    /// limit).
+    pub upload_limit: Option<u64>,
+    /// Test-only: serve models to peers wrongly.
+    #[cfg(feature = "cheat")]
+    pub share_misbehave: Option<agora_share::cheat::Misbehave>,
 }
 
 /// A started node: its network, its HTTP server (when it is a gateway), and the lines that say
@@ -88,6 +115,7 @@ impl Daemon {
         let handle = net.handle.clone();
         let mut lines = vec![format!("peer id: {}", handle.peer_id())];
         lines.extend(handle.listen_addrs().iter().map(|a| format!("p2p: {a}")));
+        share_models(&cfg, &handle);
         let speed = Arc::new(Speed::default());
         if let Some(e) = &engine {
             tokio::spawn(crate::worker::serve(

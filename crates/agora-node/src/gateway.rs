@@ -264,9 +264,9 @@ impl Gateway {
     /// earn their verdicts), then most spare capacity believed (slots minus busy, counting
     /// what this gateway sent since their last status, capped by what each has delivered),
     /// then a random draw weighted by believed speed and nearness, so that equally free
-    /// workers share the load and faster ones get more of it.
-    /// Workers to try for `model`, best first; `prefer` (the worker that holds the
-    /// conversation's prefix) comes first among those with room.
+    /// workers share the load and faster ones get more of it. Among workers with room, those
+    /// whose answers can be verified come before those that failed their self-check
+    /// (unverifiable); `prefer` (the worker that holds the conversation's prefix) comes next.
     fn candidates(&self, model: &str, exclude: &[Target], prefer: Option<Target>) -> Vec<Target> {
         let mut rng = rand::thread_rng();
         let probation_first = rng.r#gen::<f64>() < self.cfg.probation_share;
@@ -275,8 +275,8 @@ impl Gateway {
             // Efraimidis–Spirakis: u^(1/w) sorts like a draw weighted by w.
             rng.r#gen::<f64>().powf(1.0 / weight)
         };
-        // (probation, spare, draw, target)
-        let mut scored: Vec<(bool, i64, f64, Target)> = Vec::new();
+        // (unverifiable, probation, spare, draw, target)
+        let mut scored: Vec<(bool, bool, i64, f64, Target)> = Vec::new();
         if self.local_serves(model)
             && !exclude.contains(&Target::Local)
             && let Some(e) = &self.local
@@ -284,6 +284,7 @@ impl Gateway {
             let load = e.load();
             let busy = (load.slots_busy + load.queued).max(self.inflight(Target::Local));
             scored.push((
+                e.info().unverifiable.is_some(),
                 false,
                 i64::from(load.slots) - i64::from(busy),
                 draw(1.0, 0.0),
@@ -317,6 +318,7 @@ impl Gateway {
                 .reputation
                 .believed_speed(&p.peer_id, s.tokens_per_second);
             scored.push((
+                s.model(model).is_some_and(|m| m.unverifiable),
                 self.reputation.get(&p.peer_id).on_probation(),
                 i64::from(slots) - i64::from(busy),
                 draw(speed, rtt_ms),
@@ -333,23 +335,24 @@ impl Gateway {
         };
         // Probation only orders workers that have room: when every graduated worker is busy,
         // a free one on probation is better than waiting.
-        let rank = |x: &(bool, i64, f64, Target)| {
-            let has_room = x.1 > 0;
-            let probation_rank = if probation_first { !x.0 } else { x.0 };
+        let rank = |x: &(bool, bool, i64, f64, Target)| {
+            let has_room = x.2 > 0;
+            let probation_rank = if probation_first { !x.1 } else { x.1 };
             (
-                cooling(&x.3),
+                cooling(&x.4),
                 !has_room,
-                prefer != Some(x.3),
+                x.0,
+                prefer != Some(x.4),
                 probation_rank,
             )
         };
         scored.sort_by(|a, b| {
             rank(a)
                 .cmp(&rank(b))
-                .then(b.1.cmp(&a.1))
-                .then(b.2.total_cmp(&a.2))
+                .then(b.2.cmp(&a.2))
+                .then(b.3.total_cmp(&a.3))
         });
-        scored.into_iter().map(|s| s.3).collect()
+        scored.into_iter().map(|s| s.4).collect()
     }
 
     /// Notes that `target` refused work: it is tried last for a moment.
@@ -762,7 +765,14 @@ impl Backend for Gateway {
     fn nodes(&self) -> serde_json::Value {
         let local = self.local.as_ref().map(|e| {
             let (i, l) = (e.info(), e.load());
-            serde_json::json!({"model": i.name, "digest": format!("sha256:{}", i.sha256), "slots": l.slots, "slots_in_use": l.slots_busy, "queue": l.queued})
+            serde_json::json!({
+                "model": i.name,
+                "digest": format!("sha256:{}", i.sha256),
+                "slots": l.slots,
+                "slots_in_use": l.slots_busy,
+                "queue": l.queued,
+                "unverifiable": i.unverifiable,
+            })
         });
         let st = &self.stats;
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -209,6 +209,7 @@ pub async fn publish_status(
                 name: i.name.clone(),
                 digest: format!("sha256:{}", i.sha256),
                 n_ctx: i.n_ctx,
+                unverifiable: i.unverifiable.is_some(),
             }];
             s.slots = l.slots.min(1 << 20);
             s.free_slots = l.slots.saturating_sub(l.slots_busy).min(1 << 20);

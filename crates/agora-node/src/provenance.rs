@@ -1030,6 +1030,7 @@ mod tests {
                 recipe: None,
                 unknown: vec![],
                 decision: None,
+                chunks: None,
             },
         }
     }

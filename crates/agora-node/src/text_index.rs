@@ -335,6 +335,7 @@ mod tests {
             resumed: 0,
             text,
             fingerprint,
+            unverifiable: false,
         };
         Statement::Receipt(r).sign(id).to_json().into_bytes()
     }

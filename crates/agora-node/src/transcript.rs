@@ -154,6 +154,7 @@ pub(crate) mod tests {
             resumed: 0,
             text: None,
             fingerprint: None,
+            unverifiable: false,
         };
         Attestation {
             receipt: Statement::Receipt(receipt).sign(&id),

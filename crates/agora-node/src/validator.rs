@@ -58,6 +58,9 @@ pub struct ValidatorStats {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub unavailable: AtomicU64,
+    /// Receipts their workers marked unverifiable (a failed self-check): not checked, since
+    /// there is no proof to hold them to, and never selected.
+    pub unverifiable: AtomicU64,
 }
 
 /// Longest wait for one gateway's transcript, and for all of them.
@@ -181,6 +184,10 @@ async fn check_entry(
     let Ok((_, Statement::Receipt(receipt))) = Statement::open(&env) else {
         return None;
     };
+    if receipt.unverifiable {
+        stats.unverifiable.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
     let p = if track.get(&receipt.worker).copied().unwrap_or(0) < PROBATION_VERDICTS {
         cfg.probation_probability
     } else {

@@ -33,6 +33,12 @@ pub enum VerifyError {
     Fingerprint,
     #[error("{0}")]
     Proofless(String),
+    /// The worker marked its receipt unverifiable: its engine failed its self-check, so its
+    /// numbers cannot be reproduced and the answer can be neither accepted nor rejected.
+    #[error(
+        "the worker marked this answer unverifiable (its engine failed its self-check): there is no proof to hold it to"
+    )]
+    Unverifiable,
     /// The verifier's engine failed, with no underlying error (it stopped, or reported only a
     /// message).
     #[error("the verifier's engine failed: {0}")]
@@ -52,6 +58,7 @@ impl VerifyError {
         !matches!(
             self,
             VerifyError::WrongModel { .. }
+                | VerifyError::Unverifiable
                 | VerifyError::Engine(_)
                 | VerifyError::Refused(_)
                 | VerifyError::Task(_)
@@ -80,6 +87,9 @@ pub async fn verify(
     tol: Tolerances,
 ) -> Result<(Checked, Report), VerifyError> {
     let checked = t.check()?;
+    if checked.receipt.unverifiable {
+        return Err(VerifyError::Unverifiable);
+    }
     let info = engine.info();
     if checked.receipt.model.to_string() != info.sha256 {
         return Err(VerifyError::WrongModel {

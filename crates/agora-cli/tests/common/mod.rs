@@ -104,9 +104,28 @@ impl Node {
 
     /// Starts a node with its home at `home` (which must hold or link the model store).
     pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Node {
+        Self::start_model(home, MODEL, extra)
+    }
+
+    /// Starts a node serving `model` (a catalog name: pulled first with
+    /// [`catalog_model_path`]) with its home at `home`.
+    pub fn start_model(home: tempfile::TempDir, model: &str, extra: &[&str]) -> Node {
+        catalog_model_path(model);
+        Self::start_env(home, model, extra, &[])
+    }
+
+    /// Starts a node serving `model` (which it may have to fetch) with extra environment
+    /// variables.
+    pub fn start_env(
+        home: tempfile::TempDir,
+        model: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Node {
         let mut cmd = agora();
         cmd.env("AGORA_HOME", home.path())
-            .args(["node", "--listen", "127.0.0.1:0", "--model", MODEL])
+            .envs(envs.iter().copied())
+            .args(["node", "--listen", "127.0.0.1:0", "--model", model])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
