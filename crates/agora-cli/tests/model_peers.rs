@@ -26,7 +26,12 @@ fn a_fresh_node_gets_the_model_from_peers_despite_a_corrupting_and_a_dying_one()
     // Each catalog entry's chunk root is its model's: what every fetch checks chunks against.
     for e in catalog::CATALOG {
         let p = common::catalog_model_path(e.name);
-        assert_eq!(ChunkList::of_file(&p).unwrap().root(), e.chunks, "{}", e.name);
+        assert_eq!(
+            ChunkList::of_file(&p).unwrap().root(),
+            e.chunks,
+            "{}",
+            e.name
+        );
     }
     let path = common::model_path();
 

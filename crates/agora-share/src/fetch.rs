@@ -127,7 +127,7 @@ pub async fn fetch(
         secs = t0.elapsed().as_secs_f64(),
         "providers found"
     );
-    let list = Arc::new(chunk_list(net, want, &mut providers, &mut dropped).await?);
+    let list = Arc::new(chunk_list(net, want, cfg, &mut providers, &mut dropped).await?);
     tracing::debug!(secs = t0.elapsed().as_secs_f64(), "chunk list");
     store.note(format!(
         "fetching {} (sha256:{}…, {} MB) from {} peer(s), every 1 MiB chunk checked{}",
@@ -332,6 +332,7 @@ async fn find(
 async fn chunk_list(
     net: &NetHandle,
     want: &Want,
+    cfg: &FetchConfig,
     providers: &mut Vec<PeerId>,
     dropped: &mut Vec<(PeerId, String)>,
 ) -> Result<ChunkList, FetchError> {
@@ -353,9 +354,14 @@ async fn chunk_list(
             })
             .await
             .map_err(|e| (e.to_string(), false))?;
-            let frame = tokio::time::timeout(Duration::from_secs(30), s.recv_bytes(MAX_REPLY))
+            let frame = tokio::time::timeout(cfg.chunk_timeout, s.recv_bytes(MAX_REPLY))
                 .await
-                .map_err(|_| ("no chunk list within 30 s".to_string(), false))?
+                .map_err(|_| {
+                    (
+                        format!("no chunk list within {:?}", cfg.chunk_timeout),
+                        false,
+                    )
+                })?
                 .map_err(|e| (e.to_string(), e.is_violation()))?
                 .ok_or(("closed the stream".to_string(), false))?;
             match Reply::decode(frame).map_err(|e| (e.to_string(), true))? {
