@@ -15,6 +15,8 @@ const LOOPBACK: &[&str] = &["--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0"]
 /// pip pointed at an index that does not answer: only peers can give the model.
 const NO_INDEX: &[(&str, &str)] = &[
     ("PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
+    ("PIP_FIND_LINKS", "/nonexistent/agora-test-wheels"),
+    ("PIP_NO_INDEX", "1"),
     ("PIP_RETRIES", "0"),
     ("PIP_TIMEOUT", "2"),
     ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),

@@ -142,7 +142,40 @@ pub async fn fetch(
         }
     ));
     let partial = store.partial_path(&want.sha256);
-    let (file, missing) = open_partial(&partial, &list).await?;
+    let (job, resumed_chunks) = prepare(net, store, want, cfg, &list, &partial).await?;
+    let (chunks_by_peer, bytes) =
+        download(&job, net, want, cfg, providers, &mut dropped, &partial).await?;
+    job.bar.finish_and_clear();
+    tracing::debug!(secs = t0.elapsed().as_secs_f64(), "chunks all here");
+    let model = store_download(job, store, want, &partial).await?;
+    net.provide(provider_key(&want.sha256));
+    info!(
+        model = %model.name,
+        bytes,
+        secs = t0.elapsed().as_secs_f64(),
+        "fetched from peers"
+    );
+    Ok(Report {
+        model,
+        bytes,
+        resumed_chunks,
+        chunks_by_peer,
+        dropped,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Opens the partial file, hashes what an earlier try left in it, and sets up the job: the
+/// chunks still missing, the progress bar. Also returns how many chunks were resumed.
+async fn prepare(
+    net: &NetHandle,
+    store: &ModelStore,
+    want: &Want,
+    cfg: &FetchConfig,
+    list: &Arc<ChunkList>,
+    partial: &std::path::Path,
+) -> Result<(Arc<Job>, u64), FetchError> {
+    let (file, missing) = open_partial(partial, list).await?;
     let resumed_chunks = list.count() - missing.len() as u64;
     let missing_bytes: u64 = missing
         .iter()
@@ -151,7 +184,7 @@ pub async fn fetch(
     let frontier = Arc::new(Mutex::new(Frontier::new(list.count(), &missing)));
     {
         // Chunks resumed from an earlier try are hashed now, as far as they are contiguous.
-        let (fr, f, l) = (Arc::clone(&frontier), Arc::clone(&file), Arc::clone(&list));
+        let (fr, f, l) = (Arc::clone(&frontier), Arc::clone(&file), Arc::clone(list));
         tokio::task::spawn_blocking(move || match fr.lock() {
             Ok(mut fr) => fr.advance(&f, &l),
             Err(_) => Err(std::io::Error::other("the digest's state was poisoned")),
@@ -174,19 +207,33 @@ pub async fn fetch(
     let job = Arc::new(Job {
         net: net.clone(),
         digest: want.sha256.clone(),
-        list: Arc::clone(&list),
+        list: Arc::clone(list),
         file,
         queue: Mutex::new(missing.into_iter().collect()),
-        frontier: Arc::clone(&frontier),
+        frontier,
         bar,
         cfg: cfg.clone(),
     });
+    Ok((job, resumed_chunks))
+}
+
+/// Runs a worker per provider (up to `max_peers`) until every chunk is here, looking for
+/// other providers when all of them are gone. Returns the chunks each peer gave and the bytes.
+async fn download(
+    job: &Arc<Job>,
+    net: &NetHandle,
+    want: &Want,
+    cfg: &FetchConfig,
+    mut providers: Vec<PeerId>,
+    dropped: &mut Vec<(PeerId, String)>,
+    partial: &std::path::Path,
+) -> Result<(HashMap<PeerId, u64>, u64), FetchError> {
     let mut chunks_by_peer: HashMap<PeerId, u64> = HashMap::new();
     let mut bytes = 0u64;
     loop {
         let mut set = JoinSet::new();
         for &p in providers.iter().take(cfg.max_peers) {
-            let job = Arc::clone(&job);
+            let job = Arc::clone(job);
             set.spawn(async move { (p, job.worker(p).await) });
         }
         while let Some(done) = set.join_next().await {
@@ -206,66 +253,53 @@ pub async fn fetch(
             }
         }
         if job.left() == 0 {
-            break;
+            return Ok((chunks_by_peer, bytes));
         }
         // Some chunks are left and every peer tried is gone: look for others.
-        providers = match find(
-            net,
-            &want.sha256,
-            cfg.find_for.min(Duration::from_secs(10)),
-            &dropped,
-        )
-        .await
-        {
+        let wait = cfg.find_for.min(Duration::from_secs(10));
+        providers = match find(net, &want.sha256, wait, dropped).await {
             Ok(p) => p,
             Err(_) => {
                 job.bar.abandon();
                 return Err(FetchError::Stalled {
-                    have: list.count() - job.left(),
-                    total: list.count(),
-                    partial,
+                    have: job.list.count() - job.left(),
+                    total: job.list.count(),
+                    partial: partial.to_path_buf(),
                 });
             }
         };
     }
-    job.bar.finish_and_clear();
-    tracing::debug!(secs = t0.elapsed().as_secs_f64(), "chunks all here");
+}
+
+/// Syncs the finished file and hands it to the store, with the digest the frontier computed
+/// over its bytes in order when it reached the end.
+async fn store_download(
+    job: Arc<Job>,
+    store: &ModelStore,
+    want: &Want,
+    partial: &std::path::Path,
+) -> Result<StoredModel, FetchError> {
     let f = Arc::clone(&job.file);
     tokio::task::spawn_blocking(move || f.sync_all())
         .await
         .map_err(|e| io("syncing the download", std::io::Error::other(e)))?
         .map_err(|e| io("syncing the download", e))?;
+    let digest = job.frontier.lock().ok().and_then(|f| f.finish());
     drop(job);
-    // The digest the frontier computed over the file's bytes in order, if it reached the end.
-    let digest = frontier.lock().ok().and_then(|f| f.finish());
-    let (store2, want2, partial2) = (store.clone(), want.clone(), partial.clone());
-    let model = tokio::task::spawn_blocking(move || {
-        store2.commit_download(
-            &partial2,
-            &want2.sha256,
-            &want2.name,
-            format!("peers:sha256:{}", want2.sha256),
-            want2.license.clone(),
+    let (store, want, partial) = (store.clone(), want.clone(), partial.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        store.commit_download(
+            &partial,
+            &want.sha256,
+            &want.name,
+            format!("peers:sha256:{}", want.sha256),
+            want.license.clone(),
             digest.as_deref(),
         )
     })
     .await
-    .map_err(|e| io("storing the download", std::io::Error::other(e)))??;
-    net.provide(provider_key(&want.sha256));
-    info!(
-        model = %model.name,
-        bytes,
-        secs = t0.elapsed().as_secs_f64(),
-        "fetched from peers"
-    );
-    Ok(Report {
-        model,
-        bytes,
-        resumed_chunks,
-        chunks_by_peer,
-        dropped,
-        elapsed: t0.elapsed(),
-    })
+    .map_err(|e| io("storing the download", std::io::Error::other(e)))?
+    .map_err(FetchError::from)
 }
 
 fn io(context: &str, source: std::io::Error) -> FetchError {
