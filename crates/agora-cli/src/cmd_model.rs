@@ -37,10 +37,16 @@ pub enum ModelCommand {
         /// `sha256-<first 12 hex digits>`).
         #[arg(long)]
         name: Option<String>,
-        /// The chunk root of a model fetched by digest (as its log statement gives it): each
-        /// chunk is then checked as it arrives. Catalog models carry theirs.
-        #[arg(long, value_name = "HEX")]
+        /// The chunk root of a model fetched by digest, when known: each chunk is then checked
+        /// as it arrives. Catalog models carry theirs; --log reads it from the model's manifest.
+        #[arg(long, value_name = "HEX", conflicts_with = "log")]
         root: Option<String>,
+        /// Read the chunk root of a model fetched by digest from its manifest in this log (a
+        /// node's http://HOST:PORT/log), under a checkpoint --log-key or --policy verifies.
+        #[arg(long, value_name = "URL")]
+        log: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
         #[command(flatten)]
         peers: crate::peers::PeerArgs,
     },
@@ -153,10 +159,18 @@ pub fn run(home: &Path, cmd: ModelCommand) -> Result<i32> {
             from_peers,
             name,
             root,
+            log,
+            trust,
             peers,
         } => {
             let by_digest = source.starts_with("sha256:");
             let m = if from_peers || by_digest {
+                let root = match (&log, source.strip_prefix("sha256:")) {
+                    (Some(log), Some(hex)) => {
+                        Some(crate::peers::root_from_log(home, hex, log, &trust)?)
+                    }
+                    _ => root,
+                };
                 let want = crate::peers::want(&source, name.as_deref(), root.as_deref())?;
                 crate::peers::fetch(home, &want, &peers)?
             } else {

@@ -60,12 +60,53 @@ pub fn want(spec: &str, name: Option<&str>, root: Option<&str>) -> Result<Want> 
             .map(str::to_string)
             .or_else(|| entry.map(|e| e.name.to_string()))
             .unwrap_or_else(|| format!("sha256-{}", &sha256[..12])),
+        // The catalog's root is compiled in; a root given by hand (or from a manifest) is only
+        // a claim.
+        root_trusted: root.is_none() && entry.is_some(),
         root: root
             .map(str::to_string)
             .or_else(|| entry.map(|e| e.chunks.to_string())),
         license: entry.map(|e| e.license.to_string()),
         sha256,
     })
+}
+
+/// The chunk root that the manifest of the weights `sha256` (logged by `agora model publish`)
+/// gives, read from the log at `log` under a checkpoint `trust` verifies, the manifest's
+/// inclusion checked.
+pub fn root_from_log(
+    home: &Path,
+    sha256: &str,
+    log: &str,
+    trust: &crate::cmd_log::TrustArgs,
+) -> Result<String> {
+    let weights: agora_core::Sha256 = sha256.parse().map_err(|e: &str| anyhow::anyhow!("{e}"))?;
+    let mut tlog = crate::provenance::TrustedLog::open(log, trust)?;
+    if !tlog.verified {
+        bail!(
+            "a chunk root read under an unverified checkpoint proves nothing: give the log's key (--log-key VKEY or --policy FILE)"
+        );
+    }
+    let checked = crate::provenance::check(home, weights, &mut tlog, log, None)?;
+    let m = checked
+        .tree
+        .model
+        .manifest
+        .as_ref()
+        .with_context(|| format!("the log at {log} holds no manifest for sha256:{sha256}"))?;
+    if let Some(Err(e)) = checked.inclusion.get(&m.index) {
+        bail!(
+            "the manifest (entry {}) is not proven in the log: {e}",
+            m.index
+        );
+    }
+    let root = m.predicate.chunks.with_context(|| {
+        format!(
+            "the manifest of sha256:{sha256} (entry {}) carries no chunk root (it was published before manifests did)",
+            m.index
+        )
+    })?;
+    Ok(root.to_string())
 }
 
 /// Fetches `want` from the peers `peers` leads to, into the store under `home`. Blocking: call

@@ -71,7 +71,7 @@ fn a_fresh_node_gets_the_model_from_peers_despite_a_corrupting_and_a_dying_one()
     // one, one that corrupts the third chunk it sends, one that dies at its seventh.
     let honest = Node::start(&args(&[
         LOOPBACK,
-        &["--no-worker", "--upload-limit", "400MB"],
+        &["--no-worker", "--upload-limit", "400MB", "--serve-log"],
     ]));
     let boot = honest.p2p[0].clone();
     let corrupt = Node::start(&args(&[
@@ -126,6 +126,43 @@ fn a_fresh_node_gets_the_model_from_peers_despite_a_corrupting_and_a_dying_one()
     );
     // Nothing partial is left behind.
     assert!(!partial.exists());
+
+    // A model's manifest in the log carries its chunk root: a pull by digest alone, with no
+    // catalog entry to trust, reads it from there (under the log's verified checkpoint).
+    let log = format!("{}/log", honest.url);
+    let key = honest.log_vkey.clone().unwrap();
+    let o = agora()
+        .env("AGORA_HOME", honest.home.path())
+        .args(["model", "publish", MODEL, "--log", &log, "--log-key", &key])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let other = tempfile::tempdir().unwrap();
+    // The manifest is found once a checkpoint covers it (the log checkpoints every second).
+    let t0 = std::time::Instant::now();
+    let (out, stderr) = loop {
+        let out = agora()
+            .env("AGORA_HOME", other.path())
+            .envs(NO_INDEX.iter().copied())
+            .args(["model", "pull", &format!("sha256:{}", entry.sha256)])
+            .args(["--name", "from-the-log", "--log", &log, "--log-key", &key])
+            .args(["--no-mdns", "--bootstrap", &boot])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.success()
+            || !stderr.contains("holds no manifest")
+            || t0.elapsed() > std::time::Duration::from_secs(20)
+        {
+            break (out, stderr);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("checked against the known chunk root"),
+        "{stderr}"
+    );
 
     // A fresh worker whose --model it does not have and cannot fetch from the index asks its
     // peers, then serves.

@@ -743,6 +743,51 @@ impl Driver {
         }
     }
 
+    fn on_kad(&mut self, ev: kad::Event) {
+        match ev {
+            // Keep a small network fully connected so every gateway can reach every worker; a
+            // new peer may be one of those that should hold our provider records.
+            kad::Event::RoutingUpdated { peer, .. } => {
+                if peer != self.handle.peer_id
+                    && !self.swarm.is_connected(&peer)
+                    && !self.handle.is_banned(&peer)
+                {
+                    let _ = self.swarm.dial(peer);
+                }
+                let recent = self
+                    .last_provided
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+                if !self.provided.is_empty() && !recent {
+                    self.reprovide();
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            } => {
+                if let Some((tx, found)) = self.provider_queries.get_mut(&id)
+                    && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+                {
+                    for p in providers {
+                        if found.len() < MAX_PROVIDERS
+                            && p != self.handle.peer_id
+                            && !self.handle.is_banned(&p)
+                            && found.insert(p)
+                        {
+                            let _ = tx.try_send(p);
+                        }
+                    }
+                }
+                if step.last {
+                    self.provider_queries.remove(&id);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -834,47 +879,7 @@ impl Driver {
                     let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
                 }
             }
-            // Keep a small network fully connected so every gateway can reach every worker; a
-            // new peer may be one of those that should hold our provider records.
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-                peer, ..
-            })) => {
-                if peer != self.handle.peer_id
-                    && !self.swarm.is_connected(&peer)
-                    && !self.handle.is_banned(&peer)
-                {
-                    let _ = self.swarm.dial(peer);
-                }
-                let recent = self
-                    .last_provided
-                    .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
-                if !self.provided.is_empty() && !recent {
-                    self.reprovide();
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                id,
-                result: kad::QueryResult::GetProviders(result),
-                step,
-                ..
-            })) => {
-                if let Some((tx, found)) = self.provider_queries.get_mut(&id)
-                    && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
-                {
-                    for p in providers {
-                        if found.len() < MAX_PROVIDERS
-                            && p != self.handle.peer_id
-                            && !self.handle.is_banned(&p)
-                            && found.insert(p)
-                        {
-                            let _ = tx.try_send(p);
-                        }
-                    }
-                }
-                if step.last {
-                    self.provider_queries.remove(&id);
-                }
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),

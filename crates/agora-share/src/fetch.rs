@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_models::ModelStore;
-use agora_models::chunks::ChunkList;
+use agora_models::chunks::{ChunkError, ChunkList};
 use agora_models::store::{StoreError, StoredModel};
 use agora_net::{NetHandle, PeerId};
 use indicatif::ProgressBar;
@@ -29,6 +29,11 @@ pub struct Want {
     /// it the first list a peer gives is used, and a lying peer is caught only by the whole
     /// file's digest at the end.
     pub root: Option<String>,
+    /// Whether the root is beyond doubt (compiled into the catalog): a peer whose list does not
+    /// match it is then banned. A root from a manifest (anyone may log one) or from the user may
+    /// be the wrong one, so a mismatch only drops the peer: an honest peer is never banned on a
+    /// signer's say-so.
+    pub root_trusted: bool,
     /// The name it is stored under.
     pub name: String,
     pub license: Option<String>,
@@ -400,13 +405,17 @@ async fn chunk_list(
                 .ok_or(("closed the stream".to_string(), false))?;
             match Reply::decode(frame).map_err(|e| (e.to_string(), true))? {
                 Reply::Refused(r) => Err((format!("refused the chunk list: {r}"), true)),
-                Reply::Data(d) => {
-                    let list = match &want.root {
-                        Some(root) => ChunkList::decode_checked(&d, root),
-                        None => ChunkList::decode(&d),
-                    };
-                    list.map_err(|e| (format!("sent a bad chunk list: {e}"), true))
-                }
+                Reply::Data(d) => match &want.root {
+                    Some(root) => ChunkList::decode_checked(&d, root).map_err(|e| {
+                        let root_mismatch = matches!(e, ChunkError::Root { .. });
+                        (
+                            format!("sent a bad chunk list: {e}"),
+                            !root_mismatch || want.root_trusted,
+                        )
+                    }),
+                    None => ChunkList::decode(&d)
+                        .map_err(|e| (format!("sent a bad chunk list: {e}"), true)),
+                },
             }
         }
         .await;

@@ -114,6 +114,7 @@ async fn bad_peers_are_dropped_at_their_first_bad_reply_and_the_file_comes_whole
     let want = Want {
         sha256: stored.sha256.clone(),
         root: Some(list.root()),
+        root_trusted: true,
         name: "m".into(),
         license: None,
     };
