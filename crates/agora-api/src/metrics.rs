@@ -41,7 +41,7 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// The engine's prompt-prefix cache (read from its load at each scrape): lookups, hits,
     /// prompt tokens, reused tokens, tokens held now.
-    prefix: [Gauge; 5],
+    prefix: [Gauge; 8],
     /// CPU threads the engine decodes with now.
     engine_threads: Gauge,
 }
@@ -75,7 +75,7 @@ impl Metrics {
         let ttft = Histogram::new(latency_buckets());
         let connections_open = Gauge::default();
         let connections_refused = Counter::default();
-        let prefix: [Gauge; 5] = Default::default();
+        let prefix: [Gauge; 8] = Default::default();
         let engine_threads = Gauge::default();
         registry.register(
             "engine_threads",
@@ -90,7 +90,19 @@ impl Metrics {
                 "prefix_cache_reused_tokens",
                 "Prompt tokens whose state was reused from the cache instead of computed, since start",
             ),
-            ("prefix_cache_tokens", "Prompt tokens whose state the cache holds now"),
+            ("prefix_cache_tokens", "Prompt tokens whose state the slots hold now"),
+            (
+                "prefix_cache_host_tokens",
+                "Tokens whose state was copied out of slots into host memory, held now",
+            ),
+            (
+                "prefix_cache_host_bytes",
+                "Bytes of host memory the copied-out states take now (budget: --prefix-cache-mb)",
+            ),
+            (
+                "prefix_cache_restored",
+                "Prompts whose prefix was copied back from host memory into a slot, since start",
+            ),
         ]) {
             registry.register(name, help, g.clone());
         }
@@ -182,6 +194,9 @@ impl Metrics {
             p.prompt_tokens,
             p.reused_tokens,
             p.cached_tokens,
+            p.host_tokens,
+            p.host_bytes,
+            p.restored,
         ]) {
             g.set(i64::try_from(v).unwrap_or(i64::MAX));
         }

@@ -58,6 +58,11 @@ pub struct BenchChatArgs {
     /// (`--no-conversation-affinity`); conversations alternate between them turn by turn.
     #[arg(long, default_value_t = 0)]
     pub workers: u32,
+    /// Advance the conversations together, a turn of each in turn (many users sharing one
+    /// slot: a server keeps each history only if it keeps more than its slots hold), instead
+    /// of one conversation after another.
+    #[arg(long)]
+    pub interleave: bool,
 }
 
 struct Server {
@@ -233,35 +238,41 @@ fn converse(mut servers: Vec<Server>, a: &BenchChatArgs, threads: u32, model: &s
         chat_turn(s, &[json!({"role": "user", "content": "Hello."})], 4)?;
     }
     for (ti, &turns) in a.turns.iter().enumerate() {
-        for c in 0..a.conversations {
-            let tag = 10_000 * (ti + 1) + c as usize;
-            // Each server keeps its own history (its own answers), as its client would.
-            let mut histories: Vec<Vec<Value>> = servers
-                .iter()
-                .map(|_| {
-                    vec![json!({"role": "system", "content": format!("You are assistant {tag}. Answer briefly.")})]
-                })
-                .collect();
-            for t in 0..turns {
-                let user = prompt(tag * 100 + t as usize, a.words);
-                for (s, h) in servers.iter_mut().zip(histories.iter_mut()) {
-                    h.push(json!({"role": "user", "content": user}));
-                    let (ttft, answer, prompt_tokens) = chat_turn(s, h, a.answer_tokens)?;
-                    h.push(json!({"role": "assistant", "content": answer}));
-                    let ms = ttft.as_secs_f64() * 1e3;
-                    if t == 0 {
-                        s.first.push(ms);
-                    } else {
-                        s.follow[ti].push(ms);
-                    }
-                    s.last_prompt = s.last_prompt.max(prompt_tokens);
+        let convs = a.conversations as usize;
+        let tag = |c: usize| 10_000 * (ti + 1) + c;
+        // Each server keeps its own history (its own answers), as its client would.
+        let mut histories: Vec<Vec<Vec<Value>>> = (0..convs)
+            .map(|c| {
+                let system = json!({"role": "system", "content": format!("You are assistant {}. Answer briefly.", tag(c))});
+                servers.iter().map(|_| vec![system.clone()]).collect()
+            })
+            .collect();
+        let order: Vec<(usize, u32)> = if a.interleave {
+            (0..turns)
+                .flat_map(|t| (0..convs).map(move |c| (c, t)))
+                .collect()
+        } else {
+            (0..convs)
+                .flat_map(|c| (0..turns).map(move |t| (c, t)))
+                .collect()
+        };
+        for (c, t) in order {
+            let user = prompt(tag(c) * 100 + t as usize, a.words);
+            for (s, h) in servers.iter_mut().zip(histories[c].iter_mut()) {
+                h.push(json!({"role": "user", "content": user}));
+                let (ttft, answer, prompt_tokens) = chat_turn(s, h, a.answer_tokens)?;
+                h.push(json!({"role": "assistant", "content": answer}));
+                let ms = ttft.as_secs_f64() * 1e3;
+                if t == 0 {
+                    s.first.push(ms);
+                } else {
+                    s.follow[ti].push(ms);
                 }
+                s.last_prompt = s.last_prompt.max(prompt_tokens);
             }
-            eprintln!(
-                "{turns}-turn conversation {} of {} done",
-                c + 1,
-                a.conversations
-            );
+            if t + 1 == turns {
+                eprintln!("{turns}-turn conversation {} of {convs} done", c + 1);
+            }
         }
     }
     let metrics = servers[1].client.get_text("/metrics").unwrap_or_default();
@@ -275,8 +286,12 @@ fn converse(mut servers: Vec<Server>, a: &BenchChatArgs, threads: u32, model: &s
             .unwrap_or(f64::NAN)
     };
     println!(
-        "\nconversations ({} per turn count), {} words per user turn, {} answer tokens, one slot of {} tokens each",
-        a.conversations, a.words, a.answer_tokens, a.ctx
+        "\nconversations ({} per turn count{}), {} words per user turn, {} answer tokens, one slot of {} tokens each",
+        a.conversations,
+        if a.interleave { ", interleaved" } else { "" },
+        a.words,
+        a.answer_tokens,
+        a.ctx
     );
     println!(
         "machine: {}, {} cores, {threads} threads; model {}; temperature 0; llama-server with its default prompt cache (cache_prompt){}{}",
@@ -334,13 +349,20 @@ fn converse(mut servers: Vec<Server>, a: &BenchChatArgs, threads: u32, model: &s
         100.0 * metric("agora_prefix_cache_reused_tokens")
             / metric("agora_prefix_cache_prompt_tokens")
     );
+    println!(
+        "prefixes copied back from host memory: {}; held there at the end: {} tokens, {:.0} MB",
+        metric("agora_prefix_cache_restored"),
+        metric("agora_prefix_cache_host_tokens"),
+        metric("agora_prefix_cache_host_bytes") / 1e6
+    );
     Ok(())
 }
 
 fn print_devnet(servers: &[Server], a: &BenchChatArgs) -> Result<()> {
     println!(
-        "\nconversations ({} per turn count), {} words per user turn, {} answer tokens; {} workers (one slot of {} tokens, {} thread(s) each) behind two gateways; machine: {}, {} cores",
+        "\nconversations ({} per turn count{}), {} words per user turn, {} answer tokens; {} workers (one slot of {} tokens, {} thread(s) each) behind two gateways; machine: {}, {} cores",
         a.conversations,
+        if a.interleave { ", interleaved" } else { "" },
         a.words,
         a.answer_tokens,
         a.workers,

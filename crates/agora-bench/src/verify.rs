@@ -580,6 +580,7 @@ async fn proof_overhead(path: &Path, name: &str, sha: &str) -> Result<(f64, f64,
             },
             resume: vec![],
             logit_bias: Default::default(),
+            conversation: None,
         };
         let mut g = e.submit(req)?;
         let mut first = None;

@@ -40,6 +40,12 @@ pub struct NodeArgs {
     /// memory, changes no bit of any answer, and gives a slot up at once to a new request.
     #[arg(long, env = "AGORA_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// Memory, in MiB, for prefixes the slots had to give up (copied out when a slot's new
+    /// request does not continue them, copied back when a later one does: more conversations
+    /// than slots stay fast). Least recently used out first; 0 keeps only what slots hold.
+    /// Default: 1/16 of the machine's memory, at most 2048.
+    #[arg(long, env = "AGORA_PREFIX_CACHE_MB")]
+    pub prefix_cache_mb: Option<u64>,
     /// Always decode with --threads threads. By default the node decodes with fewer while other
     /// processes keep cores busy (measured twice a second from /proc), so that a busy machine
     /// slows it down instead of stalling it; no bit of any answer changes.
@@ -380,6 +386,10 @@ fn load(cfg: &NodeConfig, args: &NodeArgs, home: &Path) -> Result<Arc<LlamaEngin
     lc.ctx = cfg.ctx;
     lc.queue = cfg.queue;
     lc.prefix_cache = !args.no_prefix_cache;
+    lc.prefix_cache_bytes = args
+        .prefix_cache_mb
+        .unwrap_or_else(default_prefix_cache_mb)
+        .saturating_mul(1 << 20);
     lc.adaptive_threads = !args.fixed_threads;
     lc.repack = args.repack;
     let mut engine = LlamaEngine::load(lc)?;
@@ -427,4 +437,14 @@ fn positive_secs(flag: &str, secs: f64) -> Result<Duration> {
         bail!("{flag} must be a positive number of seconds");
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// 1/16 of the machine's memory (from /proc/meminfo), at most 2 GiB; 256 MiB where unknown.
+fn default_prefix_cache_mb() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kib.map_or(256, |kib| (kib / 1024 / 16).clamp(64, 2048))
 }

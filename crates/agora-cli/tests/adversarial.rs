@@ -80,6 +80,7 @@ impl Hostile {
             queue: 0,
             tokens_per_second: 1e12,
             time_ms: 0,
+            conversations: Vec::new(),
         };
         self.rt.spawn(async move {
             loop {

@@ -96,6 +96,7 @@ fn request(e: &LlamaEngine, m: Model, text: &str, seed: u64) -> GenRequest {
         },
         resume: vec![],
         logit_bias: Default::default(),
+        conversation: None,
     }
 }
 
@@ -237,6 +238,7 @@ fn engine_with_cache(m: Model, prefix_cache: bool) -> LlamaEngine {
     c.slots = 1;
     c.ctx = 3072;
     c.prefix_cache = prefix_cache;
+    c.prefix_cache_bytes = 256 << 20;
     LlamaEngine::load(c).unwrap()
 }
 
@@ -296,9 +298,11 @@ fn chunks_and_rows(m: Model) {
     }
 }
 
-/// A conversation's next turn reuses the states its slot kept — the first turn's prompt and
-/// answer — and computes the same bits as without the cache: token ids, hidden states and
-/// logits of every generated token, and the rows a scoring pass over it reads back.
+/// A conversation's next turn reuses the states the cache kept — the first turn's prompt and
+/// answer, copied out of the engine's one slot to host memory when another conversation took
+/// the slot, and copied back — and computes the same bits as without the cache: token ids,
+/// hidden states and logits of every generated token, and the rows a scoring pass over it
+/// reads back.
 fn reused_prefix(m: Model) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -315,6 +319,12 @@ fn reused_prefix(m: Model) {
         .filter(|&&t| !cached.is_eog(t))
         .map(|&t| String::from_utf8_lossy(&cached.token_piece(t).unwrap_or_default()).into_owned())
         .collect();
+    // Another conversation takes the only slot: the first one's states go to host memory.
+    let sailor = "You are a sailor who loves knots. ".repeat(60);
+    let other = [("system", sailor.as_str()), ("user", "Tie one.")];
+    rt.block_on(collect(cached.submit(turn(&cached, m, &other, 5)).unwrap()));
+    let before = cached.load().prefix;
+    assert!(before.host_tokens as usize > first_len, "{before:?}");
     let second = [
         ("system", system.as_str()),
         ("user", "What is the tide?"),
@@ -325,12 +335,16 @@ fn reused_prefix(m: Model) {
         cached.submit(turn(&cached, m, &second, 4)).unwrap(),
     ));
     let stats = cached.load().prefix;
-    assert_eq!(stats.hits, 1, "{stats:?}");
-    // The first prompt, and the answer's tokens as far as the template re-tokenizes them alike.
-    assert!(
-        stats.reused_tokens as usize > first_len,
-        "{stats:?}, first prompt {first_len}"
+    assert_eq!(
+        (stats.hits - before.hits, stats.restored),
+        (1, 1),
+        "{stats:?}"
     );
+    // The first prompt, and the answer's tokens as far as the template re-tokenizes them alike.
+    let reused = (stats.reused_tokens - before.reused_tokens) as usize;
+    assert!(reused > first_len, "{stats:?}, first prompt {first_len}");
+    // The sailor's states went out to host memory in turn; the copied-back ones left it.
+    assert!(stats.host_tokens > 0 && stats.host_bytes > 0, "{stats:?}");
 
     let fresh = engine_with_cache(m, false);
     let without = rt.block_on(collect(fresh.submit(turn(&fresh, m, &second, 4)).unwrap()));
@@ -361,7 +375,7 @@ fn reused_prefix(m: Model) {
         )
         .unwrap();
     rt.block_on(h.done).unwrap().unwrap();
-    assert_eq!(cached.load().prefix.hits, 2);
+    assert_eq!(cached.load().prefix.hits, stats.hits + 1);
     let rows = rows.lock().unwrap();
     assert_eq!(rows.len(), with.1.len());
     for (i, (h, l)) in rows.iter().enumerate() {

@@ -102,8 +102,16 @@ fn a_fresh_node_gets_the_model_from_peers_despite_a_corrupting_and_a_dying_one()
         stdout.starts_with(&format!("{MODEL}  sha256:{}", entry.sha256)),
         "{stdout}"
     );
+    // The lone peer sent 6 chunks before dying; the last ones may still have been in its
+    // buffers when it died, so between 1 and 6 arrived, were checked and are kept.
+    let resumed = stderr
+        .split("resuming: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
     assert!(
-        stderr.contains("resuming: 6 of 94 chunks already here"),
+        resumed.is_some_and(|n| (1..=6).contains(&n))
+            && stderr.contains("of 94 chunks already here"),
         "{stderr}"
     );
     let got = fresh

@@ -88,6 +88,66 @@ fn conversation_turns_follow_their_worker() {
     // measured fastest), so first turns may all land on one worker; without the affinity, the
     // turns of one conversation land on others and this test fails.
     eprintln!("first turns went to {} worker(s)", firsts.len());
+    // Every follow-up turn went to the worker holding its history by choice, not by chance.
+    let (_, nodes) = gw.get("/agora/v1/nodes");
+    let by = |what: &str| nodes["gateway"][what].as_u64().unwrap();
+    assert_eq!(
+        by("conversations_by_memory") + by("conversations_by_status"),
+        12,
+        "{nodes}"
+    );
+    drop(workers);
+}
+
+/// Workers list the conversations their prefix caches hold in their statuses: a gateway that
+/// never saw a conversation sends its next turn to the worker holding its history. Two
+/// conversations' turns (two, so that a worker's two slots hold both even when the first turns
+/// land on one worker) alternate between two gateways, each round waiting for the statuses.
+#[test]
+fn a_conversation_moving_between_gateways_stays_on_its_worker() {
+    let workers: Vec<Node> = (0..3).map(|_| Node::start(WORKER)).collect();
+    let gws = [Node::start(&["--no-worker"]), Node::start(&["--no-worker"])];
+    for gw in &gws {
+        wait_workers(gw, 3);
+    }
+    let mut histories: Vec<Vec<Value>> = (0..2)
+        .map(|c| vec![json!({"role": "system", "content": format!("You are helper {c}.")})])
+        .collect();
+    let mut served: Vec<Vec<String>> = vec![Vec::new(); 2];
+    for t in 0..3 {
+        if t > 0 {
+            // Statuses are published every second and gossiped every two.
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        let gw = &gws[t % 2];
+        for (c, history) in histories.iter_mut().enumerate() {
+            history
+                .push(json!({"role": "user", "content": format!("Question {t}: name a fruit.")}));
+            let (status, v) = gw.post(
+                "/v1/chat/completions",
+                &json!({"model": common::MODEL, "messages": history, "max_tokens": 6}),
+            );
+            assert_eq!(status, 200, "{v}");
+            served[c].push(v["agora"]["workers"][0].as_str().unwrap().to_string());
+            history.push(json!({"role": "assistant", "content": common::content(&v)}));
+        }
+    }
+    for (c, s) in served.iter().enumerate() {
+        assert!(
+            s.iter().all(|w| *w == s[0]),
+            "conversation {c} moved between workers: {s:?}"
+        );
+    }
+    // Each follow-up turn went through the gateway that had not seen the last one: routed by
+    // the worker's status, not by memory.
+    let by = |gw: &Node, what: &str| {
+        gw.get("/agora/v1/nodes").1["gateway"][what]
+            .as_u64()
+            .unwrap()
+    };
+    let by_status = by(&gws[0], "conversations_by_status") + by(&gws[1], "conversations_by_status");
+    let by_memory = by(&gws[0], "conversations_by_memory") + by(&gws[1], "conversations_by_memory");
+    assert_eq!((by_status, by_memory), (4, 0));
     drop(workers);
 }
 

@@ -7,6 +7,7 @@
 //! llama.cpp's either: every token is chosen in Rust by [`agora_sampling`] from the logits, so
 //! that anyone holding the logits can recompute the choice.
 
+pub mod conversation;
 pub mod echo;
 pub mod selfcheck;
 pub mod template;
@@ -95,6 +96,10 @@ pub struct GenRequest {
     pub resume: Vec<u32>,
     /// Added to the named tokens' logits before sampling (see [`JobSpec::logit_bias`]).
     pub logit_bias: std::collections::BTreeMap<u32, f32>,
+    /// The [`conversation::key`] of the chat messages the prompt was made of, if any: an engine
+    /// that keeps the prompt's states after the generation lists it in
+    /// [`Engine::held_conversations`].
+    pub conversation: Option<u64>,
 }
 
 /// One generated token.
@@ -344,8 +349,13 @@ pub struct PrefixStats {
     pub prompt_tokens: u64,
     /// Of them, those whose state was reused instead of computed.
     pub reused_tokens: u64,
-    /// Tokens whose state the cache holds now.
+    /// Tokens whose state the cache holds now in its slots.
     pub cached_tokens: u64,
+    /// Tokens, and bytes, of states copied out of slots into host memory, held now.
+    pub host_tokens: u64,
+    pub host_bytes: u64,
+    /// Prompts whose prefix was copied back from host memory, since start.
+    pub restored: u64,
 }
 
 /// A model that generates text. Implementations are shared between request handlers.
@@ -371,6 +381,11 @@ pub trait Engine: Send + Sync + 'static {
         sink: Box<dyn ScoreSink>,
     ) -> Result<ScoreHandle, SubmitError>;
     fn load(&self) -> Load;
+    /// The [`conversation::key`]s of the chat prompts whose token states the engine holds now
+    /// (a prefix cache), so that a conversation's next turn can be sent where its history is.
+    fn held_conversations(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// Checks a request against the context window and the vocabulary (shared by every engine):
@@ -455,6 +470,7 @@ pub fn prepare(
         capture,
         resume,
         logit_bias: job.logit_bias.clone(),
+        conversation: conversation::of_prompt(&job.prompt),
     };
     check_request(&req, n_ctx, engine.info().n_vocab)?;
     Ok(req)

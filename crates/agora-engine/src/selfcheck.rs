@@ -131,6 +131,7 @@ fn generate(engine: &dyn Engine, prompts: &[Vec<u32>]) -> Result<Vec<Run>, Strin
                     },
                     resume: vec![],
                     logit_bias: Default::default(),
+                    conversation: None,
                 })
                 .map_err(|e| format!("the self-check could not start a generation: {e}"))
         })

@@ -73,6 +73,7 @@ fn main() {
             },
             resume: vec![],
             logit_bias: Default::default(),
+            conversation: None,
         };
         let mut g = generator.submit(req).unwrap();
         let mut toks = Vec::new();

@@ -54,6 +54,7 @@ fn main() {
             },
             resume: vec![],
             logit_bias: Default::default(),
+            conversation: None,
         };
         let t0 = Instant::now();
         let mut g = e.submit(req).unwrap();

@@ -12,6 +12,7 @@
 //! text with 1 slot or 8 under load.
 
 pub mod cpu;
+mod prefix;
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -30,6 +31,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::vocab::LlamaVocab;
+use prefix::PrefixCache;
 use tokio::sync::{mpsc, oneshot};
 
 use agora_engine::template::{ChatTemplate, Segment, TemplateError};
@@ -60,6 +62,11 @@ pub struct LlamaConfig {
     /// starts with it (a conversation's next turn, a shared system prompt) to reuse. Costs no
     /// memory beyond the slots' own; a new request that needs the slot takes it at once.
     pub prefix_cache: bool,
+    /// Bytes of memory beyond the slots for token states a slot had to give up (a sequence that
+    /// needed the slot did not continue them): kept, least recently used first out, and put
+    /// back into a slot when a later prompt starts with them (more conversations than slots).
+    /// 0 keeps only what the slots hold.
+    pub prefix_cache_bytes: u64,
     /// Decode with fewer threads while other processes keep cores busy (see [`cpu`]): up to
     /// `threads`, leaving others the cores they want. Changes no bit of what is computed.
     pub adaptive_threads: bool,
@@ -86,6 +93,7 @@ impl LlamaConfig {
             queue: 64,
             n_batch: 2048,
             prefix_cache: true,
+            prefix_cache_bytes: 0,
             adaptive_threads: true,
             repack: false,
         }
@@ -153,6 +161,8 @@ struct Shared {
     queued: AtomicU32,
     busy: AtomicU32,
     prefix: Mutex<PrefixStats>,
+    /// The conversation keys of the chat prompts idle slots hold.
+    conversations: Mutex<Vec<u64>>,
     /// Threads to decode with (set by the CPU watcher, read before every decode).
     threads: AtomicU32,
 }
@@ -250,6 +260,7 @@ impl LlamaEngine {
             queued: AtomicU32::new(0),
             busy: AtomicU32::new(0),
             prefix: Mutex::new(PrefixStats::default()),
+            conversations: Mutex::new(Vec::new()),
             threads: AtomicU32::new(cfg.threads),
         });
         if cfg.adaptive_threads && cfg.threads > 1 {
@@ -437,6 +448,14 @@ impl Engine for LlamaEngine {
             prefix: *self.shared.prefix.lock().unwrap_or_else(|e| e.into_inner()),
             threads: self.shared.threads.load(Ordering::Relaxed),
         }
+    }
+
+    fn held_conversations(&self) -> Vec<u64> {
+        self.shared
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -857,7 +876,7 @@ fn run_engine(
         last_prefill: -1,
         rotate: 0,
         bias_scratch: Vec::new(),
-        cache: PrefixCache::new(cfg.slots as usize, cfg.prefix_cache),
+        cache: PrefixCache::new(cfg.slots as usize, cfg.prefix_cache, cfg.prefix_cache_bytes),
         threads: cfg.threads,
     };
     loop {
@@ -895,6 +914,8 @@ fn run_engine(
             l.threads = threads;
         }
         l.step(&mut ctx, &mut batch);
+        // What finished sequences left is seen before the engine waits for the next job.
+        l.cache.publish(shared);
         shared.busy.store(l.seqs.len() as u32, Ordering::SeqCst);
     }
 }
@@ -913,9 +934,9 @@ impl Loop<'_> {
                 Ok(job) => {
                     shared.queued.fetch_sub(1, Ordering::SeqCst);
                     let (tokens, prefill_end) = job.prefix();
-                    let (k, reuse) = self.cache.choose(&self.free_ids, tokens, prefill_end);
-                    let id = self.free_ids.swap_remove(k);
-                    self.cache.take(ctx, id, reuse, prefill_end);
+                    let choice = self.cache.choose(&self.free_ids, tokens, prefill_end);
+                    let id = self.free_ids.swap_remove(choice.k);
+                    let reuse = self.cache.take(ctx, id, choice, prefill_end);
                     match admit(job, id, &self.vocab, &mut self.piece) {
                         Some(mut seq) => {
                             seq.kv = reuse;
@@ -1188,116 +1209,6 @@ impl Job {
             Job::Generate { req, .. } => (&req.prompt, req.prompt.len().saturating_sub(1)),
             Job::Score { req, .. } => (&req.tokens, req.from.min(req.tokens.len())),
         }
-    }
-}
-
-/// The token states idle slots still hold, for a later request that starts with the same
-/// tokens (a conversation's next turn re-sends the whole history; a system prompt is shared).
-///
-/// Reuse must not change a bit of what is computed, and it does not because of a property the
-/// engine already rests on: a token's numbers are the same bits however it was computed — in a
-/// prompt's prefill chunk, as an output row of a batch, or alone (the Q4_1 tile kernel computes
-/// each product in the single product's order; the bf16 flash-attention path is per row).
-/// `bitexact` holds the engine to it: rows computed after a prefix prefilled in chunks and after
-/// the same prefix computed as output rows are the same bits, and a conversation's answers,
-/// hidden states and logits are the same with and without reuse. So a finished sequence keeps
-/// every position it computed (prompt and fed answer tokens), and a new one reuses the longest
-/// common prefix with it, up to its own last prompt token (which must produce logits), then
-/// prefills the rest in the usual aligned chunks.
-struct PrefixCache {
-    on: bool,
-    /// Tokens each slot's cache holds (positions 0..len), by slot id.
-    held: Vec<Vec<u32>>,
-    /// When each slot was last released (for least-recently-used choice).
-    used: Vec<u64>,
-    clock: u64,
-    stats: PrefixStats,
-}
-
-impl PrefixCache {
-    fn new(slots: usize, on: bool) -> PrefixCache {
-        PrefixCache {
-            on,
-            held: vec![Vec::new(); slots],
-            used: vec![0; slots],
-            clock: 0,
-            stats: PrefixStats::default(),
-        }
-    }
-
-    /// Which of the `free` slot ids a job with these tokens goes to (index into `free`), and
-    /// how many positions of its cache it reuses.
-    fn choose(&self, free: &[i32], tokens: &[u32], prefill_end: usize) -> (usize, usize) {
-        let limit = prefill_end.min(tokens.len());
-        let mut best = (0usize, 0usize, u64::MAX);
-        for (k, &id) in free.iter().enumerate() {
-            let held = self.held.get(id as usize).map_or(&[][..], Vec::as_slice);
-            let same = held
-                .iter()
-                .zip(tokens)
-                .take(limit)
-                .take_while(|(a, b)| a == b)
-                .count();
-            let reuse = same;
-            // Most reuse; then an empty slot; then the least recently used.
-            let age = if held.is_empty() {
-                0
-            } else {
-                1 + self.used[id as usize]
-            };
-            if k == 0 || reuse > best.1 || (reuse == best.1 && age < best.2) {
-                best = (k, reuse, age);
-            }
-        }
-        (best.0, best.1)
-    }
-
-    /// Slot `id` is taken with `reuse` positions of its cache kept: the rest leaves the KV cache.
-    fn take(&mut self, ctx: &mut LlamaContext<'_>, id: i32, reuse: usize, prefill_end: usize) {
-        let Some(held) = self.held.get_mut(id as usize) else {
-            return;
-        };
-        if held.len() > reuse {
-            let _ = ctx.clear_kv_cache_seq(Some(id as u32), Some(reuse as u32), None);
-        }
-        self.stats.cached_tokens -= held.len() as u64;
-        held.clear();
-        self.stats.lookups += 1;
-        self.stats.prompt_tokens += prefill_end as u64;
-        if reuse > 0 {
-            self.stats.hits += 1;
-            self.stats.reused_tokens += reuse as u64;
-        }
-    }
-
-    /// A sequence leaves its slot: the states of the tokens it computed stay (when the cache is
-    /// on and the sequence did not fail); a failed one's slot is emptied.
-    fn retire(&mut self, ctx: &mut LlamaContext<'_>, s: &Seq) {
-        let keep = if self.on && s.cacheable { s.kv } else { 0 };
-        let _ = ctx.clear_kv_cache_seq(Some(s.id as u32), Some(keep as u32), None);
-        if let Some(held) = self.held.get_mut(s.id as usize) {
-            self.stats.cached_tokens -= held.len() as u64;
-            held.clear();
-            held.extend_from_slice(&s.feed[..keep.min(s.feed.len())]);
-            if let Work::Gen(g) = &s.work
-                && keep > s.feed.len()
-            {
-                // Fed answer tokens: what was sampled after the prompt and the resumed tokens.
-                let fed = g.generated.get(g.resumed..).unwrap_or_default();
-                held.extend(fed.iter().take(keep - s.feed.len()));
-            }
-            // Never more positions than tokens known (the cleared rest is not held).
-            if held.len() < keep {
-                let _ = ctx.clear_kv_cache_seq(Some(s.id as u32), Some(held.len() as u32), None);
-            }
-            self.stats.cached_tokens += held.len() as u64;
-            self.clock += 1;
-            self.used[s.id as usize] = self.clock;
-        }
-    }
-
-    fn publish(&self, shared: &Shared) {
-        *shared.prefix.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;
     }
 }
 

@@ -35,7 +35,15 @@ pub struct NodeStatus {
     pub tokens_per_second: f64,
     /// Unix time in milliseconds when this status was made.
     pub time_ms: u64,
+    /// Conversation keys (16 hex digits each, at most [`MAX_CONVERSATIONS`]) of the chat
+    /// prompts whose token states this worker's prefix cache holds: a gateway sends a
+    /// conversation's next turn here. A hint, never trusted for anything else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conversations: Vec<String>,
 }
+
+/// The most conversation keys a status carries (and a gateway reads).
+pub const MAX_CONVERSATIONS: usize = 64;
 
 impl ServedModel {
     /// Whether `model` (a name, a `sha256:` digest or a bare digest) names this model.
@@ -49,6 +57,15 @@ impl ServedModel {
 impl NodeStatus {
     pub fn serves(&self, model: &str) -> bool {
         self.models.iter().any(|m| m.is(model))
+    }
+
+    /// Whether this worker says its prefix cache holds the conversation whose key (16 hex
+    /// digits) is `key`; only the first [`MAX_CONVERSATIONS`] keys are read.
+    pub fn holds_conversation(&self, key: &str) -> bool {
+        self.conversations
+            .iter()
+            .take(MAX_CONVERSATIONS)
+            .any(|k| k == key)
     }
 
     /// The served model that `model` names, if any.

@@ -106,6 +106,10 @@ pub struct GatewayStats {
     pub verdicts_ignored: AtomicU64,
     pub rechecks_confirmed: AtomicU64,
     pub rechecks_refuted: AtomicU64,
+    /// Follow-up turns sent to the worker whose status (or this node's own cache) lists the
+    /// conversation's history, and to the one this gateway remembered sending the last turn to.
+    pub conversations_by_status: AtomicU64,
+    pub conversations_by_memory: AtomicU64,
 }
 
 /// The network-wide backend.
@@ -355,6 +359,34 @@ impl Gateway {
         scored.into_iter().map(|s| s.4).collect()
     }
 
+    /// The worker most likely to hold this follow-up turn's history in its prefix cache, and
+    /// whether its own word says so: one whose status (or, for this node's engine, whose cache)
+    /// lists the history's conversation key — the one this gateway sent the last turn to, if it
+    /// is among them — else the one this gateway sent the last turn to (a status made before
+    /// that turn ended cannot list it yet). A status is a hint: at worst a follow-up turn is
+    /// prefilled whole where the usual choice would also have sent it.
+    fn prefix_holder(&self, model: &str, prompt: &PromptSpec) -> Option<(Target, bool)> {
+        let key = agora_engine::conversation::continued(prompt)?;
+        let remembered = self.affinity.previous(key);
+        let hex = agora_engine::conversation::to_hex(key);
+        let local = self
+            .local
+            .as_ref()
+            .filter(|e| self.local_serves(model) && e.held_conversations().contains(&key))
+            .map(|_| Target::Local);
+        let peers = self.net.live_peers().into_iter().filter_map(|p| {
+            let s = p.status.as_ref()?;
+            (s.worker && s.serves(model) && s.holds_conversation(&hex))
+                .then_some(Target::Peer(p.peer_id))
+        });
+        let listed: Vec<Target> = local.into_iter().chain(peers).collect();
+        match remembered {
+            Some(t) if listed.contains(&t) => Some((t, true)),
+            _ => listed.first().map(|&t| (t, true)),
+        }
+        .or(remembered.map(|t| (t, false)))
+    }
+
     /// Notes that `target` refused work: it is tried last for a moment.
     fn cool_down(&self, target: Target) {
         if let Ok(mut m) = self.cooling.lock() {
@@ -580,17 +612,30 @@ impl Gateway {
         let prefer = self
             .cfg
             .conversation_affinity
-            .then(|| self.affinity.previous(&job.prompt))
+            .then(|| self.prefix_holder(model, &job.prompt))
             .flatten();
         while tried.len() < self.cfg.max_attempts {
-            let Some(target) = self.candidates(model, tried, prefer).into_iter().next() else {
+            let preferred = prefer.map(|(t, _)| t);
+            let Some(target) = self.candidates(model, tried, preferred).into_iter().next() else {
                 break;
             };
             let guard = InflightGuard::new(&self.inflight, &self.finished, target);
             tried.push(target);
             match self.attempt(target, model, job, resume).await {
                 Ok(source) => {
-                    self.affinity.record(&job.prompt, target);
+                    if let Some((t, by_status)) = prefer
+                        && t == target
+                    {
+                        let c = if by_status {
+                            &self.stats.conversations_by_status
+                        } else {
+                            &self.stats.conversations_by_memory
+                        };
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(k) = agora_engine::conversation::of_prompt(&job.prompt) {
+                        self.affinity.record(k, target);
+                    }
                     return Ok((target, source, guard));
                 }
                 Err(AttemptError::Client(e)) if resume.is_empty() => return Err(e),
@@ -790,6 +835,8 @@ impl Backend for Gateway {
                 "verdicts_ignored": n(&st.verdicts_ignored),
                 "rechecks_confirmed": n(&st.rechecks_confirmed),
                 "rechecks_refuted": n(&st.rechecks_refuted),
+                "conversations_by_status": n(&st.conversations_by_status),
+                "conversations_by_memory": n(&st.conversations_by_memory),
                 "reputation_entries": self.reputation.len(),
             },
         })

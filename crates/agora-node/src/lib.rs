@@ -214,6 +214,12 @@ pub async fn publish_status(
             s.slots = l.slots.min(1 << 20);
             s.free_slots = l.slots.saturating_sub(l.slots_busy).min(1 << 20);
             s.queue = l.queued;
+            s.conversations = e
+                .held_conversations()
+                .into_iter()
+                .take(agora_net::status::MAX_CONVERSATIONS)
+                .map(agora_engine::conversation::to_hex)
+                .collect();
         }
         net.set_status(s);
     }
