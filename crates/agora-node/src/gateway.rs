@@ -451,7 +451,17 @@ async fn log_receipts(
 /// A running attempt: events from the local engine or frames from a remote worker.
 enum Source {
     Local(Generation),
-    Remote(PeerId, Box<FramedStream>),
+    /// A worker's stream, and how much longer than the stall timeout its first token may take
+    /// (its prefill: see [`prefill_allowance`]).
+    Remote(PeerId, Box<FramedStream>, Duration),
+}
+
+/// The slowest prefill a gateway waits for before a worker's first token: 100 prompt tokens
+/// per second (one thread of an old CPU on a small model); a long prompt on a slow worker is
+/// not taken for a stall. Counted from the prompt size the worker states when it accepts,
+/// capped at `cap` (a lie about it buys a worker no more than that).
+fn prefill_allowance(prompt_tokens: u32, cap: Duration) -> Duration {
+    Duration::from_millis(u64::from(prompt_tokens).saturating_mul(10)).min(cap)
 }
 
 /// Why an attempt failed.
@@ -495,7 +505,7 @@ impl Source {
                 .recv()
                 .await
                 .ok_or_else(|| Failure::failed("the local engine stopped")),
-            Source::Remote(_, s) => match s.recv_timeout::<WorkerFrame>(stall).await {
+            Source::Remote(_, s, _) => match s.recv_timeout::<WorkerFrame>(stall).await {
                 Ok(Some(WorkerFrame::Token { id, index, text })) => Ok(Event::Token(TokenEvent {
                     id,
                     index,
@@ -574,7 +584,10 @@ impl Gateway {
                 };
                 s.send(&req).await.map_err(|e| fail(e.to_string()))?;
                 match s.recv_timeout::<WorkerFrame>(self.cfg.accept_timeout).await {
-                    Ok(Some(WorkerFrame::Accepted { .. })) => Ok(Source::Remote(peer, Box::new(s))),
+                    Ok(Some(WorkerFrame::Accepted { prompt_tokens, .. })) => {
+                        let prefill = prefill_allowance(prompt_tokens, self.cfg.accept_timeout);
+                        Ok(Source::Remote(peer, Box::new(s), prefill))
+                    }
                     Ok(Some(WorkerFrame::Error(e))) if e.retryable() => {
                         Err(AttemptError::Worker(e.message.clone(), Some(api_error(e))))
                     }
@@ -955,7 +968,14 @@ impl Relay {
         loop {
             // The digest of a remote worker's receipt, once `finish` has checked it.
             let mut checked = None;
-            let next = match source.next(self.gateway.cfg.stall_timeout).await {
+            // Before an attempt's first token the worker is prefilling: it may take longer.
+            let mut stall = self.gateway.cfg.stall_timeout;
+            if let Source::Remote(_, _, prefill) = &source
+                && generated.len() == resumed_at
+            {
+                stall += *prefill;
+            }
+            let next = match source.next(stall).await {
                 Ok(Event::Token(mut t)) => match self.guard.token(&t, generated.len()) {
                     Ok(shown) => {
                         t.text = shown;
@@ -1081,7 +1101,7 @@ impl Relay {
             )));
         }
         f.tail = self.guard.tail(&f.tail).map_err(Failure::violation)?;
-        let Source::Remote(peer, _) = source else {
+        let Source::Remote(peer, ..) = source else {
             return Ok((f, None));
         };
         let Some(a) = &f.attestation else {
@@ -1271,5 +1291,20 @@ impl Gateway {
     /// Reputation of every worker this gateway keeps a record of.
     pub fn reputations(&self) -> HashMap<PeerId, Reputation> {
         self.reputation.all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_prompt_earns_its_prefill_time_up_to_a_cap() {
+        let cap = Duration::from_secs(60);
+        assert_eq!(prefill_allowance(0, cap), Duration::ZERO);
+        // 2,400 tokens at 100 tokens/s: 24 s more than the stall timeout.
+        assert_eq!(prefill_allowance(2400, cap), Duration::from_secs(24));
+        // A worker that claims a huge prompt gets the cap, no more.
+        assert_eq!(prefill_allowance(u32::MAX, cap), cap);
     }
 }
