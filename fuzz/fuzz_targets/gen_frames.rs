@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
                 capture: Default::default(),
                 resume: r.resume,
                 logit_bias: r.job.logit_bias,
+                conversation: None,
             };
             let _ = agora_engine::check_request(&req, 512, 49_152);
         }
