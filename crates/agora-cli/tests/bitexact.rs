@@ -238,7 +238,10 @@ fn engine_with_cache(m: Model, prefix_cache: bool) -> LlamaEngine {
     c.slots = 1;
     c.ctx = 3072;
     c.prefix_cache = prefix_cache;
-    c.prefix_cache_bytes = 256 << 20;
+    // Room for the first conversation's copy (about 1,250 tokens: 29 MB for SmolLM2, 23 MB
+    // for Gemma) but, for SmolLM2, not for it and the next one's together: copying the next
+    // one out evicts whatever the copy to put back no longer protects.
+    c.prefix_cache_bytes = 32 << 20;
     LlamaEngine::load(c).unwrap()
 }
 

@@ -165,6 +165,12 @@ impl PrefixCache {
             choice.reuse
         };
         let held = std::mem::take(held);
+        // The copy to put back leaves host memory before anything is copied out: copying the
+        // slot's own states out may evict or reorder the copies (indices change).
+        let copy = choice
+            .restore
+            .filter(|&i| i < self.spilled.len())
+            .map(|i| self.spilled.swap_remove(i));
         let conversation = self
             .conversations
             .get_mut(id as usize)
@@ -173,12 +179,13 @@ impl PrefixCache {
         if held.len() >= kept + MIN_SPILL {
             self.spill(ctx, id, held, conversation);
         }
-        let mut reuse = kept;
-        if let Some(i) = choice.restore {
-            reuse = self.restore(ctx, id, i, choice.reuse);
-        } else {
-            let _ = ctx.clear_kv_cache_seq(Some(id as u32), Some(reuse as u32), None);
-        }
+        let reuse = match copy {
+            Some(copy) => self.restore(ctx, id, copy, choice.reuse),
+            None => {
+                let _ = ctx.clear_kv_cache_seq(Some(id as u32), Some(kept as u32), None);
+                kept
+            }
+        };
         self.stats.lookups += 1;
         self.stats.prompt_tokens += prefill_end as u64;
         if reuse > 0 {
@@ -233,15 +240,17 @@ impl PrefixCache {
         self.count_spilled();
     }
 
-    /// Puts host-memory copy `i` into slot `id`, keeping its first `reuse` positions; the copy
-    /// leaves host memory (the slot holds it now). Returns the positions kept: 0 if llama.cpp
-    /// refused the copy (the sequence is then prefilled whole).
-    fn restore(&mut self, ctx: &mut LlamaContext<'_>, id: i32, i: usize, reuse: usize) -> usize {
+    /// Puts a host-memory copy (taken out of `spilled`: the slot holds it now) into slot `id`,
+    /// keeping its first `reuse` positions. Returns the positions kept: 0 if llama.cpp refused
+    /// the copy (the sequence is then prefilled whole).
+    fn restore(
+        &mut self,
+        ctx: &mut LlamaContext<'_>,
+        id: i32,
+        copy: Spilled,
+        reuse: usize,
+    ) -> usize {
         let _ = ctx.clear_kv_cache_seq(Some(id as u32), None, None);
-        if i >= self.spilled.len() {
-            return 0;
-        }
-        let copy = self.spilled.swap_remove(i);
         self.count_spilled();
         if ctx.state_seq_set(&copy.state, id).is_err() {
             let _ = ctx.clear_kv_cache_seq(Some(id as u32), None, None);
