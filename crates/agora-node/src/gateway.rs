@@ -270,8 +270,17 @@ impl Gateway {
     /// then a random draw weighted by believed speed and nearness, so that equally free
     /// workers share the load and faster ones get more of it. Among workers with room, those
     /// whose answers can be verified come before those that failed their self-check
-    /// (unverifiable); `prefer` (the worker that holds the conversation's prefix) comes next.
-    fn candidates(&self, model: &str, exclude: &[Target], prefer: Option<Target>) -> Vec<Target> {
+    /// (unverifiable); `prefer` (the worker that holds the conversation's prefix) comes next —
+    /// after the probation order when only the worker's own status says it holds the prefix
+    /// (`by_status`: anyone can copy keys from public statuses, so a new key gains no place by
+    /// listing them).
+    fn candidates(
+        &self,
+        model: &str,
+        exclude: &[Target],
+        prefer: Option<(Target, bool)>,
+    ) -> Vec<Target> {
+        let (prefer, by_status) = (prefer.map(|p| p.0), prefer.is_some_and(|p| p.1));
         let mut rng = rand::thread_rng();
         let probation_first = rng.r#gen::<f64>() < self.cfg.probation_share;
         let mut draw = |tok_s: f64, rtt_ms: f64| -> f64 {
@@ -346,8 +355,16 @@ impl Gateway {
                 cooling(&x.4),
                 !has_room,
                 x.0,
-                prefer != Some(x.4),
-                probation_rank,
+                if by_status {
+                    probation_rank
+                } else {
+                    prefer != Some(x.4)
+                },
+                if by_status {
+                    prefer != Some(x.4)
+                } else {
+                    probation_rank
+                },
             )
         };
         scored.sort_by(|a, b| {
@@ -360,11 +377,12 @@ impl Gateway {
     }
 
     /// The worker most likely to hold this follow-up turn's history in its prefix cache, and
-    /// whether its own word says so: one whose status (or, for this node's engine, whose cache)
-    /// lists the history's conversation key — the one this gateway sent the last turn to, if it
-    /// is among them — else the one this gateway sent the last turn to (a status made before
-    /// that turn ended cannot list it yet). A status is a hint: at worst a follow-up turn is
-    /// prefilled whole where the usual choice would also have sent it.
+    /// whether only its status says so. The one this gateway sent the last turn to comes first
+    /// when its status lists the history's conversation key, or when its status was made
+    /// before that turn ended (and cannot list it yet: statuses lag by seconds); then a
+    /// routable worker whose status (or, for this node's engine, whose cache) lists it; then
+    /// the remembered one. A status is a hint: at worst a follow-up turn is prefilled whole
+    /// where the usual choice would also have sent it.
     fn prefix_holder(&self, model: &str, prompt: &PromptSpec) -> Option<(Target, bool)> {
         let key = agora_engine::conversation::continued(prompt)?;
         let remembered = self.affinity.previous(key);
@@ -374,17 +392,33 @@ impl Gateway {
             .as_ref()
             .filter(|e| self.local_serves(model) && e.held_conversations().contains(&key))
             .map(|_| Target::Local);
-        let peers = self.net.live_peers().into_iter().filter_map(|p| {
+        let live = self.net.live_peers();
+        let peers = live.iter().filter_map(|p| {
             let s = p.status.as_ref()?;
-            (s.worker && s.serves(model) && s.holds_conversation(&hex))
+            let eligible = !self.net.is_banned(&p.peer_id) && self.reputation.routable(&p.peer_id);
+            (eligible && s.worker && s.serves(model) && s.holds_conversation(&hex))
                 .then_some(Target::Peer(p.peer_id))
         });
         let listed: Vec<Target> = local.into_iter().chain(peers).collect();
-        match remembered {
-            Some(t) if listed.contains(&t) => Some((t, true)),
-            _ => listed.first().map(|&t| (t, true)),
+        if let Some(t) = remembered {
+            if listed.contains(&t) {
+                return Some((t, false));
+            }
+            let status_at = match t {
+                Target::Peer(id) => live
+                    .iter()
+                    .find(|p| p.peer_id == id)
+                    .and_then(|p| p.status_at),
+                Target::Local => None,
+            };
+            if self.status_predates_last_finish(t, status_at) {
+                return Some((t, false));
+            }
         }
-        .or(remembered.map(|t| (t, false)))
+        listed
+            .first()
+            .map(|&t| (t, true))
+            .or(remembered.map(|t| (t, false)))
     }
 
     /// Notes that `target` refused work: it is tried last for a moment.
@@ -585,7 +619,10 @@ impl Gateway {
                 s.send(&req).await.map_err(|e| fail(e.to_string()))?;
                 match s.recv_timeout::<WorkerFrame>(self.cfg.accept_timeout).await {
                     Ok(Some(WorkerFrame::Accepted { prompt_tokens, .. })) => {
-                        let prefill = prefill_allowance(prompt_tokens, self.cfg.accept_timeout);
+                        // Resumed tokens are computed before the first new token too.
+                        let tokens = prompt_tokens
+                            .saturating_add(u32::try_from(resume.len()).unwrap_or(u32::MAX));
+                        let prefill = prefill_allowance(tokens, self.cfg.accept_timeout);
                         Ok(Source::Remote(peer, Box::new(s), prefill))
                     }
                     Ok(Some(WorkerFrame::Error(e))) if e.retryable() => {
@@ -628,8 +665,7 @@ impl Gateway {
             .then(|| self.prefix_holder(model, &job.prompt))
             .flatten();
         while tried.len() < self.cfg.max_attempts {
-            let preferred = prefer.map(|(t, _)| t);
-            let Some(target) = self.candidates(model, tried, preferred).into_iter().next() else {
+            let Some(target) = self.candidates(model, tried, prefer).into_iter().next() else {
                 break;
             };
             let guard = InflightGuard::new(&self.inflight, &self.finished, target);
@@ -973,7 +1009,7 @@ impl Relay {
             if let Source::Remote(_, _, prefill) = &source
                 && generated.len() == resumed_at
             {
-                stall += *prefill;
+                stall = stall.saturating_add(*prefill);
             }
             let next = match source.next(stall).await {
                 Ok(Event::Token(mut t)) => match self.guard.token(&t, generated.len()) {
