@@ -55,6 +55,19 @@ fn spread(gw: &Node) -> HashMap<String, usize> {
     counts
 }
 
+/// One turn of a conversation as a chat client has it: question `t` added to `history`, sent
+/// whole, the answer added; returns the worker that answered.
+fn chat_turn(gw: &Node, history: &mut Vec<Value>, t: usize) -> String {
+    history.push(json!({"role": "user", "content": format!("Question {t}: name a fruit.")}));
+    let (status, v) = gw.post(
+        "/v1/chat/completions",
+        &json!({"model": common::MODEL, "messages": history, "max_tokens": 6}),
+    );
+    assert_eq!(status, 200, "{v}");
+    history.push(json!({"role": "assistant", "content": common::content(&v)}));
+    v["agora"]["workers"][0].as_str().unwrap().to_string()
+}
+
 /// A chat client re-sends the whole history each turn: the gateway sends each follow-up turn to
 /// the worker that answered the previous one (it holds the conversation's prefix).
 #[test]
@@ -68,15 +81,7 @@ fn conversation_turns_follow_their_worker() {
             vec![json!({"role": "system", "content": format!("You are helper {c}.")})];
         let mut served = Vec::new();
         for t in 0..3 {
-            history
-                .push(json!({"role": "user", "content": format!("Question {t}: name a fruit.")}));
-            let (status, v) = gw.post(
-                "/v1/chat/completions",
-                &json!({"model": common::MODEL, "messages": history, "max_tokens": 6}),
-            );
-            assert_eq!(status, 200, "{v}");
-            served.push(v["agora"]["workers"][0].as_str().unwrap().to_string());
-            history.push(json!({"role": "assistant", "content": common::content(&v)}));
+            served.push(chat_turn(&gw, &mut history, t));
         }
         assert!(
             served.iter().all(|w| *w == served[0]),
@@ -121,15 +126,7 @@ fn a_conversation_moving_between_gateways_stays_on_its_worker() {
         }
         let gw = &gws[t % 2];
         for (c, history) in histories.iter_mut().enumerate() {
-            history
-                .push(json!({"role": "user", "content": format!("Question {t}: name a fruit.")}));
-            let (status, v) = gw.post(
-                "/v1/chat/completions",
-                &json!({"model": common::MODEL, "messages": history, "max_tokens": 6}),
-            );
-            assert_eq!(status, 200, "{v}");
-            served[c].push(v["agora"]["workers"][0].as_str().unwrap().to_string());
-            history.push(json!({"role": "assistant", "content": common::content(&v)}));
+            served[c].push(chat_turn(gw, history, t));
         }
     }
     for (c, s) in served.iter().enumerate() {
