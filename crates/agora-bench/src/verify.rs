@@ -212,7 +212,11 @@ async fn generate(w: &Worker, case: &Case) -> Result<(Transcript, f64, usize)> {
                 tokens.push(t.id);
                 text.push_str(&t.text);
             }
-            Some(Event::Done(f)) => break f,
+            Some(Event::Done(f)) => {
+                // text held back to the end (an unfinished character, a possible stop prefix)
+                text.push_str(&f.tail);
+                break f;
+            }
             Some(Event::Error(e)) => bail!("generation failed: {e}"),
             Some(_) => {}
             None => bail!("generation ended without a result"),
