@@ -8866,6 +8866,573 @@ static inline void agora_vec_mad_bf16(const int n, float * GGML_RESTRICT y, cons
     }
 }
 
+// Agora patch (vendor/llama-cpp-sys-2/AGORA-PATCH.md, "The fifth change"): flash attention for a
+// bf16 KV cache. Like upstream's one-chunk kernel it computes each query row on its own, so a
+// row's numbers do not depend on the batch or the thread count; unlike it, it takes the online
+// softmax over blocks of AGORA_FA_BLOCK unmasked keys instead of key by key: the block's scores
+// (four keys at a time against the f32 query row), one rescale of the accumulator when the
+// block raises the maximum, the block's exponentials in SIMD lanes instead of one libm expf per
+// key, and the weighted V rows added with the accumulator held in registers (per element one
+// fused multiply-add per key, in key order). Blocks are counted in unmasked keys in cache order,
+// so a row's result depends only on the sequence of keys it may see, as the per-key kernel's
+// did. x86 builds with AVX-512 run the same 256-bit code as AVX2 builds, so attention computes
+// the same bits on both. A 1,800-token prompt spent 62 % of its prefill in the per-key kernel on
+// an AVX2 EPYC (21 % in expf alone).
+#define AGORA_FA_BLOCK 32
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define AGORA_FA_AVX2 1
+
+// ggml_v_expf's AVX2 variant (vec.h), here for every x86 build with AVX2: AVX-512 builds get
+// only the 512-bit one there, which rounds otherwise. Inputs are finite and <= 0.
+static inline __m256 agora_v_expf8(__m256 x) {
+  const __m256 r = _mm256_set1_ps(0x1.8p23f);
+  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+  const __m256 n = _mm256_sub_ps(z, r);
+  const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+  const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+  const __m256 k = _mm256_castsi256_ps(
+      _mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
+  const __m256i c = _mm256_castps_si256(
+      _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n),
+                    _mm256_set1_ps(126), _CMP_GT_OQ));
+  const __m256 u = _mm256_mul_ps(b, b);
+  const __m256 j = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b,
+                                                                   _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                                                   _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b,
+                                                                   _mm256_set1_ps(0x1.fffdb6p-2f))),
+                                   u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+  if (!_mm256_movemask_ps(_mm256_castsi256_ps(c)))
+    return _mm256_fmadd_ps(j, k, k);
+  const __m256i g = _mm256_and_si256(
+      _mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+      _mm256_set1_epi32(0x82000000u));
+  const __m256 s1 =
+      _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000u)));
+  const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+  const __m256i d = _mm256_castps_si256(
+      _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n),
+                    _mm256_set1_ps(192), _CMP_GT_OQ));
+  return _mm256_or_ps(
+      _mm256_and_ps(_mm256_castsi256_ps(d), _mm256_mul_ps(s1, s1)),
+      _mm256_andnot_ps(
+          _mm256_castsi256_ps(d),
+          _mm256_or_ps(
+              _mm256_and_ps(_mm256_castsi256_ps(c),
+                            _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+              _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)))));
+}
+#endif
+
+// Rows are handled in chunks of 16 elements: one 256-bit load of 16 bf16 values gives the even
+// elements as f32 by a shift and the odd ones by a mask, no shuffle. The query row is stored in
+// that order (agora_fa_permute) and so is the accumulator; a tail of DK or DV % 16 elements
+// stays in natural order.
+#define AGORA_FA_CHUNK 16
+
+// to[c*16 + t] = x[c*16 + 2t], to[c*16 + 8 + t] = x[c*16 + 2t + 1]; a tail is copied
+static inline void agora_fa_permute(const int64_t n, const float * GGML_RESTRICT x, float * GGML_RESTRICT to) {
+    int64_t c = 0;
+#if defined(AGORA_FA_AVX2)
+    for (; c + AGORA_FA_CHUNK <= n; c += AGORA_FA_CHUNK) {
+        for (int t = 0; t < 8; ++t) {
+            to[c + t]     = x[c + 2*t];
+            to[c + 8 + t] = x[c + 2*t + 1];
+        }
+    }
+#endif
+    for (; c < n; ++c) {
+        to[c] = x[c];
+    }
+}
+
+// the inverse of agora_fa_permute
+static inline void agora_fa_unpermute(const int64_t n, const float * GGML_RESTRICT x, float * GGML_RESTRICT to) {
+    int64_t c = 0;
+#if defined(AGORA_FA_AVX2)
+    for (; c + AGORA_FA_CHUNK <= n; c += AGORA_FA_CHUNK) {
+        for (int t = 0; t < 8; ++t) {
+            to[c + 2*t]     = x[c + t];
+            to[c + 2*t + 1] = x[c + 8 + t];
+        }
+    }
+#endif
+    for (; c < n; ++c) {
+        to[c] = x[c];
+    }
+}
+
+#if defined(AGORA_FA_AVX2)
+#define AGORA_BF16_EVEN(w) _mm256_castsi256_ps(_mm256_slli_epi32((w), 16))
+#define AGORA_BF16_ODD(w)  _mm256_castsi256_ps(_mm256_and_si256((w), _mm256_set1_epi32((int) 0xFFFF0000u)))
+#define AGORA_LOAD16(x)    _mm256_loadu_si256((const __m256i *) (x))
+#endif
+
+// out[i] = dot(float(k[i]), q) for four bf16 key rows, q permuted: per key the same operations
+// whatever the other three are (eight lanes of fused multiply-adds over the chunks, a fixed tree
+// of pairwise sums, then any tail in order).
+static inline void agora_fa_dot4(const int64_t DK, const ggml_bf16_t * const * GGML_RESTRICT k,
+        const float * GGML_RESTRICT q, float * GGML_RESTRICT out) {
+    int64_t d = 0;
+#if defined(AGORA_FA_AVX2)
+    __m256 a0 = _mm256_setzero_ps();
+    __m256 a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps();
+    __m256 a3 = _mm256_setzero_ps();
+    for (; d + AGORA_FA_CHUNK <= DK; d += AGORA_FA_CHUNK) {
+        const __m256 qe = _mm256_loadu_ps(q + d);
+        const __m256 qo = _mm256_loadu_ps(q + d + 8);
+        const __m256i w0 = AGORA_LOAD16(k[0] + d);
+        const __m256i w1 = AGORA_LOAD16(k[1] + d);
+        const __m256i w2 = AGORA_LOAD16(k[2] + d);
+        const __m256i w3 = AGORA_LOAD16(k[3] + d);
+        a0 = _mm256_fmadd_ps(AGORA_BF16_ODD(w0), qo, _mm256_fmadd_ps(AGORA_BF16_EVEN(w0), qe, a0));
+        a1 = _mm256_fmadd_ps(AGORA_BF16_ODD(w1), qo, _mm256_fmadd_ps(AGORA_BF16_EVEN(w1), qe, a1));
+        a2 = _mm256_fmadd_ps(AGORA_BF16_ODD(w2), qo, _mm256_fmadd_ps(AGORA_BF16_EVEN(w2), qe, a2));
+        a3 = _mm256_fmadd_ps(AGORA_BF16_ODD(w3), qo, _mm256_fmadd_ps(AGORA_BF16_EVEN(w3), qe, a3));
+    }
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+#else
+    out[0] = out[1] = out[2] = out[3] = 0.0f;
+#endif
+    for (int i = 0; i < 4; ++i) {
+        float s = out[i];
+        for (int64_t e = d; e < DK; ++e) {
+            s = fmaf(GGML_BF16_TO_FP32(k[i][e]), q[e], s);
+        }
+        out[i] = s;
+    }
+}
+
+// p[j] = exp(s[j] - M) for j < n (n <= AGORA_FA_BLOCK)
+static inline void agora_fa_exp(const int n, const float * GGML_RESTRICT s, const float M, float * GGML_RESTRICT p) {
+#if defined(AGORA_FA_AVX2)
+    float t[AGORA_FA_BLOCK + 8];
+    for (int j = 0; j < n; ++j) {
+        t[j] = s[j] - M;
+    }
+    for (int j = n; j < AGORA_FA_BLOCK + 8; ++j) {
+        t[j] = 0.0f;
+    }
+    for (int j = 0; j < n; j += 8) {
+        _mm256_storeu_ps(t + j, agora_v_expf8(_mm256_loadu_ps(t + j)));
+    }
+    memcpy(p, t, n*sizeof(float));
+#else
+    for (int j = 0; j < n; ++j) {
+        p[j] = expf(s[j] - M);
+    }
+#endif
+}
+
+// acc[d] = fma(float(v[j][d]), p[j], acc[d]) for j = 0..n-1 in order, d < DV, acc permuted
+static inline void agora_fa_mad_block(const int n, const int64_t DV, float * GGML_RESTRICT acc,
+        const ggml_bf16_t * const * GGML_RESTRICT v, const float * GGML_RESTRICT p) {
+    int64_t d = 0;
+#if defined(AGORA_FA_AVX2)
+    for (; d + 2*AGORA_FA_CHUNK <= DV; d += 2*AGORA_FA_CHUNK) {
+        __m256 a0 = _mm256_loadu_ps(acc + d +  0);
+        __m256 a1 = _mm256_loadu_ps(acc + d +  8);
+        __m256 a2 = _mm256_loadu_ps(acc + d + 16);
+        __m256 a3 = _mm256_loadu_ps(acc + d + 24);
+        for (int j = 0; j < n; ++j) {
+            const __m256 w = _mm256_set1_ps(p[j]);
+            const __m256i x0 = AGORA_LOAD16(v[j] + d);
+            const __m256i x1 = AGORA_LOAD16(v[j] + d + 16);
+            a0 = _mm256_fmadd_ps(AGORA_BF16_EVEN(x0), w, a0);
+            a1 = _mm256_fmadd_ps(AGORA_BF16_ODD(x0),  w, a1);
+            a2 = _mm256_fmadd_ps(AGORA_BF16_EVEN(x1), w, a2);
+            a3 = _mm256_fmadd_ps(AGORA_BF16_ODD(x1),  w, a3);
+        }
+        _mm256_storeu_ps(acc + d +  0, a0);
+        _mm256_storeu_ps(acc + d +  8, a1);
+        _mm256_storeu_ps(acc + d + 16, a2);
+        _mm256_storeu_ps(acc + d + 24, a3);
+    }
+    for (; d + AGORA_FA_CHUNK <= DV; d += AGORA_FA_CHUNK) {
+        __m256 a0 = _mm256_loadu_ps(acc + d);
+        __m256 a1 = _mm256_loadu_ps(acc + d + 8);
+        for (int j = 0; j < n; ++j) {
+            const __m256 w = _mm256_set1_ps(p[j]);
+            const __m256i x0 = AGORA_LOAD16(v[j] + d);
+            a0 = _mm256_fmadd_ps(AGORA_BF16_EVEN(x0), w, a0);
+            a1 = _mm256_fmadd_ps(AGORA_BF16_ODD(x0),  w, a1);
+        }
+        _mm256_storeu_ps(acc + d, a0);
+        _mm256_storeu_ps(acc + d + 8, a1);
+    }
+#endif
+    for (; d < DV; ++d) {
+        float a = acc[d];
+        for (int j = 0; j < n; ++j) {
+            a = fmaf(GGML_BF16_TO_FP32(v[j][d]), p[j], a);
+        }
+        acc[d] = a;
+    }
+}
+
+// Up to AGORA_FA_ROWS query rows of one head are taken together so that each K and V row read
+// from memory serves all of them (a long prompt's attention is bound by those reads, not by the
+// arithmetic). Rows go together through a block only when they see the same keys; every
+// row's numbers are the same operations as when it is taken alone (the decoding worker's case).
+#define AGORA_FA_ROWS 4
+#define AGORA_FA_MAXD 512
+
+// dots of n keys (a short last pair repeats its last key) with the query rows q[0..R-1]:
+// s[r][j] = dot(float(k[j]), q[r]), each the same operations as agora_fa_dot4's for that key
+template <int R>
+static void agora_fa_dots(const int n, const int64_t DK, const ggml_bf16_t * const * GGML_RESTRICT kb,
+        const float * const * GGML_RESTRICT q, float (* GGML_RESTRICT s)[AGORA_FA_BLOCK + 4]) {
+    if (R == 1) {
+        for (int j = 0; j < n; j += 4) {
+            const ggml_bf16_t * k4[4];
+            for (int i = 0; i < 4; ++i) {
+                k4[i] = kb[j + i < n ? j + i : n - 1];
+            }
+            agora_fa_dot4(DK, k4, q[0], s[0] + j);
+        }
+        return;
+    }
+    for (int j = 0; j < n; j += 2) {
+        const ggml_bf16_t * k0 = kb[j];
+        const ggml_bf16_t * k1 = kb[j + 1 < n ? j + 1 : n - 1];
+        int64_t d = 0;
+        float out[8];
+#if defined(AGORA_FA_AVX2)
+        __m256 a[R + 1][2];
+        for (int r = 0; r < R + 1; ++r) {
+            a[r][0] = _mm256_setzero_ps();
+            a[r][1] = _mm256_setzero_ps();
+        }
+        for (; d + AGORA_FA_CHUNK <= DK; d += AGORA_FA_CHUNK) {
+            const __m256i w0 = AGORA_LOAD16(k0 + d);
+            const __m256i w1 = AGORA_LOAD16(k1 + d);
+            const __m256 e0 = AGORA_BF16_EVEN(w0), o0 = AGORA_BF16_ODD(w0);
+            const __m256 e1 = AGORA_BF16_EVEN(w1), o1 = AGORA_BF16_ODD(w1);
+            for (int r = 0; r < R; ++r) {
+                const __m256 qe = _mm256_loadu_ps(q[r] + d);
+                const __m256 qo = _mm256_loadu_ps(q[r] + d + 8);
+                a[r][0] = _mm256_fmadd_ps(o0, qo, _mm256_fmadd_ps(e0, qe, a[r][0]));
+                a[r][1] = _mm256_fmadd_ps(o1, qo, _mm256_fmadd_ps(e1, qe, a[r][1]));
+            }
+        }
+        for (int r = 0; r < R; r += 2) {
+            // the same pairwise tree per accumulator as agora_fa_dot4
+            const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a[r][0], a[r][1]), _mm256_hadd_ps(a[r + 1][0], a[r + 1][1]));
+            _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+            s[r][j] = out[0];
+            s[r][j + 1] = out[1];
+            if (r + 1 < R) {
+                s[r + 1][j] = out[2];
+                s[r + 1][j + 1] = out[3];
+            }
+        }
+#else
+        for (int r = 0; r < R; ++r) {
+            s[r][j] = 0.0f;
+            s[r][j + 1] = 0.0f;
+        }
+#endif
+        for (int r = 0; r < R; ++r) {
+            for (int i = 0; i < 2; ++i) {
+                const ggml_bf16_t * k = i == 0 ? k0 : k1;
+                float x = s[r][j + i];
+                for (int64_t e = d; e < DK; ++e) {
+                    x = fmaf(GGML_BF16_TO_FP32(k[e]), q[r][e], x);
+                }
+                s[r][j + i] = x;
+            }
+        }
+    }
+}
+
+// acc[r][d] = fma(float(v[j][d]), p[r][j], acc[r][d]) for j = 0..n-1 in order, d < DV, for
+// R rows at once: per row the same operations as agora_fa_mad_block's
+template <int R>
+static void agora_fa_mad_rows(const int n, const int64_t DV, float * const * GGML_RESTRICT acc,
+        const ggml_bf16_t * const * GGML_RESTRICT v, const float (* GGML_RESTRICT p)[AGORA_FA_BLOCK]) {
+    if (R == 1) {
+        agora_fa_mad_block(n, DV, acc[0], v, p[0]);
+        return;
+    }
+    int64_t d = 0;
+#if defined(AGORA_FA_AVX2)
+    for (; d + AGORA_FA_CHUNK <= DV; d += AGORA_FA_CHUNK) {
+        __m256 a[R][2];
+        for (int r = 0; r < R; ++r) {
+            a[r][0] = _mm256_loadu_ps(acc[r] + d);
+            a[r][1] = _mm256_loadu_ps(acc[r] + d + 8);
+        }
+        for (int j = 0; j < n; ++j) {
+            const __m256i x = AGORA_LOAD16(v[j] + d);
+            const __m256 e = AGORA_BF16_EVEN(x), o = AGORA_BF16_ODD(x);
+            for (int r = 0; r < R; ++r) {
+                const __m256 w = _mm256_set1_ps(p[r][j]);
+                a[r][0] = _mm256_fmadd_ps(e, w, a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(o, w, a[r][1]);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            _mm256_storeu_ps(acc[r] + d, a[r][0]);
+            _mm256_storeu_ps(acc[r] + d + 8, a[r][1]);
+        }
+    }
+#endif
+    for (; d < DV; ++d) {
+        for (int r = 0; r < R; ++r) {
+            float x = acc[r][d];
+            for (int j = 0; j < n; ++j) {
+                x = fmaf(GGML_BF16_TO_FP32(v[j][d]), p[r][j], x);
+            }
+            acc[r][d] = x;
+        }
+    }
+}
+
+struct agora_fa_row {
+    const float *       q;       // the query row, f32, permuted
+    float *             acc;     // DV floats, permuted
+    const ggml_fp16_t * mp;      // its mask row, or NULL
+    float               slope;
+    float               M;       // running maximum
+    float               S;       // running sum
+    int                 n;       // keys waiting in the block
+    const ggml_bf16_t * kb[AGORA_FA_BLOCK];
+    const ggml_bf16_t * vb[AGORA_FA_BLOCK];
+    float               mvb[AGORA_FA_BLOCK];
+};
+
+// scores s (raw dots) of the row's waiting block into weights p; updates M and S
+static void agora_fa_softmax(agora_fa_row & r, float * s, float * p, const int64_t DV, const float scale, const float logit_softcap) {
+    const int n = r.n;
+    float bm = -INFINITY;
+    for (int j = 0; j < n; ++j) {
+        float x = s[j]*scale;
+        if (logit_softcap != 0.0f) {
+            x = logit_softcap*tanhf(x);
+        }
+        s[j] = x + r.mvb[j];
+        bm = bm > s[j] ? bm : s[j];
+    }
+    if (bm > r.M) {
+        // the block raises the maximum: scale what was accumulated (nothing yet when M = -inf)
+        if (r.M != -INFINITY) {
+            const float ms = expf(r.M - bm);
+            ggml_vec_scale_f32(DV, r.acc, ms);
+            r.S = r.S*ms;
+        }
+        r.M = bm;
+    }
+    agora_fa_exp(n, s, r.M, p);
+    for (int j = 0; j < n; ++j) {
+        r.S += p[j];
+    }
+}
+
+// the waiting blocks of rows idx[0..cnt-1], which hold the same keys, through the rows
+static void agora_fa_flush(agora_fa_row * rows, const int * idx, const int cnt, const int64_t DK, const int64_t DV,
+        const float scale, const float logit_softcap) {
+    float s[AGORA_FA_ROWS][AGORA_FA_BLOCK + 4];
+    float p[AGORA_FA_ROWS][AGORA_FA_BLOCK];
+    const float * q[AGORA_FA_ROWS];
+    float * acc[AGORA_FA_ROWS];
+    const agora_fa_row & first = rows[idx[0]];
+    for (int i = 0; i < cnt; ++i) {
+        q[i] = rows[idx[i]].q;
+        acc[i] = rows[idx[i]].acc;
+    }
+    switch (cnt) {
+        case 1: agora_fa_dots<1>(first.n, DK, first.kb, q, s); break;
+        case 2: agora_fa_dots<2>(first.n, DK, first.kb, q, s); break;
+        case 3: agora_fa_dots<3>(first.n, DK, first.kb, q, s); break;
+        default: agora_fa_dots<4>(first.n, DK, first.kb, q, s); break;
+    }
+    for (int i = 0; i < cnt; ++i) {
+        agora_fa_softmax(rows[idx[i]], s[i], p[i], DV, scale, logit_softcap);
+    }
+    switch (cnt) {
+        case 1: agora_fa_mad_rows<1>(first.n, DV, acc, first.vb, p); break;
+        case 2: agora_fa_mad_rows<2>(first.n, DV, acc, first.vb, p); break;
+        case 3: agora_fa_mad_rows<3>(first.n, DV, acc, first.vb, p); break;
+        default: agora_fa_mad_rows<4>(first.n, DV, acc, first.vb, p); break;
+    }
+    for (int i = 0; i < cnt; ++i) {
+        rows[idx[i]].n = 0;
+    }
+}
+
+// flush the rows among idx[0..cnt-1] (each with a waiting block): rows holding the same keys
+// together
+static void agora_fa_flush_some(agora_fa_row * rows, const int * idx, const int cnt, const int64_t DK, const int64_t DV,
+        const float scale, const float logit_softcap) {
+    bool done[AGORA_FA_ROWS] = { false };
+    for (int a = 0; a < cnt; ++a) {
+        if (done[a]) {
+            continue;
+        }
+        int same[AGORA_FA_ROWS];
+        int ns = 0;
+        same[ns++] = idx[a];
+        for (int b = a + 1; b < cnt; ++b) {
+            const agora_fa_row & x = rows[idx[a]];
+            const agora_fa_row & y = rows[idx[b]];
+            if (!done[b] && x.n == y.n && memcmp(x.kb, y.kb, x.n*sizeof(x.kb[0])) == 0) {
+                same[ns++] = idx[b];
+                done[b] = true;
+            }
+        }
+        agora_fa_flush(rows, same, ns, DK, DV, scale, logit_softcap);
+    }
+}
+
+static void agora_flash_attn_ext_bf16_one_chunk(
+        const ggml_compute_params * params,
+        ggml_tensor * dst,
+        int ir0, int ir1) {
+    const ggml_tensor * q     = dst->src[0];
+    const ggml_tensor * k     = dst->src[1];
+    const ggml_tensor * v     = dst->src[2];
+    const ggml_tensor * mask  = dst->src[3];
+    const ggml_tensor * sinks = dst->src[4];
+
+    GGML_TENSOR_LOCALS(int64_t, neq, q,   ne)
+    GGML_TENSOR_LOCALS(size_t,  nbq, q,   nb)
+    GGML_TENSOR_LOCALS(int64_t, nek, k,   ne)
+    GGML_TENSOR_LOCALS(size_t,  nbk, k,   nb)
+    GGML_TENSOR_LOCALS(int64_t, nev, v,   ne)
+    GGML_TENSOR_LOCALS(size_t,  nbv, v,   nb)
+    GGML_TENSOR_LOCALS(int64_t, ne,  dst, ne)
+    GGML_TENSOR_LOCALS(size_t,  nb,  dst, nb)
+
+    GGML_ASSERT(k->type == GGML_TYPE_BF16 && v->type == GGML_TYPE_BF16 && q->type == GGML_TYPE_F32);
+
+    const int64_t DK = nek0;
+    const int64_t DV = nev0;
+    GGML_ASSERT(DK <= AGORA_FA_MAXD && DV <= AGORA_FA_MAXD);
+
+    const int64_t rk2 = neq2/nek2;
+    const int64_t rk3 = neq3/nek3;
+    const int64_t rv2 = neq2/nev2;
+    const int64_t rv3 = neq3/nev3;
+
+    float scale         = 1.0f;
+    float max_bias      = 0.0f;
+    float logit_softcap = 0.0f;
+
+    memcpy(&scale,         (float *) dst->op_params + 0, sizeof(float));
+    memcpy(&max_bias,      (float *) dst->op_params + 1, sizeof(float));
+    memcpy(&logit_softcap, (float *) dst->op_params + 2, sizeof(float));
+
+    if (logit_softcap != 0) {
+        scale /= logit_softcap;
+    }
+
+    const uint32_t n_head      = neq2;
+    const uint32_t n_head_log2 = 1u << (uint32_t) floor(log2(n_head));
+
+    const float m0 = powf(2.0f, -(max_bias       ) / n_head_log2);
+    const float m1 = powf(2.0f, -(max_bias / 2.0f) / n_head_log2);
+
+    alignas(32) float qbuf[AGORA_FA_ROWS][AGORA_FA_MAXD];
+    alignas(32) float accbuf[AGORA_FA_ROWS][AGORA_FA_MAXD];
+    alignas(32) float out[AGORA_FA_MAXD];
+    agora_fa_row rows[AGORA_FA_ROWS];
+
+    for (int ir = ir0; ir < ir1; ) {
+        const int iq3 = ir/(neq2*neq1);
+        const int iq2 = (ir - iq3*neq2*neq1)/neq1;
+        const int iq1_0 = (ir - iq3*neq2*neq1 - iq2*neq1);
+
+        // rows ir.. of the same head, at most AGORA_FA_ROWS
+        int R = 1;
+        while (R < AGORA_FA_ROWS && ir + R < ir1 && iq1_0 + R < neq1) {
+            R++;
+        }
+
+        const uint32_t h = iq2;
+        const float slope = (max_bias > 0.0f) ? h < n_head_log2 ? powf(m0, h + 1) : powf(m1, 2*(h - n_head_log2) + 1) : 1.0f;
+
+        const int ik3 = iq3 / rk3;
+        const int ik2 = iq2 / rk2;
+        const int iv3 = iq3 / rv3;
+        const int iv2 = iq2 / rv2;
+
+        for (int r = 0; r < R; ++r) {
+            const int iq1 = iq1_0 + r;
+            agora_fa_permute(DK, (const float *) ((char *) q->data + (iq1*nbq1 + iq2*nbq2 + iq3*nbq3)), qbuf[r]);
+            memset(accbuf[r], 0, DV*sizeof(float));
+            rows[r].q = qbuf[r];
+            rows[r].acc = accbuf[r];
+            rows[r].mp = mask ? (ggml_fp16_t *)((char *) mask->data + iq1*mask->nb[1] + (iq2%mask->ne[2])*mask->nb[2] + (iq3%mask->ne[3])*mask->nb[3]) : NULL;
+            rows[r].slope = slope;
+            rows[r].M = -INFINITY;
+            rows[r].S = 0.0f;
+            rows[r].n = 0;
+        }
+
+        int full[AGORA_FA_ROWS];
+        for (int64_t ic = 0; ic < nek1; ++ic) {
+            const ggml_bf16_t * kp = (const ggml_bf16_t *) ((const char *) k->data + (ic*nbk1 + ik2*nbk2 + ik3*nbk3));
+            const ggml_bf16_t * vp = (const ggml_bf16_t *) ((const char *) v->data + (ic*nbv1 + iv2*nbv2 + iv3*nbv3));
+            int nfull = 0;
+            for (int r = 0; r < R; ++r) {
+                agora_fa_row & x = rows[r];
+                // -inf in fp16 has one encoding; slope > 0 keeps it -inf and any other value finite
+                if (x.mp && x.mp[ic] == 0xFC00) {
+                    continue;
+                }
+                x.kb[x.n]  = kp;
+                x.vb[x.n]  = vp;
+                x.mvb[x.n] = x.mp ? x.slope*GGML_CPU_FP16_TO_FP32(x.mp[ic]) : 0.0f;
+                if (++x.n == AGORA_FA_BLOCK) {
+                    full[nfull++] = r;
+                }
+            }
+            if (nfull > 0) {
+                agora_fa_flush_some(rows, full, nfull, DK, DV, scale, logit_softcap);
+            }
+        }
+        int left = 0;
+        for (int r = 0; r < R; ++r) {
+            if (rows[r].n > 0) {
+                full[left++] = r;
+            }
+        }
+        if (left > 0) {
+            agora_fa_flush_some(rows, full, left, DK, DV, scale, logit_softcap);
+        }
+
+        for (int r = 0; r < R; ++r) {
+            float M = rows[r].M;
+            float S = rows[r].S;
+            float * acc = accbuf[r];
+            if (sinks) {
+                const float s = ((float *)((char *) sinks->data))[h];
+                float ms = 1.0f;
+                float vs = 1.0f;
+                if (s > M) {
+                    ms = expf(M - s);
+                    M = s;
+                    ggml_vec_scale_f32(DV, acc, ms);
+                } else {
+                    vs = expf(s - M);
+                }
+                S = S*ms + vs;
+            }
+
+            const float S_inv = S == 0.0f ? 0.0f : 1.0f/S;
+            ggml_vec_scale_f32(DV, acc, S_inv);
+
+            agora_fa_unpermute(DV, acc, out);
+            const int iq1 = iq1_0 + r;
+            memcpy((char *) dst->data + (iq3*ne2*ne1 + iq2 + iq1*ne1)*nb1, out, nb1);
+        }
+        ir += R;
+    }
+}
+
 static void ggml_compute_forward_flash_attn_ext_f16_one_chunk(
         const ggml_compute_params * params,
         ggml_tensor * dst,
@@ -9586,6 +10153,11 @@ static void ggml_compute_forward_flash_attn_ext_f16(
 #endif
         use_tiled &= (DV % f32_epr == 0);
 #endif
+        // Agora patch: bf16 KV rows through agora_flash_attn_ext_bf16_one_chunk
+        const bool agora_bf16 = !use_ref && q->type == GGML_TYPE_F32 &&
+                                k->type == GGML_TYPE_BF16 && v->type == GGML_TYPE_BF16 &&
+                                k->ne[0] <= AGORA_FA_MAXD && v->ne[0] <= AGORA_FA_MAXD;
+
         int current_chunk = ith;
 
         while (current_chunk < nchunk) {
@@ -9594,6 +10166,8 @@ static void ggml_compute_forward_flash_attn_ext_f16(
 
             if (use_tiled) {
                 ggml_compute_forward_flash_attn_ext_tiled(params, dst, ir0, ir1);
+            } else if (agora_bf16) {
+                agora_flash_attn_ext_bf16_one_chunk(params, dst, ir0, ir1);
             } else {
                 ggml_compute_forward_flash_attn_ext_f16_one_chunk(params, dst, ir0, ir1, 0, nek1, nullptr, 0);
             }
