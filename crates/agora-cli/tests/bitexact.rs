@@ -35,15 +35,21 @@ struct Model {
     name: &'static str,
     /// Instruction-tuned with a chat template; else prompted with plain text.
     chat: bool,
+    /// Bytes of one token's keys and values in every layer (bf16): layers × key-value heads ×
+    /// (key + value width) × 2.
+    kv_per_token: u64,
 }
 
 const SMOLLM2: Model = Model {
     name: "smollm2-135m",
     chat: true,
+    kv_per_token: 30 * 3 * (64 + 64) * 2,
 };
 const GEMMA3: Model = Model {
     name: "gemma3-270m",
     chat: false,
+    // heads of 256, not n_embd / n_head = 160
+    kv_per_token: 18 * (256 + 256) * 2,
 };
 
 fn engine(m: Model, threads: u32) -> LlamaEngine {
@@ -144,6 +150,10 @@ macro_rules! for_each_model {
             fn the_nodes_self_check_passes() {
                 super::self_check_passes($model)
             }
+            #[test]
+            fn the_stated_kv_cache_size_is_the_models_own() {
+                super::kv_cache_size($model)
+            }
         }
     )*};
 }
@@ -158,6 +168,12 @@ for_each_model! {
 fn self_check_passes(m: Model) {
     let e = engine(m, 2);
     assert_eq!(agora_engine::selfcheck::run(&e), Ok(()));
+}
+
+/// What `/health` states as the KV cache's size (2048 tokens in each of 8 slots).
+fn kv_cache_size(m: Model) {
+    let e = engine(m, 1);
+    assert_eq!(e.info().kv_bytes, m.kv_per_token * 2048 * 8);
 }
 
 fn alone_batched_rescored(m: Model) {

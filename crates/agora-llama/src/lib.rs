@@ -241,9 +241,22 @@ impl LlamaEngine {
             .unwrap_or(1)
             .max(1) as u32;
 
-        let head_dim = u64::from(n_embd) / u64::from(model.n_head().max(1));
-        let kv_per_token =
-            u64::from(model.n_layer()) * 2 * u64::from(model.n_head_kv()) * head_dim * 2;
+        // Keys and values of one token in every layer, bf16. A head is n_embd / n_head wide
+        // unless the GGUF says otherwise (Gemma 3 270M: 640 / 4, but heads of 256).
+        let arch = model
+            .meta_val_str("general.architecture")
+            .unwrap_or_default();
+        let head_dim = |what: &str| {
+            model
+                .meta_val_str(&format!("{arch}.attention.{what}_length"))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(u64::from(n_embd) / u64::from(model.n_head().max(1)))
+        };
+        let kv_per_token = u64::from(model.n_layer())
+            * u64::from(model.n_head_kv())
+            * (head_dim("key") + head_dim("value"))
+            * 2;
         let info = ModelInfo {
             name: cfg.name.clone(),
             sha256: cfg.sha256.clone(),
