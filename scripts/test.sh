@@ -65,13 +65,15 @@ else
     cargo test --release --workspace -- --test-threads=1
 fi
 
-step "cheating workers and model servers (the cheat feature): clippy, a devnet whose validators catch a cheater, and a model fetched past a corrupting and a dying peer"
+step "cheating workers and model servers (the cheat feature): clippy, the cheat module's unit tests, a devnet whose validators catch a cheater, and a model fetched past a corrupting and a dying peer"
 cargo clippy --release --workspace --all-targets --features agora-cli/cheat -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release -p agora-cli --features cheat --test cheat_devnet --test model_peers --profile ci
 else
     cargo test --release -p agora-cli --features cheat --test cheat_devnet --test model_peers
 fi
+# the cheat module's own unit tests (mode parsing, the weight edits of every block format)
+cargo test --release -p agora-node --features cheat --lib cheat::
 
 if [ -x scripts/fuzz-short.sh ]; then
     step "short fuzz runs"

@@ -185,8 +185,9 @@ enum Edit {
     Zero,
 }
 
-/// Copies `src` to `dir` with the named tensors of layer `layer` edited in place. Supports the
-/// block formats whose scales lead each block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and F32/F16.
+/// Copies `src` to `dir` with the named tensors of layer `layer` edited in place: every weight
+/// scaled (by scaling each block's f16 scales) or zeroed. Supports F32, F16, the legacy block
+/// formats (Q4_0 … Q8_0) and the k-quants (Q2_K … Q6_K): see [`Layout`].
 fn edit_layer(
     src: &Path,
     dir: &Path,
@@ -215,40 +216,20 @@ fn edit_layer(
         {
             continue;
         }
-        let (block, elems) = match t.kind {
-            0 => (4, 1),   // F32
-            1 => (2, 1),   // F16
-            2 => (18, 32), // Q4_0: f16 d, 16 bytes
-            3 => (20, 32), // Q4_1: f16 d, f16 m, 16 bytes
-            6 => (22, 32), // Q5_0
-            7 => (24, 32), // Q5_1
-            8 => (34, 32), // Q8_0
-            k => {
-                return Err(format!(
-                    "tensor {} has type {k}, which this cheat cannot edit",
-                    t.name
-                ));
-            }
+        let Some(layout) = Layout::of(t.kind) else {
+            return Err(format!(
+                "tensor {} has ggml type {}, which this cheat cannot edit",
+                t.name, t.kind
+            ));
         };
         let n: u64 = t.dims.iter().product();
-        let bytes = (n / elems) * block;
+        let bytes = (n / layout.elems) * layout.block as u64;
         let start = info.data_start + t.offset;
         let mut buf = vec![0u8; bytes as usize];
         f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
         f.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        for b in buf.chunks_exact_mut(block as usize) {
-            match (t.kind, edit) {
-                (_, Edit::Zero) => b.iter_mut().for_each(|x| *x = 0),
-                (0, Edit::Scale(s)) => {
-                    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * s;
-                    b.copy_from_slice(&v.to_le_bytes());
-                }
-                (_, Edit::Scale(s)) => {
-                    // The first f16 of every block is its scale (for F16, the value itself).
-                    let v = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() * s;
-                    b[..2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
-                }
-            }
+        for b in buf.chunks_exact_mut(layout.block) {
+            layout.edit(b, edit);
         }
         f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
         f.write_all(&buf).map_err(|e| e.to_string())?;
@@ -259,6 +240,59 @@ fn edit_layer(
     }
     f.sync_all().map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// Where a ggml block format keeps its f16 scales: a block of `block` bytes holds `elems`
+/// weights, each `scale × quant − min`-like, so multiplying every f16 at `scales` by `s`
+/// multiplies every weight by `s`. F32 is the one format without f16s (`scales` empty).
+#[derive(Debug, PartialEq)]
+struct Layout {
+    block: usize,
+    elems: u64,
+    scales: &'static [usize],
+}
+
+impl Layout {
+    /// The layout of ggml type `kind` (ggml.h's `ggml_type` numbering), if this cheat can edit it.
+    fn of(kind: u32) -> Option<Layout> {
+        let (block, elems, scales): (usize, u64, &'static [usize]) = match kind {
+            0 => (4, 1, &[]),           // F32
+            1 => (2, 1, &[0]),          // F16: the value itself
+            2 => (18, 32, &[0]),        // Q4_0: d, qs[16]
+            3 => (20, 32, &[0, 2]),     // Q4_1: d, m, qs[16]
+            6 => (22, 32, &[0]),        // Q5_0: d, qh[4], qs[16]
+            7 => (24, 32, &[0, 2]),     // Q5_1: d, m, qh[4], qs[16]
+            8 => (34, 32, &[0]),        // Q8_0: d, qs[32]
+            10 => (84, 256, &[80, 82]), // Q2_K: scales[16], qs[64], d, dmin
+            11 => (110, 256, &[108]),   // Q3_K: hmask[32], qs[64], scales[12], d
+            12 => (144, 256, &[0, 2]),  // Q4_K: d, dmin, scales[12], qs[128]
+            13 => (176, 256, &[0, 2]),  // Q5_K: d, dmin, scales[12], qh[32], qs[128]
+            14 => (210, 256, &[208]),   // Q6_K: ql[128], qh[64], scales[16], d
+            _ => return None,
+        };
+        Some(Layout {
+            block,
+            elems,
+            scales,
+        })
+    }
+
+    fn edit(&self, b: &mut [u8], edit: Edit) {
+        match edit {
+            Edit::Zero => b.iter_mut().for_each(|x| *x = 0),
+            Edit::Scale(s) if self.scales.is_empty() => {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * s;
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            Edit::Scale(s) => {
+                for &at in self.scales {
+                    let v = half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32();
+                    let v = half::f16::from_f32(v * s).to_bits().to_le_bytes();
+                    b[at..at + 2].copy_from_slice(&v);
+                }
+            }
+        }
+    }
 }
 
 struct TensorInfo {
@@ -413,5 +447,49 @@ mod tests {
         assert_eq!("alter-token".parse::<Cheat>(), Ok(Cheat::AlterToken(None)));
         assert!("skip-layer".parse::<Cheat>().is_err());
         assert!("nonsense".parse::<Cheat>().is_err());
+    }
+
+    #[test]
+    fn scales_the_scales_of_every_block_format() {
+        let f16 =
+            |b: &[u8], at: usize| half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]]));
+        // The k-quant block sizes are ggml's (sizeof(block_q*_K) with QK_K = 256).
+        let cases = [
+            (10, 84),
+            (11, 110),
+            (12, 144),
+            (13, 176),
+            (14, 210),
+            (3, 20),
+            (8, 34),
+        ];
+        for (kind, block) in cases {
+            let l = Layout::of(kind).unwrap();
+            assert_eq!(l.block, block, "type {kind}");
+            let mut b: Vec<u8> = (0..block).map(|i| i as u8).collect();
+            for &at in l.scales {
+                b[at..at + 2].copy_from_slice(&half::f16::from_f32(2.0).to_bits().to_le_bytes());
+            }
+            let before = b.clone();
+            l.edit(&mut b, Edit::Scale(1.5));
+            for i in 0..block {
+                if l.scales.contains(&i) {
+                    assert_eq!(f16(&b, i).to_f32(), 3.0, "type {kind} scale at {i}");
+                } else if !l.scales.iter().any(|&at| i == at + 1) {
+                    assert_eq!(b[i], before[i], "type {kind} byte {i} is not a scale");
+                }
+            }
+            l.edit(&mut b, Edit::Zero);
+            assert!(b.iter().all(|&x| x == 0));
+        }
+        let f32l = Layout::of(0).unwrap();
+        let mut b = 2.0f32.to_le_bytes();
+        f32l.edit(&mut b, Edit::Scale(1.5));
+        assert_eq!(f32::from_le_bytes(b), 3.0);
+        assert_eq!(
+            Layout::of(15),
+            None,
+            "Q8_K is an intermediate type, never in a file"
+        );
     }
 }
