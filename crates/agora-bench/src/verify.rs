@@ -148,14 +148,7 @@ fn case(
         });
         match prompting {
             Prompting::Chat => PromptSpec::Chat(m),
-            Prompting::Text => {
-                let mut text: String = m
-                    .iter()
-                    .map(|x| format!("{}: {}\n", x.role, x.content))
-                    .collect();
-                text.push_str("assistant:");
-                PromptSpec::Text(text)
-            }
+            Prompting::Text => PromptSpec::Text(agora_engine::template::plain_text(&m)),
         }
     } else {
         PromptSpec::Text(TEXTS[rng.gen_range(0..TEXTS.len())].into())
@@ -228,6 +221,33 @@ struct Worker {
     engine: Arc<dyn Engine>,
     attestor: Attestor,
     label: String,
+}
+
+/// What every part of a run shares: the model, the workers' identity, the verifier that checks
+/// the timing and cheating workers, and how the model is prompted.
+struct RunContext {
+    path: PathBuf,
+    name: String,
+    sha: String,
+    identity: Arc<Identity>,
+    verifier: Arc<dyn Engine>,
+    prompting: Prompting,
+}
+
+impl RunContext {
+    /// The model (or `weights` claiming to be it) with these settings.
+    fn load(&self, weights: Option<&Path>, threads: u32, slots: u32) -> Result<Arc<dyn Engine>> {
+        let path = weights.unwrap_or(&self.path);
+        load(path, &self.name, &self.sha, threads, slots)
+    }
+
+    fn worker(&self, engine: Arc<dyn Engine>, label: &str) -> Worker {
+        Worker {
+            engine,
+            attestor: Attestor::new(Arc::clone(&self.identity)),
+            label: label.into(),
+        }
+    }
 }
 
 fn load(path: &Path, name: &str, sha: &str, threads: u32, slots: u32) -> Result<Arc<dyn Engine>> {
@@ -342,7 +362,6 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
     let store = ModelStore::open(home, true)?;
     let model = store.resolve_or_fetch(&a.model)?;
     let (name, sha) = (model.name.clone(), model.sha256.clone());
-    let identity = Arc::new(Identity::generate(&mut rand::rngs::OsRng));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -353,20 +372,19 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
         let verifier_b = load(&model.path, &name, &sha, 1, 1)?;
         let prompting = prompting(&verifier_a);
         eprintln!("{name}: prompted {prompting:?}");
+        let cx = RunContext {
+            path: model.path.clone(),
+            name: name.clone(),
+            sha,
+            identity: Arc::new(Identity::generate(&mut rand::rngs::OsRng)),
+            verifier: Arc::clone(&verifier_a),
+            prompting,
+        };
 
         // Costs first, on an idle machine: proof overhead on single-stream decode, and the time
         // to verify an answer against the time to generate it, one request at a time.
-        let overhead = proof_overhead(&model.path, &name, &sha).await?;
-        let timing = verify_cost(
-            &model.path,
-            &name,
-            &sha,
-            &identity,
-            &verifier_a,
-            prompting,
-            a.seed,
-        )
-        .await?;
+        let overhead = proof_overhead(&cx).await?;
+        let timing = verify_cost(&cx, a.seed).await?;
 
         // Honest workers: (threads, slots, concurrency, verifier).
         let settings: [(u32, u32, usize, &Arc<dyn Engine>); 4] = [
@@ -378,11 +396,10 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
         let mut honest: Vec<Outcome> = Vec::new();
         let per = a.honest.div_ceil(settings.len());
         for (i, (threads, slots, conc, verifier)) in settings.iter().enumerate() {
-            let w = Worker {
-                engine: load(&model.path, &name, &sha, *threads, *slots)?,
-                attestor: Attestor::new(Arc::clone(&identity)),
-                label: format!("honest t{threads} s{slots}"),
-            };
+            let w = cx.worker(
+                cx.load(None, *threads, *slots)?,
+                &format!("honest t{threads} s{slots}"),
+            );
             let cases: Vec<Case> = (0..per.min(a.honest - honest.len()))
                 .map(|k| case(&mut rng, prompting, a.max_tokens, (k + i) % 2 == 0))
                 .collect();
@@ -394,18 +411,7 @@ pub fn run(home: &Path, a: BenchVerifyArgs) -> Result<()> {
             honest.extend(run_all(&w, verifier, &cases, *conc, &w.label).await?);
         }
 
-        let cheats = cheat_rows(
-            &a,
-            home,
-            &model.path,
-            &name,
-            &sha,
-            &identity,
-            &verifier_a,
-            prompting,
-            &mut rng,
-        )
-        .await?;
+        let cheats = cheat_rows(&a, home, &cx, &mut rng).await?;
 
         report(&a, &name, &honest, &cheats, overhead, &timing)
     })
@@ -562,24 +568,12 @@ struct Timing {
     verification: f64,
 }
 
-async fn verify_cost(
-    path: &Path,
-    name: &str,
-    sha: &str,
-    identity: &Arc<Identity>,
-    verifier: &Arc<dyn Engine>,
-    prompting: Prompting,
-    seed: u64,
-) -> Result<Timing> {
-    let w = Worker {
-        engine: load(path, name, sha, crate::num_cores() as u32, 1)?,
-        attestor: Attestor::new(Arc::clone(identity)),
-        label: "timing".into(),
-    };
+async fn verify_cost(cx: &RunContext, seed: u64) -> Result<Timing> {
+    let w = cx.worker(cx.load(None, crate::num_cores() as u32, 1)?, "timing");
     let mut r = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let cases: Vec<Case> = (0..20)
         .map(|k| {
-            let mut c = case(&mut r, prompting, 128, k % 2 == 0);
+            let mut c = case(&mut r, cx.prompting, 128, k % 2 == 0);
             c.job.max_tokens = Some(128);
             c.job.ignore_eos = true;
             c
@@ -596,7 +590,7 @@ async fn verify_cost(
     let (mut g, mut v) = (0.0, 0.0);
     for (t, gen_secs, _) in &made {
         let t1 = Instant::now();
-        agora_node::verifier::verify(verifier, t, Tolerances::default())
+        agora_node::verifier::verify(&cx.verifier, t, Tolerances::default())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let verify_secs = t1.elapsed().as_secs_f64();
@@ -613,8 +607,8 @@ async fn verify_cost(
 }
 
 /// Single-stream decode speed without and with hidden-state capture (alternating runs).
-async fn proof_overhead(path: &Path, name: &str, sha: &str) -> Result<(f64, f64, f64)> {
-    let e = load(path, name, sha, crate::num_cores() as u32, 1)?;
+async fn proof_overhead(cx: &RunContext) -> Result<(f64, f64, f64)> {
+    let e = cx.load(None, crate::num_cores() as u32, 1)?;
     let prompt = e.tokenize(&PromptSpec::Text(
         "Write a long story about the sea.".into(),
     ))?;
@@ -672,16 +666,10 @@ async fn proof_overhead(path: &Path, name: &str, sha: &str) -> Result<(f64, f64,
 }
 
 #[cfg(not(feature = "cheat"))]
-#[allow(clippy::too_many_arguments)]
 async fn cheat_rows(
     _a: &BenchVerifyArgs,
     _home: &Path,
-    _path: &Path,
-    _name: &str,
-    _sha: &str,
-    _id: &Arc<Identity>,
-    _v: &Arc<dyn Engine>,
-    _prompting: Prompting,
+    _cx: &RunContext,
     _rng: &mut rand::rngs::StdRng,
 ) -> Result<Vec<(String, Vec<Outcome>)>> {
     eprintln!(
@@ -691,20 +679,15 @@ async fn cheat_rows(
 }
 
 #[cfg(feature = "cheat")]
-#[allow(clippy::too_many_arguments)]
 async fn cheat_rows(
     a: &BenchVerifyArgs,
     home: &Path,
-    path: &Path,
-    name: &str,
-    sha: &str,
-    identity: &Arc<Identity>,
-    verifier: &Arc<dyn Engine>,
-    prompting: Prompting,
+    cx: &RunContext,
     rng: &mut rand::rngs::StdRng,
 ) -> Result<Vec<(String, Vec<Outcome>)>> {
     use agora_node::cheat::Cheat;
-    let variants = ensure_variants(path, name, &a.variants)?;
+    let (verifier, prompting) = (&cx.verifier, cx.prompting);
+    let variants = ensure_variants(&cx.path, &cx.name, &a.variants)?;
     let mut modes: Vec<(String, Cheat)> = variants
         .into_iter()
         .map(|(q, p)| (format!("swap:{q}"), Cheat::Swap(p)))
@@ -721,14 +704,10 @@ async fn cheat_rows(
     let mut rows = Vec::new();
     for (label, cheat) in modes {
         let weights = cheat
-            .weights(path, &home.join("cheat"))
+            .weights(&cx.path, &home.join("cheat"))
             .map_err(|e| anyhow::anyhow!(e))?;
-        let engine = load(weights.as_deref().unwrap_or(path), name, sha, 2, 8)?;
-        let w = Worker {
-            engine,
-            attestor: Attestor::new(Arc::clone(identity)).with_cheat(Some(cheat.clone())),
-            label: label.clone(),
-        };
+        let mut w = cx.worker(cx.load(weights.as_deref(), 2, 8)?, &label);
+        w.attestor = w.attestor.with_cheat(Some(cheat.clone()));
         // Sampling without the seed changes nothing at temperature 0: those requests sample.
         let zero_ok = !matches!(cheat, Cheat::Unseeded);
         let cases: Vec<Case> = (0..a.per_cheat)
@@ -759,11 +738,7 @@ async fn cheat_rows(
         let mut outs = run_all(&w, verifier, &cases, 8, &w.label).await?;
         drop(w);
         // An accepted cheating answer: would an honest worker have given the same tokens?
-        let honest = Worker {
-            engine: Arc::clone(verifier),
-            attestor: Attestor::new(Arc::clone(identity)),
-            label: "honest".into(),
-        };
+        let honest = cx.worker(Arc::clone(verifier), "honest");
         for (o, c) in outs.iter_mut().zip(&cases).filter(|(o, _)| o.accepted) {
             o.same_as_honest = generate(&honest, c).await?.0.output.tokens == o.output;
         }

@@ -62,23 +62,17 @@ fn engine(m: Model, threads: u32) -> LlamaEngine {
 
 /// The prompt of a conversation: the chat template's, or for a base model the turns as text.
 fn prompt(e: &LlamaEngine, m: Model, messages: &[(&str, &str)]) -> Vec<u32> {
+    let messages: Vec<ChatMessage> = messages
+        .iter()
+        .map(|(role, content)| ChatMessage {
+            role: (*role).into(),
+            content: (*content).into(),
+        })
+        .collect();
     let spec = if m.chat {
-        PromptSpec::Chat(
-            messages
-                .iter()
-                .map(|(role, content)| ChatMessage {
-                    role: (*role).into(),
-                    content: (*content).into(),
-                })
-                .collect(),
-        )
+        PromptSpec::Chat(messages)
     } else {
-        let mut text: String = messages
-            .iter()
-            .map(|(role, content)| format!("{role}: {}\n", content.trim_start()))
-            .collect();
-        text.push_str("assistant:");
-        PromptSpec::Text(text)
+        PromptSpec::Text(agora_engine::template::plain_text(&messages))
     };
     e.tokenize(&spec).unwrap()
 }

@@ -98,13 +98,14 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 
 /// A prompt as a chat (the model's template) or, for a model without one, as plain text.
 fn prompt(engine: &dyn Engine, text: &str) -> Result<Vec<u32>, String> {
-    let chat = PromptSpec::Chat(vec![ChatMessage {
+    let messages = vec![ChatMessage {
         role: "user".into(),
         content: text.into(),
-    }]);
+    }];
+    let plain = PromptSpec::Text(crate::template::plain_text(&messages));
     engine
-        .tokenize(&chat)
-        .or_else(|_| engine.tokenize(&PromptSpec::Text(format!("user: {text}\nassistant:"))))
+        .tokenize(&PromptSpec::Chat(messages))
+        .or_else(|_| engine.tokenize(&plain))
         .map_err(|e| format!("the self-check's prompt could not be tokenized: {e}"))
 }
 

@@ -27,6 +27,18 @@ pub enum TemplateError {
     TooLarge,
 }
 
+/// A conversation for a model without a chat template (a base model): each turn as a
+/// `role: text` line, then `assistant:` for the model to continue. The one plain-text form the
+/// self-check, `bench-verify` and `bitexact` all prompt base models with.
+pub fn plain_text(messages: &[ChatMessage]) -> String {
+    let mut text: String = messages
+        .iter()
+        .map(|m| format!("{}: {}\n", m.role, m.content.trim_start()))
+        .collect();
+    text.push_str("assistant:");
+    text
+}
+
 /// A compiled chat template with the special tokens it refers to.
 pub struct ChatTemplate {
     env: Environment<'static>,
