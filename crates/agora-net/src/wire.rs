@@ -55,12 +55,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Sends one message.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {
         let body = serde_json::to_vec(msg).map_err(WireError::Malformed)?;
-        if body.len() > self.max {
-            return Err(WireError::TooLarge {
-                len: body.len(),
-                max: self.max,
-            });
-        }
+        self.fits(body.len(), self.max)?;
+        // One write: a small message and its header go out as one frame of the transport.
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
         frame.extend_from_slice(&body);
@@ -71,12 +67,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 
     /// Sends bytes as one frame (binary payloads, e.g. a model's chunk).
     pub async fn send_bytes(&mut self, body: &[u8]) -> Result<(), WireError> {
-        if body.len() > self.max {
-            return Err(WireError::TooLarge {
-                len: body.len(),
-                max: self.max,
-            });
-        }
+        self.fits(body.len(), self.max)?;
+        // Two writes: a large body is not copied behind its header.
         self.io
             .write_all(&(body.len() as u32).to_be_bytes())
             .await?;
@@ -88,21 +80,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Receives one frame's bytes, refusing one longer than `max` (and than the stream's limit)
     /// from its header; `Ok(None)` when the peer closed the stream between frames.
     pub async fn recv_bytes(&mut self, max: usize) -> Result<Option<Vec<u8>>, WireError> {
+        let mut body = Vec::new();
+        let got = self.read_frame(max.min(self.max), &mut body).await?;
+        Ok(got.then_some(body))
+    }
+
+    fn fits(&self, len: usize, max: usize) -> Result<(), WireError> {
+        if len > max {
+            return Err(WireError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// Reads one frame's body into `buf`, refusing a length over `max` from the header; false
+    /// when the peer closed the stream between frames.
+    async fn read_frame(&mut self, max: usize, buf: &mut Vec<u8>) -> Result<bool, WireError> {
         let mut len = [0u8; 4];
         match read_exact_or_eof(&mut self.io, &mut len).await? {
-            ReadOutcome::Eof => return Ok(None),
+            ReadOutcome::Eof => return Ok(false),
             ReadOutcome::Partial => return Err(WireError::Truncated),
             ReadOutcome::Full => {}
         }
         let len = u32::from_be_bytes(len) as usize;
-        let max = max.min(self.max);
-        if len > max {
-            return Err(WireError::TooLarge { len, max });
-        }
-        let mut body = vec![0u8; len];
-        match read_exact_or_eof(&mut self.io, &mut body).await? {
-            ReadOutcome::Full => Ok(Some(body)),
-            _ if len == 0 => Ok(Some(body)),
+        self.fits(len, max)?;
+        buf.clear();
+        buf.resize(len, 0);
+        match read_exact_or_eof(&mut self.io, buf).await? {
+            ReadOutcome::Full => Ok(true),
+            _ if len == 0 => Ok(true),
             _ => Err(WireError::Truncated),
         }
     }
@@ -117,28 +122,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 
     /// Receives one message; `Ok(None)` when the peer closed the stream between frames.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
-        let mut len = [0u8; 4];
-        match read_exact_or_eof(&mut self.io, &mut len).await? {
-            ReadOutcome::Eof => return Ok(None),
-            ReadOutcome::Partial => return Err(WireError::Truncated),
-            ReadOutcome::Full => {}
+        let mut buf = std::mem::take(&mut self.buf);
+        let got = self.read_frame(self.max, &mut buf).await;
+        let msg = match got {
+            Ok(true) => serde_json::from_slice(&buf)
+                .map(Some)
+                .map_err(WireError::Malformed),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        if buf.capacity() <= 64 << 10 {
+            self.buf = buf; // a large buffer is not kept around for the next, small frames
         }
-        let len = u32::from_be_bytes(len) as usize;
-        if len > self.max {
-            return Err(WireError::TooLarge { len, max: self.max });
-        }
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        match read_exact_or_eof(&mut self.io, &mut self.buf).await? {
-            ReadOutcome::Full => {}
-            _ if len == 0 => {}
-            _ => return Err(WireError::Truncated),
-        }
-        let msg = serde_json::from_slice(&self.buf).map_err(WireError::Malformed)?;
-        if self.buf.capacity() > 64 << 10 {
-            self.buf = Vec::new(); // do not keep a large buffer around for the next, small frames
-        }
-        Ok(Some(msg))
+        msg
     }
 
     /// [`Framed::recv`] with a deadline.
