@@ -317,6 +317,11 @@ impl NetHandle {
         self.shared.verdicts.lock().ok()?.take()
     }
 
+    /// Whether the network task has stopped (commands go nowhere).
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+
     /// Announces on the DHT that this node provides `key` (e.g. a model's digest), now, each
     /// time its routing table gains a peer shortly after, and every few minutes.
     pub fn provide(&self, key: Vec<u8>) {

@@ -75,6 +75,7 @@ fn share_models(cfg: &DaemonConfig, net: &agora_net::NetHandle) {
     #[cfg(not(feature = "cheat"))]
     let sharing = agora_share::Sharing::new(store, cfg.upload_limit);
     sharing.announce(net);
+    tokio::spawn(Arc::clone(&sharing).keep_announcing(net.clone()));
     tokio::spawn(sharing.serve(net.clone()));
 }
 

@@ -1,6 +1,6 @@
 //! Serving the models in this node's store to peers, chunk by chunk.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,11 +19,16 @@ pub const MAX_STREAMS: usize = 16;
 const LISTS_KEPT: usize = 8;
 /// How long a stream may stay idle between requests.
 const IDLE: Duration = Duration::from_secs(30);
+/// How often the store is looked at again for models added while the node runs (`agora model
+/// add` or `pull` in another process): listing it reads one small index file.
+pub const RESCAN: Duration = Duration::from_secs(10);
 
 /// What this node does with the model protocol: which store it serves, how fast.
 pub struct Sharing {
     store: ModelStore,
     lists: Mutex<VecDeque<(String, Arc<ChunkList>)>>,
+    /// The digests already given to the network to announce (it announces them again itself).
+    announced: Mutex<HashSet<String>>,
     limiter: Option<Limiter>,
     /// Bytes of chunks and lists sent.
     pub sent: AtomicU64,
@@ -41,6 +46,7 @@ impl Sharing {
         Arc::new(Self {
             store,
             lists: Mutex::new(VecDeque::new()),
+            announced: Mutex::new(HashSet::new()),
             limiter: upload_limit.map(Limiter::new),
             sent: AtomicU64::new(0),
             #[cfg(feature = "cheat")]
@@ -60,6 +66,7 @@ impl Sharing {
         Arc::new(Self {
             store,
             lists: Mutex::new(VecDeque::new()),
+            announced: Mutex::new(HashSet::new()),
             limiter: upload_limit.map(Limiter::new),
             sent: AtomicU64::new(0),
             misbehave: Some(m),
@@ -67,17 +74,40 @@ impl Sharing {
         })
     }
 
-    /// Announces on the DHT every model in the store (and again as the network changes).
-    pub fn announce(&self, net: &NetHandle) {
-        match self.store.list() {
-            Ok(models) => {
-                for m in models {
-                    if self.store.blob_path(&m.sha256).is_file() {
-                        net.provide(provider_key(&m.sha256));
-                    }
-                }
+    /// Announces on the DHT every model in the store not announced yet (the network announces
+    /// each again as it changes and every few minutes). Returns how many were new.
+    pub fn announce(&self, net: &NetHandle) -> usize {
+        let models = match self.store.list() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("cannot list the stored models to offer them to peers: {e}");
+                return 0;
             }
-            Err(e) => warn!("cannot list the stored models to offer them to peers: {e}"),
+        };
+        let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new = 0;
+        for m in models {
+            if !announced.contains(&m.sha256) && self.store.blob_path(&m.sha256).is_file() {
+                info!(model = %m.name, sha256 = %m.sha256, "offering the model to peers");
+                net.provide(provider_key(&m.sha256));
+                announced.insert(m.sha256);
+                new += 1;
+            }
+        }
+        new
+    }
+
+    /// Announces the store's models now, then those added later, every [`RESCAN`], until the
+    /// network stops.
+    pub async fn keep_announcing(self: Arc<Self>, net: NetHandle) {
+        let mut tick = tokio::time::interval(RESCAN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if net.is_closed() {
+                return;
+            }
+            self.announce(&net);
         }
     }
 

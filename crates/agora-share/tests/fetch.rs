@@ -181,3 +181,51 @@ async fn bad_peers_are_dropped_at_their_first_bad_reply_and_the_file_comes_whole
     // Nothing partial is left.
     assert!(!store.partial_path(&stored.sha256).exists());
 }
+
+/// A model added to a node's store while the node runs (by another process, as `agora model add`
+/// does) is offered to peers without a restart, within one rescan of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_added_while_the_node_runs_is_offered_to_peers() {
+    use sha2::Digest;
+    let home = tempfile::tempdir().unwrap();
+    let node = join(None).await;
+    let boot = node.listen_addrs()[0].clone();
+    let sharing = Sharing::new(ModelStore::open(home.path(), false).unwrap(), None);
+    tokio::spawn(std::sync::Arc::clone(&sharing).keep_announcing(node.clone()));
+    tokio::spawn(sharing.serve(node.clone()));
+    let asker = join(Some(&boot)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("late.gguf");
+    let bytes = gguf(b"added while the node runs");
+    std::fs::write(&src, &bytes).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(&bytes));
+    let key = provider_key(&digest);
+    // Not offered before it is stored (the asker has joined: the lookup reaches the node).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let found = asker
+        .find_providers(key.clone(), Duration::from_millis(300))
+        .await;
+    assert!(found.is_empty(), "{found:?}");
+
+    let stored = ModelStore::open(home.path(), false)
+        .unwrap()
+        .add(&src, Some("late"))
+        .unwrap();
+    assert_eq!(stored.sha256, digest);
+    let t0 = std::time::Instant::now();
+    loop {
+        let found = asker
+            .find_providers(key.clone(), Duration::from_millis(300))
+            .await;
+        if found.contains(&node.peer_id()) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < agora_share::serve::RESCAN + Duration::from_secs(10),
+            "not offered {:?} after the model was added",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
