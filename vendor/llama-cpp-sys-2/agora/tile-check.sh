@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the Agora patch's Q4_1 tile kernel bit for bit against upstream's single product, for
+# Checks the Agora patch's tile kernels (Q4_1; Q4_K and Q6_K) bit for bit against upstream's single products, for
 # the AVX2 variant (4 x 4; run on any x86-64 with AVX2) and, where the CPU has AVX-512 VNNI, the
 # AVX-512 variant (4 x 8). x86-64 only; prints what it checked.
 set -euo pipefail

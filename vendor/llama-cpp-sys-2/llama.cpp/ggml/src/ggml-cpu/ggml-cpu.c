@@ -1162,21 +1162,49 @@ void ggml_set_f32_nd(const struct ggml_tensor * tensor, int i0, int i1, int i2, 
 
 // ggml_compute_forward_mul_mat
 
+#if defined(GGML_Q4_1_TILE_ROWS) || defined(GGML_QK_TILE_ROWS)
+// Agora patch (vendor/llama-cpp-sys-2/AGORA-PATCH.md): a tile kernel, `tile_rows` weight rows x
+// `tile_cols` activation columns, each product bit-identical to the type's vec_dot.
+typedef void (*agora_tile_t)(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by);
+
+// The tile kernel of a weight type (Q4_1; Q4_K and Q6_K), or none.
+static agora_tile_t agora_tile_of(enum ggml_type type, int64_t * tile_rows, int64_t * tile_cols) {
 #if defined(GGML_Q4_1_TILE_ROWS)
-// Agora patch (vendor/llama-cpp-sys-2/AGORA-PATCH.md): Q4_1 weights times a batch of
-// activations, in tiles of GGML_Q4_1_TILE_ROWS weight rows x GGML_Q4_1_TILE_COLS activation
-// columns where the chunk allows it and one product at a time elsewhere. The tile kernel is
-// bit-identical to the single product, so every output equals what
+    if (type == GGML_TYPE_Q4_1) {
+        *tile_rows = GGML_Q4_1_TILE_ROWS;
+        *tile_cols = GGML_Q4_1_TILE_COLS;
+        return ggml_vec_dot_q4_1_q8_1_tile;
+    }
+#endif
+#if defined(GGML_QK_TILE_ROWS)
+    if (type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q6_K) {
+        *tile_rows = GGML_QK_TILE_ROWS;
+        *tile_cols = GGML_QK_TILE_COLS;
+        return type == GGML_TYPE_Q4_K ? ggml_vec_dot_q4_K_q8_K_tile : ggml_vec_dot_q6_K_q8_K_tile;
+    }
+#endif
+    (void) tile_rows;
+    (void) tile_cols;
+    return NULL;
+}
+
+// Weights times a batch of activations, in tiles of tile_rows weight rows x tile_cols activation
+// columns where the chunk allows it and one product at a time (vec_dot) elsewhere. The tile
+// kernel is bit-identical to the single product, so every output equals what
 // ggml_compute_forward_mul_mat_one_chunk computes, whatever the batch size or how the work is
 // split among threads. Same 16 x 16 block order.
-static void ggml_compute_forward_mul_mat_one_chunk_q4_1(
+static void ggml_compute_forward_mul_mat_one_chunk_tiled(
     struct ggml_tensor * dst,
     const void * wdata,
     const size_t row_size,
     const int64_t ir0_start,
     const int64_t ir0_end,
     const int64_t ir1_start,
-    const int64_t ir1_end) {
+    const int64_t ir1_end,
+    ggml_vec_dot_t const vec_dot,
+    agora_tile_t const tile,
+    const int64_t tile_rows,
+    const int64_t tile_cols) {
 
     const struct ggml_tensor * src0 = dst->src[0];
     const struct ggml_tensor * src1 = dst->src[1];
@@ -1200,22 +1228,22 @@ static void ggml_compute_forward_mul_mat_one_chunk_q4_1(
                 const int64_t i11 = (ir1 - i13 * ne12 * ne1 - i12 * ne1);
 
                 // a tile's columns at once only when all lie in this chunk and in one matrix of src1
-                const int64_t ncols = (ir1 + GGML_Q4_1_TILE_COLS <= end1 && i11 + GGML_Q4_1_TILE_COLS <= ne11) ? GGML_Q4_1_TILE_COLS : 1;
+                const int64_t ncols = (ir1 + tile_cols <= end1 && i11 + tile_cols <= ne11) ? tile_cols : 1;
 
                 const char * src0_row = (const char *) src0->data + ((i12 / r2) * nb02 + (i13 / r3) * nb03);
                 const char * src1_col = (const char *) wdata + (i11 + i12 * ne11 + i13 * ne12 * ne11) * row_size;
                 char * dst_col = (char *) dst->data + (i11 * nb1 + i12 * nb2 + i13 * nb3);
 
                 int64_t ir0 = iir0;
-                if (ncols == GGML_Q4_1_TILE_COLS) {
-                    for (; ir0 + GGML_Q4_1_TILE_ROWS <= end0; ir0 += GGML_Q4_1_TILE_ROWS) {
-                        ggml_vec_dot_q4_1_q8_1_tile(ne00, (float *) dst_col + ir0, nb1 / sizeof(float),
+                if (ncols == tile_cols) {
+                    for (; ir0 + tile_rows <= end0; ir0 += tile_rows) {
+                        tile(ne00, (float *) dst_col + ir0, nb1 / sizeof(float),
                                 src0_row + ir0 * nb01, nb01, src1_col, row_size);
                     }
                 }
                 for (; ir0 < end0; ++ir0) {
                     for (int64_t c = 0; c < ncols; ++c) {
-                        ggml_vec_dot_q4_1_q8_1(ne00, (float *) (dst_col + c * nb1) + ir0, 0,
+                        vec_dot(ne00, (float *) (dst_col + c * nb1) + ir0, 0,
                                 src0_row + ir0 * nb01, 0, src1_col + c * row_size, 0, 1);
                     }
                 }
@@ -1263,13 +1291,18 @@ static void ggml_compute_forward_mul_mat_one_chunk(
     assert(ne12 % ne02 == 0);
     assert(ne13 % ne03 == 0);
 
-#if defined(GGML_Q4_1_TILE_ROWS)
-    // Agora patch: Q4_1 in tiles (same results, see above); only where src1 was packed
-    // into contiguous rows of row_size, which is how one_chunk indexes it in that case too
-    if (type == GGML_TYPE_Q4_1 && num_rows_per_vec_dot == 1 && !params->use_ref &&
-            (src1_cont || src1->type != vec_dot_type) && nb0 == sizeof(float)) {
-        ggml_compute_forward_mul_mat_one_chunk_q4_1(dst, wdata, row_size, ir0_start, ir0_end, ir1_start, ir1_end);
-        return;
+#if defined(GGML_Q4_1_TILE_ROWS) || defined(GGML_QK_TILE_ROWS)
+    // Agora patch: Q4_1, Q4_K and Q6_K in tiles (same results, see above); only where src1 was
+    // packed into contiguous rows of row_size, which is how one_chunk indexes it in that case too
+    {
+        int64_t tile_rows = 0, tile_cols = 0;
+        agora_tile_t const tile = agora_tile_of(type, &tile_rows, &tile_cols);
+        if (tile != NULL && num_rows_per_vec_dot == 1 && !params->use_ref &&
+                (src1_cont || src1->type != vec_dot_type) && nb0 == sizeof(float)) {
+            ggml_compute_forward_mul_mat_one_chunk_tiled(dst, wdata, row_size, ir0_start, ir0_end,
+                    ir1_start, ir1_end, vec_dot, tile, tile_rows, tile_cols);
+            return;
+        }
     }
 #endif
 
@@ -1510,12 +1543,13 @@ UseGgmlGemm2:;
         nchunk1 = nr0 > nr1 ? 1 : nth; // parallelize by src1 rows
     }
 
-#if defined(GGML_Q4_1_TILE_ROWS)
-    // Agora patch: for Q4_1 tiles, chunks of 16 weight rows x up to 64 columns, so that a batch's
+#if defined(GGML_Q4_1_TILE_ROWS) || defined(GGML_QK_TILE_ROWS)
+    // Agora patch: for tiled types, chunks of 16 weight rows x up to 64 columns, so that a batch's
     // weights are streamed from memory once per 64 columns rather than once per 16. Only the
     // division of work changes; every output is computed the same way. Measured (passcost, three
     // interleaved pairs): scoring 0.219-0.235x of generation with it, 0.244-0.251x without.
-    if (src0->type == GGML_TYPE_Q4_1 && !params->use_ref && !ggml_is_numa() && nr1 > 1) {
+    int64_t agora_tile_rows = 0, agora_tile_cols = 0;
+    if (agora_tile_of(src0->type, &agora_tile_rows, &agora_tile_cols) != NULL && !params->use_ref && !ggml_is_numa() && nr1 > 1) {
         nchunk0 = (nr0 + 15) / 16;
         nchunk1 = (nr1 + 63) / 64;
     }

@@ -2730,6 +2730,193 @@ void ggml_vec_dot_q6_K_q8_K(int n, float * GGML_RESTRICT s, size_t bs, const voi
 #endif
 }
 
+#if defined(GGML_QK_TILE_ROWS)
+// Agora patch (vendor/llama-cpp-sys-2/AGORA-PATCH.md): a tile of GGML_QK_TILE_ROWS Q4_K or Q6_K
+// weight rows x GGML_QK_TILE_COLS Q8_K activation columns. Each row's blocks are unpacked once
+// for all columns; every (row, column) product then performs exactly the operations of the AVX2
+// path of ggml_vec_dot_q4_K_q8_K / ggml_vec_dot_q6_K_q8_K: the same exact integer dot products
+// and sums, the same scalar d (and dmin) products, the same fused multiply-adds into its own
+// accumulators in block order, and the same final sums. So each output has the same bits as the
+// single product. s[c * bs + r] = row r . column c; rows bx bytes apart, columns by bytes apart.
+void ggml_vec_dot_q4_K_q8_K_tile(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by) {
+    assert(n % QK_K == 0);
+    enum { R = GGML_QK_TILE_ROWS, C = GGML_QK_TILE_COLS };
+
+    const int nb = n / QK_K;
+
+    static const uint32_t kmask1 = 0x3f3f3f3f;
+    static const uint32_t kmask2 = 0x0f0f0f0f;
+    static const uint32_t kmask3 = 0x03030303;
+
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+
+    __m256 acc[R][C];
+    __m128 acc_m[R][C];
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) {
+            acc[r][c] = _mm256_setzero_ps();
+            acc_m[r][c] = _mm_setzero_ps();
+        }
+    }
+
+    for (int i = 0; i < nb; ++i) {
+        const block_q8_K * y[C];
+        __m128i q8s[C];
+        for (int c = 0; c < C; ++c) {
+            y[c] = (const block_q8_K *)((const char *)vy + c * by) + i;
+            const __m256i q8sums = _mm256_loadu_si256((const __m256i*)y[c]->bsums);
+            q8s[c] = _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0), _mm256_extracti128_si256(q8sums, 1));
+        }
+        for (int r = 0; r < R; ++r) {
+            const block_q4_K * x = (const block_q4_K *)((const char *)vx + r * bx) + i;
+
+            uint32_t utmp[4];
+            memcpy(utmp, x->scales, 12);
+            utmp[3] = ((utmp[2] >> 4) & kmask2) | (((utmp[1] >> 6) & kmask3) << 4);
+            const uint32_t uaux = utmp[1] & kmask1;
+            utmp[1] = (utmp[2] & kmask2) | (((utmp[0] >> 6) & kmask3) << 4);
+            utmp[2] = uaux;
+            utmp[0] &= kmask1;
+
+            const __m256i mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(utmp[3], utmp[2], utmp[1], utmp[0]));
+            const __m128i mins = _mm256_extracti128_si256(mins_and_scales, 1);
+            const __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+            const __m256i scales = MM256_SET_M128I(sc128, sc128);
+
+            __m256i scale_l[QK_K/64], scale_h[QK_K/64], q4l[QK_K/64], q4h[QK_K/64];
+            for (int j = 0; j < QK_K/64; ++j) {
+                scale_l[j] = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2*j+0));
+                scale_h[j] = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2*j+1));
+                const __m256i q4bits = _mm256_loadu_si256((const __m256i*)(x->qs + 32*j));
+                q4l[j] = _mm256_and_si256(q4bits, m4);
+                q4h[j] = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+            }
+            const float xd = GGML_CPU_FP16_TO_FP32(x->d);
+            const float xdmin = GGML_CPU_FP16_TO_FP32(x->dmin);
+
+            for (int c = 0; c < C; ++c) {
+                const float d = y[c]->d * xd;
+                const float dmin = -y[c]->d * xdmin;
+
+                const __m128i prod = _mm_madd_epi16(mins, q8s[c]);
+                acc_m[r][c] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r][c]);
+
+                const int8_t * GGML_RESTRICT q8 = y[c]->qs;
+                __m256i sumi = _mm256_setzero_si256();
+                for (int j = 0; j < QK_K/64; ++j) {
+                    const __m256i q8l = _mm256_loadu_si256((const __m256i*)q8); q8 += 32;
+                    __m256i p16l = _mm256_maddubs_epi16(q4l[j], q8l);
+                    p16l = _mm256_madd_epi16(scale_l[j], p16l);
+
+                    const __m256i q8h = _mm256_loadu_si256((const __m256i*)q8); q8 += 32;
+                    __m256i p16h = _mm256_maddubs_epi16(q4h[j], q8h);
+                    p16h = _mm256_madd_epi16(scale_h[j], p16h);
+                    const __m256i sumj = _mm256_add_epi32(p16l, p16h);
+
+                    sumi = _mm256_add_epi32(sumi, sumj);
+                }
+
+                __m256 vd = _mm256_set1_ps(d);
+                acc[r][c] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(sumi), acc[r][c]);
+            }
+        }
+    }
+
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) {
+            __m128 am = acc_m[r][c];
+            am = _mm_add_ps(am, _mm_movehl_ps(am, am));
+            am = _mm_add_ss(am, _mm_movehdup_ps(am));
+            s[c * bs + r] = hsum_float_8(acc[r][c]) + _mm_cvtss_f32(am);
+        }
+    }
+}
+
+void ggml_vec_dot_q6_K_q8_K_tile(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by) {
+    assert(n % QK_K == 0);
+    enum { R = GGML_QK_TILE_ROWS, C = GGML_QK_TILE_COLS };
+
+    const int nb = n / QK_K;
+
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m256i m15 = _mm256_set1_epi8(15);
+
+    __m256 acc[R][C];
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) {
+            acc[r][c] = _mm256_setzero_ps();
+        }
+    }
+
+    for (int i = 0; i < nb; ++i) {
+        const block_q8_K * y[C];
+        __m256i q8sums[C];
+        for (int c = 0; c < C; ++c) {
+            y[c] = (const block_q8_K *)((const char *)vy + c * by) + i;
+            q8sums[c] = _mm256_loadu_si256((const __m256i*)y[c]->bsums);
+        }
+        for (int r = 0; r < R; ++r) {
+            const block_q6_K * x = (const block_q6_K *)((const char *)vx + r * bx) + i;
+            const uint8_t * GGML_RESTRICT q4 = x->ql;
+            const uint8_t * GGML_RESTRICT qh = x->qh;
+
+            const __m128i scales = _mm_loadu_si128((const __m128i*)x->scales);
+            const __m256i scales_16 = _mm256_cvtepi8_epi16(scales);
+
+            // the 6-bit weights and their scales, four 32-byte groups per half block
+            __m256i q6[QK_K/32], sc[QK_K/32];
+            for (int j = 0; j < QK_K/128; ++j) {
+                const __m256i q4bits1 = _mm256_loadu_si256((const __m256i*)q4); q4 += 32;
+                const __m256i q4bits2 = _mm256_loadu_si256((const __m256i*)q4); q4 += 32;
+                const __m256i q4bitsH = _mm256_loadu_si256((const __m256i*)qh); qh += 32;
+
+                const __m256i q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m3), 4);
+                const __m256i q4h_1 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, _mm256_set1_epi8(12)), 2);
+                const __m256i q4h_2 = _mm256_and_si256(q4bitsH, _mm256_set1_epi8(48));
+                const __m256i q4h_3 = _mm256_srli_epi16(_mm256_and_si256(q4bitsH, _mm256_set1_epi8(-64)), 2);
+
+                q6[4*j+0] = _mm256_or_si256(_mm256_and_si256(q4bits1, m15), q4h_0);
+                q6[4*j+1] = _mm256_or_si256(_mm256_and_si256(q4bits2, m15), q4h_1);
+                q6[4*j+2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m15), q4h_2);
+                q6[4*j+3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m15), q4h_3);
+
+                for (int k = 0; k < 4; ++k) {
+                    sc[4*j+k] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, get_scale_shuffle(4*j + k)));
+                }
+            }
+            const float xd = GGML_CPU_FP16_TO_FP32(x->d);
+
+            for (int c = 0; c < C; ++c) {
+                const float d = y[c]->d * xd;
+                const int8_t * GGML_RESTRICT q8 = y[c]->qs;
+
+                const __m256i q8sclsub = _mm256_slli_epi32(_mm256_madd_epi16(q8sums[c], scales_16), 5);
+
+                __m256i sumi = _mm256_setzero_si256();
+                for (int j = 0; j < QK_K/128; ++j) {
+                    __m256i p16[4];
+                    for (int k = 0; k < 4; ++k) {
+                        const __m256i q8k = _mm256_loadu_si256((const __m256i*)q8); q8 += 32;
+                        p16[k] = _mm256_madd_epi16(sc[4*j+k], _mm256_maddubs_epi16(q6[4*j+k], q8k));
+                    }
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16[0], p16[1]));
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16[2], p16[3]));
+                }
+
+                sumi = _mm256_sub_epi32(sumi, q8sclsub);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), acc[r][c]);
+            }
+        }
+    }
+
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) {
+            s[c * bs + r] = hsum_float_8(acc[r][c]);
+        }
+    }
+}
+#endif
+
 #if defined (__AVX__) || defined (__AVX2__)
 static const int8_t keven_signs_q2xs[1024] = {
      1,  1,  1,  1,  1,  1,  1,  1, -1,  1,  1,  1,  1,  1,  1, -1,  1, -1,  1,  1,  1,  1,  1, -1, -1, -1,  1,  1,  1,  1,  1,  1,
