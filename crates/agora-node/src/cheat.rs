@@ -435,6 +435,7 @@ fn gguf_tensors(path: &Path) -> std::io::Result<GgufInfo> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
