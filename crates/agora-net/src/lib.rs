@@ -323,7 +323,9 @@ impl NetHandle {
     }
 
     /// Announces on the DHT that this node provides `key` (e.g. a model's digest), now, each
-    /// time its routing table gains a peer shortly after, and every few minutes.
+    /// time its routing table gains a peer shortly after, and every few minutes. Giving a key
+    /// again changes nothing (so a caller may give all its keys each time it looks); a call made
+    /// while the command queue is full is dropped, and the next one counts.
     pub fn provide(&self, key: Vec<u8>) {
         let _ = self.commands.try_send(Command::Provide(key));
     }
@@ -680,8 +682,8 @@ impl Driver {
                         }
                     }
                     Some(Command::Provide(key)) => {
-                        if self.provided.len() < MAX_PROVIDED || self.provided.contains(&key) {
-                            self.provided.insert(key.clone());
+                        // A key already provided is announced again by reprovide, not here.
+                        if self.provided.len() < MAX_PROVIDED && self.provided.insert(key.clone()) {
                             self.announce(key);
                         }
                     }

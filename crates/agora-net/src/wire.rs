@@ -55,7 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Sends one message.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {
         let body = serde_json::to_vec(msg).map_err(WireError::Malformed)?;
-        self.fits(body.len(), self.max)?;
+        fits(body.len(), self.max)?;
         // One write: a small message and its header go out as one frame of the transport.
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -67,7 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 
     /// Sends bytes as one frame (binary payloads, e.g. a model's chunk).
     pub async fn send_bytes(&mut self, body: &[u8]) -> Result<(), WireError> {
-        self.fits(body.len(), self.max)?;
+        fits(body.len(), self.max)?;
         // Two writes: a large body is not copied behind its header.
         self.io
             .write_all(&(body.len() as u32).to_be_bytes())
@@ -85,13 +85,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         Ok(got.then_some(body))
     }
 
-    fn fits(&self, len: usize, max: usize) -> Result<(), WireError> {
-        if len > max {
-            return Err(WireError::TooLarge { len, max });
-        }
-        Ok(())
-    }
-
     /// Reads one frame's body into `buf`, refusing a length over `max` from the header; false
     /// when the peer closed the stream between frames.
     async fn read_frame(&mut self, max: usize, buf: &mut Vec<u8>) -> Result<bool, WireError> {
@@ -102,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             ReadOutcome::Full => {}
         }
         let len = u32::from_be_bytes(len) as usize;
-        self.fits(len, max)?;
+        fits(len, max)?;
         buf.clear();
         buf.resize(len, 0);
         match read_exact_or_eof(&mut self.io, buf).await? {
@@ -163,6 +156,14 @@ enum ReadOutcome {
     Full,
     Partial,
     Eof,
+}
+
+/// A frame of `len` bytes is refused when over `max`.
+fn fits(len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    Ok(())
 }
 
 async fn read_exact_or_eof<R: AsyncRead + Unpin>(

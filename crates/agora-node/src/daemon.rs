@@ -74,7 +74,7 @@ fn share_models(cfg: &DaemonConfig, net: &agora_net::NetHandle) {
     };
     #[cfg(not(feature = "cheat"))]
     let sharing = agora_share::Sharing::new(store, cfg.upload_limit);
-    sharing.announce(net);
+    // Announces the store's models now (the first tick) and those added later.
     tokio::spawn(Arc::clone(&sharing).keep_announcing(net.clone()));
     tokio::spawn(sharing.serve(net.clone()));
 }

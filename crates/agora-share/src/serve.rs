@@ -1,6 +1,6 @@
 //! Serving the models in this node's store to peers, chunk by chunk.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,8 +27,6 @@ pub const RESCAN: Duration = Duration::from_secs(10);
 pub struct Sharing {
     store: ModelStore,
     lists: Mutex<VecDeque<(String, Arc<ChunkList>)>>,
-    /// The digests already given to the network to announce (it announces them again itself).
-    announced: Mutex<HashSet<String>>,
     limiter: Option<Limiter>,
     /// Bytes of chunks and lists sent.
     pub sent: AtomicU64,
@@ -46,7 +44,6 @@ impl Sharing {
         Arc::new(Self {
             store,
             lists: Mutex::new(VecDeque::new()),
-            announced: Mutex::new(HashSet::new()),
             limiter: upload_limit.map(Limiter::new),
             sent: AtomicU64::new(0),
             #[cfg(feature = "cheat")]
@@ -66,7 +63,6 @@ impl Sharing {
         Arc::new(Self {
             store,
             lists: Mutex::new(VecDeque::new()),
-            announced: Mutex::new(HashSet::new()),
             limiter: upload_limit.map(Limiter::new),
             sent: AtomicU64::new(0),
             misbehave: Some(m),
@@ -74,27 +70,20 @@ impl Sharing {
         })
     }
 
-    /// Announces on the DHT every model in the store not announced yet (the network announces
-    /// each again as it changes and every few minutes). Returns how many were new.
-    pub fn announce(&self, net: &NetHandle) -> usize {
-        let models = match self.store.list() {
-            Ok(m) => m,
-            Err(e) => {
-                warn!("cannot list the stored models to offer them to peers: {e}");
-                return 0;
+    /// Gives the network every model in the store to announce on the DHT (it announces a
+    /// digest once, then again as it changes and every few minutes; one it already has is
+    /// ignored, so this may run again and again).
+    pub fn announce(&self, net: &NetHandle) {
+        match self.store.list() {
+            Ok(models) => {
+                for m in models {
+                    if self.store.blob_path(&m.sha256).is_file() {
+                        net.provide(provider_key(&m.sha256));
+                    }
+                }
             }
-        };
-        let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
-        let mut new = 0;
-        for m in models {
-            if !announced.contains(&m.sha256) && self.store.blob_path(&m.sha256).is_file() {
-                info!(model = %m.name, sha256 = %m.sha256, "offering the model to peers");
-                net.provide(provider_key(&m.sha256));
-                announced.insert(m.sha256);
-                new += 1;
-            }
+            Err(e) => warn!("cannot list the stored models to offer them to peers: {e}"),
         }
-        new
     }
 
     /// Announces the store's models now, then those added later, every [`RESCAN`], until the
